@@ -1,0 +1,1 @@
+"""Agents: the shared torch encoder, RL agents and baselines."""

@@ -1,0 +1,49 @@
+"""The one interface every agent and baseline is evaluated through."""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Maps a batched observation to a batch of actions.
+
+    act(obs) -> actions: obs is the vector env's dict (leading user axis N);
+    actions are candidate indices [N] (or [N, K] for slates).
+    Optional hooks, called by the evaluation harness when present:
+    bind(env) before an evaluation (oracles read the true state through it), and
+    observe(obs, actions, rewards, next_obs, done) after each step (online learners).
+    """
+
+    name: str
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+def slate_from_scores(scores: np.ndarray, slate_size: int) -> np.ndarray:
+    """Actions from per-candidate scores [N, C]: argmax [N] or the top-K indices [N, K], best first."""
+    if slate_size == 1:
+        return scores.argmax(axis=1)
+    top = np.argpartition(-scores, slate_size - 1, axis=1)[:, :slate_size]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
+
+
+class RandomPolicy:
+    """Uniformly random candidates (a seeded reference point)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.slate_size = 1
+
+    def bind(self, env: Any) -> None:
+        self.slate_size = env.config.env.slate_size
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        n, c = obs["candidate_items"].shape
+        # Random scores, then the top-K: distinct items in the slate.
+        return slate_from_scores(self.rng.random((n, c)), self.slate_size)

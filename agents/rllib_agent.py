@@ -1,0 +1,222 @@
+"""RLlib PPO (new API stack) on the natively batched env, with the shared encoder.
+
+One env runner steps `num_envs_per_env_runner` users per call through
+RecVectorEnv's vector entry point (NEXT_STEP autoreset); the learner runs on
+the GPU when asked for. The RLModule is a thin shell around agents.model.ActorCritic.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from agents.base import TrainableAgent
+from agents.model import ActorCritic, GreedyPolicy, encoder_config
+from envs.config import ScenarioConfig
+from simulator.params import apply_overrides, check_int, check_range
+
+
+@dataclass(frozen=True)
+class PPOParams:
+    """Every PPO hyperparameter in one place (override with the run config's `algo:` section)."""
+    num_env_runners: int = 0             # 0: sample in the driver process
+    num_envs_per_env_runner: int = 64    # users stepped per env-runner call
+    rollout_fragment_length: int = 32
+    train_batch_size: int = 2048         # per learner
+    minibatch_size: int = 512
+    num_epochs: int = 4
+    lr: float = 5e-4
+    gamma: float = 0.99
+    lambda_: float = 0.95
+    clip_param: float = 0.2
+    entropy_coeff: float = 0.01
+    vf_loss_coeff: float = 0.5
+    grad_clip: float = 1.0
+    reward_scale: float = 0.25           # rewards are minutes; ~1 per step trains the critic better
+
+    def __post_init__(self) -> None:
+        o = "algo"
+        check_int(o, "num_env_runners", self.num_env_runners, 0, 256)
+        check_int(o, "num_envs_per_env_runner", self.num_envs_per_env_runner, 1)
+        check_int(o, "rollout_fragment_length", self.rollout_fragment_length, 1)
+        check_int(o, "train_batch_size", self.train_batch_size, 1)
+        check_int(o, "minibatch_size", self.minibatch_size, 1, self.train_batch_size)
+        check_int(o, "num_epochs", self.num_epochs, 1)
+        check_range(o, "lr", self.lr, 0.0, 1.0, lo_open=True)
+        check_range(o, "gamma", self.gamma, 0.0, 1.0)
+        check_range(o, "lambda_", self.lambda_, 0.0, 1.0)
+        check_range(o, "clip_param", self.clip_param, 0.0, 10.0, lo_open=True)
+        check_range(o, "entropy_coeff", self.entropy_coeff, 0.0, 10.0)
+        check_range(o, "vf_loss_coeff", self.vf_loss_coeff, 0.0, 100.0)
+        check_range(o, "grad_clip", self.grad_clip, 0.0, lo_open=True)
+        check_range(o, "reward_scale", self.reward_scale, 0.0, lo_open=True)
+
+
+def _rl_module_class():
+    """Defined lazily: importing ray is slow and only RLlib users need it."""
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
+    from ray.rllib.core.rl_module.apis import ValueFunctionAPI
+    from ray.rllib.core.rl_module.torch import TorchRLModule
+
+    class DriftRecRLModule(TorchRLModule, ValueFunctionAPI):
+        """Policy logits = encoder state x candidate scores; value = MLP on the state."""
+
+        def setup(self) -> None:
+            cfg = self.model_config
+            self.net = ActorCritic(cfg["encoder"], cfg["slate_size"], cfg["item_features"])
+            if cfg["slate_size"] > 1:
+                self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(
+                    input_lens=[int(n) for n in self.action_space.nvec])
+
+        def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+            logits, _ = self.net(batch[Columns.OBS])
+            return {Columns.ACTION_DIST_INPUTS: logits}
+
+        def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+            logits, state = self.net(batch[Columns.OBS])
+            # The state is reused by compute_values: one encoder pass for policy and value.
+            return {Columns.ACTION_DIST_INPUTS: logits, Columns.EMBEDDINGS: state}
+
+        def compute_values(self, batch: dict[str, Any], embeddings: Any = None):
+            if embeddings is None:
+                _, embeddings = self.net(batch[Columns.OBS])
+            return self.net.value(embeddings)
+
+    return DriftRecRLModule
+
+
+RLLIB_ENV_NAME = "driftrec-vector"
+
+
+def make_rllib_env(env_config: Mapping[str, Any]):
+    """Env creator for RLlib's vector entry point: env_config holds scenario, seed, reward_scale, num_envs."""
+    from gymnasium.wrappers.vector import TransformReward
+
+    from envs.vector import RecVectorEnv
+
+    worker = int(getattr(env_config, "worker_index", 0))
+    env = RecVectorEnv(num_envs=int(env_config["num_envs"]), scenario=env_config["scenario"],
+                       seed=int(env_config["seed"]) + 7919 * worker)
+    scale = float(env_config["reward_scale"])
+    return TransformReward(env, lambda r: r * scale)
+
+
+class RLlibPPOAgent(TrainableAgent):
+    """RLlib PPO over RecVectorEnv; `device` is where the learner runs ('cpu' or 'cuda')."""
+
+    name = "ppo"
+
+    def __init__(self, scenario: ScenarioConfig, seed: int = 0, device: str = "cpu",
+                 model: Mapping[str, Any] | None = None, algo: Mapping[str, Any] | None = None,
+                 ray_address: str | None = None) -> None:
+        import ray
+        from ray.rllib.algorithms.ppo import PPOConfig
+        from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+        from envs.core import RecommenderCore
+
+        self.scenario, self.seed, self.device = scenario, seed, device
+        self.params = apply_overrides(PPOParams(), algo or {}, "algo")
+        probe = RecommenderCore(scenario, 1, seed)
+        self.encoder_config = encoder_config(probe.single_observation_space, probe.n_items, model)
+        self.item_features = probe.item_features
+        self.model_overrides = dict(model or {})
+        p = self.params
+        if not ray.is_initialized():
+            if ray_address:
+                ray.init(address=ray_address)
+            else:
+                ray.init(num_cpus=max(2, p.num_env_runners + 1), include_dashboard=False,
+                         log_to_driver=False)
+        from ray.tune.registry import register_env
+
+        register_env(RLLIB_ENV_NAME, make_rllib_env)  # known to remote env runners too
+        config = (
+            PPOConfig()
+            .environment(env=RLLIB_ENV_NAME, env_config=dict(scenario=scenario, seed=seed,
+                                                             reward_scale=p.reward_scale),
+                         disable_env_checking=True)
+            .env_runners(num_env_runners=p.num_env_runners, num_envs_per_env_runner=p.num_envs_per_env_runner,
+                         rollout_fragment_length=p.rollout_fragment_length,
+                         gym_env_vectorize_mode="vector_entry_point", num_cpus_per_env_runner=1)
+            .learners(num_learners=0, num_gpus_per_learner=1 if device == "cuda" else 0)
+            .training(train_batch_size_per_learner=p.train_batch_size, minibatch_size=p.minibatch_size,
+                      num_epochs=p.num_epochs, lr=p.lr, gamma=p.gamma, lambda_=p.lambda_,
+                      clip_param=p.clip_param, entropy_coeff=p.entropy_coeff, vf_loss_coeff=p.vf_loss_coeff,
+                      vf_clip_param=1e6, grad_clip=p.grad_clip, use_kl_loss=False)
+            .rl_module(rl_module_spec=RLModuleSpec(
+                module_class=_rl_module_class(),
+                model_config=dict(encoder=self.encoder_config, slate_size=scenario.env.slate_size,
+                                  item_features=self.item_features)))
+            .reporting(metrics_num_episodes_for_smoothing=100)
+            .debugging(seed=seed, log_level="ERROR")
+        )
+        self.algo = config.build_algo()
+        self._env_steps = 0
+        self._eval_net = ActorCritic(self.encoder_config, scenario.env.slate_size, self.item_features)
+
+    @property
+    def env_steps(self) -> int:
+        return self._env_steps
+
+    def train_iteration(self) -> dict[str, float]:
+        start = time.perf_counter()
+        result = self.algo.train()
+        elapsed = time.perf_counter() - start
+        runners = result.get("env_runners", {})
+        learner = result.get("learners", {}).get("default_policy", {})
+        steps = int(runners.get("num_env_steps_sampled", 0))
+        self._env_steps += steps
+        scale = self.params.reward_scale
+        get = lambda d, k: float(d.get(k, np.nan))  # noqa: E731
+        return dict(
+            episode_return_mean=get(runners, "episode_return_mean") / scale,
+            episode_len_mean=get(runners, "episode_len_mean"),
+            policy_loss=get(learner, "policy_loss"), value_loss=get(learner, "vf_loss"),
+            entropy=get(learner, "entropy"), kl=get(learner, "mean_kl_loss"),
+            env_steps_per_s=steps / elapsed if elapsed > 0 else np.nan, env_steps=float(self._env_steps),
+        )
+
+    def policy(self) -> GreedyPolicy:
+        module = self.algo.get_module()
+        state = {k: v.detach().cpu() for k, v in module.net.state_dict().items()}
+        self._eval_net.load_state_dict(state)
+        return GreedyPolicy(self._eval_net, self.name)
+
+    def save(self, path: Path) -> None:
+        path = Path(path).resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        self.algo.save_to_path(str(path / "algorithm"))
+        (path / "agent.json").write_text(json.dumps(self._signature() | {"env_steps": self._env_steps}))
+
+    def restore(self, path: Path) -> None:
+        path = Path(path).resolve()
+        meta = path / "agent.json"
+        if not meta.is_file() or not (path / "algorithm").is_dir():
+            raise ValueError(f"no PPO checkpoint at {path} (expected agent.json and algorithm/)")
+        saved = json.loads(meta.read_text())
+        mismatch = {k: (saved.get(k), v) for k, v in self._signature().items() if saved.get(k) != v}
+        if mismatch:
+            raise ValueError(f"checkpoint at {path} is incompatible with this run: "
+                             + ", ".join(f"{k} saved={a!r} now={b!r}" for k, (a, b) in mismatch.items()))
+        self.algo.restore_from_path(str(path / "algorithm"))
+        self._env_steps = int(saved["env_steps"])
+
+    def _signature(self) -> dict[str, Any]:
+        """What must match between a checkpoint and the agent restoring it."""
+        return dict(agent=self.name, n_items=self.encoder_config.n_items,
+                    encoder=json.loads(json.dumps(dataclasses.asdict(self.encoder_config))),
+                    slate_size=self.scenario.env.slate_size)
+
+    def hparams(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.params) | {f"model.{k}": v for k, v in
+                                                  dataclasses.asdict(self.encoder_config).items()}
+
+    def close(self) -> None:
+        self.algo.stop()

@@ -1,0 +1,119 @@
+"""Environment parameters, scenario configs, and the named presets."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from simulator.params import apply_overrides, check_int, check_range
+from simulator.shocks import ShockEvent
+from simulator.world import WorldConfig
+
+
+@dataclass(frozen=True)
+class EnvParams:
+    num_candidates: int = 20       # C: candidates handed to the policy each step
+    slate_size: int = 1            # K: items shown per step (action = K candidate indices)
+    history_len: int = 32          # H: past interactions in the observation
+    max_steps: int = 100           # episode cap (truncation)
+    popular_fraction: float = 0.3  # candidate sources: popular / topic-near / random
+    topic_fraction: float = 0.4
+
+    def __post_init__(self) -> None:
+        o = "env"
+        check_int(o, "num_candidates", self.num_candidates, 1, 10_000)
+        check_int(o, "slate_size", self.slate_size, 1, self.num_candidates)
+        check_int(o, "history_len", self.history_len, 1, 4096)
+        check_int(o, "max_steps", self.max_steps, 1)
+        check_range(o, "popular_fraction", self.popular_fraction, 0.0, 1.0)
+        check_range(o, "topic_fraction", self.topic_fraction, 0.0, 1.0)
+        if self.popular_fraction + self.topic_fraction > 1.0:
+            raise ValueError("env.popular_fraction + env.topic_fraction must be <= 1, got "
+                             f"{self.popular_fraction} + {self.topic_fraction}")
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    """Everything that defines an environment: the world and the env around it."""
+    name: str = "custom"
+    world: WorldConfig = field(default_factory=WorldConfig)
+    env: EnvParams = field(default_factory=EnvParams)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SUDDEN = dict(kind="sudden", step=40, fraction=1.0, strength=0.8)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "stationary": {},
+    "seasonal": {"seasonal": {"enabled": True}},
+    "social": {"social": {"enabled": True}},
+    "cognitive": {"cognitive": {"enabled": True}},
+    "shock": {"shocks": {"enabled": True, "events": [_SUDDEN]}},
+    "mixed": {
+        "catalog": {"n_arrivals": 100},
+        "seasonal": {"enabled": True},
+        "social": {"enabled": True},
+        "cognitive": {"enabled": True},
+        "shocks": {"enabled": True, "events": [
+            dict(kind="injection", step=30, n_items=50),
+            dict(kind="sudden", step=60, fraction=0.5, strength=0.8),
+        ]},
+    },
+}
+
+
+def _split(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Route flat scenario overrides: 'env' to EnvParams, world field names to WorldConfig."""
+    world_keys = {f.name for f in dataclasses.fields(WorldConfig)}
+    world, env = {}, {}
+    for key, value in overrides.items():
+        if key == "env":
+            env = value
+        elif key in world_keys:
+            world[key] = value
+        else:
+            raise ValueError(f"unknown config key '{key}'; allowed: {', '.join(sorted(world_keys | {'env'}))}")
+    return world, env
+
+
+def load_overrides(path: str | Path) -> dict[str, Any]:
+    """Read overrides from a YAML (or JSON) file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def make_scenario(name: str = "mixed", overrides: Mapping[str, Any] | None = None,
+                  config_file: str | Path | None = None) -> ScenarioConfig:
+    """Build a preset by name, then apply a YAML file's overrides, then `overrides`.
+
+    Overrides are nested mappings keyed like the config: {"cognitive": {"magnitude": 2},
+    "env": {"num_candidates": 10}, "shocks": {"events": [{"kind": "sudden", "step": 20}]}}.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown scenario '{name}'; valid scenarios: {', '.join(PRESETS)}")
+    layers = [PRESETS[name]]
+    if config_file is not None:
+        layers.append(load_overrides(config_file))
+    if overrides:
+        layers.append(dict(overrides))
+    world, env = WorldConfig(), EnvParams()
+    for layer in layers:
+        world_over, env_over = _split(layer)
+        world = apply_overrides(world, world_over)
+        env = apply_overrides(env, env_over, "env")
+    # Re-run the cross-field checks after all layers.
+    world = dataclasses.replace(world)
+    return ScenarioConfig(name=name, world=world, env=env)
+
+
+__all__ = ["EnvParams", "ScenarioConfig", "PRESETS", "make_scenario", "load_overrides", "ShockEvent"]

@@ -1,0 +1,237 @@
+"""The batched recommendation platform shared by the single-user and vector envs:
+candidate retrieval, observation building, action checking, episode bookkeeping."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from envs.candidates import CandidateIndex, sample_candidates, source_sizes
+from envs.config import ScenarioConfig
+from simulator.seasonal import season_angle
+from simulator.world import StepResult, World
+
+HISTORY_FEATURES = ("clicked", "completion", "watch_time", "season_sin", "season_cos")
+CONTEXT_FEATURES = ("season_sin", "season_cos", "progress")
+WATCH_TIME_CAP = 10.0  # history watch time is in units of the mean item length, capped here
+
+
+def observation_space(config: ScenarioConfig, n_items: int, item_feature_dim: int) -> spaces.Dict:
+    """The single-user observation space: a Dict of Box arrays (no Discrete: SB3 would one-hot it).
+
+    history_items [H] ids, history_features [H, 5] (clicked, completion, watch time,
+    season sin/cos), history_mask [H] (1 = real, newest last); candidate_items [C],
+    candidate_features [C, F_item] (topic mixture, quality signal, attractiveness,
+    length, popularity); context [3] (season sin/cos, episode progress). Item
+    features are static, so the history carries ids only: a model looks them up.
+    """
+    e = config.env
+    h, c = e.history_len, e.num_candidates
+    f32 = np.float32
+    box = lambda shape, lo, hi: spaces.Box(lo, hi, shape=shape, dtype=f32)  # noqa: E731
+    return spaces.Dict({
+        "history_items": spaces.Box(0, n_items - 1, shape=(h,), dtype=np.int64),
+        "history_features": box((h, len(HISTORY_FEATURES)), -1.0, WATCH_TIME_CAP),
+        "history_mask": box((h,), 0.0, 1.0),
+        "candidate_items": spaces.Box(0, n_items - 1, shape=(c,), dtype=np.int64),
+        "candidate_features": box((c, item_feature_dim), 0.0, 1.0),
+        "context": box((len(CONTEXT_FEATURES),), -1.0, 1.0),
+    })
+
+
+def action_space(config: ScenarioConfig) -> spaces.Space:
+    """Discrete(C) for one item, MultiDiscrete([C] * K) for a slate of K."""
+    e = config.env
+    if e.slate_size == 1:
+        return spaces.Discrete(e.num_candidates)
+    return spaces.MultiDiscrete([e.num_candidates] * e.slate_size)
+
+
+def dedupe_slates(slates: np.ndarray, n_candidates: int) -> np.ndarray:
+    """[N, K] candidate indices with repeats removed, deterministically.
+
+    Scanning left to right, an index already in the slate is replaced by the
+    lowest candidate index not yet in it.
+    """
+    n, k = slates.shape
+    if k == 1:
+        return slates
+    out = slates.copy()
+    used = np.zeros((n, n_candidates), dtype=bool)
+    rows = np.arange(n)
+    for pos in range(k):  # K slate positions (small), vectorised over users
+        col = out[:, pos]
+        dup = used[rows, col]
+        if dup.any():
+            col = np.where(dup, np.argmin(used, axis=1), col)
+            out[:, pos] = col
+        used[rows, col] = True
+    return out
+
+
+class RecommenderCore:
+    """N users on one World, with everything an env needs. Arrays lead with the user axis."""
+
+    def __init__(self, config: ScenarioConfig, n_users: int, seed: int | None = None) -> None:
+        self.config = config
+        seed = int(np.random.SeedSequence().entropy % (2**31)) if seed is None else int(seed)
+        self.world = World(config.world, n_users, seed)
+        cat = self.world.catalog
+        self.n_users = n_users
+        self.n_items = cat.n_items
+        self.index = CandidateIndex.build(cat)
+        e = config.env
+        self.sizes = source_sizes(e.num_candidates, e.popular_fraction, e.topic_fraction)
+        self.item_features = cat.features
+        self.single_observation_space = observation_space(config, cat.n_items, cat.features.shape[1])
+        self.single_action_space = action_space(config)
+        h = e.history_len
+        # History ring buffers: every user gains one entry per step, so one write
+        # position serves all users; observations() unrolls them oldest to newest.
+        self.history_items = np.zeros((n_users, h), np.int64)
+        self.history_features = np.zeros((n_users, h, len(HISTORY_FEATURES)), np.float32)
+        self.history_mask = np.zeros((n_users, h), np.float32)
+        self.history_pos = 0
+        self.candidates = np.zeros((n_users, e.num_candidates), np.int64)
+        self.anchor_topic = np.zeros(n_users, np.int64)
+        self.episode_return = np.zeros(n_users, np.float32)
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart every random stream from `seed` and start fresh episodes for all users."""
+        self.seed = int(seed)
+        world_seed, cand_seed, reset_seed = np.random.SeedSequence(self.seed).generate_state(3)
+        self.world.reseed(int(world_seed))
+        # Per-step candidates and reset-time draws use separate streams, so the per-step
+        # stream has a fixed shape whatever the policy does (common random numbers).
+        self.candidate_rng = np.random.default_rng(int(cand_seed))
+        self.reset_rng = np.random.default_rng(int(reset_seed))
+        self.reset_users(np.ones(self.n_users, dtype=bool))
+
+    def tile(self, m: int, seed: int, noise_groups: int | None = None) -> "RecommenderCore":
+        """A core of N*m users, each user's copies at rows i*m .. i*m+m-1, for what-if rollouts.
+
+        The copy steps independently of this core (its own random streams from `seed`);
+        `noise_groups` as in `World.tile` (shared noise, candidates included).
+        """
+        other = object.__new__(RecommenderCore)
+        other.__dict__.update(self.__dict__)
+        other.world = self.world.tile(m, seed, noise_groups)
+        index = np.repeat(np.arange(self.n_users), m)
+        for name in ("history_items", "history_features", "history_mask",
+                     "candidates", "anchor_topic", "episode_return"):
+            setattr(other, name, getattr(self, name)[index])
+        other.n_users = self.n_users * m
+        cand_seed, reset_seed = np.random.SeedSequence(seed).generate_state(2)
+        other.candidate_rng = np.random.default_rng(int(cand_seed))
+        other.reset_rng = np.random.default_rng(int(reset_seed))
+        return other
+
+    # --------------------------------------------------------------- episodes
+    def reset_users(self, mask: np.ndarray) -> None:
+        """Start new episodes (fresh users, empty history) for the users in `mask` [N]."""
+        idx = np.flatnonzero(mask)
+        if idx.size == 0:
+            return
+        self.world.reset_users(mask)
+        self.history_items[idx] = 0
+        self.history_features[idx] = 0.0
+        self.history_mask[idx] = 0.0
+        self.episode_return[idx] = 0.0
+        # Until a first click, topic-near retrieval anchors on a random topic.
+        self.anchor_topic[idx] = self.reset_rng.integers(0, self.world.catalog.n_topics, size=idx.size)
+        self._draw_candidates(idx)
+
+    def _draw_candidates(self, idx: np.ndarray | None = None) -> None:
+        c = self.config.env.num_candidates
+        if idx is None:
+            noise_map = self.world.noise_map
+            uniform = self.candidate_rng.random((self.world.noise_rows, c))
+            if noise_map is not None:
+                uniform = uniform[noise_map]
+        else:
+            uniform = self.reset_rng.random((idx.size, c))
+        sel = slice(None) if idx is None else idx
+        self.candidates[sel] = sample_candidates(self.index, self.world.catalog.arrival_step,
+                                                 self.anchor_topic[sel], self.world.state.step[sel],
+                                                 self.sizes, uniform)
+
+    # ---------------------------------------------------------------- actions
+    def check_actions(self, actions: Any, ignore: np.ndarray | None = None) -> np.ndarray:
+        """Validate a batch of actions; return [N, K] candidate indices (deduplicated).
+
+        Rows in `ignore` [N] (slots being reset) must have the right shape but any value.
+        """
+        e = self.config.env
+        a = np.asarray(actions)
+        if a.dtype.kind not in "iu":
+            if a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
+                a = a.astype(np.int64)
+            else:
+                raise ValueError(f"actions must be integer candidate indices, got dtype {a.dtype}")
+        expected = (self.n_users,) if e.slate_size == 1 else (self.n_users, e.slate_size)
+        if a.shape == expected + (1,) and e.slate_size == 1:
+            a = a[..., 0]
+        if a.shape != expected:
+            raise ValueError(f"actions must have shape {expected} (n_users, slate_size={e.slate_size}), "
+                             f"got {a.shape}")
+        if ignore is not None and ignore.any():
+            a = a.copy()
+            a[ignore] = 0
+        if a.size and (a.min() < 0 or a.max() >= e.num_candidates):
+            bad = a[(a < 0) | (a >= e.num_candidates)][0]
+            raise ValueError(f"action index {bad} out of range: candidate indices are 0..{e.num_candidates - 1}")
+        a = a.reshape(self.n_users, e.slate_size).astype(np.int64)
+        return dedupe_slates(a, e.num_candidates)
+
+    # ------------------------------------------------------------------- step
+    def step(self, slate_index: np.ndarray) -> tuple[StepResult, np.ndarray, np.ndarray]:
+        """Show slates (candidate indices [N, K]); record history; draw next candidates.
+
+        Returns the world's StepResult, reward [N] (watch time) and truncated [N].
+        """
+        rows = np.arange(self.n_users)
+        slates = self.candidates[rows[:, None], slate_index]
+        season = season_angle(self.world.calendar, self.config.world.seasonal.period)
+        result = self.world.step(slates)
+        # The history records the clicked item, or the top item when nothing was clicked.
+        shown = np.where(result.clicked, result.item, slates[:, 0])
+        self._push_history(shown, result, season)
+        clicked = result.clicked
+        self.anchor_topic = np.where(clicked, self.world.catalog.dominant_topic[np.maximum(result.item, 0)],
+                                     self.anchor_topic)
+        self._draw_candidates()
+        reward = result.watch_time
+        self.episode_return += reward
+        truncated = (self.world.state.step >= self.config.env.max_steps) & ~result.terminated
+        return result, reward, truncated
+
+    def _push_history(self, items: np.ndarray, result: StepResult, season: np.ndarray) -> None:
+        p = self.history_pos
+        self.history_pos = (p + 1) % self.config.env.history_len
+        self.history_items[:, p] = items
+        f = self.history_features[:, p]
+        f[:, 0] = result.clicked
+        f[:, 1] = result.completion
+        f[:, 2] = np.minimum(result.watch_time / np.float32(self.config.world.catalog.length_mean), WATCH_TIME_CAP)
+        f[:, 3] = np.sin(season)
+        f[:, 4] = np.cos(season)
+        self.history_mask[:, p] = 1.0
+
+    # ------------------------------------------------------------ observation
+    def observations(self) -> dict[str, np.ndarray]:
+        """Batched observation dict; each value leads with the user axis N (fresh copies)."""
+        season = season_angle(self.world.calendar, self.config.world.seasonal.period)
+        context = np.stack([np.sin(season), np.cos(season),
+                            self.world.state.step / np.float32(self.config.env.max_steps)], axis=1)
+        p = self.history_pos
+        unroll = lambda buf: np.concatenate([buf[:, p:], buf[:, :p]], axis=1)  # noqa: E731  oldest first
+        return {
+            "history_items": unroll(self.history_items),
+            "history_features": unroll(self.history_features),
+            "history_mask": unroll(self.history_mask),
+            "candidate_items": self.candidates.copy(),
+            "candidate_features": self.item_features[self.candidates],
+            "context": context.astype(np.float32),
+        }

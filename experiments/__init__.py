@@ -1,0 +1,1 @@
+"""Entry points, the evaluation harness, logging, reports and benchmarks."""

@@ -1,0 +1,32 @@
+"""Benchmarks that print numbers (never timed tests).
+
+  python experiments/bench.py sim [--json]       simulator and VectorEnv user-steps/s
+  python experiments/bench.py encoder [--json]   encoder forward+backward tokens/s vs nn.TransformerEncoder
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from experiments.benchmarks import encoder, sim
+
+BENCHMARKS = {"sim": sim, "encoder": encoder}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description="driftrec benchmarks (numbers, not tests)")
+    sub = parser.add_subparsers(dest="name", required=True)
+    for name, module in BENCHMARKS.items():
+        p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
+        module.add_arguments(p)
+        p.add_argument("--json", action="store_true", help="print a JSON list of records instead of a table")
+    args = parser.parse_args(argv)
+    module = BENCHMARKS[args.name]
+    records = module.run(args)
+    print(json.dumps(records, indent=None) if args.json else module.format_records(records))
+    return records
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)

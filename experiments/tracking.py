@@ -1,0 +1,65 @@
+"""The one logging path: TensorBoard scalars, hyperparameters and results.csv for a run directory.
+
+Run directories are runs/<scenario>/<agent>/<seed>-<time>/, so
+`tensorboard --logdir runs` overlays every agent of a scenario.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+EVAL_TAGS = ("return_mean", "return_ci95", "ctr", "session_length", "satisfaction_end",
+             "consumption_entropy", "slate_diversity", "coverage")
+
+
+def new_run_dir(logdir: str | Path, scenario: str, agent: str, seed: int) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(logdir) / scenario / agent / f"{seed}-{stamp}"
+    suffix = 1
+    while path.exists():  # two runs in the same second
+        path = Path(logdir) / scenario / agent / f"{seed}-{stamp}-{suffix}"
+        suffix += 1
+    path.mkdir(parents=True)
+    return path
+
+
+class RunLogger:
+    """Writes `train/*` and `eval/*` scalars against environment steps, and results.csv."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = Path(run_dir)
+        # On resume, events written after the checkpoint are dropped (purge_step).
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
+        self.results_path = self.run_dir / "results.csv"
+
+    def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
+        for key, value in values.items():
+            if value is not None and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(f"{prefix}/{key}", float(value), global_step=step)
+        self.writer.flush()
+
+    def evaluation(self, metrics: Mapping[str, float], step: int, tensorboard: bool = True, **row: Any) -> None:
+        """Log one evaluation: a row of results.csv and (unless told not to) TensorBoard eval/*."""
+        if tensorboard:
+            self.scalars("eval", {k: metrics[k] for k in EVAL_TAGS if k in metrics}, step)
+        record = dict(row, env_steps=step, **metrics)
+        frame = pd.DataFrame([record])
+        header = not self.results_path.exists()
+        frame.to_csv(self.results_path, mode="a", header=header, index=False)
+
+    def hparams(self, hparams: Mapping[str, Any], final_metrics: Mapping[str, float]) -> None:
+        flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str))
+                for k, v in hparams.items()}
+        self.writer.add_hparams(flat, {f"hparam/{k}": v for k, v in final_metrics.items()
+                                       if k in EVAL_TAGS and math.isfinite(v)}, run_name=".")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,140 @@
+"""Item catalog: topic mixtures, quality, attractiveness (clickbait), length, popularity.
+
+Items 0..n_items-1 exist from the start; items appended after them arrive later
+(regular arrivals and shock injections), at a step of each user's episode clock.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.params import check_int, check_range
+
+
+@dataclass(frozen=True)
+class CatalogParams:
+    seed: int = 0                       # the catalog (and taste communities) depend on this seed only
+    n_items: int = 1000
+    n_topics: int = 10
+    topic_concentration: float = 0.15   # Dirichlet alpha of an item's topic mixture; small = one dominant topic
+    quality_alpha: float = 2.0          # quality ~ Beta(alpha, beta)
+    quality_beta: float = 2.0
+    clickbait_fraction: float = 0.25    # items whose attractiveness ignores (low) quality
+    attractiveness_noise: float = 0.15  # spread of attractiveness around quality for honest items
+    quality_signal_noise: float = 0.1   # noise of the observed quality signal (think: average rating)
+    length_mean: float = 4.0            # minutes, log-normal
+    length_sigma: float = 0.5
+    length_max: float = 15.0
+    popularity_exponent: float = 1.1    # Zipf exponent of the long-tailed popularity prior
+    n_arrivals: int = 0                 # items that arrive during an episode
+    arrival_window: int = 100           # arrivals are spread uniformly over steps [1, arrival_window]
+
+    def __post_init__(self) -> None:
+        o = "catalog"
+        check_int(o, "seed", self.seed, 0)
+        check_int(o, "n_items", self.n_items, 2)
+        check_int(o, "n_topics", self.n_topics, 1, 1024)
+        check_range(o, "topic_concentration", self.topic_concentration, 0.0, lo_open=True)
+        check_range(o, "quality_alpha", self.quality_alpha, 0.0, lo_open=True)
+        check_range(o, "quality_beta", self.quality_beta, 0.0, lo_open=True)
+        check_range(o, "clickbait_fraction", self.clickbait_fraction, 0.0, 1.0)
+        check_range(o, "attractiveness_noise", self.attractiveness_noise, 0.0, 1.0)
+        check_range(o, "quality_signal_noise", self.quality_signal_noise, 0.0, 1.0)
+        check_range(o, "length_mean", self.length_mean, 0.0, lo_open=True)
+        check_range(o, "length_sigma", self.length_sigma, 0.0, 3.0)
+        check_range(o, "length_max", self.length_max, 0.0, lo_open=True)
+        check_range(o, "popularity_exponent", self.popularity_exponent, 0.0, 5.0)
+        check_int(o, "n_arrivals", self.n_arrivals, 0)
+        check_int(o, "arrival_window", self.arrival_window, 1)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Item arrays, all of leading length I (items, arrivals included).
+
+    topics [I, T] rows on the simplex; quality, attractiveness [I] in [0, 1];
+    quality_signal [I] the noisy quality a recommender can observe; length [I]
+    minutes; popularity [I] sums to 1; arrival_step [I] (0 = there from the start).
+    """
+    topics: np.ndarray
+    quality: np.ndarray
+    attractiveness: np.ndarray
+    quality_signal: np.ndarray
+    length: np.ndarray
+    popularity: np.ndarray
+    arrival_step: np.ndarray
+    features: np.ndarray  # [I, T + 4] what an agent may observe of an item
+
+    @property
+    def n_items(self) -> int:
+        return int(self.topics.shape[0])
+
+    @property
+    def n_topics(self) -> int:
+        return int(self.topics.shape[1])
+
+    @property
+    def n_initial(self) -> int:
+        return int(np.count_nonzero(self.arrival_step == 0))
+
+    @property
+    def dominant_topic(self) -> np.ndarray:
+        return self.topics.argmax(axis=1)
+
+
+def _sample_items(params: CatalogParams, n: int, rng: np.random.Generator,
+                  topic: int | None = None, quality_boost: float = 0.0) -> dict[str, np.ndarray]:
+    t = params.n_topics
+    alpha = np.full(t, params.topic_concentration)
+    if topic is not None:
+        alpha[topic] += 5.0  # injected items centre on one topic
+    topics = rng.dirichlet(alpha, size=n) if t > 1 else np.ones((n, 1))
+    quality = np.clip(rng.beta(params.quality_alpha, params.quality_beta, size=n) + quality_boost, 0, 1)
+    honest = np.clip(quality + rng.normal(0.0, params.attractiveness_noise, size=n), 0, 1)
+    bait = rng.uniform(0.7, 1.0, size=n)  # clickbait looks great whatever it holds
+    is_bait = rng.random(n) < params.clickbait_fraction
+    quality = np.where(is_bait, quality * 0.5, quality)
+    attractiveness = np.where(is_bait, bait, honest)
+    signal = np.clip(quality + rng.normal(0.0, params.quality_signal_noise, size=n), 0, 1)
+    length = np.minimum(rng.lognormal(np.log(params.length_mean), params.length_sigma, size=n),
+                        params.length_max)
+    return dict(topics=topics, quality=quality, attractiveness=attractiveness,
+                quality_signal=signal, length=length)
+
+
+def make_catalog(params: CatalogParams, rng: np.random.Generator,
+                 injections: tuple[tuple[int, int, int], ...] = ()) -> Catalog:
+    """Sample a catalog. `injections` holds (step, n_items, topic) batches (topic -1: random)."""
+    parts = [_sample_items(params, params.n_items, rng)]
+    arrival = [np.zeros(params.n_items, dtype=np.int32)]
+    if params.n_arrivals:
+        parts.append(_sample_items(params, params.n_arrivals, rng))
+        arrival.append(np.sort(rng.integers(1, params.arrival_window + 1, size=params.n_arrivals)).astype(np.int32))
+    for step, count, topic in injections:
+        if count <= 0:
+            continue
+        topic = int(rng.integers(params.n_topics)) if topic < 0 else topic
+        parts.append(_sample_items(params, count, rng, topic=topic, quality_boost=0.15))
+        arrival.append(np.full(count, step, dtype=np.int32))
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    n = cols["quality"].shape[0]
+    # Popularity: Zipf over a ranking that favours attractive items (clickbait spreads).
+    rank_key = cols["attractiveness"] + rng.normal(0.0, 0.3, size=n)
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.argsort(-rank_key)] = np.arange(n)
+    popularity = (rank + 1.0) ** -params.popularity_exponent
+    popularity /= popularity.sum()
+    arrival_step = np.concatenate(arrival)
+    features = np.concatenate([
+        cols["topics"],
+        cols["quality_signal"][:, None],
+        cols["attractiveness"][:, None],
+        (cols["length"] / params.length_max)[:, None],
+        (1.0 - np.log1p(rank) / np.log(n))[:, None],  # popularity rank score in (0, 1]
+    ], axis=1)
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    return Catalog(topics=f32(cols["topics"]), quality=f32(cols["quality"]),
+                   attractiveness=f32(cols["attractiveness"]), quality_signal=f32(cols["quality_signal"]),
+                   length=f32(cols["length"]), popularity=popularity.astype(np.float64),
+                   arrival_step=arrival_step, features=f32(features))

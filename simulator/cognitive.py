@@ -1,0 +1,92 @@
+"""Cognitive drift: satiation (boredom) with recovery, reinforcement, novelty seeking, random walk."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.params import check_bool, check_range
+
+
+@dataclass(frozen=True)
+class CognitiveParams:
+    enabled: bool = False
+    magnitude: float = 1.0
+    satiation_rate: float = 0.3       # satiation gained per fully watched item of a topic
+    satiation_recovery: float = 0.05  # fraction of satiation lost per step (recovery with time)
+    satiation_weight: float = 2.0     # fit lost on a fully satiated topic
+    reinforcement_rate: float = 0.02  # interest gain toward consumed topics, per watched item
+    novelty_weight: float = 1.0       # utility bonus of fresh items / penalty of repeats, x novelty_seeking
+    freshness_steps: float = 20.0     # an arrived item stays fresh for about this many steps
+    random_walk_std: float = 0.01     # exogenous per-step interest noise
+
+    def __post_init__(self) -> None:
+        o = "cognitive"
+        check_bool(o, "enabled", self.enabled)
+        check_range(o, "magnitude", self.magnitude, 0.0)
+        check_range(o, "satiation_rate", self.satiation_rate, 0.0, 1.0)
+        check_range(o, "satiation_recovery", self.satiation_recovery, 0.0, 1.0)
+        check_range(o, "satiation_weight", self.satiation_weight, 0.0, 100.0)
+        check_range(o, "reinforcement_rate", self.reinforcement_rate, 0.0, 1.0)
+        check_range(o, "novelty_weight", self.novelty_weight, 0.0, 100.0)
+        check_range(o, "freshness_steps", self.freshness_steps, 0.0, lo_open=True)
+        check_range(o, "random_walk_std", self.random_walk_std, 0.0, 1.0)
+
+    @property
+    def scale(self) -> float:
+        return self.magnitude if self.enabled else 0.0
+
+
+def satiation_penalty(satiation: np.ndarray, slate_topics: np.ndarray, params: CognitiveParams) -> np.ndarray:
+    """[N, K] fit lost to boredom: weight * (satiation [N, T] . item topics [N, K, T])."""
+    return np.float32(params.satiation_weight * params.scale) * (slate_topics * satiation[:, None, :]).sum(-1)
+
+
+def update_satiation(satiation: np.ndarray, consumed_topics: np.ndarray, completion: np.ndarray,
+                     params: CognitiveParams) -> None:
+    """In place: satiation [N, T] decays by `recovery`, then grows with what was watched.
+
+    consumed_topics [N, T] (zero rows for no click); completion [N] fraction watched.
+    The state evolves whatever the magnitude; the magnitude scales its effect on choices.
+    """
+    satiation *= np.float32(1.0 - params.satiation_recovery)
+    gain = np.float32(params.satiation_rate) * completion[:, None] * consumed_topics
+    satiation += gain * (1.0 - satiation)
+
+
+def reinforce(interest: np.ndarray, consumed_topics: np.ndarray, completion: np.ndarray,
+              params: CognitiveParams) -> None:
+    """In place: interests [N, T] grow toward +1 on the topics just watched ("more of what I watch")."""
+    rate = np.float32(params.reinforcement_rate * params.scale)
+    if rate:
+        interest += rate * completion[:, None] * consumed_topics * (1.0 - interest)
+
+
+def novelty_bonus(slates: np.ndarray, recent_items: np.ndarray, freshness: np.ndarray,
+                  novelty_seeking: np.ndarray, params: CognitiveParams) -> np.ndarray:
+    """[N, K] utility of novelty: + freshness of newly arrived items, - 1 for a repeat of a recent item.
+
+    slates [N, K]; recent_items [N, R]; freshness [N, K] in [0, 1]; novelty_seeking [N].
+    """
+    weight = params.novelty_weight * params.scale
+    if not weight:
+        return np.zeros(slates.shape, dtype=np.float32)
+    repeat = (slates[:, :, None] == recent_items[:, None, :]).any(-1)
+    return np.float32(weight) * novelty_seeking[:, None] * (freshness - repeat)
+
+
+def freshness(arrival_step: np.ndarray, user_step: np.ndarray, params: CognitiveParams) -> np.ndarray:
+    """[N, K] exp(-age / freshness_steps) for items that arrived during the episode, else 0.
+
+    arrival_step [N, K] of the slate's items; user_step [N].
+    """
+    age = user_step[:, None] - arrival_step
+    fresh = np.exp(-np.maximum(age, 0) / np.float32(params.freshness_steps)).astype(np.float32)
+    return np.where(arrival_step > 0, fresh, np.float32(0.0))
+
+
+def random_walk(interest: np.ndarray, noise: np.ndarray, params: CognitiveParams) -> None:
+    """In place: interests [N, T] += std * noise [N, T]."""
+    std = np.float32(params.random_walk_std * params.scale)
+    if std:
+        interest += std * noise

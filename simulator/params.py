@@ -1,0 +1,67 @@
+"""Validation and override helpers shared by every parameter dataclass."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+
+def check_range(owner: str, name: str, value: float, lo: float | None = None,
+                hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> None:
+    """Raise ValueError naming `owner.name` unless lo <= value <= hi (open ends if asked)."""
+    field = f"{owner}.{name}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{field} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{field} must be finite, got {value!r}")
+    bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+    bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
+    if bad_lo or bad_hi:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        lo_s = "-inf" if lo is None else f"{lo:g}"
+        hi_s = "inf" if hi is None else f"{hi:g}"
+        raise ValueError(f"{field} must be in {left}{lo_s}, {hi_s}{right}, got {value!r}")
+
+
+def check_int(owner: str, name: str, value: int, lo: int | None = None, hi: int | None = None) -> None:
+    """Raise ValueError unless `value` is an int in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{owner}.{name} must be an integer, got {value!r}")
+    check_range(owner, name, value, lo, hi)
+
+
+def check_bool(owner: str, name: str, value: bool) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}.{name} must be true or false, got {value!r}")
+
+
+def apply_overrides(obj: Any, overrides: Mapping[str, Any], path: str = "") -> Any:
+    """Return a copy of the dataclass `obj` with nested `overrides` applied.
+
+    Nested dataclass fields take nested mappings; every other field takes a
+    value that the dataclass then validates. An unknown key is a ValueError that
+    lists the allowed ones.
+    """
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"overrides for '{path or type(obj).__name__}' must be a mapping, "
+                         f"got {type(overrides).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            raise ValueError(f"unknown config key '{where}'; allowed: {', '.join(sorted(fields))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and not isinstance(current, type):
+            changes[key] = apply_overrides(current, value, where)
+        elif hasattr(type(obj), f"_coerce_{key}"):
+            changes[key] = getattr(type(obj), f"_coerce_{key}")(value, where)
+        else:
+            changes[key] = value
+    return dataclasses.replace(obj, **changes)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain nested dict of a parameter dataclass (for logging hyperparameters)."""
+    return dataclasses.asdict(obj)

@@ -1,0 +1,105 @@
+"""User response: a choice over the slate with a no-click option and position bias, engagement
+(watch time) from fit and quality, satisfaction and budget dynamics, and leaving."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.params import check_range
+
+
+@dataclass(frozen=True)
+class ResponseParams:
+    fit_weight: float = 3.0                  # utility per unit of topic fit
+    attractiveness_weight: float = 2.5       # utility of looking attractive (thumbnails, titles)
+    no_click_utility: float = 1.5            # utility of not clicking anything
+    dissatisfaction_weight: float = 2.0      # unhappy users click less: no_click += w * (0.5 - satisfaction)
+    position_decay: float = 0.7              # position bias: utility -= decay * log(1 + position)
+    completion_bias: float = 0.0             # fraction watched = sigmoid(bias + w_fit * fit + w_q * (q - 0.5))
+    completion_fit_weight: float = 2.0
+    completion_quality_weight: float = 3.0
+    watch_noise: float = 0.1                 # multiplicative log-normal noise of watch time
+    satisfaction_rate: float = 0.1           # satisfaction is an EMA of experience with this rate
+    clickbait_penalty: float = 1.0           # experience lost per unit of attractiveness above quality
+    skip_experience: float = 0.3             # experience of a step with nothing worth clicking
+    browse_cost: float = 0.5                 # minutes of budget every step costs
+    quality_refund: float = 0.8              # good content gives budget back: budget -= watch * (1 - refund * (2q - 1))
+    leave_threshold: float = 0.45            # below this satisfaction users may leave
+    leave_max: float = 0.3                   # per-step leave probability at zero satisfaction
+
+    def __post_init__(self) -> None:
+        o = "response"
+        for name in ("fit_weight", "attractiveness_weight", "dissatisfaction_weight", "position_decay",
+                     "completion_fit_weight", "completion_quality_weight"):
+            check_range(o, name, getattr(self, name), 0.0, 100.0)
+        check_range(o, "no_click_utility", self.no_click_utility, -100.0, 100.0)
+        check_range(o, "completion_bias", self.completion_bias, -100.0, 100.0)
+        check_range(o, "watch_noise", self.watch_noise, 0.0, 2.0)
+        check_range(o, "satisfaction_rate", self.satisfaction_rate, 0.0, 1.0)
+        check_range(o, "clickbait_penalty", self.clickbait_penalty, 0.0, 10.0)
+        check_range(o, "skip_experience", self.skip_experience, 0.0, 1.0)
+        check_range(o, "browse_cost", self.browse_cost, 0.0)
+        check_range(o, "quality_refund", self.quality_refund, 0.0, 1.0)
+        check_range(o, "leave_threshold", self.leave_threshold, 0.0, 1.0)
+        check_range(o, "leave_max", self.leave_max, 0.0, 1.0)
+
+
+def position_log_bias(slate_size: int, params: ResponseParams) -> np.ndarray:
+    """[K] additive utility of each slate position (0 at the top)."""
+    return (-params.position_decay * np.log1p(np.arange(slate_size))).astype(np.float32)
+
+
+def no_click_utility(satisfaction: np.ndarray, params: ResponseParams) -> np.ndarray:
+    """[N] utility of the outside option."""
+    return np.float32(params.no_click_utility) + np.float32(params.dissatisfaction_weight) * (0.5 - satisfaction)
+
+
+def choice_probabilities(utility: np.ndarray, outside: np.ndarray) -> np.ndarray:
+    """[N, K+1] multinomial-logit probabilities; column 0 is 'no click', column k+1 slate position k.
+
+    utility [N, K]; outside [N]. Max-subtracted, so extreme utilities give no inf/NaN.
+    """
+    u = np.concatenate([outside[:, None], utility], axis=1)
+    u -= u.max(axis=1, keepdims=True)
+    np.exp(u, out=u)
+    u /= u.sum(axis=1, keepdims=True)
+    return u
+
+
+def sample_choice(probs: np.ndarray, uniform: np.ndarray) -> np.ndarray:
+    """[N] chosen slate position, -1 for no click, by inverse CDF with one uniform [N] per user."""
+    cdf = np.cumsum(probs, axis=1)
+    return (uniform[:, None] >= cdf[:, :-1]).sum(axis=1) - 1
+
+
+def completion(fit: np.ndarray, quality: np.ndarray, params: ResponseParams) -> np.ndarray:
+    """Fraction of an item watched, in (0, 1); any shape."""
+    z = (params.completion_bias + params.completion_fit_weight * fit
+         + params.completion_quality_weight * (quality - 0.5))
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+def experience(clicked: np.ndarray, quality: np.ndarray, attractiveness: np.ndarray,
+               params: ResponseParams) -> np.ndarray:
+    """[N] how good this step felt, in [0, 1]: quality, less the letdown of clickbait; a skip is meh."""
+    on_click = np.clip(quality - params.clickbait_penalty * np.maximum(attractiveness - quality, 0.0), 0.0, 1.0)
+    return np.where(clicked, on_click, np.float32(params.skip_experience)).astype(np.float32)
+
+
+def update_satisfaction(satisfaction: np.ndarray, felt: np.ndarray, params: ResponseParams) -> None:
+    """In place: satisfaction [N] moves toward this step's experience [N] (an EMA; stays in [0, 1])."""
+    satisfaction += np.float32(params.satisfaction_rate) * (felt - satisfaction)
+
+
+def budget_cost(watch_time: np.ndarray, quality: np.ndarray, params: ResponseParams) -> np.ndarray:
+    """[N] minutes of budget spent this step: browsing plus watching, less a refund for quality."""
+    return (params.browse_cost + watch_time * (1.0 - params.quality_refund * (2.0 * quality - 1.0))).astype(np.float32)
+
+
+def leave_probability(satisfaction: np.ndarray, params: ResponseParams) -> np.ndarray:
+    """[N] per-step probability of leaving, rising linearly as satisfaction drops below the threshold."""
+    if params.leave_threshold == 0.0:
+        return np.zeros_like(satisfaction)
+    gap = np.clip((params.leave_threshold - satisfaction) / params.leave_threshold, 0.0, 1.0)
+    return (params.leave_max * gap).astype(np.float32)

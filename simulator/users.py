@@ -1,0 +1,60 @@
+"""User population: sampling of new users' latent traits and starting state."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.params import check_int, check_range
+
+
+@dataclass(frozen=True)
+class UserParams:
+    budget_mean: float = 60.0          # minutes a user is willing to spend in a session
+    budget_std: float = 10.0
+    satisfaction_init: float = 0.7     # starting trust in the recommender, in [0, 1]
+    n_communities: int = 4             # taste communities (homophily of the social graph)
+    community_strength: float = 0.6    # how much a user's interests follow the community's
+    novelty_seeking_max: float = 1.0   # per-user trait ~ U(0, max)
+    recent_items: int = 16             # items a user remembers having consumed (repeat aversion)
+
+    def __post_init__(self) -> None:
+        o = "users"
+        check_range(o, "budget_mean", self.budget_mean, 0.0, lo_open=True)
+        check_range(o, "budget_std", self.budget_std, 0.0)
+        check_range(o, "satisfaction_init", self.satisfaction_init, 0.0, 1.0)
+        check_int(o, "n_communities", self.n_communities, 1)
+        check_range(o, "community_strength", self.community_strength, 0.0, 1.0)
+        check_range(o, "novelty_seeking_max", self.novelty_seeking_max, 0.0)
+        check_int(o, "recent_items", self.recent_items, 1, 1024)
+
+
+def community_centres(params: UserParams, n_topics: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_communities, T] interest centres in [-1, 1]: each community loves a few topics."""
+    centres = rng.uniform(-1.0, 0.0, size=(params.n_communities, n_topics))
+    n_loved = max(1, n_topics // 4)
+    for c in range(params.n_communities):  # loop over communities (few), not users
+        centres[c, rng.choice(n_topics, size=n_loved, replace=False)] = rng.uniform(0.5, 1.0, size=n_loved)
+    return centres.astype(np.float32)
+
+
+def sample_users(params: UserParams, community: np.ndarray, centres: np.ndarray,
+                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Draw fresh users for the slots with the given `community` [M].
+
+    Returns arrays with leading axis M: interest [M, T], budget [M],
+    novelty_seeking [M], susceptibility [M], shock_draw [M], shock_target [M, T].
+    """
+    m, t = community.shape[0], centres.shape[1]
+    own = rng.uniform(-1.0, 1.0, size=(m, t))
+    w = params.community_strength
+    interest = (1.0 - w) * own + w * centres[community]
+    budget = np.maximum(rng.normal(params.budget_mean, params.budget_std, size=m), 1.0)
+    return dict(
+        interest=interest.astype(np.float32),
+        budget=budget.astype(np.float32),
+        novelty_seeking=rng.uniform(0.0, params.novelty_seeking_max, size=m).astype(np.float32),
+        susceptibility=rng.uniform(0.0, 1.0, size=m).astype(np.float32),
+        shock_draw=rng.random(m).astype(np.float32),
+        shock_target=rng.uniform(-1.0, 1.0, size=(m, t)).astype(np.float32),
+    )

@@ -1,0 +1,323 @@
+"""The world: a catalog plus N users, stepped for all users at once."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simulator import cognitive, response, seasonal, shocks, social
+from simulator.catalog import Catalog, CatalogParams, make_catalog
+from simulator.cognitive import CognitiveParams
+from simulator.params import check_int
+from simulator.response import ResponseParams
+from simulator.seasonal import SeasonalParams
+from simulator.shocks import ShockParams
+from simulator.social import SocialParams
+from simulator.state import UserState
+from simulator.users import UserParams, community_centres, sample_users
+
+DRIFT_FAMILIES = ("seasonal", "social", "cognitive", "shocks")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    catalog: CatalogParams = field(default_factory=CatalogParams)
+    users: UserParams = field(default_factory=UserParams)
+    response: ResponseParams = field(default_factory=ResponseParams)
+    seasonal: SeasonalParams = field(default_factory=SeasonalParams)
+    social: SocialParams = field(default_factory=SocialParams)
+    cognitive: CognitiveParams = field(default_factory=CognitiveParams)
+    shocks: ShockParams = field(default_factory=ShockParams)
+
+    def __post_init__(self) -> None:
+        for e in self.shocks.active_events():
+            if e.kind == "injection" and e.topic >= self.catalog.n_topics:
+                raise ValueError(f"shocks.events[injection].topic must be < catalog.n_topics="
+                                 f"{self.catalog.n_topics}, got {e.topic}")
+
+
+@dataclass
+class StepResult:
+    """Outcome of one step for every user, arrays of leading length N.
+
+    position: chosen slate position, -1 for no click; item: clicked item, -1 for none;
+    watch_time: minutes watched (the engagement reward); completion: fraction watched;
+    terminated: the session ended (budget spent or the user left).
+    """
+    position: np.ndarray
+    item: np.ndarray
+    watch_time: np.ndarray
+    completion: np.ndarray
+    terminated: np.ndarray
+
+    @property
+    def clicked(self) -> np.ndarray:
+        return self.position >= 0
+
+
+class World:
+    """N users and a catalog. `step(slates)` advances every user by one recommendation.
+
+    Randomness comes from separate streams (catalog, users, step noise), and the
+    step stream draws the same shapes whatever the slates, so two policies run on
+    the same seed see the same noise (common random numbers).
+    """
+
+    def __init__(self, config: WorldConfig, n_users: int, seed: int = 0) -> None:
+        check_int("world", "n_users", n_users, 1)
+        self.config = config
+        # The catalog and the taste communities are the world's fixed structure: they
+        # depend on catalog.seed only, so training and evaluation seeds share them.
+        catalog_rng = np.random.default_rng(config.catalog.seed)
+        self.catalog: Catalog = make_catalog(config.catalog, catalog_rng,
+                                             config.shocks.injections(config.catalog.n_topics))
+        self.centres = community_centres(config.users, config.catalog.n_topics, catalog_rng)
+        self.phases = seasonal.topic_phases(config.catalog.n_topics)
+        self._pos_bias: dict[int, np.ndarray] = {}
+        self._n_users = n_users
+        self.noise_map: np.ndarray | None = None  # [N] row of the step noise each user uses
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the random streams from `seed`: new social graph, new users at step 0."""
+        cfg, n = self.config, self._n_users
+        self.seed = int(seed)
+        users_ss, step_ss, graph_ss = np.random.SeedSequence(self.seed).spawn(3)
+        self.user_rng = np.random.default_rng(users_ss)
+        self.step_rng = np.random.default_rng(step_ss)
+        graph_rng = np.random.default_rng(graph_ss)
+        community = graph_rng.integers(0, cfg.users.n_communities, size=n).astype(np.int32)
+        self.neighbours = social.make_graph(community, cfg.social, graph_rng)
+        t, r = cfg.catalog.n_topics, cfg.users.recent_items
+        z = lambda *shape: np.zeros(shape, dtype=np.float32)  # noqa: E731
+        self.state = UserState(
+            interest=z(n, t), initial_interest=z(n, t), satiation=z(n, t),
+            satisfaction=z(n), budget=z(n), step=np.zeros(n, np.int32),
+            calendar_offset=np.zeros(n, np.int32), novelty_seeking=z(n),
+            susceptibility=z(n), community=community, shock_draw=z(n),
+            shock_target=z(n, t), recent_items=np.full((n, r), -1, np.int32),
+            recent_ptr=np.zeros(n, np.int32), trend=np.full(t, 1.0 / t, np.float32))
+        self.reset_users()
+
+    # ------------------------------------------------------------------ users
+    @property
+    def n_users(self) -> int:
+        return self.state.n_users
+
+    def reset_users(self, mask: np.ndarray | None = None) -> None:
+        """Replace the users in `mask` [N] (all if None) by fresh users at episode step 0."""
+        s, cfg = self.state, self.config
+        idx = np.arange(self.n_users) if mask is None else np.flatnonzero(mask)
+        if idx.size == 0:
+            return
+        new = sample_users(cfg.users, s.community[idx], self.centres, self.user_rng)
+        s.interest[idx] = new["interest"]
+        s.initial_interest[idx] = new["interest"]
+        s.budget[idx] = new["budget"]
+        s.novelty_seeking[idx] = new["novelty_seeking"]
+        s.susceptibility[idx] = new["susceptibility"]
+        s.shock_draw[idx] = new["shock_draw"]
+        s.shock_target[idx] = new["shock_target"]
+        s.satiation[idx] = 0.0
+        s.satisfaction[idx] = cfg.users.satisfaction_init
+        s.step[idx] = 0
+        period = cfg.seasonal.period
+        s.calendar_offset[idx] = (self.user_rng.integers(0, period, size=idx.size)
+                                  if cfg.seasonal.random_offset else 0)
+        s.recent_items[idx] = -1
+        s.recent_ptr[idx] = 0
+
+    @property
+    def noise_rows(self) -> int:
+        """Rows of step noise drawn per step (fewer than N when users share noise)."""
+        return self.n_users if self.noise_map is None else int(self.noise_map.max()) + 1
+
+    @property
+    def calendar(self) -> np.ndarray:
+        """[N] each user's calendar time (drives seasons)."""
+        return self.state.calendar_offset + self.state.step
+
+    # ------------------------------------------------------------- responses
+    def effective_interest(self, state: UserState | None = None) -> np.ndarray:
+        """[N, T] interests as felt now: long-term interests plus the season."""
+        s = self.state if state is None else state
+        if self.config.seasonal.scale == 0.0:
+            return s.interest
+        calendar = s.calendar_offset + s.step
+        return s.interest + seasonal.seasonal_appeal(calendar, self.phases, self.config.seasonal)
+
+    def slate_utility(self, slates: np.ndarray, state: UserState | None = None,
+                      positions: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Utilities [N, K] of the items in `slates` [N, K], and their fit [N, K].
+
+        With positions=False every item is scored as if shown alone at the top.
+        """
+        cfg, c = self.config, self.catalog
+        s = self.state if state is None else state
+        eff = self.effective_interest(s)
+        topics = c.topics[slates]                                   # [N, K, T]
+        fit = (topics * eff[:, None, :]).sum(-1)
+        if cfg.cognitive.scale:
+            fit -= cognitive.satiation_penalty(s.satiation, topics, cfg.cognitive)
+        utility = (np.float32(cfg.response.fit_weight) * fit
+                   + np.float32(cfg.response.attractiveness_weight) * c.attractiveness[slates])
+        if positions:
+            k = slates.shape[1]
+            if k not in self._pos_bias:
+                self._pos_bias[k] = response.position_log_bias(k, cfg.response)
+            utility += self._pos_bias[k]
+        if cfg.cognitive.scale and cfg.cognitive.novelty_weight:
+            fresh = cognitive.freshness(c.arrival_step[slates], s.step, cfg.cognitive)
+            utility += cognitive.novelty_bonus(slates, s.recent_items, fresh, s.novelty_seeking, cfg.cognitive)
+        return utility, fit
+
+    def expected_engagement(self, items: np.ndarray) -> np.ndarray:
+        """[N, C] expected watch time of each item in `items` [N, C] if shown alone at the top."""
+        cfg = self.config.response
+        utility, fit = self.slate_utility(items, positions=False)
+        outside = response.no_click_utility(self.state.satisfaction, cfg)
+        p_click = 1.0 / (1.0 + np.exp(outside[:, None] - utility))   # logit with one item + no-click
+        watch = self.catalog.length[items] * response.completion(fit, self.catalog.quality[items], cfg)
+        noise_mean = np.float32(np.exp(0.5 * cfg.watch_noise ** 2))  # mean of the log-normal factor
+        return (p_click * watch * noise_mean).astype(np.float32)
+
+    # ------------------------------------------------------------------ step
+    def step(self, slates: np.ndarray) -> StepResult:
+        """Advance all users by one step; `slates` [N, K] holds item ids shown top to bottom."""
+        cfg, c, s = self.config, self.catalog, self.state
+        n = self.n_users
+        if slates.ndim != 2 or slates.shape[0] != n:
+            raise ValueError(f"slates must have shape [n_users={n}, slate_size], got {slates.shape}")
+        rows = np.arange(n)
+        # Fixed-shape draws every step, whatever the slates (common random numbers).
+        n_draw, t = self.noise_rows, s.interest.shape[1]
+        uniforms = self.step_rng.random((2, n_draw), dtype=np.float32)
+        watch_noise = self.step_rng.standard_normal(n_draw, dtype=np.float32)
+        walk_noise = (self.step_rng.standard_normal((n_draw, t), dtype=np.float32)
+                      if cfg.cognitive.scale and cfg.cognitive.random_walk_std else None)
+        if self.noise_map is not None:  # rows sharing a noise row see the same draws
+            uniforms, watch_noise = uniforms[:, self.noise_map], watch_noise[self.noise_map]
+            walk_noise = None if walk_noise is None else walk_noise[self.noise_map]
+
+        shocks.apply_shocks(s.interest, s.shock_target, s.shock_draw, s.step, cfg.shocks)
+
+        utility, fit = self.slate_utility(slates)
+        outside = response.no_click_utility(s.satisfaction, cfg.response)
+        probs = response.choice_probabilities(utility, outside)
+        position = response.sample_choice(probs, uniforms[0])
+        clicked = position >= 0
+        pos = np.maximum(position, 0)
+        item = np.where(clicked, slates[rows, pos], -1)
+        chosen = slates[rows, pos]
+        quality = c.quality[chosen]
+        done_frac = response.completion(fit[rows, pos], quality, cfg.response)
+        done_frac = np.where(clicked, done_frac, np.float32(0.0))
+        noise = np.exp(np.float32(cfg.response.watch_noise) * watch_noise)
+        watch = c.length[chosen] * done_frac * noise
+
+        felt = response.experience(clicked, quality, c.attractiveness[chosen], cfg.response)
+        response.update_satisfaction(s.satisfaction, felt, cfg.response)
+        s.budget -= response.budget_cost(watch, quality, cfg.response)
+
+        consumed = c.topics[chosen] * clicked[:, None]          # [N, T], zero rows without a click
+        cognitive.update_satiation(s.satiation, consumed, done_frac, cfg.cognitive)
+        cognitive.reinforce(s.interest, consumed, done_frac, cfg.cognitive)
+        if walk_noise is not None:
+            cognitive.random_walk(s.interest, walk_noise, cfg.cognitive)
+        if cfg.social.scale:
+            pull = social.neighbour_pull(s.interest, self.neighbours, s.susceptibility, cfg.social)
+            pull += social.trend_pull(s.interest, s.trend, s.susceptibility, cfg.social)
+            s.interest += pull
+        s.trend = social.update_trend(s.trend, consumed, clicked, cfg.social)
+        np.clip(s.interest, -1.0, 1.0, out=s.interest)
+
+        hit = np.flatnonzero(clicked)
+        s.recent_items[hit, s.recent_ptr[hit]] = item[hit]
+        s.recent_ptr[hit] = (s.recent_ptr[hit] + 1) % s.recent_items.shape[1]
+        s.step += 1
+
+        leave = uniforms[1] < response.leave_probability(s.satisfaction, cfg.response)
+        terminated = (s.budget <= 0.0) | leave
+        return StepResult(position=position, item=item, watch_time=watch.astype(np.float32),
+                          completion=done_frac, terminated=terminated)
+
+    # ---------------------------------------------------------- ground truth
+    def change_points(self) -> list[dict[str, Any]]:
+        """Scheduled change points (episode steps) and, per event, which users they hit [N]."""
+        out = []
+        for cp in shocks.change_points(self.config.shocks):
+            cp["affected"] = self.state.shock_draw < cp["fraction"] if cp["kind"] != "injection" else None
+            out.append(cp)
+        return out
+
+    def ground_truth(self) -> dict[str, np.ndarray]:
+        """Copies of the hidden state for analysis and oracles (never part of an observation)."""
+        s = self.state
+        return dict(interest=s.interest.copy(), effective_interest=np.array(self.effective_interest()),
+                    satiation=s.satiation.copy(), satisfaction=s.satisfaction.copy(),
+                    budget=s.budget.copy(), step=s.step.copy(), calendar=self.calendar.copy(),
+                    trend=s.trend.copy())
+
+    # ------------------------------------------------------- copy, save, load
+    def copy(self, seed: int | None = None) -> "World":
+        """An independent copy (catalog shared read-only). With `seed`, the copy's step noise is reseeded."""
+        other = object.__new__(World)
+        other.__dict__.update(self.__dict__)
+        other.state = self.state.copy()
+        other._pos_bias = dict(self._pos_bias)
+        other.user_rng = _copy_rng(self.user_rng)
+        other.step_rng = np.random.default_rng(seed) if seed is not None else _copy_rng(self.step_rng)
+        return other
+
+    def tile(self, m: int, seed: int | None = None, noise_groups: int | None = None) -> "World":
+        """A world of N*m users: user i's copies at rows i*m .. i*m+m-1, for what-if rollouts.
+
+        The social graph is tiled so copy j of a user follows copy j of its neighbours.
+        With `noise_groups` = g (dividing m), copies j and j' of a user share step noise
+        when j % g == j' % g: comparing branches on common random numbers.
+        """
+        check_int("world.tile", "m", m, 1)
+        other = self.copy(seed)
+        index = np.repeat(np.arange(self.n_users), m)
+        other.state = self.state.take(index)
+        other._n_users = self.n_users * m
+        if noise_groups is not None:
+            if noise_groups < 1 or m % noise_groups:
+                raise ValueError(f"world.tile: noise_groups must divide m={m}, got {noise_groups}")
+            copy = np.tile(np.arange(m), self.n_users)
+            other.noise_map = index * noise_groups + copy % noise_groups
+        else:
+            other.noise_map = None
+        other.neighbours = (self.neighbours[index] * m + np.tile(np.arange(m), self.n_users)[:, None]).astype(np.int32)
+        return other
+
+    def save(self, path: str | Path) -> None:
+        """Save the user state and random streams (the catalog is rebuilt from config and seed)."""
+        rng = json.dumps(dict(user=self.user_rng.bit_generator.state, step=self.step_rng.bit_generator.state))
+        with open(path, "wb") as f:  # a file object: np.savez would append '.npz' to a bare path
+            np.savez(f, rng_state=np.array(rng), neighbours=self.neighbours, **self.state.arrays())
+
+    def load(self, path: str | Path) -> None:
+        """Restore a state saved by `save` from a world built with the same config and seed."""
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        rng = json.loads(str(arrays.pop("rng_state")))
+        neighbours = arrays.pop("neighbours")
+        if arrays["interest"].shape[1] != self.config.catalog.n_topics:
+            raise ValueError(f"saved state has {arrays['interest'].shape[1]} topics, this world has "
+                             f"{self.config.catalog.n_topics}")
+        self.state = UserState(**arrays)
+        self.neighbours = neighbours
+        self._n_users = self.state.n_users
+        self.noise_map = None
+        self.user_rng.bit_generator.state = rng["user"]
+        self.step_rng.bit_generator.state = rng["step"]
+
+
+def _copy_rng(rng: np.random.Generator) -> np.random.Generator:
+    bg = type(rng.bit_generator)()
+    bg.state = rng.bit_generator.state
+    return np.random.Generator(bg)

@@ -1,0 +1,71 @@
+"""Shared tiny-config fixtures for the simulator, drift, env and oracle tests.
+
+Fixtures here are session-scoped factories (pure functions), so hypothesis tests
+may use them without the function-scoped-fixture health check firing.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import numpy as np
+import pytest
+
+from envs import make_scenario
+from simulator import World
+
+# Small enough that every test runs in milliseconds.
+TINY: dict[str, Any] = {
+    "catalog": {"n_items": 100},
+    "env": {"num_candidates": 8, "history_len": 8, "max_steps": 30},
+}
+
+
+def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Nested merge of override mappings (extra wins); neither input is modified."""
+    out = copy.deepcopy(dict(base))
+    for key, value in (extra or {}).items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny() -> dict[str, Any]:
+    """The tiny overrides (a fresh deep copy per call is made by `tiny_overrides`)."""
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides():
+    """tiny_overrides(extra) -> TINY deep-merged with `extra`."""
+    return lambda extra=None: deep_merge(TINY, extra)
+
+
+@pytest.fixture(scope="session")
+def make_cfg():
+    """make_cfg(name, extra) -> ScenarioConfig of preset `name` with TINY + `extra` overrides."""
+    def _make(name: str = "stationary", extra: Mapping[str, Any] | None = None):
+        return make_scenario(name, deep_merge(TINY, extra))
+    return _make
+
+
+@pytest.fixture(scope="session")
+def make_world(make_cfg):
+    """make_world(name, extra, n_users, seed) -> a raw simulator World on a tiny config."""
+    def _make(name: str = "stationary", extra: Mapping[str, Any] | None = None,
+              n_users: int = 8, seed: int = 0) -> World:
+        return World(make_cfg(name, extra).world, n_users, seed)
+    return _make
+
+
+@pytest.fixture(scope="session")
+def random_slates():
+    """random_slates(world, rng, k) -> [N, k] distinct-per-row ids of items present from the start."""
+    def _make(world: World, rng: np.random.Generator, k: int = 1) -> np.ndarray:
+        n_init = world.catalog.n_initial
+        keys = rng.random((world.n_users, n_init))
+        return np.argsort(keys, axis=1)[:, :k].astype(np.int64)
+    return _make

@@ -1,0 +1,264 @@
+"""Fast tests of agents.encoder with tiny configs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents.encoder import (
+    EncoderConfig,
+    EncoderOutput,
+    HistoryEncoder,
+    ItemTower,
+    RecommenderEncoder,
+)
+
+N_ITEMS, H, C, F_ITEM, F_HIST, F_CTX, D = 30, 6, 5, 3, 2, 2, 16
+
+
+def make_config(**overrides) -> EncoderConfig:
+    sizes = dict(
+        n_items=N_ITEMS,
+        history_len=H,
+        item_feature_dim=F_ITEM,
+        history_feature_dim=F_HIST,
+        context_dim=F_CTX,
+        d_model=D,
+        n_layers=2,
+        n_heads=2,
+        ff_mult=2,
+    )
+    return EncoderConfig(**{**sizes, **overrides})
+
+
+def make_obs(lengths, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random batch whose row b has lengths[b] real, right-aligned interactions."""
+    g = torch.Generator().manual_seed(seed)
+    b = len(lengths)
+    mask = torch.zeros(b, H)
+    for row, n in enumerate(lengths):
+        if n:
+            mask[row, H - n :] = 1.0
+    pad = mask.unsqueeze(-1)
+    return {
+        "history_items": torch.randint(0, N_ITEMS, (b, H), generator=g) * mask.long(),
+        "history_item_features": torch.randn(b, H, F_ITEM, generator=g) * pad,
+        "history_features": torch.randn(b, H, F_HIST, generator=g) * pad,
+        "history_mask": mask,
+        "candidate_items": torch.randint(0, N_ITEMS, (b, C), generator=g),
+        "candidate_features": torch.randn(b, C, F_ITEM, generator=g),
+        "context": torch.randn(b, F_CTX, generator=g),
+    }
+
+
+@pytest.fixture
+def model() -> RecommenderEncoder:
+    torch.manual_seed(0)
+    return RecommenderEncoder(make_config()).eval()
+
+
+def test_output_shapes(model):
+    obs = make_obs([H, 3, 1, 0])
+    out = model(obs)
+    assert isinstance(out, EncoderOutput)
+    assert out.state.shape == (4, D)
+    assert out.candidates.shape == (4, C, D)
+    assert out.logits.shape == (4, C)
+    assert all(t.dtype == torch.float32 for t in out)
+    expected = torch.einsum("bd,bcd->bc", out.state, out.candidates) / D**0.5
+    torch.testing.assert_close(out.logits, expected)
+    # The action head follows the candidate count: no fixed output layer.
+    obs_more = make_obs([H, 3])
+    obs_more["candidate_items"] = torch.randint(0, N_ITEMS, (2, 9))
+    obs_more["candidate_features"] = torch.randn(2, 9, F_ITEM)
+    assert model(obs_more).logits.shape == (2, 9)
+
+
+def test_item_table_is_shared(model):
+    assert model.item_tower.item_embedding is model.history.item_embedding
+    n_tables = sum(isinstance(m, torch.nn.Embedding) for m in model.modules())
+    assert n_tables == 1
+
+
+@settings(max_examples=15, deadline=None)
+@given(lengths=st.lists(st.integers(0, H), min_size=1, max_size=4), seed=st.integers(0, 10_000))
+def test_padding_does_not_change_state(lengths, seed):
+    torch.manual_seed(0)
+    model = RecommenderEncoder(make_config()).eval()
+    obs = make_obs(lengths, seed)
+    noisy = {k: v.clone() for k, v in obs.items()}
+    pad = obs["history_mask"] == 0
+    g = torch.Generator().manual_seed(seed + 1)
+    noisy["history_items"][pad] = torch.randint(0, N_ITEMS, (int(pad.sum()),), generator=g)
+    noisy["history_item_features"][pad] = 100.0 * torch.randn(int(pad.sum()), F_ITEM, generator=g)
+    noisy["history_features"][pad] = float("nan")  # not even NaN may leak through
+    with torch.no_grad():
+        a, b = model(obs), model(noisy)
+    torch.testing.assert_close(a.state, b.state, rtol=0, atol=1e-6)
+    torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=1e-6)
+
+
+def test_order_matters(model):
+    obs = make_obs([4, H])
+    permuted = {k: v.clone() for k, v in obs.items()}
+    real = torch.arange(H - 4, H)
+    perm = real[[1, 3, 0, 2]]
+    for key in ("history_items", "history_item_features", "history_features"):
+        permuted[key][0, real] = obs[key][0, perm]
+        permuted[key][1] = obs[key][1].flip(0)
+    with torch.no_grad():
+        a, b = model(obs).state, model(permuted).state
+    assert not torch.allclose(a[0], b[0], atol=1e-4)
+    assert not torch.allclose(a[1], b[1], atol=1e-4)
+
+
+def test_empty_history_is_finite(model):
+    obs = make_obs([0, 0, 0])
+    out = model(obs)
+    assert all(torch.isfinite(t).all() for t in out)
+    # The context still reaches the state through the CLS token.
+    assert not torch.allclose(out.state[0], out.state[1])
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    model = RecommenderEncoder(make_config(dropout=0.1)).train()
+    out = model(make_obs([H, 4, 1, 0]))
+    # Random weights: a plain sum of a LayerNorm output has zero gradient.
+    g = torch.Generator().manual_seed(1)
+    loss = sum((t * torch.randn(t.shape, generator=g)).sum() for t in out)
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_float_ids_accepted(model):
+    obs = make_obs([H, 2])
+    as_float = dict(obs)
+    # SB3 casts Boxes to float32; rounding must recover the ids.
+    as_float["history_items"] = obs["history_items"].float() - 1e-4
+    as_float["candidate_items"] = obs["candidate_items"].float() + 1e-4
+    as_float["history_mask"] = obs["history_mask"].bool()
+    with torch.no_grad():
+        a, b = model(obs), model(as_float)
+    torch.testing.assert_close(a.logits, b.logits)
+
+
+def test_standalone_parts_and_zero_feature_dims():
+    torch.manual_seed(0)
+    cfg = make_config(item_feature_dim=0, history_feature_dim=0, context_dim=0, n_layers=1)
+    obs = {
+        "history_items": torch.randint(0, N_ITEMS, (2, 4)),  # shorter than history_len
+        "history_mask": torch.ones(2, 4),
+        "candidate_items": torch.randint(0, N_ITEMS, (2, C)),
+    }
+    out = RecommenderEncoder(cfg)(obs)
+    assert out.logits.shape == (2, C)
+    assert HistoryEncoder(cfg)(obs).shape == (2, D)
+    catalog = ItemTower(make_config())(torch.arange(N_ITEMS), torch.randn(N_ITEMS, F_ITEM))
+    assert catalog.shape == (N_ITEMS, D)
+    with pytest.raises(ValueError, match="history_len"):
+        HistoryEncoder(cfg)({**obs, "history_items": torch.zeros(2, H + 1), "history_mask": torch.ones(2, H + 1)})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("n_items", 0),
+        ("history_len", -1),
+        ("item_feature_dim", -2),
+        ("d_model", 0),
+        ("n_layers", 0),
+        ("n_heads", 0),
+        ("ff_mult", 0),
+        ("dropout", 1.0),
+        ("dropout", -0.1),
+        ("n_items", 2.5),
+        ("n_layers", True),
+        ("compile", "yes"),
+        ("autocast_bf16", 1),
+    ],
+)
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=rf"EncoderConfig\.{field}"):
+        make_config(**{field: value})
+
+
+def test_config_rejects_heads_not_dividing_d_model():
+    with pytest.raises(ValueError, match=r"d_model.*n_heads"):
+        make_config(d_model=18, n_heads=4)
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        make_config().d_model = 8  # type: ignore[misc]
+
+
+def _space() -> gym.spaces.Dict:
+    box = lambda shape, low=-np.inf, high=np.inf: gym.spaces.Box(low, high, shape, np.float32)  # noqa: E731
+    return gym.spaces.Dict(
+        {
+            "history_items": gym.spaces.Box(0, N_ITEMS - 1, (H,), np.int64),
+            "history_item_features": box((H, F_ITEM)),
+            "history_features": box((H, F_HIST)),
+            "history_mask": box((H,), 0.0, 1.0),
+            "candidate_items": gym.spaces.Box(0, N_ITEMS - 1, (C,), np.int64),
+            "candidate_features": box((C, F_ITEM)),
+            "context": box((F_CTX,)),
+        }
+    )
+
+
+def test_from_observation_space():
+    space = _space()
+    cfg = EncoderConfig.from_observation_space(space, d_model=D, n_heads=2)
+    assert cfg == make_config(n_layers=2, ff_mult=4)
+    assert EncoderConfig.from_observation_space(space, n_items=100).n_items == 100
+    with pytest.raises(ValueError, match="n_items"):
+        EncoderConfig.from_observation_space(space, n_items=N_ITEMS - 1)
+
+    # A sample from the space runs through a model built from it.
+    model = RecommenderEncoder(cfg)
+    sample = {k: torch.as_tensor(v).unsqueeze(0) for k, v in space.sample().items()}
+    assert model(sample).logits.shape == (1, C)
+
+    # Batched (vector-env) spaces give the same sizes.
+    batched = gym.vector.utils.batch_space(space, 3)
+    assert EncoderConfig.from_observation_space(batched, d_model=D, n_heads=2) == cfg
+
+
+def test_from_observation_space_rejects_non_dict():
+    with pytest.raises(ValueError, match="Dict"):
+        EncoderConfig.from_observation_space(gym.spaces.Box(0, 1, (3,)))
+
+
+def test_blocks_match_torch_transformer_encoder():
+    """Same weights in a stock pre-LN nn.TransformerEncoder give the same CLS output."""
+    torch.manual_seed(0)
+    encoder = HistoryEncoder(make_config()).eval()
+    layer = torch.nn.TransformerEncoderLayer(
+        D, 2, dim_feedforward=2 * D, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+    )
+    reference = torch.nn.TransformerEncoder(
+        layer, 2, norm=torch.nn.LayerNorm(D), enable_nested_tensor=False
+    ).eval()
+    with torch.no_grad():
+        for ours, ref in zip(encoder.stack.blocks, reference.layers):
+            ref.self_attn.in_proj_weight.copy_(ours.attn.qkv.weight)
+            ref.self_attn.in_proj_bias.copy_(ours.attn.qkv.bias)
+            ref.self_attn.out_proj.load_state_dict(ours.attn.out.state_dict())
+            ref.linear1.load_state_dict(ours.ff[0].state_dict())
+            ref.linear2.load_state_dict(ours.ff[2].state_dict())
+            ref.norm1.load_state_dict(ours.ln1.state_dict())
+            ref.norm2.load_state_dict(ours.ln2.state_dict())
+        reference.norm.load_state_dict(encoder.final_norm.state_dict())
+        tokens, key_mask = encoder.embed(make_obs([H, 3, 0]))
+        expected = reference(tokens, src_key_padding_mask=~key_mask)[:, 0]
+        torch.testing.assert_close(encoder.encode_tokens(tokens, key_mask), expected, rtol=1e-4, atol=1e-5)

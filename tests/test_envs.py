@@ -1,0 +1,457 @@
+"""Gymnasium single and vector envs, the SB3 adapter, configs and presets, action checking."""
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs
+from envs import PRESETS, RecEnv, RecVectorEnv, make_scenario
+from envs.core import dedupe_slates
+from envs.sb3 import SB3VecEnv
+
+
+def _assert_obs_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _obs_differ(a: dict, b: dict) -> bool:
+    return any(not np.array_equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------- env checkers
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_gymnasium_env_checker_passes_for_every_preset(preset, tiny):
+    env = gym.make(envs.ENV_ID, scenario=preset, overrides=tiny)
+    assert isinstance(env.unwrapped, RecEnv)
+    check_env(env.unwrapped, skip_render_check=True)
+
+
+def test_gymnasium_env_checker_passes_for_slates(tiny_overrides):
+    env = gym.make(envs.ENV_ID, scenario="mixed", overrides=tiny_overrides({"env": {"slate_size": 3}}))
+    assert isinstance(env.action_space, gym.spaces.MultiDiscrete)
+    assert tuple(env.action_space.nvec) == (8, 8, 8)
+    check_env(env.unwrapped, skip_render_check=True)
+
+
+def test_sb3_env_checker_passes_on_single_env(tiny):
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*unconventional shape.*")
+        sb3_check_env(RecEnv("cognitive", tiny, seed=0), warn=True)
+
+
+def test_observation_space_is_a_dict_of_boxes(make_cfg):
+    env = RecEnv(make_cfg("mixed"))
+    space = env.observation_space
+    assert isinstance(space, gym.spaces.Dict)
+    assert all(isinstance(s, gym.spaces.Box) for s in space.spaces.values())
+    assert space["history_items"].shape == (8,) and space["candidate_items"].shape == (8,)
+    assert space["history_mask"].shape == (8,)
+
+
+# ------------------------------------------------------------ single env
+def test_single_env_episode_semantics(tiny_overrides):
+    env = RecEnv("stationary", tiny_overrides({"env": {"max_steps": 6}, "users": {"budget_mean": 1e4},
+                                               "response": {"leave_max": 0.0}}))
+    obs, info = env.reset(seed=0)
+    assert obs["history_mask"].sum() == 0.0 and info == {}
+    for t in range(1, 7):
+        obs, reward, terminated, truncated, info = env.step(int(t % 8))
+        assert reward == pytest.approx(info["watch_time"]) and reward >= 0.0
+        assert obs["history_mask"].sum() == min(t, 8)
+        assert obs["history_features"][-1, 0] == float(info["clicked"])
+        if info["clicked"]:
+            assert obs["history_items"][-1] == info["item"]
+        assert not terminated
+        assert truncated == (t == 6)
+        assert obs["context"][2] == pytest.approx(t / 6)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(0)
+
+
+def test_single_env_history_records_top_item_without_click(tiny_overrides):
+    env = RecEnv("stationary", tiny_overrides({"response": {"no_click_utility": 100.0}}))
+    obs, _ = env.reset(seed=1)
+    top = obs["candidate_items"][3]
+    obs, reward, *_ , info = env.step(3)
+    assert not info["clicked"] and reward == 0.0 and info["item"] == -1
+    assert obs["history_items"][-1] == top
+
+
+# --------------------------------------------------------------- vector env
+def _make_vec(n, scenario="mixed", overrides=None, **kw):
+    return gym.make_vec(envs.ENV_ID, num_envs=n, vectorization_mode="vector_entry_point",
+                        scenario=scenario, overrides=overrides, **kw)
+
+
+def test_make_vec_gives_the_native_batched_env(tiny):
+    venv = _make_vec(5, overrides=tiny)
+    assert isinstance(venv, RecVectorEnv) and venv.num_envs == 5
+    assert venv.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+    obs, _ = venv.reset(seed=0)
+    assert venv.observation_space.contains(obs)
+    for key, space in venv.observation_space.spaces.items():
+        assert obs[key].shape == space.shape and obs[key].dtype == space.dtype, key
+    for _ in range(3):
+        actions = venv.action_space.sample()
+        assert actions.shape == (5,)
+        obs, reward, terminated, truncated, info = venv.step(actions)
+        assert venv.observation_space.contains(obs)
+        assert reward.shape == terminated.shape == truncated.shape == (5,)
+        assert terminated.dtype == bool and truncated.dtype == bool
+    assert np.all(venv.world.state.step == 3)  # all 5 users advanced in one call each time
+
+
+def test_vector_env_slate_actions(tiny_overrides):
+    venv = _make_vec(4, overrides=tiny_overrides({"env": {"slate_size": 3}}))
+    obs, _ = venv.reset(seed=0)
+    assert venv.action_space.shape == (4, 3)
+    _, reward, *_ = venv.step(np.array([[0, 0, 0], [1, 2, 3], [7, 6, 5], [2, 2, 1]]))
+    assert reward.shape == (4,)
+
+
+def test_next_step_autoreset(tiny_overrides):
+    venv = RecVectorEnv(num_envs=6, scenario="cognitive", overrides=tiny_overrides({"env": {"max_steps": 5}}))
+    obs, _ = venv.reset(seed=0)
+    rng = np.random.default_rng(0)
+    done_seen = False
+    for _ in range(25):
+        obs, reward, terminated, truncated, _ = venv.step(rng.integers(0, 8, size=6))
+        done = terminated | truncated
+        if not done.any():
+            continue
+        done_seen = True
+        before = {k: v.copy() for k, v in obs.items()}
+        # The action of a resetting slot is ignored (even an invalid one).
+        actions = rng.integers(0, 8, size=6)
+        actions[done] = 99
+        obs, reward, terminated, truncated, _ = venv.step(actions)
+        assert np.all(reward[done] == 0.0)
+        assert not terminated[done].any() and not truncated[done].any()
+        assert np.all(obs["history_mask"][done] == 0.0)
+        assert np.all(obs["context"][done, 2] == 0.0)
+        assert np.all(venv.world.state.step[done] == 0)
+        # Slots that were not done kept going.
+        live = ~done
+        assert np.all(obs["history_mask"][live].sum(axis=1) >= np.minimum(
+            before["history_mask"][live].sum(axis=1) + 1, 8))
+    assert done_seen
+
+
+# ---------------------------------------------------------- reproducibility
+def _rollout_single(env, seed, actions):
+    obs, _ = env.reset(seed=seed)
+    out = [(obs, 0.0, False, False)]
+    for a in actions:
+        obs, r, te, tr, _ = env.step(a)
+        out.append((obs, r, te, tr))
+        if te or tr:
+            break
+    return out
+
+
+def _rollout_vector(env, seed, actions):
+    obs, _ = env.reset(seed=seed)
+    out = [(obs, None, None, None)]
+    for a in actions:
+        obs, r, te, tr, _ = env.step(a)
+        out.append((obs, r, te, tr))
+    return out
+
+
+def test_single_env_same_seed_same_trajectory(make_cfg):
+    actions = np.random.default_rng(0).integers(0, 8, size=30)
+    a = _rollout_single(RecEnv(make_cfg("mixed")), 7, actions)
+    b = _rollout_single(RecEnv(make_cfg("mixed")), 7, actions)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        _assert_obs_equal(x[0], y[0])
+        assert x[1:] == y[1:]
+    c = _rollout_single(RecEnv(make_cfg("mixed")), 8, actions)
+    assert _obs_differ(a[0][0], c[0][0]) or any(x[1] != y[1] for x, y in zip(a, c))
+
+
+def test_vector_env_same_seed_same_trajectory(make_cfg):
+    actions = np.random.default_rng(0).integers(0, 8, size=(40, 6))
+    a = _rollout_vector(RecVectorEnv(6, make_cfg("mixed")), 3, actions)
+    b = _rollout_vector(RecVectorEnv(6, make_cfg("mixed")), 3, actions)
+    for x, y in zip(a, b):
+        _assert_obs_equal(x[0], y[0])
+        for u, v in zip(x[1:], y[1:]):
+            np.testing.assert_array_equal(u, v)
+    c = _rollout_vector(RecVectorEnv(6, make_cfg("mixed")), 4, actions)
+    assert _obs_differ(a[0][0], c[0][0])
+    assert not np.array_equal(np.stack([x[1] for x in a[1:]]), np.stack([x[1] for x in c[1:]]))
+
+
+def test_reset_with_seed_restarts_the_same_episode(make_cfg):
+    env = RecVectorEnv(4, make_cfg("social"))
+    actions = np.random.default_rng(1).integers(0, 8, size=(10, 4))
+    a = _rollout_vector(env, 5, actions)
+    b = _rollout_vector(env, 5, actions)  # same env object, reseeded
+    for x, y in zip(a, b):
+        _assert_obs_equal(x[0], y[0])
+
+
+def test_single_env_equals_vector_env_with_one_slot(make_cfg):
+    """A single env seeded s and a one-slot vector env seeded s are the same process.
+
+    Note: user i of an N-slot vector env is NOT the same as a single env with any
+    seed: the N users share the batch random streams (one step stream draws N rows)
+    and, with social drift, influence each other through the social graph. That is
+    the design: a vector env is one population, not N independent copies.
+    """
+    cfg = make_cfg("mixed")
+    actions = np.random.default_rng(2).integers(0, 8, size=30)
+    single = _rollout_single(RecEnv(cfg), 11, actions)
+    vector = _rollout_vector(RecVectorEnv(1, cfg), 11, actions[:, None])
+    for s, v in zip(single, vector):
+        _assert_obs_equal(s[0], {k: x[0] for k, x in v[0].items()})
+        if v[1] is not None:
+            assert s[1] == pytest.approx(float(v[1][0]), abs=0.0)
+            assert s[2] == bool(v[2][0]) and s[3] == bool(v[3][0])
+
+
+def test_vector_env_common_random_numbers_across_policies(make_cfg):
+    """Two policies on the same seed draw the same step and candidate noise."""
+    cfg = make_cfg("mixed", {"env": {"max_steps": 50}, "users": {"budget_mean": 1e4},
+                             "response": {"leave_max": 0.0}})
+    a, b = RecVectorEnv(8, cfg), RecVectorEnv(8, cfg)
+    a.reset(seed=9)
+    b.reset(seed=9)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        a.step(np.zeros(8, dtype=np.int64))
+        b.step(rng.integers(0, 8, size=8))
+        assert a.world.step_rng.bit_generator.state == b.world.step_rng.bit_generator.state
+        assert a.core.candidate_rng.bit_generator.state == b.core.candidate_rng.bit_generator.state
+    assert not np.array_equal(a.world.state.interest, b.world.state.interest)
+
+
+# --------------------------------------------------------------- bad input
+def test_unknown_scenario_lists_valid_names():
+    with pytest.raises(ValueError) as err:
+        make_scenario("nope")
+    msg = str(err.value)
+    assert "nope" in msg and all(name in msg for name in PRESETS)
+
+
+@pytest.mark.parametrize("overrides, names", [
+    ({"bogus": 1}, ["bogus", "allowed", "catalog", "env"]),
+    ({"cognitive": {"satiation_rat": 0.1}}, ["cognitive.satiation_rat", "satiation_rate"]),
+    ({"env": {"slates": 2}}, ["env.slates", "slate_size"]),
+    ({"shocks": {"events": [{"kind": "sudden", "step": 3, "when": 2}]}}, ["when", "allowed"]),
+])
+def test_unknown_config_key_is_named_with_the_allowed_ones(overrides, names):
+    with pytest.raises(ValueError) as err:
+        make_scenario("stationary", overrides)
+    for name in names:
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"cognitive": {"satiation_rate": 2.0}}, "cognitive.satiation_rate"),
+    ({"env": {"num_candidates": 4, "slate_size": 5}}, "env.slate_size"),
+    ({"seasonal": {"magnitude": -1.0}}, "seasonal.magnitude"),
+    ({"social": {"magnitude": -0.5}}, "social.magnitude"),
+    ({"env": {"popular_fraction": 0.8, "topic_fraction": 0.8}}, "env.popular_fraction"),
+    ({"cognitive": {"enabled": "yes"}}, "cognitive.enabled"),
+    ({"cognitive": 3}, "cognitive"),
+    ({"shocks": {"events": [{"kind": "sudden", "step": 0}]}}, "step"),
+])
+def test_out_of_range_parameter_names_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        make_scenario("stationary", overrides)
+
+
+def test_bad_shock_kind_lists_the_kinds():
+    with pytest.raises(ValueError) as err:
+        make_scenario("shock", {"shocks": {"events": [{"kind": "meteor", "step": 3}]}})
+    msg = str(err.value)
+    assert "meteor" in msg and all(k in msg for k in ("sudden", "gradual", "injection"))
+
+
+def test_slate_size_override_through_gym_make_is_checked(tiny_overrides):
+    with pytest.raises(ValueError, match=r"env\.slate_size"):
+        gym.make(envs.ENV_ID, scenario="stationary", overrides=tiny_overrides({"env": {"slate_size": 9}}))
+
+
+@pytest.mark.parametrize("action", [8, -1, np.array([0, 1]), np.array([[3]])])
+def test_single_env_rejects_bad_actions(make_cfg, action):
+    env = RecEnv(make_cfg("stationary"))
+    env.reset(seed=0)
+    with pytest.raises(ValueError):
+        env.step(action)
+
+
+def test_single_env_rejects_non_integer_float_action(make_cfg):
+    env = RecEnv(make_cfg("stationary"))
+    env.reset(seed=0)
+    with pytest.raises(ValueError):
+        env.step(2.7)
+
+
+def test_single_env_slate_action_checks(make_cfg):
+    env = RecEnv(make_cfg("stationary", {"env": {"slate_size": 3}}))
+    env.reset(seed=0)
+    with pytest.raises(ValueError):
+        env.step(np.array([0, 1]))
+    with pytest.raises(ValueError):
+        env.step(np.array([0, 1, 8]))
+    env.step(np.array([2, 2, 2]))  # duplicates are legal: deduplicated
+
+
+@pytest.mark.parametrize("actions, what", [
+    (np.zeros(5, dtype=np.int64), "shape"),
+    (np.zeros((4, 2), dtype=np.int64), "shape"),
+    (np.array([0, 1, 2, 8]), "out of range"),
+    (np.array([0, -1, 2, 3]), "out of range"),
+    (np.array([0.5, 1, 2, 3]), "integer"),
+])
+def test_vector_env_rejects_bad_actions(make_cfg, actions, what):
+    venv = RecVectorEnv(4, make_cfg("stationary"))
+    venv.reset(seed=0)
+    with pytest.raises(ValueError, match=what):
+        venv.step(actions)
+
+
+def test_vector_env_accepts_integral_floats(make_cfg):
+    venv = RecVectorEnv(4, make_cfg("stationary"))
+    venv.reset(seed=0)
+    venv.step(np.array([0.0, 1.0, 2.0, 3.0]))
+
+
+def test_vector_env_rejects_wrong_shape_on_autoreset_step(make_cfg):
+    venv = RecVectorEnv(4, make_cfg("stationary", {"env": {"max_steps": 1}}))
+    venv.reset(seed=0)
+    _, _, terminated, truncated, _ = venv.step(np.zeros(4, dtype=np.int64))
+    assert (terminated | truncated).all()
+    with pytest.raises(ValueError, match="shape"):
+        venv.step(np.zeros(5, dtype=np.int64))
+
+
+# ------------------------------------------------------------ config files
+def test_yaml_config_file_overrides(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("catalog:\n  n_items: 120\ncognitive:\n  magnitude: 2.5\n"
+                    "env:\n  num_candidates: 6\n  history_len: 4\n")
+    cfg = make_scenario("cognitive", config_file=path)
+    assert cfg.world.catalog.n_items == 120 and cfg.world.cognitive.magnitude == 2.5
+    assert cfg.world.cognitive.enabled  # the preset is still applied underneath
+    assert cfg.env.num_candidates == 6
+    # Explicit overrides win over the file.
+    cfg2 = make_scenario("cognitive", {"cognitive": {"magnitude": 0.5}}, config_file=path)
+    assert cfg2.world.cognitive.magnitude == 0.5 and cfg2.world.catalog.n_items == 120
+    env = RecEnv("cognitive", config_file=str(path))
+    obs, _ = env.reset(seed=0)
+    assert obs["candidate_items"].shape == (6,) and env.world.catalog.n_items == 120
+    venv = RecVectorEnv(2, "cognitive", config_file=str(path))
+    assert venv.reset(seed=0)[0]["history_mask"].shape == (2, 4)
+
+
+def test_config_file_errors(tmp_path):
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ValueError, match="not found"):
+        make_scenario("stationary", config_file=missing)
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="mapping"):
+        make_scenario("stationary", config_file=bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("cognitve:\n  enabled: true\n")
+    with pytest.raises(ValueError, match="cognitve"):
+        make_scenario("stationary", config_file=typo)
+
+
+def test_presets_enable_their_family():
+    assert make_scenario("seasonal").world.seasonal.enabled
+    assert make_scenario("social").world.social.enabled
+    assert make_scenario("cognitive").world.cognitive.enabled
+    assert make_scenario("shock").world.shocks.enabled
+    s = make_scenario("stationary").world
+    assert not (s.seasonal.enabled or s.social.enabled or s.cognitive.enabled or s.shocks.enabled)
+    m = make_scenario("mixed").world
+    assert m.seasonal.enabled and m.social.enabled and m.cognitive.enabled and m.shocks.enabled
+
+
+# -------------------------------------------------------------- dedupe
+def test_dedupe_slates_rule():
+    slates = np.array([[0, 0, 0], [2, 2, 0], [3, 1, 3], [4, 5, 6], [1, 1, 0]])
+    out = dedupe_slates(slates, 8)
+    expected = np.array([[0, 1, 2], [2, 0, 1], [3, 1, 0], [4, 5, 6], [1, 0, 2]])
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(slates[0], [0, 0, 0])  # input untouched
+
+
+def test_dedupe_slates_property():
+    rng = np.random.default_rng(0)
+    for c, k in [(3, 3), (8, 3), (5, 2), (10, 10)]:
+        slates = rng.integers(0, c, size=(200, k))
+        out = dedupe_slates(slates, c)
+        assert out.min() >= 0 and out.max() < c
+        assert all(len(set(row)) == k for row in out.tolist())
+        # Positions whose index was not seen before keep it.
+        for row_in, row_out in zip(slates.tolist(), out.tolist()):
+            seen = set()
+            for a, b in zip(row_in, row_out):
+                if a not in seen:
+                    assert a == b
+                seen.add(b)
+        np.testing.assert_array_equal(out, dedupe_slates(slates, c))  # deterministic
+
+
+def test_core_dedupes_slate_actions(make_cfg):
+    venv = RecVectorEnv(2, make_cfg("stationary", {"env": {"slate_size": 3}}))
+    venv.reset(seed=0)
+    np.testing.assert_array_equal(venv.core.check_actions(np.array([[5, 5, 5], [1, 0, 1]])),
+                                  [[5, 0, 1], [1, 0, 2]])
+
+
+# ------------------------------------------------------------------ SB3
+def test_sb3_vecenv_reset_and_autoreset(tiny_overrides):
+    venv = SB3VecEnv(num_envs=4, scenario="cognitive",
+                     overrides=tiny_overrides({"env": {"max_steps": 4}, "users": {"budget_mean": 1e4},
+                                               "response": {"leave_max": 0.0}}))
+    venv.seed(3)
+    obs = venv.reset()
+    assert isinstance(obs, dict) and obs.keys() == venv.observation_space.spaces.keys()
+    for key, space in venv.observation_space.spaces.items():
+        assert obs[key].shape == (4,) + space.shape, key
+    for t in range(1, 5):
+        obs, reward, done, infos = venv.step(np.arange(4) % 8)
+        assert reward.dtype == np.float32 and reward.shape == (4,) and len(infos) == 4
+        if t < 4:
+            assert not done.any() and all(info == {} for info in infos)
+            assert np.all(obs["history_mask"].sum(axis=1) == t)
+    assert done.all()
+    for i, info in enumerate(infos):
+        term = info["terminal_observation"]
+        assert term.keys() == obs.keys()
+        assert term["history_mask"].sum() == 4 and term["history_items"].shape == (8,)
+        assert info["TimeLimit.truncated"] is True
+        assert np.all(obs["history_mask"][i] == 0.0)  # the returned obs starts a fresh episode
+    assert np.all(venv.world.state.step == 0)
+
+
+def test_sb3_vecenv_seed_reproducible(make_cfg):
+    cfg = make_cfg("mixed")
+    runs = []
+    for _ in range(2):
+        venv = SB3VecEnv(num_envs=3, scenario=cfg)
+        venv.seed(42)
+        obs = venv.reset()
+        rewards = []
+        for t in range(12):
+            venv.step_async(np.full(3, t % 8))
+            _, r, _, _ = venv.step_wait()
+            rewards.append(r)
+        runs.append((obs, np.stack(rewards)))
+    _assert_obs_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
