@@ -34,8 +34,9 @@ class CandidateIndex:
         count = np.bincount(dominant, minlength=catalog.n_topics)
         start = np.concatenate([[0], np.cumsum(count)[:-1]])
         prob, alias = alias_table(catalog.popularity)
-        return cls(alias_prob=prob, alias_item=alias, by_topic=order.astype(np.int64), topic_start=start.astype(np.int64),
-                   topic_count=count.astype(np.int64), n_initial=catalog.n_initial)
+        return cls(alias_prob=prob.astype(np.float32), alias_item=alias.astype(np.int32),
+                   by_topic=order.astype(np.int32), topic_start=start.astype(np.int32),
+                   topic_count=count.astype(np.int32), n_initial=catalog.n_initial)
 
 
 def alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,29 +65,34 @@ def source_sizes(n_candidates: int, popular_fraction: float, topic_fraction: flo
 def sample_candidates(index: CandidateIndex, arrival_step: np.ndarray, anchor_topic: np.ndarray,
                       user_step: np.ndarray, sizes: tuple[int, int, int],
                       uniform: np.ndarray) -> np.ndarray:
-    """[N, C] candidate item ids.
+    """[N, C] int32 candidate item ids.
 
     Columns come in source order: popular (by the popularity prior), topic-near
     (items whose dominant topic is the user's `anchor_topic` [N]), then uniform.
     An item that has not arrived yet at the user's step [N] is replaced by an
     initial item picked with the same uniform. Items may repeat (sources overlap).
-    uniform [N, C] in [0, 1) drives every pick, so the draw is fixed-shape.
+    uniform [N, C] float32 in [0, 1) drives every pick, so the draw is fixed-shape.
     """
     n_pop, n_topic, _ = sizes
     n_items = arrival_step.shape[0]
-    items = np.empty(uniform.shape, dtype=np.int64)
+    last = np.int32(n_items - 1)
+
+    def pick(u: np.ndarray, n) -> np.ndarray:  # floor(u * n), clamped: float32 rounding can reach n
+        return np.minimum((u * np.float32(n)).astype(np.int32), np.asarray(n, np.int32) - 1)
+
+    items = np.empty(uniform.shape, dtype=np.int32)
     u_pop, u_topic, u_rand = uniform[:, :n_pop], uniform[:, n_pop:n_pop + n_topic], uniform[:, n_pop + n_topic:]
     # One uniform per alias draw: its integer part picks the bin, its fraction the coin.
-    scaled = u_pop * n_items
-    bins = np.minimum(scaled.astype(np.int64), n_items - 1)
+    scaled = u_pop * np.float32(n_items)
+    bins = np.minimum(scaled.astype(np.int32), last)
     items[:, :n_pop] = np.where(scaled - bins < index.alias_prob[bins], bins, index.alias_item[bins])
     count = index.topic_count[anchor_topic][:, None]
-    offset = index.topic_start[anchor_topic][:, None] + (u_topic * count).astype(np.int64)
-    topic_items = index.by_topic[np.minimum(offset, n_items - 1)]
+    offset = index.topic_start[anchor_topic][:, None] + pick(u_topic, np.maximum(count, 1))
     # A topic with no items falls back to a uniform pick.
-    items[:, n_pop:n_pop + n_topic] = np.where(count > 0, topic_items, (u_topic * n_items).astype(np.int64))
-    items[:, n_pop + n_topic:] = (u_rand * n_items).astype(np.int64)
+    items[:, n_pop:n_pop + n_topic] = np.where(count > 0, index.by_topic[offset], pick(u_topic, n_items))
+    items[:, n_pop + n_topic:] = pick(u_rand, n_items)
     if index.n_initial < n_items:
         unavailable = arrival_step[items] > user_step[:, None]
-        items = np.where(unavailable, (uniform * index.n_initial).astype(np.int64), items)
+        if unavailable.any():
+            items = np.where(unavailable, pick(uniform, index.n_initial), items)
     return items

@@ -31,10 +31,10 @@ def observation_space(config: ScenarioConfig, n_items: int, item_feature_dim: in
     f32 = np.float32
     box = lambda shape, lo, hi: spaces.Box(lo, hi, shape=shape, dtype=f32)  # noqa: E731
     return spaces.Dict({
-        "history_items": spaces.Box(0, n_items - 1, shape=(h,), dtype=np.int64),
+        "history_items": spaces.Box(0, n_items - 1, shape=(h,), dtype=np.int32),
         "history_features": box((h, len(HISTORY_FEATURES)), -1.0, WATCH_TIME_CAP),
         "history_mask": box((h,), 0.0, 1.0),
-        "candidate_items": spaces.Box(0, n_items - 1, shape=(c,), dtype=np.int64),
+        "candidate_items": spaces.Box(0, n_items - 1, shape=(c,), dtype=np.int32),
         "candidate_features": box((c, item_feature_dim), 0.0, 1.0),
         "context": box((len(CONTEXT_FEATURES),), -1.0, 1.0),
     })
@@ -89,12 +89,12 @@ class RecommenderCore:
         h = e.history_len
         # History ring buffers: every user gains one entry per step, so one write
         # position serves all users; observations() unrolls them oldest to newest.
-        self.history_items = np.zeros((n_users, h), np.int64)
+        self.history_items = np.zeros((n_users, h), np.int32)
         self.history_features = np.zeros((n_users, h, len(HISTORY_FEATURES)), np.float32)
         self.history_mask = np.zeros((n_users, h), np.float32)
         self.history_pos = 0
-        self.candidates = np.zeros((n_users, e.num_candidates), np.int64)
-        self.anchor_topic = np.zeros(n_users, np.int64)
+        self.candidates = np.zeros((n_users, e.num_candidates), np.int32)
+        self.anchor_topic = np.zeros(n_users, np.int32)
         self.episode_return = np.zeros(n_users, np.float32)
         self.reseed(seed)
 
@@ -147,11 +147,11 @@ class RecommenderCore:
         c = self.config.env.num_candidates
         if idx is None:
             noise_map = self.world.noise_map
-            uniform = self.candidate_rng.random((self.world.noise_rows, c))
+            uniform = self.candidate_rng.random((self.world.noise_rows, c), dtype=np.float32)
             if noise_map is not None:
                 uniform = uniform[noise_map]
         else:
-            uniform = self.reset_rng.random((idx.size, c))
+            uniform = self.reset_rng.random((idx.size, c), dtype=np.float32)
         sel = slice(None) if idx is None else idx
         self.candidates[sel] = sample_candidates(self.index, self.world.catalog.arrival_step,
                                                  self.anchor_topic[sel], self.world.state.step[sel],
@@ -232,6 +232,6 @@ class RecommenderCore:
             "history_features": unroll(self.history_features),
             "history_mask": unroll(self.history_mask),
             "candidate_items": self.candidates.copy(),
-            "candidate_features": self.item_features[self.candidates],
+            "candidate_features": np.take(self.item_features, self.candidates, axis=0),
             "context": context.astype(np.float32),
         }

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+ROW_KEYS = ("agent", "scenario", "seed", "phase", "env_steps")
 EVAL_TAGS = ("return_mean", "return_ci95", "ctr", "session_length", "satisfaction_end",
              "consumption_entropy", "slate_diversity", "coverage")
 
@@ -50,7 +51,9 @@ class RunLogger:
         if tensorboard:
             self.scalars("eval", {k: metrics[k] for k in EVAL_TAGS if k in metrics}, step)
         record = dict(row, env_steps=step, **metrics)
-        frame = pd.DataFrame([record])
+        # A fixed column order, so appended rows line up under the header.
+        columns = [k for k in ROW_KEYS if k in record] + [k for k in record if k not in ROW_KEYS]
+        frame = pd.DataFrame([record], columns=columns)
         header = not self.results_path.exists()
         frame.to_csv(self.results_path, mode="a", header=header, index=False)
 

@@ -37,9 +37,12 @@ class CognitiveParams:
         return self.magnitude if self.enabled else 0.0
 
 
-def satiation_penalty(satiation: np.ndarray, slate_topics: np.ndarray, params: CognitiveParams) -> np.ndarray:
-    """[N, K] fit lost to boredom: weight * (satiation [N, T] . item topics [N, K, T])."""
-    return np.float32(params.satiation_weight * params.scale) * (slate_topics * satiation[:, None, :]).sum(-1)
+def satiation_penalty(satiation: np.ndarray, params: CognitiveParams) -> np.ndarray:
+    """[N, T] interest lost to boredom per topic: weight * satiation [N, T].
+
+    An item's fit loses penalty . topics, so a satiated topic makes its items less appealing.
+    """
+    return np.float32(params.satiation_weight * params.scale) * satiation
 
 
 def update_satiation(satiation: np.ndarray, consumed_topics: np.ndarray, completion: np.ndarray,
@@ -85,8 +88,12 @@ def freshness(arrival_step: np.ndarray, user_step: np.ndarray, params: Cognitive
     return np.where(arrival_step > 0, fresh, np.float32(0.0))
 
 
-def random_walk(interest: np.ndarray, noise: np.ndarray, params: CognitiveParams) -> None:
-    """In place: interests [N, T] += std * noise [N, T]."""
+def random_walk(interest: np.ndarray, uniform: np.ndarray, params: CognitiveParams) -> None:
+    """In place: interests [N, T] += increments of mean 0 and std `random_walk_std`.
+
+    Increments are uniform on [-sqrt(3), sqrt(3)] * std (unit variance before scaling): a
+    random walk all the same, at a fraction of the cost of normal draws. uniform [N, T] in [0, 1).
+    """
     std = np.float32(params.random_walk_std * params.scale)
     if std:
-        interest += std * noise
+        interest += (std * np.float32(2.0 * np.sqrt(3.0))) * (uniform - np.float32(0.5))

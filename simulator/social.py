@@ -53,8 +53,12 @@ def neighbour_pull(interest: np.ndarray, neighbours: np.ndarray, susceptibility:
                    params: SocialParams) -> np.ndarray:
     """[N, T] change of interests toward the neighbours' mean interest."""
     rate = params.neighbour_rate * params.scale
-    mean = interest[neighbours].mean(axis=1)
-    return (rate * susceptibility)[:, None] * (mean - interest)
+    # Sum over the D neighbour columns: D row-gathers of [N, T], no [N, D, T] temporary.
+    total = np.take(interest, neighbours[:, 0], axis=0)
+    for d in range(1, neighbours.shape[1]):
+        total += np.take(interest, neighbours[:, d], axis=0)
+    mean = total * np.float32(1.0 / neighbours.shape[1])
+    return (np.float32(rate) * susceptibility)[:, None] * (mean - interest)
 
 
 def trend_direction(trend: np.ndarray) -> np.ndarray:

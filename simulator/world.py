@@ -76,6 +76,9 @@ class World:
                                              config.shocks.injections(config.catalog.n_topics))
         self.centres = community_centres(config.users, config.catalog.n_topics, catalog_rng)
         self.phases = seasonal.topic_phases(config.catalog.n_topics)
+        # Appeal repeats with the period: one [period, T] table, looked up by calendar time.
+        self.season_table = (seasonal.seasonal_appeal(np.arange(config.seasonal.period), self.phases, config.seasonal)
+                             if config.seasonal.scale else None)
         self._pos_bias: dict[int, np.ndarray] = {}
         self._n_users = n_users
         self.noise_map: np.ndarray | None = None  # [N] row of the step noise each user uses
@@ -144,10 +147,9 @@ class World:
     def effective_interest(self, state: UserState | None = None) -> np.ndarray:
         """[N, T] interests as felt now: long-term interests plus the season."""
         s = self.state if state is None else state
-        if self.config.seasonal.scale == 0.0:
+        if self.season_table is None:
             return s.interest
-        calendar = s.calendar_offset + s.step
-        return s.interest + seasonal.seasonal_appeal(calendar, self.phases, self.config.seasonal)
+        return s.interest + self.season_table[(s.calendar_offset + s.step) % self.config.seasonal.period]
 
     def slate_utility(self, slates: np.ndarray, state: UserState | None = None,
                       positions: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -157,11 +159,10 @@ class World:
         """
         cfg, c = self.config, self.catalog
         s = self.state if state is None else state
-        eff = self.effective_interest(s)
-        topics = c.topics[slates]                                   # [N, K, T]
-        fit = (topics * eff[:, None, :]).sum(-1)
+        felt = self.effective_interest(s)                           # [N, T]
         if cfg.cognitive.scale:
-            fit -= cognitive.satiation_penalty(s.satiation, topics, cfg.cognitive)
+            felt = felt - cognitive.satiation_penalty(s.satiation, cfg.cognitive)
+        fit = np.einsum("nkt,nt->nk", c.topics[slates], felt)     # [N, K]; einsum avoids an [N, K, T] temporary
         utility = (np.float32(cfg.response.fit_weight) * fit
                    + np.float32(cfg.response.attractiveness_weight) * c.attractiveness[slates])
         if positions:
@@ -196,7 +197,7 @@ class World:
         n_draw, t = self.noise_rows, s.interest.shape[1]
         uniforms = self.step_rng.random((2, n_draw), dtype=np.float32)
         watch_noise = self.step_rng.standard_normal(n_draw, dtype=np.float32)
-        walk_noise = (self.step_rng.standard_normal((n_draw, t), dtype=np.float32)
+        walk_noise = (self.step_rng.random((n_draw, t), dtype=np.float32)
                       if cfg.cognitive.scale and cfg.cognitive.random_walk_std else None)
         if self.noise_map is not None:  # rows sharing a noise row see the same draws
             uniforms, watch_noise = uniforms[:, self.noise_map], watch_noise[self.noise_map]

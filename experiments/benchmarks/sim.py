@@ -13,8 +13,8 @@ import numpy as np
 CONFIGS = {
     # The product's default scenario: every drift family on.
     "default": ("mixed", {}),
-    # Sized like RecSim's interest_evolution: 20 topics, 10 candidates, slate of 2.
-    "recsim": ("mixed", {"catalog": {"n_topics": 20}, "env": {"num_candidates": 10, "slate_size": 2}}),
+    # Like RecSim interest_evolution: interests evolve with consumption; 20 topics, 10 candidates, slate of 2.
+    "recsim": ("cognitive", {"catalog": {"n_topics": 20}, "env": {"num_candidates": 10, "slate_size": 2}}),
 }
 
 
