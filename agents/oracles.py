@@ -61,3 +61,75 @@ class SessionOracle:
             raise RuntimeError("SessionOracle needs bind(env) before act()")
         scores = watch_per_budget(self.env.world, np.asarray(obs["candidate_items"], dtype=np.int64))
         return slate_from_scores(scores, self.env.config.env.slate_size)
+
+
+class LookaheadOracle:
+    """Plans with copies of the true simulator (a rollout algorithm over the session oracle).
+
+    Each step, the session oracle's `top` best candidates are each tried in `rollouts`
+    copies of every user; the copies then follow the session oracle until the episode
+    ends (or `horizon` steps). Copies of one user share their random numbers across
+    candidates (common random numbers), so paired differences measure the action, not
+    the luck. The oracle deviates from the session oracle's choice only when another
+    candidate's paired gain is significant (mean > `z` standard errors): a single step
+    moves a session's return by little, and chasing rollout noise would cost more.
+    """
+
+    name = "oracle-lookahead"
+
+    def __init__(self, top: int = 3, rollouts: int = 8, horizon: int = 100, z: float = 2.0, seed: int = 0) -> None:
+        for field, value in (("top", top), ("rollouts", rollouts), ("horizon", horizon)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"LookaheadOracle.{field} must be an integer >= 1, got {value!r}")
+        if rollouts < 2:
+            raise ValueError(f"LookaheadOracle.rollouts must be >= 2 (standard errors), got {rollouts}")
+        if z < 0:
+            raise ValueError(f"LookaheadOracle.z must be >= 0, got {z}")
+        self.top, self.rollouts, self.horizon, self.z = top, rollouts, horizon, z
+        self.rng = np.random.default_rng(seed)
+        self.env = None
+
+    def bind(self, env: Any) -> None:
+        self.env = env
+
+    def plan(self, core: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(shortlist [N, M] candidate indices, session oracle's first; simulated returns [N, M, R])."""
+        n, c = core.candidates.shape
+        m = min(self.top, c)
+        base = watch_per_budget(core.world, core.candidates)
+        shortlist = np.argsort(-base, axis=1, kind="stable")[:, :m]
+        copies = m * self.rollouts
+        sim = core.tile(copies, seed=int(self.rng.integers(2**31)), noise_groups=self.rollouts)
+        action = np.repeat(shortlist, self.rollouts, axis=1).reshape(-1)     # copy j tries shortlist[j // R]
+        total = np.zeros(n * copies)
+        alive = np.ones(n * copies, dtype=bool)
+        for h in range(self.horizon):
+            if h > 0:
+                action = watch_per_budget(sim.world, sim.candidates).argmax(axis=1)
+            result, reward, truncated = sim.step(action[:, None])
+            total += np.where(alive, reward, 0.0)
+            alive &= ~(result.terminated | truncated)
+            if not alive.any():
+                break
+        return shortlist, total.reshape(n, m, self.rollouts)
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.env is None:
+            raise RuntimeError("LookaheadOracle needs bind(env) before act()")
+        core = self.env.core
+        if not np.array_equal(np.asarray(obs["candidate_items"]), core.candidates):
+            raise RuntimeError("LookaheadOracle: the observation does not match the bound env's current state")
+        shortlist, returns = self.plan(core)
+        gain = returns - returns[:, :1, :]                   # paired with the session oracle's choice
+        mean = gain.mean(axis=2)
+        se = gain.std(axis=2, ddof=1) / np.sqrt(self.rollouts)
+        score = np.where(mean > self.z * se, mean, -np.inf)
+        score[:, 0] = 0.0                                     # keep the base choice unless beaten
+        rows = np.arange(core.n_users)
+        best = shortlist[rows, score.argmax(axis=1)]
+        k = self.env.config.env.slate_size
+        if k == 1:
+            return best
+        scores = watch_per_budget(core.world, core.candidates)
+        scores[rows, best] = np.inf  # the planned item on top, the rest by the session oracle
+        return slate_from_scores(scores, k)

@@ -14,7 +14,10 @@ class Policy(Protocol):
     actions are candidate indices [N] (or [N, K] for slates).
     Optional hooks, called by the evaluation harness when present:
     bind(env) before an evaluation (oracles read the true state through it), and
-    observe(obs, actions, rewards, next_obs, done) after each step (online learners).
+    observe(obs, actions, rewards, info) after each step (online learners): obs is what act()
+    saw, rewards [N], info the vector env's step info: info["position"] [N] the clicked slate
+    position (-1: no click), info["served"] [N] False where the slot was being reset (its
+    action was ignored).
     """
 
     name: str
@@ -23,12 +26,13 @@ class Policy(Protocol):
 
 
 def slate_from_scores(scores: np.ndarray, slate_size: int) -> np.ndarray:
-    """Actions from per-candidate scores [N, C]: argmax [N] or the top-K indices [N, K], best first."""
+    """Actions from per-candidate scores [N, C]: argmax [N] or the top-K indices [N, K], best first.
+
+    Ties go to the lower candidate index, for any slate size (deterministic).
+    """
     if slate_size == 1:
         return scores.argmax(axis=1)
-    top = np.argpartition(-scores, slate_size - 1, axis=1)[:, :slate_size]
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1)
+    return np.argsort(-scores, axis=1, kind="stable")[:, :slate_size]
 
 
 class RandomPolicy:

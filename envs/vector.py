@@ -60,5 +60,9 @@ class RecVectorEnv(VectorEnv):
             terminated[resetting] = False
             truncated[resetting] = False
         self._autoreset = terminated | truncated
-        info = {"clicked": result.clicked & ~resetting, "watch_time": reward}
+        # Per-slot outcome arrays [N]; `served` is False for slots reset this step (action ignored).
+        position = np.where(resetting, -1, result.position)
+        info = {"served": ~resetting, "clicked": position >= 0, "position": position,
+                "item": np.where(resetting, -1, result.item), "watch_time": reward,
+                "completion": np.where(resetting, np.float32(0.0), result.completion)}
         return self.core.observations(), reward, terminated, truncated, info

@@ -22,9 +22,22 @@ EVAL_SEED = 10_000  # evaluation users are disjoint from training seeds (0, 1, 2
 
 @dataclass
 class Evaluation:
-    """Per-episode table (one row per evaluation user) and the summary metrics."""
+    """What one evaluation measured.
+
+    episodes: one row per evaluation user; timeline: one row per episode step
+    (active users, mean engagement of active users, the population's consumed
+    topic shares share_0..share_{T-1}); metrics: the summary numbers.
+    """
     episodes: pd.DataFrame
+    timeline: pd.DataFrame
     metrics: dict[str, float]
+
+
+def concentration(shares: np.ndarray) -> np.ndarray:
+    """Herfindahl index of topic shares [..., T]: 1/T when spread evenly, 1 when all in one topic."""
+    total = shares.sum(axis=-1, keepdims=True)
+    p = np.divide(shares, total, out=np.zeros_like(shares, dtype=np.float64), where=total > 0)
+    return (p ** 2).sum(axis=-1)
 
 
 def _entropy(counts: np.ndarray) -> np.ndarray:
@@ -42,7 +55,9 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
     ctr (clicks per step), session_length, satisfaction_end, consumption_entropy
     (topic entropy of what each user watched), slate_diversity (mean pairwise topic
     distance inside a slate; 0 for single-item slates), coverage (share of the
-    catalog recommended at least once).
+    catalog recommended at least once), homogenisation (concentration of the whole
+    population's consumption over topics, see `concentration`) and
+    homogenisation_trend (its change from the first to the second half of the steps).
     """
     env = RecVectorEnv(num_envs=n_users, scenario=config, seed=seed)
     if hasattr(policy, "bind"):
@@ -57,6 +72,7 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
     satisfaction_end = np.full(n_users, np.nan)
     topic_counts = np.zeros((n_users, n_topics))
     shown = np.zeros(cat.n_items, dtype=bool)
+    timeline = []
     diversity_sum, diversity_n = 0.0, 0
     rows = np.arange(n_users)
     while active.any():
@@ -72,13 +88,16 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
             diversity_n += int(active.sum())
         next_obs, reward, terminated, truncated, info = env.step(actions)
         if hasattr(policy, "observe"):
-            policy.observe(obs, actions, reward, next_obs, terminated | truncated)
+            policy.observe(obs, actions, reward, info)
         clicked = info["clicked"] & active
         ret += np.where(active, reward, 0.0)
         clicks += clicked
         length += active
-        topic_counts[clicked, cat.dominant_topic[env.world.state.recent_items[clicked,
-                     (env.world.state.recent_ptr[clicked] - 1) % env.world.state.recent_items.shape[1]]]] += 1
+        items = info["item"][clicked]
+        topic_counts[clicked, cat.dominant_topic[items]] += 1
+        n_active = int(active.sum())
+        timeline.append(np.concatenate([[len(timeline), n_active, reward[active].mean(), clicked.sum()],
+                                        cat.topics[items].sum(axis=0)]))
         done = (terminated | truncated) & active
         satisfaction_end[done] = env.world.state.satisfaction[done]
         active &= ~done
@@ -86,6 +105,12 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
     episodes = pd.DataFrame(dict(user=rows, episode_return=ret, clicks=clicks, session_length=length,
                                  satisfaction_end=satisfaction_end,
                                  consumption_entropy=_entropy(topic_counts)))
+    steps = pd.DataFrame(np.array(timeline), columns=["step", "active_users", "engagement", "clicks"]
+                         + [f"share_{t}" for t in range(n_topics)])
+    consumed = steps[[f"share_{t}" for t in range(n_topics)]].to_numpy()
+    half_point = len(steps) // 2
+    steps[[f"share_{t}" for t in range(n_topics)]] = consumed / np.maximum(consumed.sum(1, keepdims=True), 1e-12)
+    steps = steps.astype({"step": int, "active_users": int, "clicks": int})
     half = 1.96 * ret.std(ddof=1) / np.sqrt(n_users) if n_users > 1 else float("nan")
     metrics = dict(
         return_mean=float(ret.mean()), return_ci95=float(half),
@@ -94,5 +119,8 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
         consumption_entropy=float(episodes.consumption_entropy.mean()),
         slate_diversity=float(diversity_sum / diversity_n) if diversity_n else 0.0,
         coverage=float(shown[: cat.n_initial].mean()),
+        homogenisation=float(concentration(consumed.sum(0))),
+        homogenisation_trend=float(concentration(consumed[half_point:].sum(0))
+                                   - concentration(consumed[:half_point].sum(0))),
     )
-    return Evaluation(episodes=episodes, metrics=metrics)
+    return Evaluation(episodes=episodes, timeline=steps, metrics=metrics)

@@ -19,11 +19,18 @@ class AgentEntry:
 AGENTS: dict[str, AgentEntry] = {
     "ppo": AgentEntry("agents.rllib_agent", "RLlibPPOAgent", True, "RLlib PPO (new API stack) with the shared encoder"),
     "sb3-ppo": AgentEntry("agents.sb3_agent", "SB3PPOAgent", True, "stable-baselines3 PPO with the shared encoder"),
-    "random": AgentEntry("agents.policy", "RandomPolicy", False, "uniformly random candidates"),
-    "oracle-myopic": AgentEntry("agents.oracles", "MyopicOracle", False,
+    "random": AgentEntry("agents.factory", "build_random", False, "uniformly random candidates"),
+    "popularity": AgentEntry("agents.factory", "build_popularity", False, "most-watched items in logged data"),
+    "bandit": AgentEntry("agents.factory", "build_bandit", False, "LinUCB contextual bandit, learning online"),
+    "sasrec": AgentEntry("agents.factory", "build_sasrec", False,
+                         "supervised next-engagement Transformer (the shared encoder) trained on logs"),
+    "gru4rec": AgentEntry("agents.factory", "build_gru4rec", False, "supervised GRU next-engagement model on logs"),
+    "oracle-myopic": AgentEntry("agents.factory", "build_myopic", False,
                                 "reads the true state; maximises immediate expected watch time"),
-    "oracle-session": AgentEntry("agents.oracles", "SessionOracle", False,
+    "oracle-session": AgentEntry("agents.factory", "build_session", False,
                                  "reads the true state; maximises watch time per minute of session budget"),
+    "oracle-lookahead": AgentEntry("agents.factory", "build_lookahead", False,
+                                   "plans with copies of the true simulator (rollouts over oracle-session)"),
 }
 
 

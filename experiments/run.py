@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from envs.config import PRESETS, load_overrides, make_scenario
+from agents.policy import RandomPolicy
 from experiments.harness import EVAL_SEED, evaluate
 from experiments.registry import AGENTS, get_agent
 from experiments.tracking import RunLogger, new_run_dir
@@ -30,7 +31,11 @@ SMOKE = dict(steps=512, eval_users=16, final_eval_users=32, checkpoint_every=1,
              model={"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 1},
              algo={"ppo": {"num_envs_per_env_runner": 16, "rollout_fragment_length": 16,
                            "train_batch_size": 256, "minibatch_size": 128, "num_epochs": 1},
-                   "sb3-ppo": {"num_envs": 16, "n_steps": 16, "batch_size": 128, "n_epochs": 1}})
+                   "sb3-ppo": {"num_envs": 16, "n_steps": 16, "batch_size": 128, "n_epochs": 1},
+                   "popularity": {"log_users": 16, "log_steps": 40},
+                   "sasrec": {"log_users": 16, "log_steps": 40, "epochs": 1},
+                   "gru4rec": {"log_users": 16, "log_steps": 40, "epochs": 1},
+                   "oracle-lookahead": {"top": 2, "rollouts": 2, "horizon": 5}})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,6 +45,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None,
                    help="training budget in environment (user) steps (default: 250000; ignored by non-training agents)")
     p.add_argument("--seed", type=int, default=0, help="training seed (evaluation users are fixed: seed %d)" % EVAL_SEED)
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="run several seeds (one run directory each); overrides --seed")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="with --seeds: runs at a time, as Ray tasks (local Ray, or the cluster of --ray-address)")
+    p.add_argument("--retrain-every", type=int, default=None, metavar="K",
+                   help="sasrec/gru4rec: refit on logs + fresh interactions every K served steps")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where the learner runs; auto picks cuda when a GPU is visible (env runners stay on CPU)")
     p.add_argument("--logdir", default="runs", help="root of the run directories (default: runs)")
@@ -101,10 +112,18 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if args.agent != "ppo":
             raise ValueError("--num-env-runners applies to --agent ppo only")
         algo = {**algo, "num_env_runners": args.num_env_runners}
+    if args.retrain_every is not None:
+        if args.agent not in ("sasrec", "gru4rec"):
+            raise ValueError("--retrain-every applies to --agent sasrec or gru4rec only")
+        algo = {**algo, "retrain_every": args.retrain_every}
+    if args.parallel < 1:
+        raise ValueError("--parallel must be >= 1")
     if steps < 1 or eval_users < 2 or final_users < 2:
         raise ValueError("--steps must be >= 1 and --eval-users/--final-eval-users >= 2")
     make_scenario(args.scenario, scenario_over)  # fail fast on bad overrides
-    return dict(agent=args.agent, trainable=entry.trainable, scenario=args.scenario, scenario_overrides=scenario_over,
+    # The name runs are filed and compared under (a retraining variant is its own agent).
+    name = f"{args.agent}-retrain" if args.retrain_every else args.agent
+    return dict(agent=args.agent, name=name, trainable=entry.trainable, scenario=args.scenario, scenario_overrides=scenario_over,
                 model=model, algo=algo, steps=steps, seed=args.seed, device=args.device,
                 eval_users=eval_users, final_eval_users=final_users,
                 eval_interval=args.eval_interval or max(1, steps // 10), checkpoint_every=args.checkpoint_every,
@@ -151,7 +170,7 @@ def train(agent: Any, settings: dict[str, Any], scenario: Any, logger: RunLogger
             note = ""
             if steps >= state["next_eval"]:
                 ev = evaluate(agent.policy(), scenario, settings["eval_users"], EVAL_SEED)
-                logger.evaluation(ev.metrics, steps, agent=settings["agent"], scenario=settings["scenario"],
+                logger.evaluation(ev.metrics, steps, agent=settings["name"], scenario=settings["scenario"],
                                   seed=settings["seed"], phase="train")
                 state["next_eval"] = steps + settings["eval_interval"]
                 note = f"eval {ev.metrics['return_mean']:.1f}"
@@ -192,6 +211,80 @@ def print_table(rows: dict[str, dict[str, float]]) -> None:
         print(k.ljust(22) + "".join(f"{rows[n][k]:{width}.3f}" for n in names))
 
 
+def run_one(settings: dict[str, Any], logdir: str, resume: str | None = None) -> tuple[Path, dict[str, float]]:
+    """One run: build the agent, train it if it trains, evaluate it and random on the same users.
+
+    Returns (run directory, final metrics). Bad settings raise ValueError before any work is lost.
+    """
+    settings.setdefault("name", settings["agent"])
+    device = resolve_device(settings["device"])
+    scenario = make_scenario(settings["scenario"], settings["scenario_overrides"])
+    entry = get_agent(settings["agent"])
+    if resume:
+        run_dir = Path(resume)
+    else:
+        run_dir = new_run_dir(logdir, settings["scenario"], settings["name"], settings["seed"])
+        (run_dir / "run.json").write_text(json.dumps(settings, indent=2))
+    print(f"run directory: {run_dir}", file=sys.stderr)
+
+    state = dict(iteration=0, next_eval=0)
+    agent = None
+    kwargs = dict(seed=settings["seed"], device=device, model=settings["model"], algo=settings["algo"])
+    if entry.trainable:
+        if settings["agent"] == "ppo":
+            kwargs["ray_address"] = settings["ray_address"]
+        agent = entry.load()(scenario, **kwargs)
+        try:
+            if resume:
+                agent.restore(run_dir / "checkpoint")
+                state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+        except ValueError:
+            agent.close()
+            raise
+    logger = RunLogger(run_dir, purge_step=state.get("env_steps") if resume else None)
+    try:
+        if agent is not None:
+            train(agent, settings, scenario, logger, run_dir, state)
+            policy, steps = agent.policy(), agent.env_steps
+        else:
+            policy, steps = entry.load()(scenario, run_dir=run_dir, **kwargs), 0
+        final = evaluate(policy, scenario, settings["final_eval_users"], EVAL_SEED)
+        baseline = evaluate(RandomPolicy(seed=0), scenario, settings["final_eval_users"], EVAL_SEED)
+        common = dict(scenario=settings["scenario"], seed=settings["seed"])
+        logger.evaluation(final.metrics, steps, agent=settings["name"], phase="final", **common)
+        # The random policy on the same users, for reference (not under this run's eval/ tags).
+        logger.evaluation(baseline.metrics, steps, tensorboard=False, agent="random", phase="baseline", **common)
+        final.episodes.to_csv(run_dir / "episodes.csv", index=False)
+        final.timeline.to_csv(run_dir / "timeline.csv", index=False)
+        hp = dict(agent=settings["name"], scenario=settings["scenario"], seed=settings["seed"], steps=steps)
+        if agent is not None:
+            hp.update(agent.hparams())
+        logger.hparams(hp, final.metrics)
+    finally:
+        logger.close()
+        if agent is not None:
+            agent.close()
+    print_table({settings["name"]: final.metrics, "random": baseline.metrics})
+    print(f"\nresults: {run_dir / 'results.csv'}")
+    return run_dir, final.metrics
+
+
+def run_seeds(settings: dict[str, Any], seeds: list[int], logdir: str, parallel: int) -> list[tuple[Path, dict]]:
+    """Several seeds, one after another, or `parallel` at a time as Ray tasks."""
+    per_seed = [dict(settings, seed=s) for s in seeds]
+    if parallel <= 1:
+        return [run_one(s, logdir) for s in per_seed]
+    import ray
+
+    if not ray.is_initialized():
+        if settings["ray_address"]:
+            ray.init(address=settings["ray_address"])
+        else:
+            ray.init(num_cpus=parallel, include_dashboard=False, log_to_driver=True)
+    task = ray.remote(num_cpus=1)(run_one)
+    return ray.get([task.remote(s, str(Path(logdir).resolve())) for s in per_seed])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -205,60 +298,19 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--resume: no checkpoint in {run_dir / 'checkpoint'}")
             if args.steps is not None:
                 settings["steps"] = args.steps
-        else:
+            run_one(settings, args.logdir, resume=args.resume)
+        elif args.seeds:
             settings = settings_from_args(args)
-        device = resolve_device(settings["device"])
-        scenario = make_scenario(settings["scenario"], settings["scenario_overrides"])
-        entry = get_agent(settings["agent"])
+            results = run_seeds(settings, args.seeds, args.logdir, args.parallel)
+            returns = [m["return_mean"] for _, m in results]
+            print(f"\n{settings['name']} on {settings['scenario']}: return_mean per seed "
+                  + ", ".join(f"{r:.2f}" for r in returns))
+        else:
+            run_one(settings_from_args(args), args.logdir)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-
-    if not args.resume:
-        run_dir = new_run_dir(args.logdir, settings["scenario"], settings["agent"], settings["seed"])
-        (run_dir / "run.json").write_text(json.dumps(settings, indent=2))
-    print(f"run directory: {run_dir}", file=sys.stderr)
-
-    state = dict(iteration=0, next_eval=0)
-    agent = None
-    if entry.trainable:
-        kwargs = dict(seed=settings["seed"], device=device, model=settings["model"], algo=settings["algo"])
-        if settings["agent"] == "ppo":
-            kwargs["ray_address"] = settings["ray_address"]
-        try:
-            agent = entry.load()(scenario, **kwargs)
-            if args.resume:
-                agent.restore(run_dir / "checkpoint")
-                state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            if agent is not None:
-                agent.close()
-            return 2
-    logger = RunLogger(run_dir, purge_step=state.get("env_steps") if args.resume else None)
-    try:
-        if agent is not None:
-            train(agent, settings, scenario, logger, run_dir, state)
-            policy, steps = agent.policy(), agent.env_steps
-        else:
-            policy, steps = entry.load()(), 0
-        final = evaluate(policy, scenario, settings["final_eval_users"], EVAL_SEED)
-        baseline = evaluate(get_agent("random").load()(seed=0), scenario, settings["final_eval_users"], EVAL_SEED)
-        common = dict(scenario=settings["scenario"], seed=settings["seed"])
-        logger.evaluation(final.metrics, steps, agent=settings["agent"], phase="final", **common)
-        # The random policy on the same users, for reference (not under this run's eval/ tags).
-        logger.evaluation(baseline.metrics, steps, tensorboard=False, agent="random", phase="baseline", **common)
-        final.episodes.to_csv(run_dir / "episodes.csv", index=False)
-        hp = dict(agent=settings["agent"], scenario=settings["scenario"], seed=settings["seed"], steps=steps)
-        if agent is not None:
-            hp.update(agent.hparams())
-        logger.hparams(hp, final.metrics)
-    finally:
-        logger.close()
-        if agent is not None:
-            agent.close()
-    print_table({settings["agent"]: final.metrics, "random": baseline.metrics})
-    print(f"\nresults: {run_dir / 'results.csv'}   tensorboard --logdir {args.logdir}")
+    print(f"tensorboard --logdir {args.logdir}")
     return 0
 
 

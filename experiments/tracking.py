@@ -15,7 +15,7 @@ import pandas as pd
 
 ROW_KEYS = ("agent", "scenario", "seed", "phase", "env_steps")
 EVAL_TAGS = ("return_mean", "return_ci95", "ctr", "session_length", "satisfaction_end",
-             "consumption_entropy", "slate_diversity", "coverage")
+             "consumption_entropy", "slate_diversity", "coverage", "homogenisation", "homogenisation_trend")
 
 
 def new_run_dir(logdir: str | Path, scenario: str, agent: str, seed: int) -> Path:

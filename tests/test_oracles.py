@@ -135,7 +135,8 @@ def test_evaluate_metrics_are_well_formed(make_cfg):
     ev = evaluate(RandomPolicy(seed=1), cfg, n_users=32, seed=0)
     m = ev.metrics
     assert set(m) == {"return_mean", "return_ci95", "ctr", "session_length", "satisfaction_end",
-                      "consumption_entropy", "slate_diversity", "coverage"}
+                      "consumption_entropy", "slate_diversity", "coverage", "homogenisation",
+                      "homogenisation_trend"}
     assert all(np.isfinite(v) for v in m.values())
     assert 0.0 <= m["ctr"] <= 1.0 and 0.0 < m["coverage"] <= 1.0
     assert 1.0 <= m["session_length"] <= 20.0
@@ -144,3 +145,11 @@ def test_evaluate_metrics_are_well_formed(make_cfg):
     assert len(ev.episodes) == 32 and ev.episodes.session_length.max() <= 20
     assert m["return_mean"] == pytest.approx(ev.episodes.episode_return.mean())
     assert np.all(ev.episodes.clicks <= ev.episodes.session_length)
+    # Timeline: one row per step, consumed topic shares sum to 1 where anything was clicked.
+    n_topics = cfg.world.catalog.n_topics
+    assert 1.0 / n_topics - 1e-9 <= m["homogenisation"] <= 1.0
+    assert len(ev.timeline) == ev.episodes.session_length.max()
+    shares = ev.timeline[[f"share_{t}" for t in range(n_topics)]].to_numpy()
+    clicked = ev.timeline.clicks.to_numpy() > 0
+    np.testing.assert_allclose(shares[clicked].sum(axis=1), 1.0, rtol=1e-6)
+    assert ev.timeline.clicks.sum() == ev.episodes.clicks.sum()

@@ -1,0 +1,116 @@
+"""Logged interaction data: a logging policy runs in the simulator and writes one row per
+impression. Supervised baselines train on such logs only.
+
+Schema (LOG_COLUMNS): user (episode id, unique per logged session), step (episode step),
+item, position (slate position, 0 = top), click (0/1), watch_time (minutes), completion
+(fraction watched), season_sin, season_cos, progress (time features at that step),
+scenario, seed. Rows of one user are in step order; within a step, in slate order.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from agents.policy import slate_from_scores
+from envs.config import ScenarioConfig
+from envs.vector import RecVectorEnv
+
+LOG_COLUMNS = ("user", "step", "item", "position", "click", "watch_time", "completion",
+               "season_sin", "season_cos", "progress", "scenario", "seed")
+
+
+class EpsilonPopularity:
+    """Logging policy: the most popular candidates, or with probability epsilon random ones."""
+
+    name = "epsilon-popularity"
+
+    def __init__(self, epsilon: float = 0.3, seed: int = 0) -> None:
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+        self.epsilon = epsilon
+        self.rng = np.random.default_rng(seed)
+        self.slate_size = 1
+
+    def bind(self, env: Any) -> None:
+        self.slate_size = env.config.env.slate_size
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        popularity = obs["candidate_features"][..., -1]            # popularity rank score [N, C]
+        explore = self.rng.random(popularity.shape[0]) < self.epsilon
+        scores = np.where(explore[:, None], self.rng.random(popularity.shape), popularity)
+        return slate_from_scores(scores, self.slate_size)
+
+
+def collect_logs(config: ScenarioConfig, policy: Any, n_users: int = 256, n_steps: int = 2000,
+                 seed: int = 1) -> pd.DataFrame:
+    """Run `policy` on `n_users` parallel sessions for `n_steps` steps (sessions restart as they
+    end) and return the impressions as a DataFrame with LOG_COLUMNS."""
+    env = RecVectorEnv(num_envs=n_users, scenario=config, seed=seed)
+    if hasattr(policy, "bind"):
+        policy.bind(env)
+    obs, _ = env.reset(seed=seed)
+    episode = np.arange(n_users)               # session id of each slot
+    next_episode = n_users
+    rows = np.arange(n_users)
+    resetting = np.zeros(n_users, dtype=bool)  # slots whose next step is an autoreset
+    chunks = []
+    for _ in range(n_steps):
+        actions = np.asarray(policy.act(obs))
+        slates = env.core.candidates[rows[:, None], env.core.check_actions(actions, ignore=resetting)]
+        step, context = env.world.state.step.copy(), obs["context"]
+        obs, reward, terminated, truncated, info = env.step(actions)
+        live = ~resetting
+        for pos in range(slates.shape[1]):  # K slate positions (few), vectorised over users
+            clicked = (info["position"] == pos)[live]
+            chunks.append(pd.DataFrame(dict(
+                user=episode[live], step=step[live], item=slates[live, pos], position=pos,
+                click=clicked.astype(np.int8),
+                watch_time=np.where(clicked, reward[live], 0.0).astype(np.float32),
+                completion=np.where(clicked, info["completion"][live], 0.0).astype(np.float32),
+                season_sin=context[live, 0], season_cos=context[live, 1], progress=context[live, 2])))
+        if resetting.any():  # those slots now hold new users
+            episode[resetting] = np.arange(next_episode, next_episode + resetting.sum())
+            next_episode += int(resetting.sum())
+        resetting = terminated | truncated
+    logs = pd.concat(chunks, ignore_index=True)
+    logs["scenario"] = config.name
+    logs["seed"] = seed
+    return logs.sort_values(["user", "step", "position"], kind="stable", ignore_index=True)[list(LOG_COLUMNS)]
+
+
+def save_logs(logs: pd.DataFrame, path: str | Path) -> Path:
+    """Write logs as Parquet (.parquet) or CSV (any other suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        logs.to_parquet(path, index=False)
+    else:
+        logs.to_csv(path, index=False)
+    return path
+
+
+def load_logs(path: str | Path, n_items: int | None = None) -> pd.DataFrame:
+    """Read logs written by save_logs and validate them (see validate_logs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"log file not found: {path}")
+    logs = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    return validate_logs(logs, n_items)
+
+
+def validate_logs(logs: pd.DataFrame, n_items: int | None = None) -> pd.DataFrame:
+    """Raise ValueError for logs a model cannot train on: empty, missing columns, bad item ids."""
+    missing = [c for c in LOG_COLUMNS if c not in logs.columns]
+    if missing:
+        raise ValueError(f"logs are missing columns {missing}; expected {list(LOG_COLUMNS)}")
+    if len(logs) == 0:
+        raise ValueError("logs are empty: nothing to train on")
+    if logs["item"].min() < 0:
+        raise ValueError(f"logs hold a negative item id ({int(logs['item'].min())})")
+    if n_items is not None and logs["item"].max() >= n_items:
+        raise ValueError(f"logs reference item {int(logs['item'].max())} but the catalog has {n_items} items "
+                         "(logs from another catalog?)")
+    return logs

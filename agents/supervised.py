@@ -1,0 +1,474 @@
+"""Supervised recommender baselines trained on logged interactions.
+
+Two sequence models predict the engagement of showing an item to a user from
+the user's padded interaction history (the same observation the RL agents get):
+
+- ``sasrec``:  the project's Transformer :class:`~agents.encoder.RecommenderEncoder`
+  (a SASRec-style next-engagement model);
+- ``gru4rec``: the same token embeddings (``HistoryEncoder.embed``), but a GRU
+  instead of the Transformer blocks.
+
+Both have two heads over (state, candidate) pairs: a click logit, trained with
+binary cross-entropy, and the watch time given a click (softplus, in units of
+the catalog's mean item length), trained by squared error on clicked rows.
+Serving is myopic and greedy: candidates are ranked by the expected engagement
+``p(click | top slot) * E[watch | click]`` (top-K for slates).
+
+Training data come from logs (``agents.logs``, one row per impression) turned
+into examples by :func:`examples_from_logs`. With ``retrain_every = k > 0`` the
+recommender also learns from what it serves, as deployed recommenders do:
+``observe()`` (called by the evaluation harness after every step) buffers the
+served impressions and every k steps refits for one epoch on logs + fresh data.
+"""
+from __future__ import annotations
+
+import contextlib
+import numbers
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from agents.encoder import EncoderConfig, HistoryEncoder, RecommenderEncoder
+from agents.logs import validate_logs
+from agents.model import encoder_config, to_tensors
+from agents.policy import slate_from_scores
+from envs.core import HISTORY_FEATURES, WATCH_TIME_CAP, dedupe_slates
+
+__all__ = ["KINDS", "examples_from_logs", "GRUHistoryEncoder", "EngagementModel", "SupervisedRecommender"]
+
+KINDS = ("sasrec", "gru4rec")
+_HISTORY_KEYS = ("history_items", "history_features", "history_mask", "context")
+
+
+# --------------------------------------------------------------------------- examples
+
+
+@dataclass
+class _Examples:
+    """Training examples with the histories stored once per user-step.
+
+    Step level (S user-steps): history_items [S, H] int32, history_features [S, H, 5]
+    float32, history_mask [S, H] float32, context [S, 3] float32.
+    Row level (M impressions): step_index [M] (row -> its user-step), target_item [M],
+    target_position [M] (slate position, 0 = top), click [M] float32 (0/1),
+    watch_time [M] float32 (minutes; 0 without a click).
+    A slate of K items is K rows sharing one history, so this is K times smaller than
+    the per-row arrays of :func:`examples_from_logs`.
+    """
+
+    history_items: np.ndarray
+    history_features: np.ndarray
+    history_mask: np.ndarray
+    context: np.ndarray
+    step_index: np.ndarray
+    target_item: np.ndarray
+    target_position: np.ndarray
+    click: np.ndarray
+    watch_time: np.ndarray
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.history_items)
+
+    def __len__(self) -> int:
+        return len(self.target_item)
+
+    def expand(self) -> dict[str, np.ndarray]:
+        """Per-row arrays: every history/context key indexed by step_index ([M, ...])."""
+        out = {k: getattr(self, k)[self.step_index] for k in _HISTORY_KEYS}
+        out.update(target_item=self.target_item, target_position=self.target_position,
+                   click=self.click, watch_time=self.watch_time)
+        return out
+
+    def tail(self, n_steps: int) -> "_Examples":
+        """The newest `n_steps` user-steps and their rows (steps are stored oldest first)."""
+        cut = max(self.n_steps - n_steps, 0)
+        if cut == 0:
+            return self
+        keep = self.step_index >= cut
+        steps = {k: getattr(self, k)[cut:] for k in _HISTORY_KEYS}
+        rows = {k: getattr(self, k)[keep] for k in ("target_item", "target_position", "click", "watch_time")}
+        return _Examples(**steps, **rows, step_index=self.step_index[keep] - cut)
+
+    @staticmethod
+    def concat(parts: list["_Examples"]) -> "_Examples":
+        offsets = np.cumsum([0] + [p.n_steps for p in parts[:-1]])
+        cat = lambda key: np.concatenate([getattr(p, key) for p in parts])  # noqa: E731
+        return _Examples(**{k: cat(k) for k in _HISTORY_KEYS},
+                         step_index=np.concatenate([p.step_index + o for p, o in zip(parts, offsets)]),
+                         **{k: cat(k) for k in ("target_item", "target_position", "click", "watch_time")})
+
+
+def _build_examples(logs: pd.DataFrame, history_len: int, length_mean: float) -> _Examples:
+    """Vectorised core of :func:`examples_from_logs` (rows stay in the logs' order)."""
+    if history_len < 1:
+        raise ValueError(f"history_len must be >= 1, got {history_len}")
+    if not length_mean > 0:
+        raise ValueError(f"length_mean must be > 0, got {length_mean}")
+    col = lambda name, dtype: logs[name].to_numpy(dtype=dtype)  # noqa: E731
+    seed, user, step = col("seed", np.int64), col("user", np.int64), col("step", np.int64)
+    item, position, click = col("item", np.int64), col("position", np.int64), col("click", np.float32)
+    # float32 as the env computes: the history then matches its observations bit for bit.
+    watch, completion = col("watch_time", np.float32), col("completion", np.float32)
+    time = np.stack([col("season_sin", np.float32), col("season_cos", np.float32),
+                     col("progress", np.float32)], axis=1)
+
+    # Sort rows by (seed, user, step, position); a user-step starts where (seed, user, step) changes.
+    order = np.lexsort((position, step, user, seed))
+    key = np.stack([seed[order], user[order], step[order]], axis=1)
+    new_step = np.ones(len(order), dtype=bool)
+    new_step[1:] = (key[1:] != key[:-1]).any(axis=1)
+    start = np.flatnonzero(new_step)                        # [S] first (top-position) row of each step
+    step_of_sorted = np.cumsum(new_step) - 1                # [M] in sorted order
+    n_steps = len(start)
+
+    # One history entry per user-step: the clicked item if any, else the top-position item.
+    hit = order[click[order] > 0]                           # clicked rows (at most one per step)
+    hit_step = step_of_sorted[click[order] > 0]
+    entry_item = item[order[start]].copy()
+    entry_item[hit_step] = item[hit]
+    entry = np.zeros((n_steps, len(HISTORY_FEATURES)), np.float32)
+    entry[hit_step, 0] = 1.0
+    entry[hit_step, 1] = completion[hit]
+    entry[hit_step, 2] = np.minimum(watch[hit] / np.float32(length_mean), np.float32(WATCH_TIME_CAP))
+    entry[:, 3:5] = time[order[start], :2]
+
+    # Rank of each step within its user's sequence; step s sees entries s-H .. s-1 (newest last).
+    step_user = key[start, :2]
+    first_of_user = np.ones(n_steps, dtype=bool)
+    first_of_user[1:] = (step_user[1:] != step_user[:-1]).any(axis=1)
+    rank = np.arange(n_steps) - np.maximum.accumulate(np.where(first_of_user, np.arange(n_steps), 0))
+    h = history_len
+    history_items = np.zeros((n_steps, h), np.int32)
+    history_features = np.zeros((n_steps, h, len(HISTORY_FEATURES)), np.float32)
+    history_mask = np.zeros((n_steps, h), np.float32)
+    for back in range(1, h + 1):                            # offset 1 = the newest entry, last slot
+        dst = np.flatnonzero(rank >= back)
+        history_items[dst, h - back] = entry_item[dst - back]
+        history_features[dst, h - back] = entry[dst - back]
+        history_mask[dst, h - back] = 1.0
+
+    step_index = np.empty(len(order), np.int64)
+    step_index[order] = step_of_sorted                      # back to the logs' row order
+    return _Examples(history_items=history_items, history_features=history_features,
+                     history_mask=history_mask, context=time[order[start]], step_index=step_index,
+                     target_item=item, target_position=position, click=click,
+                     watch_time=np.where(click > 0, watch, np.float32(0.0)).astype(np.float32))
+
+
+def examples_from_logs(logs: pd.DataFrame, history_len: int, length_mean: float) -> dict[str, np.ndarray]:
+    """Turn impression logs (``agents.logs.LOG_COLUMNS``) into per-impression training examples.
+
+    Example ``m`` is log row ``m``. Its history is the user's previous ``history_len``
+    user-steps (earlier steps of the same ``(seed, user)``), exactly as the env builds
+    observations: one entry per step, the clicked item if the step had a click, else
+    the top-position item; features (clicked, completion, min(watch_time / length_mean,
+    WATCH_TIME_CAP), season_sin, season_cos) of that step; right-aligned, newest last,
+    zero-padded with mask 0. ``length_mean`` is the catalog's ``length_mean``.
+
+    Returns (M rows, H = history_len):
+      history_items [M, H] int32, history_features [M, H, 5] float32, history_mask [M, H]
+      float32, context [M, 3] float32 (season_sin, season_cos, progress of the row's step),
+      target_item [M] int64, target_position [M] int64, click [M] float32,
+      watch_time [M] float32 (minutes).
+    Steps missing from the logs are skipped, not padded: the history is the user's
+    previous *logged* steps (logs from ``collect_logs`` have no gaps).
+    """
+    return _build_examples(logs, history_len, length_mean).expand()
+
+
+# --------------------------------------------------------------------------- models
+
+
+class GRUHistoryEncoder(HistoryEncoder):
+    """GRU4Rec-style history encoder: the tokens of ``HistoryEncoder.embed`` fed to a GRU.
+
+    Token t = item-id embedding + proj(item features) + proj(responses) + position, as
+    for the Transformer; the CLS token (+ proj(context)) is the initial hidden state.
+    One GRU cell replaces the Transformer blocks (``n_layers``/``n_heads`` are unused);
+    padded steps leave the hidden state unchanged, so an empty history gives the
+    CLS/context state. forward(obs) -> state [B, d_model].
+    """
+
+    def __init__(self, config: EncoderConfig, item_embedding: nn.Embedding | None = None,
+                 item_features: Tensor | np.ndarray | None = None) -> None:
+        super().__init__(config, item_embedding=item_embedding, item_features=item_features)
+        self.stack = nn.GRUCell(config.d_model, config.d_model)
+
+    def encode_tokens(self, tokens: Tensor, key_mask: Tensor) -> Tensor:
+        """tokens [B, 1 + H, d] (CLS first), key_mask bool [B, 1 + H] -> state [B, d]."""
+        state = tokens[:, 0]
+        for t in range(1, tokens.shape[1]):
+            state = torch.where(key_mask[:, t, None], self.stack(tokens[:, t], state), state)
+        return self.final_norm(state)
+
+
+class EngagementModel(nn.Module):
+    """History encoder + item tower with a click head and a watch-time head.
+
+    forward(obs, positions) -> (click_logit [B, C], watch [B, C]): the click logit of
+    showing candidate c at slate position ``positions[b, c]`` (all top-slot when None),
+    and E[watch time | click] > 0 in units of the catalog's mean item length.
+    """
+
+    def __init__(self, kind: str, config: EncoderConfig, item_features: np.ndarray | None,
+                 n_positions: int) -> None:
+        super().__init__()
+        self.encoder = RecommenderEncoder(config, item_features=item_features)
+        if kind == "gru4rec":
+            self.encoder.history = GRUHistoryEncoder(config, self.encoder.item_tower.item_embedding,
+                                                     item_features)
+        d = config.d_model
+        self.click_bias = nn.Parameter(torch.zeros(()))
+        self.position_bias = nn.Parameter(torch.zeros(n_positions))  # position bias of the logged slates
+        self.watch_query = nn.Linear(d, d)
+        self.watch_bias = nn.Parameter(torch.zeros(()))  # softplus(0) = 0.69 mean lengths: a fair start
+
+    def forward(self, obs: Mapping[str, Tensor], positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        out = self.encoder(obs)
+        bias = self.position_bias[0] if positions is None else self.position_bias[positions]
+        click_logit = out.logits + self.click_bias + bias
+        watch = F.softplus(RecommenderEncoder.score(self.watch_query(out.state), out.candidates)
+                           + self.watch_bias)
+        return click_logit, watch
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device):
+    """Run a block with torch's RNG seeded, leaving the caller's RNG state as it was."""
+    devices = []
+    if device.type == "cuda":
+        devices = [torch.cuda.current_device() if device.index is None else device.index]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"SupervisedRecommender.{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _check_positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"SupervisedRecommender.{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+class SupervisedRecommender:
+    """A supervised sequence recommender behind the Policy protocol (greedy by expected engagement).
+
+    kind:              "sasrec" (Transformer encoder) or "gru4rec" (GRU over the same tokens).
+    observation_space: the env's single observation space (gymnasium Dict).
+    item_features:     the catalog feature table [n_items, F_item] (``env.core.item_features``).
+    n_items:           catalog size (item ids are 0..n_items-1).
+    model:             EncoderConfig overrides (d_model, n_layers, ...) on top of DEFAULT_MODEL.
+    epochs, batch_size, lr: training of ``fit`` (Adam); refits run one epoch.
+    seed:              seeds the initial weights, the shuffling and dropout: same seed and data,
+                       same scores.
+    retrain_every:     k > 0 refits every k observed steps on logs + fresh served data.
+    length_mean:       the catalog's ``length_mean`` (history watch times are in its units);
+                       ``bind(env)`` checks it. ``from_env`` fills it and the sizes in.
+    replay_capacity:   most recent served user-steps kept for retraining.
+
+    ``name`` is the kind, with "-retrain" when retrain_every > 0. ``losses`` holds the
+    per-epoch mean losses of the last ``fit``; ``refit_losses`` one loss per refit.
+    """
+
+    def __init__(self, kind: str, observation_space: Any, item_features: np.ndarray | None, n_items: int,
+                 model: Mapping[str, Any] | None = None, epochs: int = 2, batch_size: int = 512,
+                 lr: float = 1e-3, seed: int = 0, device: str = "cpu", retrain_every: int = 0,
+                 length_mean: float = 4.0, replay_capacity: int = 50_000) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"SupervisedRecommender.kind must be one of {KINDS}, got {kind!r}")
+        if model is not None and not isinstance(model, Mapping):
+            raise ValueError(f"SupervisedRecommender.model must be a dict or None, got {type(model).__name__}")
+        self.kind = kind
+        self.n_items = _check_int("n_items", n_items, 1)
+        self.epochs = _check_int("epochs", epochs, 1)
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.lr = _check_positive("lr", lr)
+        self.seed = _check_int("seed", seed, 0)
+        self.retrain_every = _check_int("retrain_every", retrain_every, 0)
+        self.length_mean = _check_positive("length_mean", length_mean)
+        self.replay_capacity = _check_int("replay_capacity", replay_capacity, 1)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"SupervisedRecommender.device is not a torch device: {device!r}") from err
+        self.config = encoder_config(observation_space, self.n_items, model)
+        self.n_positions = int(observation_space["candidate_items"].shape[-1])
+        if item_features is not None:
+            item_features = np.asarray(item_features, dtype=np.float32)
+            expected = (self.n_items, self.config.item_feature_dim)
+            if item_features.shape != expected:
+                raise ValueError(f"SupervisedRecommender.item_features must have shape {expected} "
+                                 f"(n_items, F_item), got {item_features.shape}")
+        elif self.config.item_feature_dim:
+            raise ValueError("SupervisedRecommender.item_features is required: the observations carry "
+                             "history ids only (pass env.core.item_features)")
+        self.item_features = item_features
+        self.name = kind + ("-retrain" if self.retrain_every else "")
+        self.slate_size = 1
+        self._build()
+
+    @classmethod
+    def from_env(cls, kind: str, env: Any, **kwargs: Any) -> "SupervisedRecommender":
+        """Sizes, item features and length_mean read from a RecVectorEnv or RecEnv."""
+        core = env.unwrapped.core if hasattr(env, "unwrapped") else env.core
+        kwargs.setdefault("length_mean", env.unwrapped.config.world.catalog.length_mean)
+        return cls(kind, core.single_observation_space, core.item_features, core.n_items, **kwargs)
+
+    def _build(self) -> None:
+        """Fresh weights, optimizer, shuffling RNG and empty replay, all from the seed."""
+        with _seeded(self.seed, self.device):
+            self.net = EngagementModel(self.kind, self.config, self.item_features, self.n_positions)
+        self.net.to(self.device)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        self._rng = np.random.default_rng(self.seed)
+        self._features = None if self.item_features is None else torch.as_tensor(self.item_features)
+        self._logged: _Examples | None = None
+        self._fresh: list[_Examples] = []
+        self._fresh_steps = 0
+        self.losses: list[float] = []
+        self.refit_losses: list[float] = []
+        self.n_observed = 0
+        self.n_refits = 0
+
+    # ------------------------------------------------------------------ Policy
+    def bind(self, env: Any) -> None:
+        """Read the slate size and check the catalog's length_mean; forget the previous episode's done mask."""
+        config = env.unwrapped.config if hasattr(env, "unwrapped") else env.config
+        length_mean = float(config.world.catalog.length_mean)
+        if not np.isclose(length_mean, self.length_mean):
+            raise ValueError(f"env catalog length_mean={length_mean} but the recommender was built with "
+                             f"length_mean={self.length_mean} (use SupervisedRecommender.from_env)")
+        self.slate_size = int(config.env.slate_size)
+
+    @torch.no_grad()
+    def scores(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Expected engagement (minutes) of showing each candidate at the top: [N, C] float32."""
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            click_logit, watch = self.net(to_tensors(obs, self.device))
+        finally:
+            self.net.train(was_training)
+        engagement = torch.sigmoid(click_logit) * watch * self.length_mean
+        return engagement.float().cpu().numpy()
+
+    def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Greedy: the candidate with the highest expected engagement [N], or the top-K [N, K]."""
+        return slate_from_scores(self.scores(obs), self.slate_size)
+
+    # ---------------------------------------------------------------- training
+    def fit(self, logs: pd.DataFrame) -> list[float]:
+        """Train from scratch (re-seeded weights, empty replay) on logs; returns per-epoch mean losses.
+
+        Loss = BCE(click logit, click) + squared error of the watch time (in mean lengths) on
+        clicked rows. Empty logs, missing columns or ids outside the catalog are a ValueError.
+        """
+        logs = validate_logs(logs, self.n_items)
+        if logs["position"].max() >= self.n_positions or logs["position"].min() < 0:
+            raise ValueError(f"logs hold slate positions outside 0..{self.n_positions - 1} "
+                             f"(the observation has {self.n_positions} candidates)")
+        self._build()
+        self._logged = _build_examples(logs, self.config.history_len, self.length_mean)
+        self.losses = [self._train_epoch(self._logged) for _ in range(self.epochs)]
+        return list(self.losses)
+
+    def _batch(self, data: _Examples, rows: np.ndarray) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
+        """(obs with one candidate per row [B, 1], positions [B, 1], click [B], watch [B] in mean lengths)."""
+        steps = data.step_index[rows]
+        obs = {k: torch.from_numpy(getattr(data, k)[steps]) for k in _HISTORY_KEYS}
+        target = torch.from_numpy(data.target_item[rows])[:, None]
+        obs["candidate_items"] = target
+        if self._features is not None:
+            obs["candidate_features"] = self._features[target]
+        obs = {k: v.to(self.device) for k, v in obs.items()}
+        positions = torch.from_numpy(data.target_position[rows])[:, None].to(self.device)
+        click = torch.from_numpy(data.click[rows]).to(self.device)
+        watch = torch.from_numpy(data.watch_time[rows] / np.float32(self.length_mean)).to(self.device)
+        return obs, positions, click, watch
+
+    def _train_epoch(self, data: _Examples) -> float:
+        """One shuffled pass over `data`; returns the mean loss per example."""
+        self.net.train()
+        order = self._rng.permutation(len(data))
+        total = 0.0
+        with _seeded(int(self._rng.integers(2**31)), self.device):  # dropout, if any
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                obs, positions, click, watch = self._batch(data, rows)
+                click_logit, watch_pred = self.net(obs, positions)
+                loss = F.binary_cross_entropy_with_logits(click_logit[:, 0], click)
+                clicked = click > 0
+                if clicked.any():
+                    loss = loss + F.mse_loss(watch_pred[clicked, 0], watch[clicked])
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+                self.optimizer.step()
+                total += float(loss.detach()) * len(rows)
+        self.net.eval()
+        return total / len(order)
+
+    # --------------------------------------------------------------- retraining
+    def observe(self, obs: Mapping[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray,
+                info: Mapping[str, np.ndarray]) -> None:
+        """Buffer the served step's impressions; every `retrain_every` calls, refit one epoch.
+
+        obs is what act() saw; rewards [N]; info["served"] [N] marks slots whose action was
+        shown (False while autoresetting), info["position"] [N] the clicked slot (-1: none).
+        Each slate item becomes an impression with its position, as in the logs. No-op when
+        retrain_every is 0.
+        """
+        if not self.retrain_every:
+            return
+        rows = np.flatnonzero(np.asarray(info["served"], dtype=bool))
+        if rows.size:
+            self._push(self._served_examples(obs, actions, rewards, np.asarray(info["position"]), rows))
+        self.n_observed += 1
+        if self.n_observed % self.retrain_every == 0:
+            self._refit()
+
+    def _served_examples(self, obs: Mapping[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray,
+                         position: np.ndarray, rows: np.ndarray) -> _Examples:
+        candidates = np.asarray(obs["candidate_items"])
+        n, c = candidates.shape
+        slates = dedupe_slates(np.asarray(actions).reshape(n, -1).astype(np.int64), c)[rows]   # as the env does
+        items = np.take_along_axis(candidates[rows], slates, axis=1).astype(np.int64)      # [n, K]
+        k = items.shape[1]
+        hit = np.arange(k)[None, :] == position[rows][:, None]                             # the clicked slot
+        reward = np.asarray(rewards, dtype=np.float32)[rows]
+        history = {key: np.asarray(obs[key])[rows].astype(np.float32) for key in _HISTORY_KEYS}
+        history["history_items"] = np.asarray(obs["history_items"])[rows].round().astype(np.int32)
+        return _Examples(
+            **history, step_index=np.repeat(np.arange(len(rows)), k), target_item=items.ravel(),
+            target_position=np.tile(np.arange(k), len(rows)), click=hit.ravel().astype(np.float32),
+            watch_time=np.where(hit, reward[:, None], np.float32(0.0)).ravel().astype(np.float32))
+
+    def _push(self, examples: _Examples) -> None:
+        self._fresh.append(examples)
+        self._fresh_steps += examples.n_steps
+        while self._fresh_steps - self._fresh[0].n_steps >= self.replay_capacity:  # drop whole old chunks
+            self._fresh_steps -= self._fresh.pop(0).n_steps
+
+    def _refit(self) -> None:
+        """One epoch on the original logs + the fresh data (newest replay_capacity steps)."""
+        parts = ([self._logged] if self._logged is not None else [])
+        if self._fresh:
+            parts.append(_Examples.concat(self._fresh).tail(self.replay_capacity))
+        if not parts:
+            return
+        self.refit_losses.append(self._train_epoch(_Examples.concat(parts)))
+        self.n_refits += 1

@@ -1,0 +1,123 @@
+"""Compare agents across seeds: a table per scenario (mean and 95% bootstrap interval over
+seeds) in markdown and CSV, and a plot of return with intervals.
+
+  python experiments/compare.py runs/ --out reports/compare
+
+Reads every results.csv under the given directories (one run each) and uses each run's
+final evaluation. Regret is measured against the reference agent (default oracle-lookahead)
+evaluated on the same users; it is left out where no reference run exists.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from experiments.stats import bootstrap_ci
+
+METRICS = ("return_mean", "regret", "ctr", "session_length", "satisfaction_end", "consumption_entropy",
+           "coverage", "homogenisation", "homogenisation_trend")
+
+
+def load_runs(roots: list[Path]) -> pd.DataFrame:
+    """One row per run: the final evaluation of its agent."""
+    frames = []
+    for root in roots:
+        if not root.exists():
+            raise ValueError(f"no such directory: {root}")
+        for path in sorted(root.rglob("results.csv")):
+            df = pd.read_csv(path)
+            final = df[df.phase == "final"].tail(1)  # a resumed run keeps its latest final
+            if len(final):
+                frames.append(final.assign(run_dir=str(path.parent)))
+    if not frames:
+        raise ValueError(f"no finished runs (results.csv with a final evaluation) under {', '.join(map(str, roots))}")
+    return pd.concat(frames, ignore_index=True)
+
+
+def add_regret(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
+    runs = runs.copy()
+    ref = runs[runs.agent == reference].groupby("scenario").return_mean.mean()
+    runs["regret"] = runs.scenario.map(ref) - runs.return_mean
+    return runs
+
+
+def summarise(runs: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
+    """Long table: scenario, agent, metric, seeds, mean, ci_low, ci_high."""
+    rows = []
+    for (scenario, agent), g in runs.groupby(["scenario", "agent"], sort=True):
+        for m in metrics:
+            if m not in g or g[m].isna().all():
+                continue
+            lo, hi = bootstrap_ci(g[m].to_numpy())
+            rows.append(dict(scenario=scenario, agent=agent, metric=m, seeds=int(g[m].notna().sum()),
+                             mean=float(g[m].mean()), ci_low=lo, ci_high=hi))
+    return pd.DataFrame(rows)
+
+
+def markdown(summary: pd.DataFrame) -> str:
+    out = []
+    for scenario, g in summary.groupby("scenario", sort=True):
+        metrics = [m for m in METRICS if m in set(g.metric)]
+        agents = (g[g.metric == "return_mean"].sort_values("mean", ascending=False).agent.tolist())
+        cell = {(r.agent, r.metric): (f"{r.mean:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]" if np.isfinite(r.ci_low)
+                                      else f"{r.mean:.3g}") for r in g.itertuples()}
+        seeds = {r.agent: r.seeds for r in g[g.metric == "return_mean"].itertuples()}
+        out.append(f"### {scenario}\n")
+        out.append("| agent | seeds | " + " | ".join(metrics) + " |")
+        out.append("|---|---|" + "---|" * len(metrics))
+        for a in agents:
+            out.append(f"| {a} | {seeds[a]} | " + " | ".join(cell.get((a, m), "") for m in metrics) + " |")
+        out.append("")
+    out.append("Mean over seeds [95% bootstrap interval]; return in minutes watched per session.")
+    return "\n".join(out)
+
+
+def plot(summary: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ret = summary[summary.metric == "return_mean"]
+    scenarios = sorted(ret.scenario.unique())
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 4), squeeze=False)
+    for ax, scenario in zip(axes[0], scenarios):
+        g = ret[ret.scenario == scenario].sort_values("mean")
+        lo = (g["mean"] - g.ci_low).fillna(0).clip(lower=0)
+        hi = (g.ci_high - g["mean"]).fillna(0).clip(lower=0)
+        ax.barh(g.agent, g["mean"], xerr=[lo, hi], color="tab:blue", alpha=0.8, capsize=4)
+        ax.set_title(f"{scenario}")
+        ax.set_xlabel("episode return (minutes watched), mean and 95% CI over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("roots", nargs="+", type=Path, help="run directories or roots (e.g. runs/)")
+    parser.add_argument("--out", type=Path, default=Path("reports/compare"), help="output directory")
+    parser.add_argument("--reference", default="oracle-lookahead", help="agent that regret is measured against")
+    args = parser.parse_args(argv)
+    try:
+        runs = add_regret(load_runs(args.roots), args.reference)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = summarise(runs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(args.out / "comparison.csv", index=False)
+    text = markdown(summary)
+    (args.out / "comparison.md").write_text(text + "\n")
+    plot(summary, args.out / "return.png")
+    print(text)
+    print(f"\nwrote {args.out / 'comparison.md'}, {args.out / 'comparison.csv'}, {args.out / 'return.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Every baseline through the one factory, compare.py's table, and the seed-level statistics."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from agents.oracles import LookaheadOracle, SessionOracle
+from envs import RecVectorEnv, make_scenario
+from experiments import compare, run
+from experiments.registry import AGENTS, get_agent
+from experiments.stats import bootstrap_ci
+
+TINY = {"catalog": {"n_items": 100}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 20}}
+SMALL_ALGO = {"popularity": {"log_users": 16, "log_steps": 30},
+              "sasrec": {"log_users": 16, "log_steps": 30, "epochs": 1},
+              "gru4rec": {"log_users": 16, "log_steps": 30, "epochs": 1},
+              "oracle-lookahead": {"top": 2, "rollouts": 2, "horizon": 4}}
+SMALL_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 1}
+
+
+@pytest.mark.parametrize("name", [n for n, e in AGENTS.items() if not e.trainable])
+@pytest.mark.parametrize("slate_size", [1, 2])
+def test_every_baseline_acts_validly(name, slate_size, tmp_path):
+    scenario = make_scenario("mixed", {**TINY, "env": {**TINY["env"], "slate_size": slate_size}})
+    policy = get_agent(name).load()(scenario, seed=0, device="cpu", model=SMALL_MODEL,
+                                    algo=SMALL_ALGO.get(name, {}), run_dir=tmp_path)
+    env = RecVectorEnv(6, scenario, seed=3)
+    if hasattr(policy, "bind"):
+        policy.bind(env)
+    obs, _ = env.reset(seed=3)
+    for _ in range(3):
+        actions = np.asarray(policy.act(obs))
+        assert actions.shape == ((6,) if slate_size == 1 else (6, slate_size))
+        assert actions.min() >= 0 and actions.max() < 8
+        if slate_size > 1:
+            assert all(len(set(row)) == slate_size for row in actions)
+        next_obs, reward, terminated, truncated, info = env.step(actions)
+        if hasattr(policy, "observe"):
+            policy.observe(obs, actions, reward, info)
+        obs = next_obs
+
+
+def test_baselines_reject_unknown_settings(tmp_path):
+    scenario = make_scenario("mixed", TINY)
+    for name in ("popularity", "bandit", "sasrec", "oracle-myopic"):
+        with pytest.raises(ValueError, match="typo"):
+            get_agent(name).load()(scenario, seed=0, device="cpu", model={}, algo={"typo": 1}, run_dir=tmp_path)
+
+
+def test_lookahead_with_a_shortlist_of_one_is_the_session_oracle():
+    scenario = make_scenario("mixed", TINY)
+    env = RecVectorEnv(8, scenario, seed=0)
+    lookahead, session = LookaheadOracle(top=1, rollouts=2, horizon=3), SessionOracle()
+    lookahead.bind(env)
+    session.bind(env)
+    obs, _ = env.reset(seed=0)
+    for _ in range(4):
+        a = lookahead.act(obs)
+        np.testing.assert_array_equal(a, session.act(obs))
+        obs, *_ = env.step(a)
+
+
+def test_lookahead_planning_leaves_the_real_env_untouched():
+    env = RecVectorEnv(4, make_scenario("mixed", TINY), seed=0)
+    oracle = LookaheadOracle(top=3, rollouts=2, horizon=5)
+    oracle.bind(env)
+    obs, _ = env.reset(seed=0)
+    before = {k: v.copy() for k, v in env.world.state.arrays().items()}
+    rng_state = env.world.step_rng.bit_generator.state
+    oracle.act(obs)
+    for k, v in env.world.state.arrays().items():
+        np.testing.assert_array_equal(v, before[k])
+    assert env.world.step_rng.bit_generator.state == rng_state
+
+
+def test_bootstrap_interval_shrinks_with_more_seeds():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (3, 10, 100):
+        # Mean width over 30 synthetic experiments of n seeds each.
+        bounds = np.array([bootstrap_ci(rng.normal(50.0, 5.0, size=n), n_resamples=1000) for _ in range(30)])
+        assert np.all(bounds[:, 0] < bounds[:, 1])
+        widths.append((bounds[:, 1] - bounds[:, 0]).mean())
+    assert widths[0] > widths[1] > widths[2]
+    # Close to the normal-theory width 2 * 1.96 * sigma / sqrt(n) at n = 100.
+    assert widths[2] == pytest.approx(2 * 1.96 * 5.0 / 10.0, rel=0.2)
+    assert np.isnan(bootstrap_ci([1.0])[0])
+    with pytest.raises(ValueError):
+        bootstrap_ci([1.0, 2.0], confidence=1.5)
+
+
+def test_compare_builds_its_table_from_tiny_runs(tmp_path, capsys):
+    for agent in ("random", "oracle-session"):
+        assert run.main(["--agent", agent, "--smoke", "--seeds", "0", "1", "--logdir", str(tmp_path / "runs")]) == 0
+    out = tmp_path / "report"
+    assert compare.main([str(tmp_path / "runs"), "--out", str(out), "--reference", "oracle-session"]) == 0
+    table = pd.read_csv(out / "comparison.csv")
+    ret = table[table.metric == "return_mean"].set_index("agent")
+    assert set(ret.index) == {"random", "oracle-session"} and (ret.seeds == 2).all()
+    assert ret.loc["oracle-session", "mean"] > ret.loc["random", "mean"]
+    regret = table[table.metric == "regret"].set_index("agent")["mean"]
+    assert regret["oracle-session"] == pytest.approx(0.0, abs=1e-9) and regret["random"] > 0
+    assert "| oracle-session | 2 |" in (out / "comparison.md").read_text()
+    assert (out / "return.png").stat().st_size > 1000
+
+
+def test_compare_without_runs_is_an_error(tmp_path, capsys):
+    assert compare.main([str(tmp_path)]) == 2
+    assert "no finished runs" in capsys.readouterr().err
