@@ -179,7 +179,7 @@ class RLlibPPOAgent(TrainableAgent):
             episode_return_mean=get(runners, "episode_return_mean") / scale,
             episode_len_mean=get(runners, "episode_len_mean"),
             policy_loss=get(learner, "policy_loss"), value_loss=get(learner, "vf_loss"),
-            entropy=get(learner, "entropy"), kl=get(learner, "mean_kl_loss"),
+            entropy=get(learner, "entropy"),
             env_steps_per_s=steps / elapsed if elapsed > 0 else np.nan, env_steps=float(self._env_steps),
         )
 

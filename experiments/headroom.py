@@ -4,22 +4,20 @@
 
 Each (scenario, seed) evaluates every reference policy on the same users
 (common random numbers); the table shows the mean episode return over seeds
-with a 95% t-interval, and the session oracle's gain over the myopic one.
+with a 95% bootstrap interval, and each policy's gain over the myopic oracle.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-import numpy as np
 import pandas as pd
 
 from agents.oracles import MyopicOracle, SessionOracle
 from agents.policy import RandomPolicy
 from envs.config import PRESETS, make_scenario
 from experiments.harness import evaluate
-
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+from experiments.stats import bootstrap_ci
 
 
 def headroom(scenarios: list[str], seeds: list[int], n_users: int) -> pd.DataFrame:
@@ -37,8 +35,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (scenario, policy), g in runs.groupby(["scenario", "policy"], sort=False):
         r = g.return_mean.to_numpy()
-        half = T95.get(len(r) - 1, 1.96) * r.std(ddof=1) / np.sqrt(len(r)) if len(r) > 1 else float("nan")
-        out.append(dict(scenario=scenario, policy=policy, seeds=len(r), return_mean=r.mean(), ci95=half,
+        lo, hi = bootstrap_ci(r)
+        out.append(dict(scenario=scenario, policy=policy, seeds=len(r), return_mean=r.mean(), ci_low=lo, ci_high=hi,
                         ctr=g.ctr.mean(), session_length=g.session_length.mean(),
                         satisfaction_end=g.satisfaction_end.mean()))
     table = pd.DataFrame(out)

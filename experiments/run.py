@@ -249,7 +249,7 @@ def run_one(settings: dict[str, Any], logdir: str, resume: str | None = None) ->
         else:
             policy, steps = entry.load()(scenario, run_dir=run_dir, **kwargs), 0
         final = evaluate(policy, scenario, settings["final_eval_users"], EVAL_SEED)
-        baseline = evaluate(RandomPolicy(seed=0), scenario, settings["final_eval_users"], EVAL_SEED)
+        baseline = evaluate(RandomPolicy(seed=settings["seed"]), scenario, settings["final_eval_users"], EVAL_SEED)
         common = dict(scenario=settings["scenario"], seed=settings["seed"])
         logger.evaluation(final.metrics, steps, agent=settings["name"], phase="final", **common)
         # The random policy on the same users, for reference (not under this run's eval/ tags).
