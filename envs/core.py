@@ -95,7 +95,6 @@ class RecommenderCore:
         self.history_pos = 0
         self.candidates = np.zeros((n_users, e.num_candidates), np.int32)
         self.anchor_topic = np.zeros(n_users, np.int32)
-        self.episode_return = np.zeros(n_users, np.float32)
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
@@ -120,7 +119,7 @@ class RecommenderCore:
         other.world = self.world.tile(m, seed, noise_groups)
         index = np.repeat(np.arange(self.n_users), m)
         for name in ("history_items", "history_features", "history_mask",
-                     "candidates", "anchor_topic", "episode_return"):
+                     "candidates", "anchor_topic"):
             setattr(other, name, getattr(self, name)[index])
         other.n_users = self.n_users * m
         cand_seed, reset_seed = np.random.SeedSequence(seed).generate_state(2)
@@ -138,7 +137,6 @@ class RecommenderCore:
         self.history_items[idx] = 0
         self.history_features[idx] = 0.0
         self.history_mask[idx] = 0.0
-        self.episode_return[idx] = 0.0
         # Until a first click, topic-near retrieval anchors on a random topic.
         self.anchor_topic[idx] = self.reset_rng.integers(0, self.world.catalog.n_topics, size=idx.size)
         self._draw_candidates(idx)
@@ -203,7 +201,6 @@ class RecommenderCore:
                                      self.anchor_topic)
         self._draw_candidates()
         reward = result.watch_time
-        self.episode_return += reward
         truncated = (self.world.state.step >= self.config.env.max_steps) & ~result.terminated
         return result, reward, truncated
 

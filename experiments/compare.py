@@ -89,9 +89,11 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
         g = ret[ret.scenario == scenario].sort_values("mean")
         lo = (g["mean"] - g.ci_low).fillna(0).clip(lower=0)
         hi = (g.ci_high - g["mean"]).fillna(0).clip(lower=0)
-        ax.barh(g.agent, g["mean"], xerr=[lo, hi], color="tab:blue", alpha=0.8, capsize=4)
-        ax.set_title(f"{scenario}")
-        ax.set_xlabel("episode return (minutes watched), mean and 95% CI over seeds")
+        # Oracles read the true user state: grey, to set them apart from deployable agents.
+        colors = ["0.6" if a.startswith("oracle") else "tab:blue" for a in g.agent]
+        ax.barh(g.agent, g["mean"], xerr=[lo, hi], color=colors, alpha=0.9, capsize=4)
+        ax.set_title(scenario)
+        ax.set_xlabel("minutes watched per session\n(mean, 95% CI over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
