@@ -61,20 +61,25 @@ def to_tensors(obs: Mapping[str, np.ndarray], device: torch.device | str = "cpu"
     return {k: torch.as_tensor(np.asarray(v), device=device) for k, v in obs.items()}
 
 
+@torch.no_grad()
+def serve(module: nn.Module, obs: Mapping[str, np.ndarray], device: torch.device | str = "cpu") -> Any:
+    """module(obs) in eval mode without gradients, for serving numpy observations; restores the mode."""
+    was_training = module.training
+    module.eval()
+    try:
+        return module(to_tensors(obs, device))
+    finally:
+        module.train(was_training)
+
+
 class GreedyPolicy:
     """Numpy-in, numpy-out greedy policy over an ActorCritic (evaluation; no exploration)."""
 
     def __init__(self, model: ActorCritic, name: str, device: str = "cpu") -> None:
         self.model, self.name, self.device = model, name, device
 
-    @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            logits, _ = self.model(to_tensors(obs, self.device))
-        finally:
-            self.model.train(was_training)
+        logits, _ = serve(self.model, obs, self.device)
         k = self.model.slate_size
         scores = logits.float().cpu().numpy()
         if k == 1:
@@ -91,4 +96,5 @@ class GreedyPolicy:
         return slate
 
 
-__all__ = ["DEFAULT_MODEL", "encoder_config", "ActorCritic", "GreedyPolicy", "to_tensors", "slate_from_scores"]
+__all__ = ["DEFAULT_MODEL", "encoder_config", "ActorCritic", "GreedyPolicy", "to_tensors", "serve",
+           "slate_from_scores"]

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from agents.encoder import EncoderConfig, HistoryEncoder, RecommenderEncoder
 from agents.logs import validate_logs
-from agents.model import encoder_config, to_tensors
+from agents.model import encoder_config, serve
 from agents.policy import slate_from_scores
 from envs.core import HISTORY_FEATURES, WATCH_TIME_CAP, dedupe_slates
 
@@ -354,15 +354,9 @@ class SupervisedRecommender:
                              f"length_mean={self.length_mean} (use SupervisedRecommender.from_env)")
         self.slate_size = int(config.env.slate_size)
 
-    @torch.no_grad()
     def scores(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Expected engagement (minutes) of showing each candidate at the top: [N, C] float32."""
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            click_logit, watch = self.net(to_tensors(obs, self.device))
-        finally:
-            self.net.train(was_training)
+        click_logit, watch = serve(self.net, obs, self.device)
         engagement = torch.sigmoid(click_logit) * watch * self.length_mean
         return engagement.float().cpu().numpy()
 
