@@ -33,17 +33,20 @@ class Evaluation:
     metrics: dict[str, float]
 
 
-def concentration(shares: np.ndarray) -> np.ndarray:
-    """Herfindahl index of topic shares [..., T]: 1/T when spread evenly, 1 when all in one topic."""
-    total = shares.sum(axis=-1, keepdims=True)
-    p = np.divide(shares, total, out=np.zeros_like(shares, dtype=np.float64), where=total > 0)
-    return (p ** 2).sum(axis=-1)
+def shares(counts: np.ndarray) -> np.ndarray:
+    """Rows of non-negative counts [..., T] as shares summing to 1 (all-zero rows stay zero)."""
+    total = counts.sum(axis=-1, keepdims=True)
+    return np.divide(counts, total, out=np.zeros_like(counts, dtype=np.float64), where=total > 0)
+
+
+def concentration(counts: np.ndarray) -> np.ndarray:
+    """Herfindahl index of topic counts [..., T]: 1/T when spread evenly, 1 when all in one topic."""
+    return (shares(counts) ** 2).sum(axis=-1)
 
 
 def _entropy(counts: np.ndarray) -> np.ndarray:
     """Shannon entropy (nats) of each row of non-negative counts [N, T]."""
-    total = counts.sum(axis=1, keepdims=True)
-    p = np.divide(counts, total, out=np.zeros_like(counts, dtype=np.float64), where=total > 0)
+    p = shares(counts)
     with np.errstate(divide="ignore", invalid="ignore"):
         return -(np.where(p > 0, p * np.log(p), 0.0)).sum(axis=1)
 
@@ -105,11 +108,11 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
     episodes = pd.DataFrame(dict(user=rows, episode_return=ret, clicks=clicks, session_length=length,
                                  satisfaction_end=satisfaction_end,
                                  consumption_entropy=_entropy(topic_counts)))
-    steps = pd.DataFrame(np.array(timeline), columns=["step", "active_users", "engagement", "clicks"]
-                         + [f"share_{t}" for t in range(n_topics)])
-    consumed = steps[[f"share_{t}" for t in range(n_topics)]].to_numpy()
+    share_cols = [f"share_{t}" for t in range(n_topics)]
+    steps = pd.DataFrame(np.array(timeline), columns=["step", "active_users", "engagement", "clicks"] + share_cols)
+    consumed = steps[share_cols].to_numpy()                 # topic mass consumed per step [steps, T]
     half_point = len(steps) // 2
-    steps[[f"share_{t}" for t in range(n_topics)]] = consumed / np.maximum(consumed.sum(1, keepdims=True), 1e-12)
+    steps[share_cols] = shares(consumed)
     steps = steps.astype({"step": int, "active_users": int, "clicks": int})
     half = 1.96 * ret.std(ddof=1) / np.sqrt(n_users) if n_users > 1 else float("nan")
     metrics = dict(
