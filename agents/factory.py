@@ -40,6 +40,7 @@ class SupervisedParams(LogParams):
     batch_size: int = 512
     lr: float = 1e-3
     retrain_every: int = 0       # refit on logs + fresh interactions every k served steps (0: never)
+    refit_batches: int = 32      # minibatches per refit, half fresh and half logged (0: a whole epoch)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,6 +48,7 @@ class SupervisedParams(LogParams):
         check_int("algo", "batch_size", self.batch_size, 1)
         check_range("algo", "lr", self.lr, 0.0, 1.0, lo_open=True)
         check_int("algo", "retrain_every", self.retrain_every, 0)
+        check_int("algo", "refit_batches", self.refit_batches, 0)
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def _build_supervised(kind: str):
         probe = RecommenderCore(scenario, 1, seed)
         rec = SupervisedRecommender(kind, probe.single_observation_space, probe.item_features, probe.n_items,
                                     model=model, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=seed,
-                                    device=device, retrain_every=p.retrain_every,
+                                    device=device, retrain_every=p.retrain_every, refit_batches=p.refit_batches,
                                     length_mean=scenario.world.catalog.length_mean)
         rec.fit(_logs(scenario, p, seed, run_dir))
         return rec

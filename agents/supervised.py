@@ -18,11 +18,12 @@ Training data come from logs (``agents.logs``, one row per impression) turned
 into examples by :func:`examples_from_logs`. With ``retrain_every = k > 0`` the
 recommender also learns from what it serves, as deployed recommenders do:
 ``observe()`` (called by the evaluation harness after every step) buffers the
-served impressions and every k steps refits for one epoch on logs + fresh data.
+served impressions and every k steps fine-tunes on logs + fresh data (see ``refit_batches``).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -272,13 +273,15 @@ class SupervisedRecommender:
     item_features:     the catalog feature table [n_items, F_item] (``env.core.item_features``).
     n_items:           catalog size (item ids are 0..n_items-1).
     model:             EncoderConfig overrides (d_model, n_layers, ...) on top of DEFAULT_MODEL.
-    epochs, batch_size, lr: training of ``fit`` (Adam); refits run one epoch.
+    epochs, batch_size, lr: training of ``fit`` (Adam).
     seed:              seeds the initial weights, the shuffling and dropout: same seed and data,
                        same scores.
     retrain_every:     k > 0 refits every k observed steps on logs + fresh served data.
     length_mean:       the catalog's ``length_mean`` (history watch times are in its units);
                        ``bind(env)`` checks it. ``from_env`` fills it and the sizes in.
     replay_capacity:   most recent served user-steps kept for retraining.
+    refit_batches:     a refit is this many minibatches, each half fresh served data and half
+                       logs (adapts without forgetting); 0 refits a whole epoch of logs + fresh data.
 
     ``name`` is the kind, with "-retrain" when retrain_every > 0. ``losses`` holds the
     per-epoch mean losses of the last ``fit``; ``refit_losses`` one loss per refit.
@@ -287,7 +290,7 @@ class SupervisedRecommender:
     def __init__(self, kind: str, observation_space: Any, item_features: np.ndarray | None, n_items: int,
                  model: Mapping[str, Any] | None = None, epochs: int = 2, batch_size: int = 512,
                  lr: float = 1e-3, seed: int = 0, device: str = "cpu", retrain_every: int = 0,
-                 length_mean: float = 4.0, replay_capacity: int = 50_000) -> None:
+                 length_mean: float = 4.0, replay_capacity: int = 50_000, refit_batches: int = 32) -> None:
         if kind not in KINDS:
             raise ValueError(f"SupervisedRecommender.kind must be one of {KINDS}, got {kind!r}")
         if model is not None and not isinstance(model, Mapping):
@@ -301,6 +304,7 @@ class SupervisedRecommender:
         self.retrain_every = _check_int("retrain_every", retrain_every, 0)
         self.length_mean = _check_positive("length_mean", length_mean)
         self.replay_capacity = _check_int("replay_capacity", replay_capacity, 1)
+        self.refit_batches = _check_int("refit_batches", refit_batches, 0)
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as err:
@@ -343,6 +347,15 @@ class SupervisedRecommender:
         self.refit_losses: list[float] = []
         self.n_observed = 0
         self.n_refits = 0
+
+    def with_retraining(self, retrain_every: int, refit_batches: int | None = None) -> "SupervisedRecommender":
+        """A copy of this (fitted) recommender that refits every `retrain_every` served steps."""
+        other = copy.deepcopy(self)
+        other.retrain_every = _check_int("retrain_every", retrain_every, 1)
+        if refit_batches is not None:
+            other.refit_batches = _check_int("refit_batches", refit_batches, 0)
+        other.name = self.kind + "-retrain"
+        return other
 
     # ------------------------------------------------------------------ Policy
     def bind(self, env: Any) -> None:
@@ -396,12 +409,15 @@ class SupervisedRecommender:
 
     def _train_epoch(self, data: _Examples) -> float:
         """One shuffled pass over `data`; returns the mean loss per example."""
-        self.net.train()
         order = self._rng.permutation(len(data))
-        total = 0.0
+        return self._train_on(data, [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)])
+
+    def _train_on(self, data: _Examples, batches: list[np.ndarray]) -> float:
+        """One Adam step per batch of example rows of `data`; returns the mean loss per example."""
+        self.net.train()
+        total, count = 0.0, 0
         with _seeded(int(self._rng.integers(2**31)), self.device):  # dropout, if any
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start:start + self.batch_size]
+            for rows in batches:
                 obs, positions, click, watch = self._batch(data, rows)
                 click_logit, watch_pred = self.net(obs, positions)
                 loss = F.binary_cross_entropy_with_logits(click_logit[:, 0], click)
@@ -413,8 +429,9 @@ class SupervisedRecommender:
                 nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
                 self.optimizer.step()
                 total += float(loss.detach()) * len(rows)
+                count += len(rows)
         self.net.eval()
-        return total / len(order)
+        return total / max(count, 1)
 
     # --------------------------------------------------------------- retraining
     def observe(self, obs: Mapping[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray,
@@ -458,11 +475,20 @@ class SupervisedRecommender:
             self._fresh_steps -= self._fresh.pop(0).n_steps
 
     def _refit(self) -> None:
-        """One epoch on the original logs + the fresh data (newest replay_capacity steps)."""
+        """Fine-tune on the original logs + the fresh data (newest replay_capacity steps): a whole
+        epoch, or `refit_batches` minibatches drawn half from each."""
         parts = ([self._logged] if self._logged is not None else [])
         if self._fresh:
             parts.append(_Examples.concat(self._fresh).tail(self.replay_capacity))
         if not parts:
             return
-        self.refit_losses.append(self._train_epoch(_Examples.concat(parts)))
+        data = _Examples.concat(parts)
+        if not self.refit_batches:
+            self.refit_losses.append(self._train_epoch(data))
+        else:
+            sizes = np.array([len(part) for part in parts], dtype=np.float64)
+            p = np.repeat(1.0 / (len(parts) * sizes), sizes.astype(np.int64))  # each part weighs the same
+            size = min(self.batch_size, len(data))
+            batches = [self._rng.choice(len(data), size=size, p=p) for _ in range(self.refit_batches)]
+            self.refit_losses.append(self._train_on(data, batches))
         self.n_refits += 1

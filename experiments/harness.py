@@ -25,8 +25,10 @@ class Evaluation:
     """What one evaluation measured.
 
     episodes: one row per evaluation user; timeline: one row per episode step
-    (active users, mean engagement of active users, the population's consumed
-    topic shares share_0..share_{T-1}); metrics: the summary numbers.
+    (active users, mean engagement (minutes watched) of active users, clicks, fit
+    (mean true topic fit of the served items to the active users' current interests,
+    which only the simulator knows), the population's consumed topic shares
+    share_0..share_{T-1}); metrics: the summary numbers.
     """
     episodes: pd.DataFrame
     timeline: pd.DataFrame
@@ -83,6 +85,7 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
         slate_index = env.core.check_actions(actions)
         slates = env.core.candidates[rows[:, None], slate_index]
         shown[slates[active].ravel()] = True
+        fit = env.world.slate_utility(slates, positions=False)[1][active].mean()  # how well the slates suit users now
         if slates.shape[1] > 1:
             t = cat.topics[slates[active]]                       # [n, K, T]
             dist = 0.5 * np.abs(t[:, :, None, :] - t[:, None, :, :]).sum(-1)
@@ -99,7 +102,7 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
         items = info["item"][clicked]
         topic_counts[clicked, cat.dominant_topic[items]] += 1
         n_active = int(active.sum())
-        timeline.append(np.concatenate([[len(timeline), n_active, reward[active].mean(), clicked.sum()],
+        timeline.append(np.concatenate([[len(timeline), n_active, reward[active].mean(), clicked.sum(), fit],
                                         cat.topics[items].sum(axis=0)]))
         done = (terminated | truncated) & active
         satisfaction_end[done] = env.world.state.satisfaction[done]
@@ -109,7 +112,7 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
                                  satisfaction_end=satisfaction_end,
                                  consumption_entropy=_entropy(topic_counts)))
     share_cols = [f"share_{t}" for t in range(n_topics)]
-    steps = pd.DataFrame(np.array(timeline), columns=["step", "active_users", "engagement", "clicks"] + share_cols)
+    steps = pd.DataFrame(np.array(timeline), columns=["step", "active_users", "engagement", "clicks", "fit"] + share_cols)
     consumed = steps[share_cols].to_numpy()                 # topic mass consumed per step [steps, T]
     half_point = len(steps) // 2
     steps[share_cols] = shares(consumed)

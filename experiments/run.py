@@ -269,6 +269,35 @@ def run_one(settings: dict[str, Any], logdir: str, resume: str | None = None) ->
     return run_dir, final.metrics
 
 
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """The saved settings of a finished (or checkpointed) training run; errors name the path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"no run directory at {run_dir}")
+    meta = run_dir / "run.json"
+    if not meta.is_file():
+        raise ValueError(f"no run.json in {run_dir} (is it a run directory?)")
+    if not (run_dir / "checkpoint" / "state.json").is_file():
+        raise ValueError(f"no checkpoint in {run_dir / 'checkpoint'}")
+    settings = json.loads(meta.read_text())
+    if not get_agent(settings["agent"]).trainable:
+        raise ValueError(f"{run_dir} holds a run of '{settings['agent']}', which has no checkpoint to load")
+    return settings
+
+
+def restore_policy(run_dir: str | Path, device: str = "cpu") -> tuple[dict[str, Any], Any]:
+    """(saved settings, greedy policy) of the checkpoint in a run directory, to evaluate elsewhere."""
+    settings = load_run(run_dir)
+    scenario = make_scenario(settings["scenario"], settings["scenario_overrides"])
+    agent = get_agent(settings["agent"]).load()(scenario, seed=settings["seed"], device=resolve_device(device),
+                                                model=settings["model"], algo=settings["algo"])
+    try:
+        agent.restore(Path(run_dir) / "checkpoint")
+        return settings, agent.policy()
+    finally:
+        agent.close()
+
+
 def run_seeds(settings: dict[str, Any], seeds: list[int], logdir: str, parallel: int) -> list[tuple[Path, dict]]:
     """Several seeds, one after another, or `parallel` at a time as Ray tasks."""
     per_seed = [dict(settings, seed=s) for s in seeds]
@@ -289,13 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.resume:
-            run_dir = Path(args.resume)
-            meta = run_dir / "run.json"
-            if not meta.is_file():
-                raise ValueError(f"--resume: no run.json in {run_dir} (is it a run directory?)")
-            settings = json.loads(meta.read_text())
-            if not (run_dir / "checkpoint" / "state.json").is_file():
-                raise ValueError(f"--resume: no checkpoint in {run_dir / 'checkpoint'}")
+            settings = load_run(args.resume)
             if args.steps is not None:
                 settings["steps"] = args.steps
             run_one(settings, args.logdir, resume=args.resume)

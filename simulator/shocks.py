@@ -15,7 +15,8 @@ SHOCK_KINDS = ("sudden", "gradual", "injection")
 class ShockEvent:
     """One change point at episode step `step`.
 
-    sudden: interests of a `fraction` of users jump `strength` of the way to a new random target.
+    sudden: interests of a `fraction` of users jump `strength` of the way to a target
+    drawn like a new user of another taste community (see users.sample_users).
     gradual: the same move, spread over `duration` steps.
     injection: `n_items` new items centred on `topic` (-1: random) arrive in the catalog.
     """

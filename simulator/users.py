@@ -49,6 +49,12 @@ def sample_users(params: UserParams, community: np.ndarray, centres: np.ndarray,
     own = rng.uniform(-1.0, 1.0, size=(m, t))
     w = params.community_strength
     interest = (1.0 - w) * own + w * centres[community]
+    # A shock moves a user toward the tastes of another community, drawn like a new user's: the
+    # shift changes *what* a user likes, not how much there is to like (a uniform target would
+    # broaden tastes and make shocks raise engagement).
+    n_comm = centres.shape[0]
+    other = (community + rng.integers(1, n_comm, size=m)) % n_comm if n_comm > 1 else community
+    shock_target = (1.0 - w) * rng.uniform(-1.0, 1.0, size=(m, t)) + w * centres[other]
     budget = np.maximum(rng.normal(params.budget_mean, params.budget_std, size=m), 1.0)
     return dict(
         interest=interest.astype(np.float32),
@@ -56,5 +62,5 @@ def sample_users(params: UserParams, community: np.ndarray, centres: np.ndarray,
         novelty_seeking=rng.uniform(0.0, params.novelty_seeking_max, size=m).astype(np.float32),
         susceptibility=rng.uniform(0.0, 1.0, size=m).astype(np.float32),
         shock_draw=rng.random(m).astype(np.float32),
-        shock_target=rng.uniform(-1.0, 1.0, size=(m, t)).astype(np.float32),
+        shock_target=shock_target.astype(np.float32),
     )

@@ -97,7 +97,7 @@ def test_context_season_features_cycle_with_the_period(make_cfg):
     for t in range(period):
         np.testing.assert_allclose(ctx[t + period], ctx[t], atol=1e-4)
         np.testing.assert_allclose(ctx[t + period // 2], -ctx[t], atol=1e-4)
-    assert np.all(np.abs(ctx[period // 2] - ctx[0]) > 1e-3)
+    assert np.all(np.linalg.norm(ctx[period // 2] - ctx[0], axis=1) > 1.9)  # half a period: the opposite point
     # The history records the season at which each interaction happened.
     np.testing.assert_allclose(np.stack(hist), ctx[:-1], atol=1e-5)
     # The progress feature counts steps of the episode.
@@ -317,6 +317,20 @@ def test_sudden_shock_jumps_affected_users_at_its_step(make_world, enabled):
     assert np.delete(change, s, axis=0).max() == 0.0  # no change at neighbouring steps
     expected = trace[s, affected] + 0.8 * (target[affected] - trace[s, affected])
     np.testing.assert_allclose(trace[s + 1, affected], expected, atol=1e-5)
+
+
+def test_shock_targets_are_another_communitys_tastes(make_world):
+    """A shock moves users toward a profile drawn like a new user of another community, so it changes
+    what they like, not how much there is to like."""
+    w = make_world("shock", {"users": {"community_strength": 1.0, "n_communities": 4}}, n_users=256, seed=8)
+    s = w.state
+    # With community_strength 1 a profile is its community's centre: the target is another centre.
+    own = np.abs(s.interest[:, None, :] - w.centres[None]).sum(-1).argmin(1)
+    target = np.abs(s.shock_target[:, None, :] - w.centres[None]).sum(-1).argmin(1)
+    np.testing.assert_array_equal(own, s.community)
+    assert np.all(target != own)
+    assert len(np.unique(target)) == 4
+    np.testing.assert_allclose(s.shock_target, w.centres[target], atol=1e-6)
 
 
 def test_gradual_shock_spreads_over_its_window(make_world):

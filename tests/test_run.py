@@ -27,7 +27,7 @@ def _scalar_tags(run_dir: Path) -> set[str]:
 @pytest.mark.parametrize("argv, message", [
     (["--agent", "nope"], "valid agents: ppo, sb3-ppo"),
     (["--scenario", "nope"], "valid scenarios: stationary"),
-    (["--resume", "/nonexistent/run"], "no run.json"),
+    (["--resume", "/nonexistent/run"], "no run directory at /nonexistent/run"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--agent", "random", "--num-env-runners", "2"], "--num-env-runners applies to --agent ppo"),
 ])

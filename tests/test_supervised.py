@@ -187,6 +187,35 @@ def test_retraining_refits_during_evaluation(logs, slate_size):
     assert sum(float(f.click.sum()) for f in fresh) >= evaluation.episodes.clicks.sum()
 
 
+def _adam_steps(rec) -> int:
+    return max(int(state["step"]) for state in rec.optimizer.state.values())
+
+
+def test_a_refit_is_refit_batches_minibatches_or_a_whole_epoch(logs):
+    rec = make_rec("sasrec", epochs=1, retrain_every=4, refit_batches=3, batch_size=64)
+    rec.fit(logs[1])
+    fitted = _adam_steps(rec)
+    evaluate(rec, config(), n_users=16, seed=5)
+    assert rec.n_refits >= 2 and _adam_steps(rec) == fitted + 3 * rec.n_refits
+    epoch = make_rec("sasrec", epochs=1, retrain_every=4, refit_batches=0, batch_size=64)
+    epoch.fit(logs[1])
+    evaluate(epoch, config(), n_users=16, seed=5)
+    assert _adam_steps(epoch) - fitted >= epoch.n_refits * (fitted - 1)  # an epoch per refit
+
+
+def test_with_retraining_copies_a_fitted_model(logs):
+    rec = make_rec("sasrec", epochs=1)
+    rec.fit(logs[1])
+    before = {k: v.clone() for k, v in rec.net.state_dict().items()}
+    retraining = rec.with_retraining(4)
+    assert retraining.name == "sasrec-retrain" and rec.name == "sasrec"
+    evaluate(retraining, config(), n_users=16, seed=5)
+    assert retraining.n_refits >= 2 and rec.n_refits == 0
+    assert all(torch.equal(before[k], v) for k, v in rec.net.state_dict().items())  # the original is untouched
+    with pytest.raises(ValueError, match="retrain_every"):
+        rec.with_retraining(0)
+
+
 def test_no_retraining_by_default(logs):
     rec = make_rec("gru4rec", epochs=1)
     rec.fit(logs[1])

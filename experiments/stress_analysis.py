@@ -1,0 +1,221 @@
+"""What a drift stress test measures, as pure functions of evaluation results.
+
+The grid holds one row per (agent, seed, family, magnitude) evaluation; family "none" is the
+training regime itself (no added drift). Timelines hold the harness's per-step curves for the
+same evaluations. Every evaluation of a seed uses the same users and the same simulator noise
+(common random numbers), so a drifted run and the no-drift run of the same policy are identical
+until the drift acts: their ratio isolates the drift's effect from the within-session trend.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from experiments.harness import concentration
+from experiments.stats import bootstrap_ci
+
+NO_DRIFT = "none"
+MIN_ACTIVE_SHARE = 0.1  # per-step curves stop where fewer than this share of users are still in session
+
+
+def add_relative(grid: pd.DataFrame, reference: pd.DataFrame | None) -> pd.DataFrame:
+    """Add relative_return (return / the same agent and seed's no-drift return), regret and
+    regret_increase (regret - no-drift regret) against the reference's return on each regime.
+
+    grid: rows agent, seed, family, magnitude, return_mean; reference: family, magnitude,
+    return_mean (one row per regime), or None (regret columns are then NaN).
+    """
+    grid = grid.copy()
+    base = grid[grid.family == NO_DRIFT].set_index(["agent", "seed"]).return_mean
+    if base.index.duplicated().any():
+        raise ValueError("the grid holds more than one no-drift evaluation per agent and seed")
+    keys = pd.MultiIndex.from_frame(grid[["agent", "seed"]])
+    missing = set(keys) - set(base.index)
+    if missing:
+        raise ValueError(f"no no-drift evaluation for (agent, seed) {sorted(missing)[0]}")
+    grid["relative_return"] = grid.return_mean.to_numpy() / base.reindex(keys).to_numpy()
+    if reference is None:
+        grid["regret"] = grid["regret_increase"] = np.nan
+        return grid
+    ref = reference.set_index(["family", "magnitude"]).return_mean
+    grid["regret"] = ref.reindex(pd.MultiIndex.from_frame(grid[["family", "magnitude"]])).to_numpy() - grid.return_mean
+    base_regret = grid[grid.family == NO_DRIFT].set_index(["agent", "seed"]).regret
+    grid["regret_increase"] = grid.regret.to_numpy() - base_regret.reindex(keys).to_numpy()
+    return grid
+
+
+def robustness_table(grid: pd.DataFrame, metrics=("relative_return", "regret", "regret_increase", "return_mean")
+                     ) -> pd.DataFrame:
+    """One row per agent x family x magnitude: each metric's mean over seeds and 95% bootstrap CI.
+
+    The no-drift evaluation is shared by every family at magnitude 0 when the grid has no
+    explicit magnitude-0 row for that family.
+    """
+    rows = []
+    families = sorted(set(grid.family) - {NO_DRIFT})
+    for agent, g in grid.groupby("agent", sort=False):
+        for family in families:
+            f = g[g.family == family]
+            if not (f.magnitude == 0).any():
+                f = pd.concat([g[g.family == NO_DRIFT].assign(family=family, magnitude=0.0), f])
+            for magnitude, m in f.groupby("magnitude"):
+                rows.append(dict(agent=agent, family=family, magnitude=float(magnitude), seeds=int(m.seed.nunique()),
+                                 **_mean_ci(m, metrics)))
+    return pd.DataFrame(rows)
+
+
+def _mean_ci(frame: pd.DataFrame, metrics) -> dict[str, float]:
+    """metric, metric_lo, metric_hi: the mean over rows (seeds) and its 95% bootstrap interval."""
+    out = {}
+    for metric in metrics:
+        values = frame[metric].to_numpy(dtype=float)
+        lo, hi = bootstrap_ci(values)
+        out.update({metric: float(np.nanmean(values)) if np.isfinite(values).any() else np.nan,
+                    f"{metric}_lo": lo, f"{metric}_hi": hi})
+    return out
+
+
+def degradation(table: pd.DataFrame) -> pd.DataFrame:
+    """Per agent and family: relative return at the largest magnitude, the least-squares slope of
+    relative return against magnitude, and whether it falls at every step of the sweep."""
+    rows = []
+    for (agent, family), g in table.groupby(["agent", "family"], sort=False):
+        g = g.sort_values("magnitude")
+        x, y = g.magnitude.to_numpy(), g.relative_return.to_numpy()
+        slope = float(np.polyfit(x, y, 1)[0]) if len(x) > 1 else np.nan
+        rows.append(dict(agent=agent, family=family, max_magnitude=float(x[-1]), relative_at_max=float(y[-1]),
+                         slope=slope, monotone_decrease=bool(len(y) > 1 and np.all(np.diff(y) < 0))))
+    return pd.DataFrame(rows)
+
+
+def least_degraded(deg: pd.DataFrame, families=None) -> tuple[str, float]:
+    """The agent whose mean relative return at the largest magnitude (over `families`) is highest."""
+    d = deg if families is None else deg[deg.family.isin(families)]
+    score = d.groupby("agent").relative_at_max.mean()
+    return str(score.idxmax()), float(score.max())
+
+
+# ------------------------------------------------------------------ recovery
+def smooth(curve: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average (NaN-aware) over `window` steps; the first steps average what exists."""
+    x = np.asarray(curve, dtype=np.float64)
+    out = np.full_like(x, np.nan)
+    for t in range(len(x)):  # curves are ~100 steps long
+        seg = x[max(0, t - window + 1): t + 1]
+        if np.isfinite(seg).any():
+            out[t] = np.nanmean(seg)
+    return out
+
+
+def recovery_time(curve: np.ndarray, shock_step: int, level: float = 0.9, pre_window: int = 5,
+                  window: int = 3, horizon: int = 10) -> float:
+    """Steps after `shock_step` until the smoothed `curve` regains `level` x its pre-shock level.
+
+    curve [steps] (e.g. engagement normalised by the no-shock run); the pre-shock level is the
+    mean of the `pre_window` steps before the shock. Only a fall within `horizon` steps of the
+    shock counts as the shock's (later dips are noise as sessions thin out). 0 when the curve
+    does not fall below the level; NaN when it falls and does not regain it within the curve.
+    """
+    x = np.asarray(curve, dtype=np.float64)
+    if not 0 < shock_step < len(x):
+        raise ValueError(f"shock_step must be inside the curve (1..{len(x) - 1}), got {shock_step}")
+    pre = np.nanmean(x[max(0, shock_step - pre_window): shock_step])
+    threshold = level * pre
+    post = smooth(x, window)[shock_step:]
+    below = np.flatnonzero(post[:horizon] < threshold)
+    if below.size == 0:
+        return 0.0
+    back = np.flatnonzero(post[below[0]:] >= threshold)
+    return float(below[0] + back[0]) if back.size else float("nan")
+
+
+def reaction_time(gap: np.ndarray, shock_step: int, window: int = 3, horizon: int = 10) -> float:
+    """Steps after the shock until a drop in `gap` has been half made up.
+
+    gap [steps]: the served items' fit in the shocked run minus the no-shock run (0 before the
+    shock). The trough is the lowest smoothed value within `horizon` steps of the shock; the
+    reaction time counts steps from the shock to the first later step back above half the
+    trough. 0 when nothing dropped; NaN when the gap never closes by half.
+    """
+    x = smooth(gap, window)[shock_step:]
+    if not np.isfinite(x).any():
+        return float("nan")
+    trough_at = int(np.nanargmin(x[:horizon]))
+    trough = x[trough_at]
+    if trough >= 0:
+        return 0.0
+    back = np.flatnonzero(x[trough_at:] >= 0.5 * trough)
+    return float(trough_at + back[0]) if back.size else float("nan")
+
+
+def per_user_watch(timeline: pd.DataFrame, n_users: int) -> np.ndarray:
+    """[steps] minutes watched per evaluation user at each step (users who left count as 0)."""
+    return (timeline.engagement.fillna(0.0) * timeline.active_users / n_users).to_numpy()
+
+
+def _aligned(a: pd.DataFrame, b: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+    n = max(len(a), len(b))
+    out = []
+    for t in (a, b):
+        x = np.full(n, np.nan)
+        x[: len(t)] = t[column].to_numpy(dtype=float)
+        out.append(x)
+    return out[0], out[1]
+
+
+def shock_curves(shocked: pd.DataFrame, calm: pd.DataFrame, n_users: int) -> pd.DataFrame:
+    """Per step: engagement of both runs, their ratio, and the fit gap (shocked - calm).
+
+    Steps where fewer than MIN_ACTIVE_SHARE of the users are still active in either run are NaN.
+    """
+    eng_s, eng_c = _aligned(shocked, calm, "engagement")
+    fit_s, fit_c = _aligned(shocked, calm, "fit")
+    act_s, act_c = _aligned(shocked, calm, "active_users")
+    keep = (np.nan_to_num(act_s) >= MIN_ACTIVE_SHARE * n_users) & (np.nan_to_num(act_c) >= MIN_ACTIVE_SHARE * n_users)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(keep & (eng_c > 0), eng_s / eng_c, np.nan)
+    return pd.DataFrame(dict(step=np.arange(len(ratio)), engagement=np.where(keep, eng_s, np.nan),
+                             engagement_no_shock=np.where(keep, eng_c, np.nan), engagement_ratio=ratio,
+                             fit_gap=np.where(keep, fit_s - fit_c, np.nan)))
+
+
+def recovery_metrics(shocked: pd.DataFrame, calm: pd.DataFrame, reference_shocked: pd.DataFrame | None,
+                     shock_step: int, n_users: int, level: float = 0.9) -> dict[str, float]:
+    """Recovery of one agent and seed from the shock.
+
+    recovery_time: steps until engagement (normalised by the same policy's no-shock run) regains
+    `level` of its pre-shock level; reaction_time: steps until the served items' fit has made up
+    half its drop (the fit at the shock step is measured before the shift, so the clock starts one
+    step later); dip: the lowest normalised engagement in the 5 steps after the shock;
+    post_shock_return and post_shock_regret (vs the reference on the shocked regime): minutes
+    watched per user from the shock on.
+    """
+    curves = shock_curves(shocked, calm, n_users)
+    watch = per_user_watch(shocked, n_users)[shock_step:].sum()
+    out = dict(recovery_time=recovery_time(curves.engagement_ratio.to_numpy(), shock_step, level),
+               reaction_time=reaction_time(curves.fit_gap.to_numpy(), shock_step + 1),
+               dip=float(np.nanmin(curves.engagement_ratio.to_numpy()[shock_step: shock_step + 5])),
+               post_shock_return=float(watch), post_shock_regret=np.nan)
+    if reference_shocked is not None:
+        out["post_shock_regret"] = float(per_user_watch(reference_shocked, n_users)[shock_step:].sum() - watch)
+    return out
+
+
+def recovery_table(recovery: pd.DataFrame,
+                   metrics=("recovery_time", "reaction_time", "dip", "post_shock_return", "post_shock_regret")
+                   ) -> pd.DataFrame:
+    """Per agent: mean over seeds and 95% bootstrap CI of each recovery metric (NaN seeds are
+    counted in `not_recovered`)."""
+    rows = []
+    for agent, g in recovery.groupby("agent", sort=False):
+        rows.append(dict(agent=agent, seeds=int(g.seed.nunique()), not_recovered=int(g.recovery_time.isna().sum()),
+                         **_mean_ci(g, metrics)))
+    return pd.DataFrame(rows)
+
+
+def homogenisation_curve(timeline: pd.DataFrame, n_users: int) -> np.ndarray:
+    """[steps] concentration (Herfindahl index) of the population's consumption at each step;
+    NaN where fewer than MIN_ACTIVE_SHARE of the users remain."""
+    shares = timeline[[c for c in timeline.columns if c.startswith("share_")]].to_numpy()
+    h = concentration(shares)
+    return np.where(timeline.active_users.to_numpy() >= MIN_ACTIVE_SHARE * n_users, h, np.nan)
