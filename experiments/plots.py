@@ -121,7 +121,8 @@ def topic_shares(timelines: dict[str, pd.DataFrame], n_users: int, path: Path, t
 
 def homogenisation(curves: pd.DataFrame, path: Path) -> Path:
     """Concentration of the population's consumption over the episode: one panel per family,
-    solid = largest magnitude, dashed = no drift, one colour per agent (mean over seeds)."""
+    solid = largest magnitude, dashed = no drift, one colour per agent (mean over seeds, 3-step
+    trailing mean)."""
     plt = _pyplot()
     families = [f for f in dict.fromkeys(curves.family) if f != NO_DRIFT]
     agents = list(dict.fromkeys(curves.agent))
@@ -133,14 +134,14 @@ def homogenisation(curves: pd.DataFrame, path: Path) -> Path:
                 g = curves[(curves.agent == agent) & (curves.family == fam)]
                 if fam != NO_DRIFT:
                     g = g[g.magnitude == g.magnitude.max()]
-                mean = g.groupby("step").homogenisation.mean()
+                mean = g.groupby("step").homogenisation.mean().rolling(3, min_periods=1).mean()
                 ax.plot(mean.index, mean.to_numpy(), style, color=colours[agent],
                         label=agent if fam != NO_DRIFT else None, linewidth=1.4 if style == "-" else 1.0)
         mag = curves[curves.family == family].magnitude.max()
         ax.set_title(f"{family} (magnitude {mag:g}; dashed: none)", fontsize=10)
         ax.set_xlabel("episode step")
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("concentration of consumption\n(Herfindahl over topics)")
+    axes[0, 0].set_ylabel("concentration of consumption\n(Herfindahl over topics, 3-step mean)")
     axes[0, 0].legend(fontsize=8)
     return _save(fig, path)
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,7 +33,7 @@ from experiments import plots
 from experiments import stress_analysis as sa
 from experiments.harness import EVAL_SEED, evaluate
 from experiments.registry import AGENTS, get_agent
-from experiments.run import SMOKE, _merge, restore_policy, run_one
+from experiments.run import SMOKE, _merge, load_run_config, restore_policy, run_one
 from experiments.tracking import RunLogger
 from simulator.params import check_int, check_range
 
@@ -297,7 +299,8 @@ def robustness_markdown(table: pd.DataFrame, metric: str) -> str:
 
 
 def recovery_markdown(summary: pd.DataFrame) -> str:
-    cols = [("recovery_time", "recovery time (steps)"), ("reaction_time", "reaction time (steps)"),
+    cols = [("recovery_time", "recovery time (steps)"), ("recovery_time_95", "to 95% (steps)"),
+            ("reaction_time", "reaction time (steps)"),
             ("dip", "lowest engagement ratio"), ("post_shock_return", "post-shock return (min)"),
             ("post_shock_regret", "post-shock regret (min)")]
     out = ["| agent | seeds | " + " | ".join(c[1] for c in cols) + " | not recovered |",
@@ -386,7 +389,10 @@ def write_report(settings: StressSettings, res: StressResult, out: Path, paths: 
             cells = [f"{by[a].relative_at_max:.3f} ({by[a].slope:+.3f}{', falls' if by[a].monotone_decrease else ''})"
                      for a in agents]
             lines.append(f"| {family} | " + " | ".join(cells) + f" | {sa.least_degraded(g)[0]} |")
-        lines.append("")
+        falls = deg.groupby("family", sort=False).monotone_decrease.all()
+        lines += ["", "Families in which every agent's relative return falls at each step of the magnitude sweep: "
+                  f"{', '.join(falls.index[falls]) or 'none'}; in which it does not: "
+                  f"{', '.join(falls.index[~falls]) or 'none'}.", ""]
     lines += ["## Robustness", "", f"![robustness curves]({paths['robustness'].name})", "",
               "Return relative to the agent's own no-drift return, mean [95% bootstrap CI over seeds]:", "",
               robustness_markdown(res.table, "relative_return"),
@@ -398,11 +404,14 @@ def write_report(settings: StressSettings, res: StressResult, out: Path, paths: 
                   f"{min(1.0, settings.shock_strength * settings.recovery_magnitude):.0%} of the way toward another "
                   f"taste community (shock magnitude {settings.recovery_magnitude:g}). Each policy's engagement is "
                   "divided by its own engagement on the same users without the shock (common random numbers "
-                  "make the two runs identical before it), which removes the within-session trend.", "",
+                  "make the two runs identical before it), which removes the within-session trend. A reference "
+                  "that plans with copies of the true simulator foresees the shock, so its runs can differ "
+                  "before it.", "",
                   f"![recovery curves]({paths['recovery'].name})", "",
                   recovery_markdown(res.recovery_summary), "",
                   f"- **recovery time**: steps after the shock until the engagement ratio (3-step trailing mean) "
-                  f"is back to {settings.recovery_level:.0%} of its pre-shock level (0: it never fell below).",
+                  f"is back to {settings.recovery_level:.0%} of its pre-shock level (0: it never fell below; "
+                  "a fall counts when it starts within 10 steps of the shock); *to 95%*: the same for 95%.",
                   "- **reaction time**: steps until the true fit of the served items to the users' new interests "
                   "has made up half of its drop (how long the recommender takes to follow the shift).",
                   "- **post-shock regret**: minutes per user watched from the shock on, reference minus agent.", ""]
@@ -413,7 +422,8 @@ def write_report(settings: StressSettings, res: StressResult, out: Path, paths: 
               "Concentration (Herfindahl index over topics) of what the population watched at each step; "
               "higher means everyone watches the same topics.", "",
               "## Files", "", "grid.csv (every evaluation), robustness.csv, recovery.csv (per seed), "
-              "recovery_summary.csv, recovery_curves.csv, timelines.csv, settings.json; "
+              "recovery_summary.csv, recovery_curves.csv, timelines.csv, settings.json, jobs.pkl (the raw "
+              "evaluations: `--report-only` redoes this report from them); "
               f"TensorBoard: `tensorboard --logdir {out / 'tb'}`.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
@@ -422,14 +432,19 @@ def write_report(settings: StressSettings, res: StressResult, out: Path, paths: 
 
 def stress(settings: StressSettings, out: Path, parallel: int = 1, ray_address: str | None = None,
            command: str = "experiments/stress.py") -> StressResult:
-    """Run the grid, analyse it and write every output into `out`."""
-    import json
-
+    """Run the grid, then analyse it and write every output into `out`."""
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     (out / "settings.json").write_text(json.dumps(asdict(settings), indent=2, default=list))
     results = run_jobs(settings, out, parallel, ray_address)
-    pd.to_pickle(results, out / "jobs.pkl")  # the raw evaluations: analysis can be redone from them
+    # The raw evaluations: --report-only redoes the analysis, tables and plots from them.
+    pd.to_pickle(results, out / "jobs.pkl")
+    (out / "command.json").write_text(json.dumps(dict(command=command, seconds=time.perf_counter() - started)))
+    return write_outputs(settings, results, out)
+
+
+def write_outputs(settings: StressSettings, results: list[dict[str, Any]], out: Path) -> StressResult:
+    """Tables, plots, TensorBoard events and report.md from the jobs' evaluations."""
     res = analyse(settings, results)
     res.grid.to_csv(out / "grid.csv", index=False)
     res.table.to_csv(out / "robustness.csv", index=False)
@@ -440,9 +455,23 @@ def stress(settings: StressSettings, out: Path, parallel: int = 1, ray_address: 
         res.recovery_summary.to_csv(out / "recovery_summary.csv", index=False)
         res.curves.to_csv(out / "recovery_curves.csv", index=False)
     paths = make_plots(settings, res, out)
+    shutil.rmtree(out / "tb", ignore_errors=True)  # a redone report replaces the events, not adds to them
     log_tensorboard(settings, res, out)
-    write_report(settings, res, out, paths, command, time.perf_counter() - started)
+    meta = json.loads((out / "command.json").read_text()) if (out / "command.json").is_file() else {}
+    write_report(settings, res, out, paths, meta.get("command", "experiments/stress.py"), meta.get("seconds", 0.0))
     return res
+
+
+def load_outputs(out: Path) -> tuple[StressSettings, list[dict[str, Any]]]:
+    """The settings and raw evaluations of a finished stress test, for --report-only."""
+    settings_path, jobs_path = out / "settings.json", out / "jobs.pkl"
+    for path in (settings_path, jobs_path):
+        if not path.is_file():
+            raise ValueError(f"--report-only: no {path.name} in {out} (is it a finished stress test?)")
+    saved = json.loads(settings_path.read_text())
+    for key in ("agents", "families", "magnitudes", "seeds", "loads"):
+        saved[key] = tuple(saved[key])
+    return StressSettings(**saved), pd.read_pickle(jobs_path)
 
 
 # -------------------------------------------------------------------------------- CLI
@@ -470,29 +499,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=1, help="jobs at a time, as Ray tasks (default: 1, in-process)")
     p.add_argument("--ray-address", default=None, help="run the jobs on an existing Ray cluster")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="where learners train")
+    p.add_argument("--config", default=None, metavar="FILE.yaml",
+                   help="YAML with optional sections scenario: (training-regime overrides), model:, algo: {AGENT: {...}}")
     p.add_argument("--smoke", action="store_true", help="toy sizes end to end (under two minutes)")
+    p.add_argument("--report-only", default=None, metavar="OUT_DIR",
+                   help="redo the tables, plots and report of a finished stress test from its saved evaluations")
     return p.parse_args(argv)
 
 
 def settings_from_args(args: argparse.Namespace) -> StressSettings:
     kw: dict[str, Any] = {}
-    if args.smoke:
-        kw.update(STRESS_SMOKE, scenario_overrides=SMOKE["scenario"], model=SMOKE["model"],
-                  algo={k: {**SMOKE["algo"].get(k, {}), **STRESS_SMOKE["algo"].get(k, {})}
-                        for k in ("ppo", "sasrec", "gru4rec", "oracle-lookahead")})
     for name in ("agents", "families", "magnitudes", "seeds"):
-        value = getattr(args, name)
-        if value is not None:
-            kw[name] = tuple(value)
+        if getattr(args, name) is not None:
+            kw[name] = tuple(getattr(args, name))
+    if args.load and args.agents is None:
+        kw["agents"] = ()
+    stressed = {_base(a) for a in kw.get("agents", DEFAULT_AGENTS)} | {args.reference}
+    algo: dict[str, dict[str, Any]] = {}
+    if args.smoke:
+        kw.update({k: v for k, v in STRESS_SMOKE.items() if k != "algo"},
+                  scenario_overrides=SMOKE["scenario"], model=SMOKE["model"])
+        algo = {k: {**SMOKE["algo"].get(k, {}), **STRESS_SMOKE["algo"].get(k, {})}
+                for k in ("ppo", "sasrec", "gru4rec", "oracle-lookahead") if k in stressed}
+    if args.config:
+        cfg = load_run_config(args.config)
+        kw["scenario_overrides"] = _merge(kw.get("scenario_overrides", {}), cfg.get("scenario", {}))
+        kw["model"] = {**kw.get("model", {}), **cfg.get("model", {})}
+        for agent, settings in cfg.get("algo", {}).items():
+            if not isinstance(settings, dict):
+                raise ValueError(f"algo.{agent} in {args.config} must map that agent's settings "
+                                 "(stress configs key algo: by agent name)")
+            algo[agent] = {**algo.get(agent, {}), **settings}
     for name in ("steps", "eval_users", "shock_step"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
-    if args.load and args.agents is None:
-        kw["agents"] = ()
-    kw.update(train_scenario=args.train_scenario, reference=args.reference, loads=tuple(args.load),
+    kw.update(train_scenario=args.train_scenario, reference=args.reference, loads=tuple(args.load), algo=algo,
               recovery_magnitude=args.recovery_magnitude, retrain_every=args.retrain_every, device=args.device)
-    stressed = {_base(a) for a in kw.get("agents", DEFAULT_AGENTS)} | {kw["reference"]}
-    kw["algo"] = {k: v for k, v in kw.get("algo", {}).items() if k in stressed}
     if args.parallel < 1:
         raise ValueError("--parallel must be >= 1")
     return StressSettings(**kw)
@@ -501,10 +543,14 @@ def settings_from_args(args: argparse.Namespace) -> StressSettings:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        settings = settings_from_args(args)
-        out = Path(args.out or Path("runs") / "stress" / time.strftime("%Y%m%d-%H%M%S"))
-        command = "python experiments/stress.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        res = stress(settings, out, args.parallel, args.ray_address, command.strip())
+        if args.report_only:
+            out = Path(args.report_only)
+            res = write_outputs(*load_outputs(out), out)
+        else:
+            settings = settings_from_args(args)
+            out = Path(args.out or Path("runs") / "stress" / time.strftime("%Y%m%d-%H%M%S"))
+            command = "python experiments/stress.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            res = stress(settings, out, args.parallel, args.ray_address, command.strip())
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
