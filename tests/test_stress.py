@@ -182,3 +182,28 @@ def test_regimes_are_evaluated_on_fresh_copies_of_online_learners(tiny_run):
     again = stress.run_job(settings, dict(agents=["bandit"], seed=0, load=None), str(out / "again"))
     first = res.grid[(res.grid.agent == "bandit") & (res.grid.seed == 0)].return_mean.to_numpy()
     np.testing.assert_allclose([r["return_mean"] for r in again["rows"]], first)
+
+
+def test_report_only_redoes_the_outputs_from_the_saved_evaluations(tiny_run, tmp_path, capsys):
+    _, _, out = tiny_run
+    before = pd.read_csv(out / "robustness.csv")
+    (out / "report.md").unlink()
+    assert stress.main(["--report-only", str(out)]) == 0
+    assert (out / "report.md").is_file()
+    pd.testing.assert_frame_equal(pd.read_csv(out / "robustness.csv"), before)
+    assert stress.main(["--report-only", str(tmp_path)]) == 2
+    assert f"no settings.json in {tmp_path}" in capsys.readouterr().err
+
+
+def test_config_file_sets_the_training_regime_and_agent_settings(tmp_path):
+    cfg = tmp_path / "stress.yaml"
+    cfg.write_text("scenario: {catalog: {n_items: 120}}\nmodel: {d_model: 16}\nalgo: {sasrec: {epochs: 2}}\n")
+    args = stress.parse_args(["--config", str(cfg), "--agents", "sasrec", "bandit", "--smoke"])
+    settings = stress.settings_from_args(args)
+    assert settings.train_config().world.catalog.n_items == 120
+    assert settings.model["d_model"] == 16 and settings.algo["sasrec"]["epochs"] == 2
+    assert settings.algo["sasrec"]["log_users"] == 16     # smoke sizes stay under the config's
+    assert "ppo" not in settings.algo                     # not stressed: its smoke sizes are dropped
+    cfg.write_text("algo: {ppo: {lr: 0.001}}\n")
+    with pytest.raises(ValueError, match="algo settings for 'ppo', which is not stressed"):
+        stress.settings_from_args(stress.parse_args(["--config", str(cfg), "--agents", "bandit"]))
