@@ -509,18 +509,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def settings_from_args(args: argparse.Namespace) -> StressSettings:
     kw: dict[str, Any] = {}
-    for name in ("agents", "families", "magnitudes", "seeds"):
-        if getattr(args, name) is not None:
-            kw[name] = tuple(getattr(args, name))
-    if args.load and args.agents is None:
-        kw["agents"] = ()
-    stressed = {_base(a) for a in kw.get("agents", DEFAULT_AGENTS)} | {args.reference}
     algo: dict[str, dict[str, Any]] = {}
-    if args.smoke:
+    agents = tuple(args.agents) if args.agents is not None else (() if args.load else DEFAULT_AGENTS)
+    stressed = {_base(a) for a in agents} | {args.reference}
+    if args.smoke:  # toy sizes first: flags and the config file override them
         kw.update({k: v for k, v in STRESS_SMOKE.items() if k != "algo"},
                   scenario_overrides=SMOKE["scenario"], model=SMOKE["model"])
         algo = {k: {**SMOKE["algo"].get(k, {}), **STRESS_SMOKE["algo"].get(k, {})}
                 for k in ("ppo", "sasrec", "gru4rec", "oracle-lookahead") if k in stressed}
+    kw["agents"] = agents
+    for name in ("families", "magnitudes", "seeds"):
+        if getattr(args, name) is not None:
+            kw[name] = tuple(getattr(args, name))
     if args.config:
         cfg = load_run_config(args.config)
         kw["scenario_overrides"] = _merge(kw.get("scenario_overrides", {}), cfg.get("scenario", {}))

@@ -207,3 +207,19 @@ def test_config_file_sets_the_training_regime_and_agent_settings(tmp_path):
     cfg.write_text("algo: {ppo: {lr: 0.001}}\n")
     with pytest.raises(ValueError, match="algo settings for 'ppo', which is not stressed"):
         stress.settings_from_args(stress.parse_args(["--config", str(cfg), "--agents", "bandit"]))
+
+
+def test_smoke_trains_ppo_then_load_stresses_its_checkpoint(tmp_path):
+    """The trainable path: --smoke trains PPO through run.py's loop, restores its checkpoint and
+    stresses it; --load then stresses that checkpoint again, giving the same numbers."""
+    common = ["--smoke", "--seeds", "0", "--families", "shock", "--magnitudes", "0", "1",
+              "--reference", "oracle-session"]
+    assert stress.main(common + ["--agents", "ppo", "--out", str(tmp_path / "train")]) == 0
+    trained = pd.read_csv(tmp_path / "train" / "grid.csv")
+    run_dir = next((tmp_path / "train" / "runs").rglob("checkpoint")).parent
+    assert stress.main(common + ["--load", str(run_dir), "--out", str(tmp_path / "load")]) == 0
+    loaded = pd.read_csv(tmp_path / "load" / "grid.csv")
+    ppo = lambda g: g[g.agent == "ppo"].return_mean.to_numpy()  # noqa: E731
+    assert len(ppo(trained)) == 2
+    np.testing.assert_allclose(ppo(loaded), ppo(trained))
+    assert is_png(tmp_path / "load" / "recovery.png")
