@@ -63,10 +63,16 @@ class BanditParams:
 
 @dataclass(frozen=True)
 class LookaheadParams:
-    top: int = 3
-    rollouts: int = 8
-    horizon: int = 100
-    z: float = 2.0
+    top: int = 3                 # candidates (by the session oracle's score) planned over
+    rollouts: int = 8            # simulator copies per candidate (>= 2: paired standard errors)
+    horizon: int = 100           # steps each rollout looks ahead
+    z: float = 2.0               # leave the session oracle's choice only if the gain exceeds z standard errors
+
+    def __post_init__(self) -> None:
+        check_int("algo", "top", self.top, 1)
+        check_int("algo", "rollouts", self.rollouts, 2)
+        check_int("algo", "horizon", self.horizon, 1)
+        check_range("algo", "z", self.z, 0.0)
 
 
 def _logs(scenario: ScenarioConfig, params: LogParams, seed: int, run_dir: Path | None):

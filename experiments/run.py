@@ -228,26 +228,31 @@ def run_one(settings: dict[str, Any], logdir: str, resume: str | None = None) ->
     print(f"run directory: {run_dir}", file=sys.stderr)
 
     state = dict(iteration=0, next_eval=0)
-    agent = None
+    agent = policy = None
     kwargs = dict(seed=settings["seed"], device=device, model=settings["model"], algo=settings["algo"])
-    if entry.trainable:
-        if settings["agent"] == "ppo":
-            kwargs["ray_address"] = settings["ray_address"]
-        agent = entry.load()(scenario, **kwargs)
-        try:
+    try:
+        if entry.trainable:
+            if settings["agent"] == "ppo":
+                kwargs["ray_address"] = settings["ray_address"]
+            agent = entry.load()(scenario, **kwargs)
             if resume:
                 agent.restore(run_dir / "checkpoint")
                 state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
-        except ValueError:
+        else:
+            policy = entry.load()(scenario, run_dir=run_dir, **kwargs)
+    except ValueError:  # bad settings or checkpoint: nothing was run, leave no half-made run behind
+        if agent is not None:
             agent.close()
-            raise
+        if not resume:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     logger = RunLogger(run_dir, purge_step=state.get("env_steps") if resume else None)
     try:
         if agent is not None:
             train(agent, settings, scenario, logger, run_dir, state)
             policy, steps = agent.policy(), agent.env_steps
         else:
-            policy, steps = entry.load()(scenario, run_dir=run_dir, **kwargs), 0
+            steps = 0
         final = evaluate(policy, scenario, settings["final_eval_users"], EVAL_SEED)
         baseline = evaluate(RandomPolicy(seed=settings["seed"]), scenario, settings["final_eval_users"], EVAL_SEED)
         common = dict(scenario=settings["scenario"], seed=settings["seed"])

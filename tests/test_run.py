@@ -95,3 +95,12 @@ def test_sb3_smoke_writes_checkpoint_and_eval(tmp_path):
     run_dir = _run_dir(tmp_path, "mixed", "sb3-ppo")
     assert (run_dir / "checkpoint" / "sb3_ppo.zip").is_file()
     assert {"eval/return_mean", "train/policy_loss"} <= _scalar_tags(run_dir)
+
+
+def test_bad_agent_settings_exit_2_and_leave_no_run_directory(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("algo: {top: 0}\n")
+    logdir = tmp_path / "runs"
+    assert run.main(["--agent", "oracle-lookahead", "--config", str(cfg), "--logdir", str(logdir)]) == 2
+    assert "algo.top must be in [1, inf], got 0" in capsys.readouterr().err
+    assert not list(logdir.rglob("run.json"))
