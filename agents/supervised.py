@@ -348,12 +348,10 @@ class SupervisedRecommender:
         self.n_observed = 0
         self.n_refits = 0
 
-    def with_retraining(self, retrain_every: int, refit_batches: int | None = None) -> "SupervisedRecommender":
+    def with_retraining(self, retrain_every: int) -> "SupervisedRecommender":
         """A copy of this (fitted) recommender that refits every `retrain_every` served steps."""
         other = copy.deepcopy(self)
         other.retrain_every = _check_int("retrain_every", retrain_every, 1)
-        if refit_batches is not None:
-            other.refit_batches = _check_int("refit_batches", refit_batches, 0)
         other.name = self.kind + "-retrain"
         return other
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.stress_analysis import NO_DRIFT
+from experiments.stress_analysis import MIN_ACTIVE_SHARE, NO_DRIFT
 
 
 def _pyplot():
@@ -102,8 +102,6 @@ def recovery_curves(curves: pd.DataFrame, shock_step: int, level: float, path: P
 
 def topic_shares(timelines: dict[str, pd.DataFrame], n_users: int, path: Path, title: str) -> Path:
     """Stacked population topic shares of consumption over the episode, one panel per regime."""
-    from experiments.stress_analysis import MIN_ACTIVE_SHARE
-
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(timelines), figsize=(3.4 * len(timelines), 3.4), squeeze=False, sharey=True)
     cmap = plt.get_cmap("tab20")

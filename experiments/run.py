@@ -308,15 +308,21 @@ def run_seeds(settings: dict[str, Any], seeds: list[int], logdir: str, parallel:
     per_seed = [dict(settings, seed=s) for s in seeds]
     if parallel <= 1:
         return [run_one(s, logdir) for s in per_seed]
+    return ray_tasks(run_one, [(s, str(Path(logdir).resolve())) for s in per_seed], parallel, settings["ray_address"])
+
+
+def ray_tasks(fn: Any, calls: list[tuple], parallel: int, ray_address: str | None = None) -> list[Any]:
+    """fn(*args) for every args in `calls`, as one-CPU Ray tasks: on the cluster at `ray_address`,
+    or on a local Ray started with `parallel` CPUs. Results come back in the order of `calls`."""
     import ray
 
     if not ray.is_initialized():
-        if settings["ray_address"]:
-            ray.init(address=settings["ray_address"])
+        if ray_address:
+            ray.init(address=ray_address)
         else:
             ray.init(num_cpus=parallel, include_dashboard=False, log_to_driver=True)
-    task = ray.remote(num_cpus=1)(run_one)
-    return ray.get([task.remote(s, str(Path(logdir).resolve())) for s in per_seed])
+    task = ray.remote(num_cpus=1)(fn)
+    return ray.get([task.remote(*args) for args in calls])
 
 
 def main(argv: list[str] | None = None) -> int:

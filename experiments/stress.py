@@ -33,7 +33,7 @@ from experiments import plots
 from experiments import stress_analysis as sa
 from experiments.harness import EVAL_SEED, evaluate
 from experiments.registry import AGENTS, get_agent
-from experiments.run import SMOKE, _merge, load_run_config, restore_policy, run_one
+from experiments.run import SMOKE, _merge, load_run, load_run_config, restore_policy, ray_tasks, run_one
 from experiments.tracking import RunLogger
 from simulator.params import check_int, check_range
 
@@ -124,7 +124,7 @@ class StressSettings:
         for family in self.families:
             for m in self.magnitudes:
                 cfg = make_scenario(self.train_scenario, _merge(self.scenario_overrides, self.drift(family, m)))
-                if (cfg.world, cfg.env) != (train.world, train.env):  # equal: the no-drift row stands in
+                if not _same_regime(cfg, train):  # equal: the no-drift row stands in
                     out.append((family, float(m), cfg))
         return out
 
@@ -139,6 +139,11 @@ class StressSettings:
         return {section: over}
 
 
+def _same_regime(a: ScenarioConfig, b: ScenarioConfig) -> bool:
+    """The same world and env parameters (the preset's name aside)."""
+    return (a.world, a.env) == (b.world, b.env)
+
+
 # ----------------------------------------------------------------------------- jobs
 def _base(agent: str) -> str:
     return agent[: -len(RETRAIN)] if agent.endswith(RETRAIN) else agent
@@ -147,14 +152,12 @@ def _base(agent: str) -> str:
 def _jobs(settings: StressSettings) -> list[dict[str, Any]]:
     """(agents, seed, load) for every policy to stress. Loaded runs replace training; an agent and
     its -retrain variant share one job (one fit on the logs, then a retraining copy)."""
-    from experiments.run import load_run
-
     jobs, loaded = [], set()
     train = settings.train_config()
     for run_dir in settings.loads:
         saved = load_run(run_dir)
         cfg = make_scenario(saved["scenario"], saved["scenario_overrides"])
-        if (cfg.world, cfg.env) != (train.world, train.env):
+        if not _same_regime(cfg, train):
             raise ValueError(f"{run_dir} was trained on '{saved['scenario']}' with overrides "
                              f"{saved['scenario_overrides']}, not on the training regime '{settings.train_scenario}' "
                              f"with {dict(settings.scenario_overrides)}")
@@ -176,7 +179,6 @@ def _build_policies(settings: StressSettings, job: dict[str, Any], out: Path) ->
     base = _base(job["agents"][0])
     algo = dict(settings.algo.get(base, {}))
     entry, train = get_agent(base), settings.train_config()
-    job_dir = out / "runs" / settings.train_scenario / base / str(job["seed"])
     if entry.trainable:  # the standard training run (TensorBoard, checkpoint), then its greedy policy
         run_dir, _ = run_one(dict(agent=base, name=base, trainable=True, scenario=settings.train_scenario,
                                   scenario_overrides=dict(settings.scenario_overrides), model=dict(settings.model),
@@ -185,6 +187,7 @@ def _build_policies(settings: StressSettings, job: dict[str, Any], out: Path) ->
                                   eval_interval=max(1, settings.steps // 10), checkpoint_every=5, ray_address=None),
                              str(out / "runs"))
         return {base: restore_policy(run_dir, settings.device)[1]}
+    job_dir = out / "runs" / settings.train_scenario / base / str(job["seed"])  # logs of log-trained agents
     job_dir.mkdir(parents=True, exist_ok=True)
     policy = entry.load()(train, seed=job["seed"], device=settings.device, model=dict(settings.model), algo=algo,
                           run_dir=job_dir)
@@ -202,8 +205,9 @@ def run_job(settings: StressSettings, job: dict[str, Any], out: str) -> dict[str
     """
     started = time.perf_counter()
     rows, timelines = [], []
+    regimes = settings.regimes()
     for name, policy in _build_policies(settings, job, Path(out)).items():
-        for family, magnitude, cfg in settings.regimes():
+        for family, magnitude, cfg in regimes:
             # A copy per regime: online learners must not carry what they learned from one regime to the next.
             ev = evaluate(copy.deepcopy(policy), cfg, settings.eval_users, EVAL_SEED)
             key = dict(agent=name, seed=job["seed"], family=family, magnitude=magnitude)
@@ -220,15 +224,7 @@ def run_jobs(settings: StressSettings, out: Path, parallel: int = 1, ray_address
     jobs = _jobs(settings) + [dict(agents=[settings.reference], seed=0, load=None)]
     if parallel <= 1 and ray_address is None:
         return [run_job(settings, j, str(out)) for j in jobs]
-    import ray
-
-    if not ray.is_initialized():
-        if ray_address:
-            ray.init(address=ray_address)
-        else:
-            ray.init(num_cpus=parallel, include_dashboard=False, log_to_driver=True)
-    task = ray.remote(num_cpus=1)(run_job)
-    return ray.get([task.remote(settings, j, str(out.resolve())) for j in jobs])
+    return ray_tasks(run_job, [(settings, j, str(out.resolve())) for j in jobs], parallel, ray_address)
 
 
 # --------------------------------------------------------------------------- analysis
@@ -264,9 +260,10 @@ def analyse(settings: StressSettings, results: list[dict[str, Any]]) -> StressRe
         for (agent, seed), _ in grid.groupby(["agent", "seed"], sort=False):
             shocked = timeline(agent, seed, "shock", settings.recovery_magnitude)
             calm = timeline(agent, seed, sa.NO_DRIFT, 0.0)
-            metrics = sa.recovery_metrics(shocked, calm, ref_shocked, settings.shock_step, n, settings.recovery_level)
+            c = sa.shock_curves(shocked, calm, n)
+            metrics = sa.recovery_metrics(c, shocked, ref_shocked, settings.shock_step, n, settings.recovery_level)
             recovery.append(dict(agent=agent, seed=seed, **metrics))
-            curves.append(sa.shock_curves(shocked, calm, n).assign(agent=agent, seed=seed))
+            curves.append(c.assign(agent=agent, seed=seed))
     recovery = pd.DataFrame(recovery)
     return StressResult(grid=grid, table=table, degradation=deg, recovery=recovery,
                         recovery_summary=sa.recovery_table(recovery) if len(recovery) else pd.DataFrame(),

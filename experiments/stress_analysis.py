@@ -179,23 +179,23 @@ def shock_curves(shocked: pd.DataFrame, calm: pd.DataFrame, n_users: int) -> pd.
                              fit_gap=np.where(keep, fit_s - fit_c, np.nan)))
 
 
-def recovery_metrics(shocked: pd.DataFrame, calm: pd.DataFrame, reference_shocked: pd.DataFrame | None,
+def recovery_metrics(curves: pd.DataFrame, shocked: pd.DataFrame, reference_shocked: pd.DataFrame | None,
                      shock_step: int, n_users: int, level: float = 0.9) -> dict[str, float]:
-    """Recovery of one agent and seed from the shock.
+    """Recovery of one agent and seed from the shock, given its `shock_curves` and shocked timeline.
 
     recovery_time: steps until engagement (normalised by the same policy's no-shock run) regains
-    `level` of its pre-shock level; recovery_time_95: the same for 95% (a shallow dip shows here); reaction_time: steps until the served items' fit has made up
-    half its drop (the fit at the shock step is measured before the shift, so the clock starts one
-    step later); dip: the lowest normalised engagement in the 5 steps after the shock;
-    post_shock_return and post_shock_regret (vs the reference on the shocked regime): minutes
-    watched per user from the shock on.
+    `level` of its pre-shock level; recovery_time_95: the same for 95% (a shallow dip shows here);
+    reaction_time: steps until the served items' fit has made up half its drop (the fit at the
+    shock step is measured before the shift, so the clock starts one step later); dip: the lowest
+    normalised engagement in the 5 steps after the shock; post_shock_return and post_shock_regret
+    (vs the reference on the shocked regime): minutes watched per user from the shock on.
     """
-    curves = shock_curves(shocked, calm, n_users)
     watch = per_user_watch(shocked, n_users)[shock_step:].sum()
     ratio = curves.engagement_ratio.to_numpy()
-    out = dict(recovery_time=recovery_time(ratio, shock_step, level), recovery_time_95=recovery_time(ratio, shock_step, 0.95),
+    out = dict(recovery_time=recovery_time(ratio, shock_step, level),
+               recovery_time_95=recovery_time(ratio, shock_step, 0.95),
                reaction_time=reaction_time(curves.fit_gap.to_numpy(), shock_step + 1),
-               dip=float(np.nanmin(curves.engagement_ratio.to_numpy()[shock_step: shock_step + 5])),
+               dip=float(np.nanmin(ratio[shock_step: shock_step + 5])),
                post_shock_return=float(watch), post_shock_regret=np.nan)
     if reference_shocked is not None:
         out["post_shock_regret"] = float(per_user_watch(reference_shocked, n_users)[shock_step:].sum() - watch)
