@@ -1,4 +1,4 @@
-"""What a trainable agent offers the experiment driver (experiments/run.py).
+"""What a trainable agent offers the experiment driver (experiments/runs.py).
 
 The driver owns the loop: it calls `train_iteration()` until the step budget is
 spent, logs the returned scalars under `train/`, evaluates `policy()` with the
@@ -41,5 +41,5 @@ class TrainableAgent(ABC):
         """Hyperparameters to log next to the results."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  a default no-op, not an abstract method
         """Release processes and resources."""

@@ -6,7 +6,7 @@ through observe(); it sees only the observation, never the true user state.
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,7 @@ import pandas as pd
 
 from agents.logs import validate_logs
 from agents.policy import slate_from_scores
+from simulator.params import check_range
 
 POPULARITY_SIGNALS = ("watch_time", "click")
 
@@ -36,7 +37,7 @@ class PopularityPolicy:
         self.slate_size = 1
 
     @classmethod
-    def from_logs(cls, logs: pd.DataFrame, n_items: int, signal: str = "watch_time") -> "PopularityPolicy":
+    def from_logs(cls, logs: pd.DataFrame, n_items: int, signal: str = "watch_time") -> PopularityPolicy:
         """Item score = sum of `signal` ("watch_time" or "click") over the logged impressions of the item."""
         if signal not in POPULARITY_SIGNALS:
             raise ValueError(f"signal must be one of {POPULARITY_SIGNALS}, got {signal!r}")
@@ -57,6 +58,17 @@ class PopularityPolicy:
         return slate_from_scores(scores, self.slate_size)
 
 
+@dataclass(frozen=True)
+class BanditParams:
+    """LinUCB's settings (the run config's `algo:` section)."""
+    alpha: float = 1.0           # width of the upper confidence bound
+    ridge: float = 1.0           # prior precision of the linear model
+
+    def __post_init__(self) -> None:
+        check_range("algo", "alpha", self.alpha, 0.0)
+        check_range("algo", "ridge", self.ridge, 0.0, lo_open=True)
+
+
 class LinUCBPolicy:
     """LinUCB with one ridge-regression model shared by all users and items (disjoint arms
     would not generalise: candidates change every step).
@@ -75,14 +87,11 @@ class LinUCBPolicy:
 
     name = "bandit"
 
-    def __init__(self, alpha: float = 1.0, ridge: float = 1.0, item_features: np.ndarray | None = None,
+    def __init__(self, params: BanditParams = BanditParams(), item_features: np.ndarray | None = None,
                  n_topics: int | None = None) -> None:
-        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
-            raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
-        if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge > 0):
-            raise ValueError(f"ridge must be a finite number > 0, got {ridge!r}")
-        self.alpha = float(alpha)
-        self.ridge = float(ridge)
+        self.params = params
+        self.alpha = float(params.alpha)
+        self.ridge = float(params.ridge)
         self.slate_size = 1
         self.item_topics: np.ndarray | None = None
         self.dim: int | None = None

@@ -13,7 +13,6 @@ SB3 casts every Box to float32):
 key                          dtype      shape
 ===========================  =========  ====================
 ``history_items``            int/float  ``[B, H]``
-``history_item_features``    float      ``[B, H, F_item]``
 ``history_features``         float      ``[B, H, F_hist]``
 ``history_mask``             float/bool ``[B, H]`` (1 = real, right-aligned)
 ``candidate_items``          int/float  ``[B, C]``
@@ -21,7 +20,10 @@ key                          dtype      shape
 ``context``                  float      ``[B, F_ctx]``
 ===========================  =========  ====================
 
-Keys whose feature size is 0 in the config may be absent.
+Keys whose feature size is 0 in the config may be absent. The history carries
+item ids only (as driftrec's envs emit it): with ``item_feature_dim > 0`` the
+history encoder looks the items' features up by id in its ``item_features``
+table (the catalog's ``[n_items, F_item]``, e.g. ``env.core.item_features``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -116,13 +119,14 @@ class EncoderConfig:
     @classmethod
     def from_observation_space(
         cls, space: Any, n_items: int | None = None, **overrides: Any
-    ) -> "EncoderConfig":
+    ) -> EncoderConfig:
         """Read the sizes from a ``gymnasium.spaces.Dict`` observation space.
 
         Works for single-env and batched (vector-env) spaces: sizes are read
-        from the trailing axes. ``n_items`` defaults to ``high + 1`` of the
-        ``history_items``/``candidate_items`` Boxes. ``overrides`` set any
-        other field (``d_model=64``, ``n_layers=1``, ...).
+        from the trailing axes; ``item_feature_dim`` is the last axis of
+        ``candidate_features`` (0 without it). ``n_items`` defaults to
+        ``high + 1`` of the ``history_items``/``candidate_items`` Boxes.
+        ``overrides`` set any other field (``d_model=64``, ``n_layers=1``, ...).
         """
         import gymnasium  # local: keep the encoder importable without gym
 
@@ -136,14 +140,6 @@ class EncoderConfig:
 
         def last_dim(key: str) -> int:
             return int(space[key].shape[-1]) if key in space.spaces else 0
-
-        item_dims = {
-            k: last_dim(k)
-            for k in ("history_item_features", "candidate_features")
-            if k in space.spaces
-        }
-        if len(set(item_dims.values())) > 1:
-            raise ValueError(f"item feature sizes disagree: {item_dims}")
 
         id_highs = [
             float(np.max(space[k].high))
@@ -165,13 +161,13 @@ class EncoderConfig:
         sizes = dict(
             n_items=n_items,
             history_len=last_dim("history_items"),
-            item_feature_dim=next(iter(item_dims.values()), 0),
+            item_feature_dim=last_dim("candidate_features"),
             history_feature_dim=last_dim("history_features"),
             context_dim=last_dim("context"),
         )
         return cls(**{**sizes, **overrides})
 
-    def replace(self, **changes: Any) -> "EncoderConfig":
+    def replace(self, **changes: Any) -> EncoderConfig:
         """A copy with some fields changed (validated again)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return EncoderConfig(**{**values, **changes})
@@ -304,7 +300,8 @@ class HistoryEncoder(nn.Module):
     """Padded interaction history (+ context) -> state vector ``[B, d_model]``.
 
     Token t = item-id embedding + proj(item features) + proj(history features)
-    + position embedding. Positions count back from the newest interaction
+    + position embedding; the item features are looked up by id in the
+    ``item_features`` table (required when ``item_feature_dim > 0``). Positions count back from the newest interaction
     (the history is right-aligned), so a shorter ``H`` than ``history_len``
     reuses the most-recent positions. A learned CLS token, plus proj(context),
     is prepended and never masked: an all-padding history still yields a
@@ -318,8 +315,8 @@ class HistoryEncoder(nn.Module):
         self.config = config
         d = config.d_model
         self.item_proj = nn.Linear(config.item_feature_dim, d) if config.item_feature_dim else None
-        # The catalog's static item features [n_items, F_item], looked up by id when the
-        # observation carries history ids only (as driftrec's envs do).
+        # The catalog's static item features [n_items, F_item], looked up by history item id
+        # (the observation carries ids only); required when item_feature_dim > 0.
         table = None if item_features is None else torch.as_tensor(np.asarray(item_features), dtype=torch.float32)
         if table is not None and tuple(table.shape) != (config.n_items, config.item_feature_dim):
             raise ValueError(f"item_features must have shape (n_items={config.n_items}, "
@@ -363,14 +360,10 @@ class HistoryEncoder(nn.Module):
 
         tokens = self.item_embedding(items) + self.position[cfg.history_len - h :]
         if self.item_proj is not None:
-            if "history_item_features" in obs:
-                features = obs["history_item_features"]
-            elif self.item_features is not None:
-                features = self.item_features[items]
-            else:
-                raise ValueError("HistoryEncoder needs history_item_features in the observation "
-                                 "or an item_features table")
-            tokens = tokens + self.item_proj(features.to(dtype))
+            if self.item_features is None:
+                raise ValueError("HistoryEncoder needs an item_features table [n_items, F_item] "
+                                 "(EncoderConfig.item_feature_dim > 0): pass item_features=")
+            tokens = tokens + self.item_proj(self.item_features[items].to(dtype))
         if self.response_proj is not None:
             tokens = tokens + self.response_proj(obs["history_features"].to(dtype))
         # Zero padded rows so garbage (even NaN) there cannot leak into any row.

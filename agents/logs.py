@@ -8,6 +8,7 @@ scenario, seed. Rows of one user are in step order; within a step, in slate orde
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,23 @@ import pandas as pd
 from agents.policy import slate_from_scores
 from envs.config import ScenarioConfig
 from envs.vector import RecVectorEnv
+from simulator.params import check_int, check_range
 
 LOG_COLUMNS = ("user", "step", "item", "position", "click", "watch_time", "completion",
                "season_sin", "season_cos", "progress", "scenario", "seed")
+
+
+@dataclass(frozen=True)
+class LogParams:
+    """The logged data an agent learns from: who is logged and by which logging policy."""
+    log_users: int = 256         # parallel logged sessions
+    log_steps: int = 400         # steps logged (sessions restart as they end)
+    epsilon: float = 0.3         # exploration of the epsilon-popularity logging policy
+
+    def __post_init__(self) -> None:
+        check_int("algo", "log_users", self.log_users, 1)
+        check_int("algo", "log_steps", self.log_steps, 1)
+        check_range("algo", "epsilon", self.epsilon, 0.0, 1.0)
 
 
 class EpsilonPopularity:
@@ -28,8 +43,7 @@ class EpsilonPopularity:
     name = "epsilon-popularity"
 
     def __init__(self, epsilon: float = 0.3, seed: int = 0) -> None:
-        if not 0.0 <= epsilon <= 1.0:
-            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+        check_range("algo", "epsilon", epsilon, 0.0, 1.0)
         self.epsilon = epsilon
         self.rng = np.random.default_rng(seed)
         self.slate_size = 1
@@ -54,15 +68,14 @@ def collect_logs(config: ScenarioConfig, policy: Any, n_users: int = 256, n_step
     obs, _ = env.reset(seed=seed)
     episode = np.arange(n_users)               # session id of each slot
     next_episode = n_users
-    rows = np.arange(n_users)
+    step = np.zeros(n_users, dtype=np.int64)   # episode step of each slot
     resetting = np.zeros(n_users, dtype=bool)  # slots whose next step is an autoreset
     chunks = []
     for _ in range(n_steps):
         actions = np.asarray(policy.act(obs))
-        slates = env.core.candidates[rows[:, None], env.core.check_actions(actions, ignore=resetting)]
-        step, context = env.world.state.step.copy(), obs["context"]
+        context = obs["context"]
         obs, reward, terminated, truncated, info = env.step(actions)
-        live = ~resetting
+        live, slates = info["served"], info["slate"]  # what was shown; slots being reset showed nothing
         for pos in range(slates.shape[1]):  # K slate positions (few), vectorised over users
             clicked = (info["position"] == pos)[live]
             chunks.append(pd.DataFrame(dict(
@@ -71,6 +84,7 @@ def collect_logs(config: ScenarioConfig, policy: Any, n_users: int = 256, n_step
                 watch_time=np.where(clicked, reward[live], 0.0).astype(np.float32),
                 completion=np.where(clicked, info["completion"][live], 0.0).astype(np.float32),
                 season_sin=context[live, 0], season_cos=context[live, 1], progress=context[live, 2])))
+        step = np.where(live, step + 1, 0)
         if resetting.any():  # those slots now hold new users
             episode[resetting] = np.arange(next_episode, next_episode + resetting.sum())
             next_episode += int(resetting.sum())

@@ -3,7 +3,8 @@ the policy/value heads over candidate scores, and a greedy numpy-in/numpy-out po
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch

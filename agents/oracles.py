@@ -6,11 +6,13 @@ click now against the session it keeps alive.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from agents.policy import slate_from_scores
+from simulator.params import check_int, check_range
 
 
 class MyopicOracle:
@@ -32,11 +34,12 @@ class MyopicOracle:
 
 
 def watch_per_budget(world: Any, items: np.ndarray) -> np.ndarray:
-    """[N, C] expected watch time per expected minute of session budget spent, for `items` [N, C]."""
-    watch = world.expected_engagement(items)
-    r = world.config.response
-    cost = r.browse_cost + watch * (1.0 - r.quality_refund * (2.0 * world.catalog.quality[items] - 1.0))
-    return watch / cost
+    """[N, C] expected watch time per expected minute of session budget spent, for `items` [N, C].
+
+    The simulator's own `World.watch_per_budget` (its expected engagement over its budget
+    cost), so the oracles follow any change of the simulated dynamics.
+    """
+    return world.watch_per_budget(items)
 
 
 class SessionOracle:
@@ -63,6 +66,21 @@ class SessionOracle:
         return slate_from_scores(scores, self.env.config.env.slate_size)
 
 
+@dataclass(frozen=True)
+class LookaheadParams:
+    """The lookahead oracle's planning budget (the run config's `algo:` section)."""
+    top: int = 3                 # candidates (by the session oracle's score) planned over
+    rollouts: int = 8            # simulator copies per candidate (>= 2: paired standard errors)
+    horizon: int = 100           # steps each rollout looks ahead
+    z: float = 2.0               # leave the session oracle's choice only if the gain exceeds z standard errors
+
+    def __post_init__(self) -> None:
+        check_int("algo", "top", self.top, 1)
+        check_int("algo", "rollouts", self.rollouts, 2)
+        check_int("algo", "horizon", self.horizon, 1)
+        check_range("algo", "z", self.z, 0.0)
+
+
 class LookaheadOracle:
     """Plans with copies of the true simulator (a rollout algorithm over the session oracle).
 
@@ -77,15 +95,9 @@ class LookaheadOracle:
 
     name = "oracle-lookahead"
 
-    def __init__(self, top: int = 3, rollouts: int = 8, horizon: int = 100, z: float = 2.0, seed: int = 0) -> None:
-        for field, value in (("top", top), ("rollouts", rollouts), ("horizon", horizon)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"LookaheadOracle.{field} must be an integer >= 1, got {value!r}")
-        if rollouts < 2:
-            raise ValueError(f"LookaheadOracle.rollouts must be >= 2 (standard errors), got {rollouts}")
-        if z < 0:
-            raise ValueError(f"LookaheadOracle.z must be >= 0, got {z}")
-        self.top, self.rollouts, self.horizon, self.z = top, rollouts, horizon, z
+    def __init__(self, params: LookaheadParams = LookaheadParams(), seed: int = 0) -> None:
+        self.params = params
+        self.top, self.rollouts, self.horizon, self.z = params.top, params.rollouts, params.horizon, params.z
         self.rng = np.random.default_rng(seed)
         self.env = None
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from agents.base import TrainableAgent
 from agents.model import ActorCritic, GreedyPolicy, encoder_config
 from envs.config import ScenarioConfig
-from simulator.params import apply_overrides, check_int, check_range
+from simulator.params import check_int, check_range
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,8 @@ class RLlibPPOAgent(TrainableAgent):
 
     name = "ppo"
 
-    def __init__(self, scenario: ScenarioConfig, seed: int = 0, device: str = "cpu",
-                 model: Mapping[str, Any] | None = None, algo: Mapping[str, Any] | None = None,
+    def __init__(self, scenario: ScenarioConfig, params: PPOParams = PPOParams(), *, seed: int = 0,
+                 device: str = "cpu", model: Mapping[str, Any] | None = None,
                  ray_address: str | None = None) -> None:
         import ray
         from ray.rllib.algorithms.ppo import PPOConfig
@@ -122,7 +123,9 @@ class RLlibPPOAgent(TrainableAgent):
         from envs.core import RecommenderCore
 
         self.scenario, self.seed, self.device = scenario, seed, device
-        self.params = apply_overrides(PPOParams(), algo or {}, "algo")
+        if not isinstance(params, PPOParams):
+            raise ValueError(f"RLlibPPOAgent.params must be PPOParams, got {type(params).__name__}")
+        self.params = params
         probe = RecommenderCore(scenario, 1, seed)
         self.encoder_config = encoder_config(probe.single_observation_space, probe.n_items, model)
         self.item_features = probe.item_features

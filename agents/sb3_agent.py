@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from agents.base import TrainableAgent
 from agents.model import ActorCritic, GreedyPolicy, encoder_config
 from envs.config import ScenarioConfig
 from envs.sb3 import SB3VecEnv
-from simulator.params import apply_overrides, check_int, check_range
+from simulator.params import check_int, check_range
 
 CHECKPOINT_FILE = "sb3_ppo.zip"
 
@@ -139,7 +140,8 @@ class CandidateScoringPolicy(ActorCriticPolicy):
         values = self.net.value(state).unsqueeze(-1)   # SB3 expects [B, 1]
         return actions.reshape((-1, *self.action_space.shape)), values, log_prob
 
-    def evaluate_actions(self, obs: PyTorchObs, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate_actions(self, obs: PyTorchObs, actions: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """obs, actions [B] / [B, K] -> values [B, 1], log_prob [B], entropy [B] (PPO loss)."""
         logits, state = self.net(self._obs(obs))
         distribution = self._distribution(logits)
@@ -162,10 +164,12 @@ class SB3PPOAgent(TrainableAgent):
 
     name = "sb3-ppo"
 
-    def __init__(self, scenario: ScenarioConfig, seed: int = 0, device: str = "cpu",
-                 model: dict | None = None, algo: dict | None = None) -> None:
+    def __init__(self, scenario: ScenarioConfig, params: SB3PPOParams = SB3PPOParams(), *, seed: int = 0,
+                 device: str = "cpu", model: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(params, SB3PPOParams):
+            raise ValueError(f"SB3PPOAgent.params must be SB3PPOParams, got {type(params).__name__}")
         self.scenario, self.seed, self.device = scenario, seed, device
-        self.params = apply_overrides(SB3PPOParams(), algo or {}, "algo")
+        self.params = params
         p = self.params
         vec_env = SB3VecEnv(p.num_envs, scenario, seed=seed)
         core = vec_env.core

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import numbers
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,15 +36,40 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.encoder import EncoderConfig, HistoryEncoder, RecommenderEncoder
-from agents.logs import validate_logs
+from agents.logs import LogParams, validate_logs
 from agents.model import encoder_config, serve
 from agents.policy import slate_from_scores
 from envs.core import HISTORY_FEATURES, WATCH_TIME_CAP, dedupe_slates
+from simulator.params import check_int, check_range
 
-__all__ = ["KINDS", "examples_from_logs", "GRUHistoryEncoder", "EngagementModel", "SupervisedRecommender"]
+__all__ = ["KINDS", "SupervisedParams", "examples_from_logs", "GRUHistoryEncoder", "EngagementModel",
+           "SupervisedRecommender"]
 
 KINDS = ("sasrec", "gru4rec")
 _HISTORY_KEYS = ("history_items", "history_features", "history_mask", "context")
+
+
+
+
+@dataclass(frozen=True)
+class SupervisedParams(LogParams):
+    """Training of a supervised recommender (the run config's `algo:` section), on top of the
+    logged data it learns from (LogParams)."""
+    epochs: int = 3
+    batch_size: int = 512
+    lr: float = 1e-3
+    retrain_every: int = 0         # refit on logs + fresh interactions every k served steps (0: never)
+    refit_batches: int = 32        # minibatches per refit, half fresh and half logged (0: a whole epoch)
+    replay_capacity: int = 50_000  # most recent served user-steps kept for refitting
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("algo", "epochs", self.epochs, 1)
+        check_int("algo", "batch_size", self.batch_size, 1)
+        check_range("algo", "lr", self.lr, 0.0, 1.0, lo_open=True)
+        check_int("algo", "retrain_every", self.retrain_every, 0)
+        check_int("algo", "refit_batches", self.refit_batches, 0)
+        check_int("algo", "replay_capacity", self.replay_capacity, 1)
 
 
 # --------------------------------------------------------------------------- examples
@@ -86,7 +112,7 @@ class _Examples:
                    click=self.click, watch_time=self.watch_time)
         return out
 
-    def tail(self, n_steps: int) -> "_Examples":
+    def tail(self, n_steps: int) -> _Examples:
         """The newest `n_steps` user-steps and their rows (steps are stored oldest first)."""
         cut = max(self.n_steps - n_steps, 0)
         if cut == 0:
@@ -97,7 +123,7 @@ class _Examples:
         return _Examples(**steps, **rows, step_index=self.step_index[keep] - cut)
 
     @staticmethod
-    def concat(parts: list["_Examples"]) -> "_Examples":
+    def concat(parts: list[_Examples]) -> _Examples:
         offsets = np.cumsum([0] + [p.n_steps for p in parts[:-1]])
         cat = lambda key: np.concatenate([getattr(p, key) for p in parts])  # noqa: E731
         return _Examples(**{k: cat(k) for k in _HISTORY_KEYS},
@@ -250,18 +276,6 @@ def _seeded(seed: int, device: torch.device):
         yield
 
 
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"SupervisedRecommender.{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _check_positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"SupervisedRecommender.{name} must be a number > 0, got {value!r}")
-    return float(value)
-
-
 # --------------------------------------------------------------------------- the policy
 
 
@@ -272,39 +286,33 @@ class SupervisedRecommender:
     observation_space: the env's single observation space (gymnasium Dict).
     item_features:     the catalog feature table [n_items, F_item] (``env.core.item_features``).
     n_items:           catalog size (item ids are 0..n_items-1).
+    params:            training and refitting settings (SupervisedParams: epochs, batch_size, lr,
+                       retrain_every = k > 0 refits every k observed steps on logs + fresh served
+                       data, refit_batches, replay_capacity), validated once by the dataclass.
     model:             EncoderConfig overrides (d_model, n_layers, ...) on top of DEFAULT_MODEL.
-    epochs, batch_size, lr: training of ``fit`` (Adam).
     seed:              seeds the initial weights, the shuffling and dropout: same seed and data,
                        same scores.
-    retrain_every:     k > 0 refits every k observed steps on logs + fresh served data.
     length_mean:       the catalog's ``length_mean`` (history watch times are in its units);
                        ``bind(env)`` checks it. ``from_env`` fills it and the sizes in.
-    replay_capacity:   most recent served user-steps kept for retraining.
-    refit_batches:     a refit is this many minibatches, each half fresh served data and half
-                       logs (adapts without forgetting); 0 refits a whole epoch of logs + fresh data.
 
     ``name`` is the kind, with "-retrain" when retrain_every > 0. ``losses`` holds the
     per-epoch mean losses of the last ``fit``; ``refit_losses`` one loss per refit.
     """
 
     def __init__(self, kind: str, observation_space: Any, item_features: np.ndarray | None, n_items: int,
-                 model: Mapping[str, Any] | None = None, epochs: int = 2, batch_size: int = 512,
-                 lr: float = 1e-3, seed: int = 0, device: str = "cpu", retrain_every: int = 0,
-                 length_mean: float = 4.0, replay_capacity: int = 50_000, refit_batches: int = 32) -> None:
+                 params: SupervisedParams = SupervisedParams(), model: Mapping[str, Any] | None = None,
+                 seed: int = 0, device: str = "cpu", length_mean: float = 4.0) -> None:
         if kind not in KINDS:
             raise ValueError(f"SupervisedRecommender.kind must be one of {KINDS}, got {kind!r}")
+        if not isinstance(params, SupervisedParams):
+            raise ValueError(f"SupervisedRecommender.params must be SupervisedParams, got {type(params).__name__}")
         if model is not None and not isinstance(model, Mapping):
             raise ValueError(f"SupervisedRecommender.model must be a dict or None, got {type(model).__name__}")
-        self.kind = kind
-        self.n_items = _check_int("n_items", n_items, 1)
-        self.epochs = _check_int("epochs", epochs, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.lr = _check_positive("lr", lr)
-        self.seed = _check_int("seed", seed, 0)
-        self.retrain_every = _check_int("retrain_every", retrain_every, 0)
-        self.length_mean = _check_positive("length_mean", length_mean)
-        self.replay_capacity = _check_int("replay_capacity", replay_capacity, 1)
-        self.refit_batches = _check_int("refit_batches", refit_batches, 0)
+        check_int("supervised", "n_items", n_items, 1)
+        check_int("supervised", "seed", seed, 0)
+        check_range("supervised", "length_mean", length_mean, 0.0, lo_open=True)
+        self.kind, self.params = kind, params
+        self.n_items, self.seed, self.length_mean = int(n_items), int(seed), float(length_mean)
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as err:
@@ -321,23 +329,25 @@ class SupervisedRecommender:
             raise ValueError("SupervisedRecommender.item_features is required: the observations carry "
                              "history ids only (pass env.core.item_features)")
         self.item_features = item_features
-        self.name = kind + ("-retrain" if self.retrain_every else "")
+        self.name = kind + ("-retrain" if params.retrain_every else "")
         self.slate_size = 1
         self._build()
 
     @classmethod
-    def from_env(cls, kind: str, env: Any, **kwargs: Any) -> "SupervisedRecommender":
-        """Sizes, item features and length_mean read from a RecVectorEnv or RecEnv."""
+    def from_env(cls, kind: str, env: Any, params: SupervisedParams = SupervisedParams(),
+                 **kwargs: Any) -> SupervisedRecommender:
+        """Sizes, item features and length_mean read from a RecVectorEnv or RecEnv; `kwargs`: model,
+        seed, device."""
         core = env.unwrapped.core if hasattr(env, "unwrapped") else env.core
         kwargs.setdefault("length_mean", env.unwrapped.config.world.catalog.length_mean)
-        return cls(kind, core.single_observation_space, core.item_features, core.n_items, **kwargs)
+        return cls(kind, core.single_observation_space, core.item_features, core.n_items, params, **kwargs)
 
     def _build(self) -> None:
         """Fresh weights, optimizer, shuffling RNG and empty replay, all from the seed."""
         with _seeded(self.seed, self.device):
             self.net = EngagementModel(self.kind, self.config, self.item_features, self.n_positions)
         self.net.to(self.device)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.params.lr)
         self._rng = np.random.default_rng(self.seed)
         self._features = None if self.item_features is None else torch.as_tensor(self.item_features)
         self._logged: _Examples | None = None
@@ -348,10 +358,11 @@ class SupervisedRecommender:
         self.n_observed = 0
         self.n_refits = 0
 
-    def with_retraining(self, retrain_every: int) -> "SupervisedRecommender":
+    def with_retraining(self, retrain_every: int) -> SupervisedRecommender:
         """A copy of this (fitted) recommender that refits every `retrain_every` served steps."""
+        check_int("algo", "retrain_every", retrain_every, 1)
         other = copy.deepcopy(self)
-        other.retrain_every = _check_int("retrain_every", retrain_every, 1)
+        other.params = dataclasses.replace(self.params, retrain_every=retrain_every)
         other.name = self.kind + "-retrain"
         return other
 
@@ -388,7 +399,7 @@ class SupervisedRecommender:
                              f"(the observation has {self.n_positions} candidates)")
         self._build()
         self._logged = _build_examples(logs, self.config.history_len, self.length_mean)
-        self.losses = [self._train_epoch(self._logged) for _ in range(self.epochs)]
+        self.losses = [self._train_epoch(self._logged) for _ in range(self.params.epochs)]
         return list(self.losses)
 
     def _batch(self, data: _Examples, rows: np.ndarray) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
@@ -408,7 +419,8 @@ class SupervisedRecommender:
     def _train_epoch(self, data: _Examples) -> float:
         """One shuffled pass over `data`; returns the mean loss per example."""
         order = self._rng.permutation(len(data))
-        return self._train_on(data, [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)])
+        size = self.params.batch_size
+        return self._train_on(data, [order[i:i + size] for i in range(0, len(order), size)])
 
     def _train_on(self, data: _Examples, batches: list[np.ndarray]) -> float:
         """One Adam step per batch of example rows of `data`; returns the mean loss per example."""
@@ -441,13 +453,13 @@ class SupervisedRecommender:
         Each slate item becomes an impression with its position, as in the logs. No-op when
         retrain_every is 0.
         """
-        if not self.retrain_every:
+        if not self.params.retrain_every:
             return
         rows = np.flatnonzero(np.asarray(info["served"], dtype=bool))
         if rows.size:
             self._push(self._served_examples(obs, actions, rewards, np.asarray(info["position"]), rows))
         self.n_observed += 1
-        if self.n_observed % self.retrain_every == 0:
+        if self.n_observed % self.params.retrain_every == 0:
             self._refit()
 
     def _served_examples(self, obs: Mapping[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray,
@@ -469,7 +481,7 @@ class SupervisedRecommender:
     def _push(self, examples: _Examples) -> None:
         self._fresh.append(examples)
         self._fresh_steps += examples.n_steps
-        while self._fresh_steps - self._fresh[0].n_steps >= self.replay_capacity:  # drop whole old chunks
+        while self._fresh_steps - self._fresh[0].n_steps >= self.params.replay_capacity:  # drop whole old chunks
             self._fresh_steps -= self._fresh.pop(0).n_steps
 
     def _refit(self) -> None:
@@ -477,16 +489,16 @@ class SupervisedRecommender:
         epoch, or `refit_batches` minibatches drawn half from each."""
         parts = ([self._logged] if self._logged is not None else [])
         if self._fresh:
-            parts.append(_Examples.concat(self._fresh).tail(self.replay_capacity))
+            parts.append(_Examples.concat(self._fresh).tail(self.params.replay_capacity))
         if not parts:
             return
         data = _Examples.concat(parts)
-        if not self.refit_batches:
+        if not self.params.refit_batches:
             self.refit_losses.append(self._train_epoch(data))
         else:
             sizes = np.array([len(part) for part in parts], dtype=np.float64)
             p = np.repeat(1.0 / (len(parts) * sizes), sizes.astype(np.int64))  # each part weighs the same
-            size = min(self.batch_size, len(data))
-            batches = [self._rng.choice(len(data), size=size, p=p) for _ in range(self.refit_batches)]
+            size = min(self.params.batch_size, len(data))
+            batches = [self._rng.choice(len(data), size=size, p=p) for _ in range(self.params.refit_batches)]
             self.refit_losses.append(self._train_on(data, batches))
         self.n_refits += 1

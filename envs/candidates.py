@@ -25,7 +25,7 @@ class CandidateIndex:
     n_initial: int
 
     @classmethod
-    def build(cls, catalog: Catalog) -> "CandidateIndex":
+    def build(cls, catalog: Catalog) -> CandidateIndex:
         initial = catalog.arrival_step == 0
         if not initial.all() and not initial[: catalog.n_initial].all():
             raise ValueError("catalog items that exist from the start must come first")

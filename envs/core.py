@@ -108,7 +108,7 @@ class RecommenderCore:
         self.reset_rng = np.random.default_rng(int(reset_seed))
         self.reset_users(np.ones(self.n_users, dtype=bool))
 
-    def tile(self, m: int, seed: int, noise_groups: int | None = None) -> "RecommenderCore":
+    def tile(self, m: int, seed: int, noise_groups: int | None = None) -> RecommenderCore:
         """A core of N*m users, each user's copies at rows i*m .. i*m+m-1, for what-if rollouts.
 
         The copy steps independently of this core (its own random streams from `seed`);
@@ -183,14 +183,25 @@ class RecommenderCore:
         a = a.reshape(self.n_users, e.slate_size).astype(np.int64)
         return dedupe_slates(a, e.num_candidates)
 
+    def slate_items(self, slate_index: np.ndarray) -> np.ndarray:
+        """[N, K] item ids of the current candidates at `slate_index` [N, K] (from `check_actions`)."""
+        return self.candidates[np.arange(self.n_users)[:, None], slate_index]
+
+    def slate_fit(self, slate_index: np.ndarray) -> np.ndarray:
+        """[N, K] true topic fit (`World.slate_fit`) of the slates `slate_index` [N, K] would show now.
+
+        Hidden state, for evaluation only. Taken before stepping: a shock that hits a user at
+        the next step is not in it (it is in that step's StepResult.fit).
+        """
+        return self.world.slate_fit(self.slate_items(slate_index))
+
     # ------------------------------------------------------------------- step
     def step(self, slate_index: np.ndarray) -> tuple[StepResult, np.ndarray, np.ndarray]:
         """Show slates (candidate indices [N, K]); record history; draw next candidates.
 
         Returns the world's StepResult, reward [N] (watch time) and truncated [N].
         """
-        rows = np.arange(self.n_users)
-        slates = self.candidates[rows[:, None], slate_index]
+        slates = self.slate_items(slate_index)
         season = season_angle(self.world.calendar, self.config.world.seasonal.period)
         result = self.world.step(slates)
         # The history records the clicked item, or the top item when nothing was clicked.

@@ -1,4 +1,4 @@
-"""Compare agents across seeds: a table per scenario (mean and 95% bootstrap interval over
+"""Compare agents across seeds: a table per scenario (mean and 95% t interval over
 seeds) in markdown and CSV, and a plot of return with intervals.
 
   python experiments/compare.py runs/ --out reports/compare
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.stats import bootstrap_ci
+from experiments.stats import mean_interval
 
 METRICS = ("return_mean", "regret", "ctr", "session_length", "satisfaction_end", "consumption_entropy",
            "coverage", "homogenisation", "homogenisation_trend")
@@ -52,7 +52,7 @@ def summarise(runs: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
         for m in metrics:
             if m not in g or g[m].isna().all():
                 continue
-            lo, hi = bootstrap_ci(g[m].to_numpy())
+            lo, hi = mean_interval(g[m].to_numpy())
             rows.append(dict(scenario=scenario, agent=agent, metric=m, seeds=int(g[m].notna().sum()),
                              mean=float(g[m].mean()), ci_low=lo, ci_high=hi))
     return pd.DataFrame(rows)
@@ -72,7 +72,7 @@ def markdown(summary: pd.DataFrame) -> str:
         for a in agents:
             out.append(f"| {a} | {seeds[a]} | " + " | ".join(cell.get((a, m), "") for m in metrics) + " |")
         out.append("")
-    out.append("Mean over seeds [95% bootstrap interval]; return in minutes watched per session.")
+    out.append("Mean over seeds [95% t interval]; return in minutes watched per session.")
     return "\n".join(out)
 
 

@@ -82,17 +82,17 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
     rows = np.arange(n_users)
     while active.any():
         actions = np.asarray(policy.act(obs))
-        slate_index = env.core.check_actions(actions)
-        slates = env.core.candidates[rows[:, None], slate_index]
+        # How well the slates suit the users' interests now, before the step (ground truth).
+        fit = env.slate_fit(actions)[active].mean()
+        next_obs, reward, terminated, truncated, info = env.step(actions)
+        slates = info["slate"]                                   # [N, K] item ids shown (active slots are all served)
         shown[slates[active].ravel()] = True
-        fit = env.world.slate_utility(slates, positions=False)[1][active].mean()  # how well the slates suit users now
         if slates.shape[1] > 1:
             t = cat.topics[slates[active]]                       # [n, K, T]
             dist = 0.5 * np.abs(t[:, :, None, :] - t[:, None, :, :]).sum(-1)
             k = slates.shape[1]
             diversity_sum += dist.sum() / (k * (k - 1))
             diversity_n += int(active.sum())
-        next_obs, reward, terminated, truncated, info = env.step(actions)
         if hasattr(policy, "observe"):
             policy.observe(obs, actions, reward, info)
         clicked = info["clicked"] & active
@@ -105,14 +105,16 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
         timeline.append(np.concatenate([[len(timeline), n_active, reward[active].mean(), clicked.sum(), fit],
                                         cat.topics[items].sum(axis=0)]))
         done = (terminated | truncated) & active
-        satisfaction_end[done] = env.world.state.satisfaction[done]
+        if done.any():
+            satisfaction_end[done] = env.ground_truth()["satisfaction"][done]
         active &= ~done
         obs = next_obs
     episodes = pd.DataFrame(dict(user=rows, episode_return=ret, clicks=clicks, session_length=length,
                                  satisfaction_end=satisfaction_end,
                                  consumption_entropy=_entropy(topic_counts)))
     share_cols = [f"share_{t}" for t in range(n_topics)]
-    steps = pd.DataFrame(np.array(timeline), columns=["step", "active_users", "engagement", "clicks", "fit"] + share_cols)
+    steps = pd.DataFrame(np.array(timeline),
+                         columns=["step", "active_users", "engagement", "clicks", "fit"] + share_cols)
     consumed = steps[share_cols].to_numpy()                 # topic mass consumed per step [steps, T]
     half_point = len(steps) // 2
     steps[share_cols] = shares(consumed)

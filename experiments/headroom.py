@@ -4,7 +4,7 @@
 
 Each (scenario, seed) evaluates every reference policy on the same users
 (common random numbers); the table shows the mean episode return over seeds
-with a 95% bootstrap interval, and each policy's gain over the myopic oracle.
+with a 95% t interval over seeds (experiments/stats.py), and each policy's gain over the myopic oracle.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from agents.oracles import MyopicOracle, SessionOracle
 from agents.policy import RandomPolicy
 from envs.config import PRESETS, make_scenario
 from experiments.harness import evaluate
-from experiments.stats import bootstrap_ci
+from experiments.stats import mean_interval
 
 
 def headroom(scenarios: list[str], seeds: list[int], n_users: int) -> pd.DataFrame:
@@ -35,7 +35,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (scenario, policy), g in runs.groupby(["scenario", "policy"], sort=False):
         r = g.return_mean.to_numpy()
-        lo, hi = bootstrap_ci(r)
+        lo, hi = mean_interval(r)
         out.append(dict(scenario=scenario, policy=policy, seeds=len(r), return_mean=r.mean(), ci_low=lo, ci_high=hi,
                         ctr=g.ctr.mean(), session_length=g.session_length.mean(),
                         satisfaction_end=g.satisfaction_end.mean()))

@@ -1,9 +1,11 @@
 """Validation and override helpers shared by every parameter dataclass."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def check_range(owner: str, name: str, value: float, lo: float | None = None,
@@ -60,6 +62,17 @@ def apply_overrides(obj: Any, overrides: Mapping[str, Any], path: str = "") -> A
         else:
             changes[key] = value
     return dataclasses.replace(obj, **changes)
+
+
+def merge_overrides(base: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Nested override mappings merged, `extra` winning key by key; neither input is modified."""
+    out = copy.deepcopy(dict(base))
+    for key, value in (extra or {}).items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_overrides(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

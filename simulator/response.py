@@ -93,7 +93,12 @@ def update_satisfaction(satisfaction: np.ndarray, felt: np.ndarray, params: Resp
 
 
 def budget_cost(watch_time: np.ndarray, quality: np.ndarray, params: ResponseParams) -> np.ndarray:
-    """[N] minutes of budget spent this step: browsing plus watching, less a refund for quality."""
+    """Minutes of budget a step spends: browsing plus watching, less a refund for quality.
+
+    Elementwise, any shape: [N] in `World.step`; [N, C] for the expected costs of
+    `World.expected_budget_cost` (the cost is linear in watch time, so the cost of the
+    expected watch time is the expected cost).
+    """
     return (params.browse_cost + watch_time * (1.0 - params.quality_refund * (2.0 * quality - 1.0))).astype(np.float32)
 
 

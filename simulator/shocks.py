@@ -1,8 +1,9 @@
 """Scheduled shocks: sudden or gradual interest shifts and catalog injections at known steps."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

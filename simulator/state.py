@@ -39,14 +39,14 @@ class UserState:
     def n_users(self) -> int:
         return int(self.interest.shape[0])
 
-    def copy(self) -> "UserState":
+    def copy(self) -> UserState:
         """Deep copy: the copy and the original step independently."""
         return UserState(**{f.name: getattr(self, f.name).copy() for f in dataclasses.fields(self)})
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def take(self, index: np.ndarray) -> "UserState":
+    def take(self, index: np.ndarray) -> UserState:
         """State of the users at `index` (population arrays such as `trend` are copied whole)."""
         out = {}
         for name, arr in self.arrays().items():

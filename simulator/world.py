@@ -45,13 +45,16 @@ class StepResult:
 
     position: chosen slate position, -1 for no click; item: clicked item, -1 for none;
     watch_time: minutes watched (the engagement reward); completion: fraction watched;
-    terminated: the session ended (budget spent or the user left).
+    terminated: the session ended (budget spent or the user left);
+    fit [N, K]: true topic fit of each served item to the user's interests as felt when
+    choosing (after this step's shocks; see `World.slate_fit`). Hidden state: not for agents.
     """
     position: np.ndarray
     item: np.ndarray
     watch_time: np.ndarray
     completion: np.ndarray
     terminated: np.ndarray
+    fit: np.ndarray
 
     @property
     def clicked(self) -> np.ndarray:
@@ -151,18 +154,33 @@ class World:
             return s.interest
         return s.interest + self.season_table[(s.calendar_offset + s.step) % self.config.seasonal.period]
 
+    def felt_interest(self, state: UserState | None = None) -> np.ndarray:
+        """[N, T] interests as they drive choices now: effective interests less satiation."""
+        s = self.state if state is None else state
+        felt = self.effective_interest(s)
+        if self.config.cognitive.scale:
+            felt = felt - cognitive.satiation_penalty(s.satiation, self.config.cognitive)
+        return felt
+
+    def slate_fit(self, slates: np.ndarray, state: UserState | None = None) -> np.ndarray:
+        """[N, K] true topic fit of the items in `slates` [N, K] (item ids) to the users' felt interests.
+
+        Fit = item topic mixture . felt interests, under the current state (or `state`): what
+        `slate_utility` and `step` use. Position does not enter it. `step` applies a scheduled
+        shock before scoring, so for a user a shock hits at that step, the fit `step` reports
+        (StepResult.fit) differs from this one taken before the step.
+        """
+        return np.einsum("nkt,nt->nk", self.catalog.topics[slates], self.felt_interest(state))  # no [N, K, T] temporary
+
     def slate_utility(self, slates: np.ndarray, state: UserState | None = None,
                       positions: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Utilities [N, K] of the items in `slates` [N, K], and their fit [N, K].
+        """Utilities [N, K] of the items in `slates` [N, K], and their fit [N, K] (see `slate_fit`).
 
         With positions=False every item is scored as if shown alone at the top.
         """
         cfg, c = self.config, self.catalog
         s = self.state if state is None else state
-        felt = self.effective_interest(s)                           # [N, T]
-        if cfg.cognitive.scale:
-            felt = felt - cognitive.satiation_penalty(s.satiation, cfg.cognitive)
-        fit = np.einsum("nkt,nt->nk", c.topics[slates], felt)     # [N, K]; einsum avoids an [N, K, T] temporary
+        fit = self.slate_fit(slates, s)                             # [N, K]
         utility = (np.float32(cfg.response.fit_weight) * fit
                    + np.float32(cfg.response.attractiveness_weight) * c.attractiveness[slates])
         if positions:
@@ -184,6 +202,26 @@ class World:
         watch = self.catalog.length[items] * response.completion(fit, self.catalog.quality[items], cfg)
         noise_mean = np.float32(np.exp(0.5 * cfg.watch_noise ** 2))  # mean of the log-normal factor
         return (p_click * watch * noise_mean).astype(np.float32)
+
+    def expected_budget_cost(self, items: np.ndarray, watch: np.ndarray | None = None) -> np.ndarray:
+        """[N, C] expected minutes of session budget one step spends if `items` [N, C] is shown alone at the top.
+
+        `response.budget_cost` (what `step` charges) applied to the expected watch time
+        (`expected_engagement`, or `watch` [N, C] when already computed); exact, since the
+        cost is linear in watch time and a step without a click costs the browse cost only.
+        """
+        if watch is None:
+            watch = self.expected_engagement(items)
+        return response.budget_cost(watch, self.catalog.quality[items], self.config.response)
+
+    def watch_per_budget(self, items: np.ndarray) -> np.ndarray:
+        """[N, C] expected watch time per expected minute of budget spent, for each item of `items` [N, C].
+
+        `expected_engagement` / `expected_budget_cost`, float32. With a fixed session budget, the
+        item with the best ratio buys the most watch time (what the session oracle ranks by).
+        """
+        watch = self.expected_engagement(items)
+        return watch / self.expected_budget_cost(items, watch)
 
     # ------------------------------------------------------------------ step
     def step(self, slates: np.ndarray) -> StepResult:
@@ -243,7 +281,7 @@ class World:
         leave = uniforms[1] < response.leave_probability(s.satisfaction, cfg.response)
         terminated = (s.budget <= 0.0) | leave
         return StepResult(position=position, item=item, watch_time=watch.astype(np.float32),
-                          completion=done_frac, terminated=terminated)
+                          completion=done_frac, terminated=terminated, fit=fit)
 
     # ---------------------------------------------------------- ground truth
     def change_points(self) -> list[dict[str, Any]]:
@@ -263,7 +301,7 @@ class World:
                     trend=s.trend.copy())
 
     # ------------------------------------------------------- copy, save, load
-    def copy(self, seed: int | None = None) -> "World":
+    def copy(self, seed: int | None = None) -> World:
         """An independent copy (catalog shared read-only). With `seed`, the copy's step noise is reseeded."""
         other = object.__new__(World)
         other.__dict__.update(self.__dict__)
@@ -273,7 +311,7 @@ class World:
         other.step_rng = np.random.default_rng(seed) if seed is not None else _copy_rng(self.step_rng)
         return other
 
-    def tile(self, m: int, seed: int | None = None, noise_groups: int | None = None) -> "World":
+    def tile(self, m: int, seed: int | None = None, noise_groups: int | None = None) -> World:
         """A world of N*m users: user i's copies at rows i*m .. i*m+m-1, for what-if rollouts.
 
         The social graph is tiled so copy j of a user follows copy j of its neighbours.

@@ -6,7 +6,8 @@ may use them without the function-scoped-fixture health check firing.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pytest

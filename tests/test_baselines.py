@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agents.baselines import LinUCBPolicy, PopularityPolicy
+from agents.baselines import BanditParams, LinUCBPolicy, PopularityPolicy
 from agents.logs import LOG_COLUMNS, EpsilonPopularity, collect_logs, load_logs, save_logs
 from agents.policy import Policy, RandomPolicy
 from envs import RecVectorEnv, make_scenario
@@ -148,7 +148,7 @@ def test_linucb_needs_catalog():
 ])
 def test_linucb_rejects_bad_parameters(kwargs, field):
     with pytest.raises(ValueError, match=field):
-        LinUCBPolicy(**kwargs)
+        LinUCBPolicy(BanditParams(**kwargs))
 
 
 def synthetic_obs(rng: np.random.Generator, n: int, c: int, h: int, n_items: int, f: int):

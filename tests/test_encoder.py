@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import gymnasium as gym
@@ -20,6 +21,9 @@ from agents.encoder import (
 )
 
 N_ITEMS, H, C, F_ITEM, F_HIST, F_CTX, D = 30, 6, 5, 3, 2, 2, 16
+# The catalog's item features [n_items, F_item]: the history carries ids only and the
+# encoder looks their features up in this table.
+ITEM_FEATURES = torch.randn(N_ITEMS, F_ITEM, generator=torch.Generator().manual_seed(123))
 
 
 def make_config(**overrides) -> EncoderConfig:
@@ -48,7 +52,6 @@ def make_obs(lengths, seed: int = 0) -> dict[str, torch.Tensor]:
     pad = mask.unsqueeze(-1)
     return {
         "history_items": torch.randint(0, N_ITEMS, (b, H), generator=g) * mask.long(),
-        "history_item_features": torch.randn(b, H, F_ITEM, generator=g) * pad,
         "history_features": torch.randn(b, H, F_HIST, generator=g) * pad,
         "history_mask": mask,
         "candidate_items": torch.randint(0, N_ITEMS, (b, C), generator=g),
@@ -60,7 +63,7 @@ def make_obs(lengths, seed: int = 0) -> dict[str, torch.Tensor]:
 @pytest.fixture
 def model() -> RecommenderEncoder:
     torch.manual_seed(0)
-    return RecommenderEncoder(make_config()).eval()
+    return RecommenderEncoder(make_config(), item_features=ITEM_FEATURES).eval()
 
 
 def test_output_shapes(model):
@@ -90,16 +93,21 @@ def test_item_table_is_shared(model):
 @given(lengths=st.lists(st.integers(0, H), min_size=1, max_size=4), seed=st.integers(0, 10_000))
 def test_padding_does_not_change_state(lengths, seed):
     torch.manual_seed(0)
-    model = RecommenderEncoder(make_config()).eval()
+    model = RecommenderEncoder(make_config(), item_features=ITEM_FEATURES).eval()
     obs = make_obs(lengths, seed)
     noisy = {k: v.clone() for k, v in obs.items()}
     pad = obs["history_mask"] == 0
     g = torch.Generator().manual_seed(seed + 1)
     noisy["history_items"][pad] = torch.randint(0, N_ITEMS, (int(pad.sum()),), generator=g)
-    noisy["history_item_features"][pad] = 100.0 * torch.randn(int(pad.sum()), F_ITEM, generator=g)
     noisy["history_features"][pad] = float("nan")  # not even NaN may leak through
+    # Items seen only in padding get garbage features: the same weights, another table.
+    garbage = copy.deepcopy(model)
+    unused = torch.ones(N_ITEMS, dtype=torch.bool)
+    unused[obs["history_items"][~pad]] = False
+    table = garbage.history.item_features
+    table[unused] = 100.0 * torch.randn(int(unused.sum()), F_ITEM, generator=g)
     with torch.no_grad():
-        a, b = model(obs), model(noisy)
+        a, b = model(obs), garbage(noisy)
     torch.testing.assert_close(a.state, b.state, rtol=0, atol=1e-6)
     torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=1e-6)
 
@@ -109,13 +117,29 @@ def test_order_matters(model):
     permuted = {k: v.clone() for k, v in obs.items()}
     real = torch.arange(H - 4, H)
     perm = real[[1, 3, 0, 2]]
-    for key in ("history_items", "history_item_features", "history_features"):
+    for key in ("history_items", "history_features"):  # item features follow the ids
         permuted[key][0, real] = obs[key][0, perm]
         permuted[key][1] = obs[key][1].flip(0)
     with torch.no_grad():
         a, b = model(obs).state, model(permuted).state
     assert not torch.allclose(a[0], b[0], atol=1e-4)
     assert not torch.allclose(a[1], b[1], atol=1e-4)
+
+
+def test_history_item_features_come_from_the_table(model):
+    """The history carries ids only: the encoder uses the table rows of the real items."""
+    obs = make_obs([H, 3])
+    other = copy.deepcopy(model)
+    item = int(obs["history_items"][1, -1])  # a real item of row 1
+    other.history.item_features[item] += 1.0
+    with torch.no_grad():
+        a, b = model(obs).state, other(obs).state
+    assert not torch.allclose(a[1], b[1], atol=1e-4)
+    if item not in obs["history_items"][0].tolist():
+        torch.testing.assert_close(a[0], b[0])  # row 0 never saw the item
+    # Without a table, item features have nowhere to come from.
+    with pytest.raises(ValueError, match="item_features"):
+        HistoryEncoder(make_config())(obs)
 
 
 def test_empty_history_is_finite(model):
@@ -128,7 +152,7 @@ def test_empty_history_is_finite(model):
 
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
-    model = RecommenderEncoder(make_config(dropout=0.1)).train()
+    model = RecommenderEncoder(make_config(dropout=0.1), item_features=ITEM_FEATURES).train()
     out = model(make_obs([H, 4, 1, 0]))
     # Random weights: a plain sum of a LayerNorm output has zero gradient.
     g = torch.Generator().manual_seed(1)
@@ -206,7 +230,6 @@ def _space() -> gym.spaces.Dict:
     return gym.spaces.Dict(
         {
             "history_items": gym.spaces.Box(0, N_ITEMS - 1, (H,), np.int64),
-            "history_item_features": box((H, F_ITEM)),
             "history_features": box((H, F_HIST)),
             "history_mask": box((H,), 0.0, 1.0),
             "candidate_items": gym.spaces.Box(0, N_ITEMS - 1, (C,), np.int64),
@@ -224,8 +247,8 @@ def test_from_observation_space():
     with pytest.raises(ValueError, match="n_items"):
         EncoderConfig.from_observation_space(space, n_items=N_ITEMS - 1)
 
-    # A sample from the space runs through a model built from it.
-    model = RecommenderEncoder(cfg)
+    # A sample from the space runs through a model built from it (and the item table).
+    model = RecommenderEncoder(cfg, item_features=ITEM_FEATURES)
     sample = {k: torch.as_tensor(v).unsqueeze(0) for k, v in space.sample().items()}
     assert model(sample).logits.shape == (1, C)
 
@@ -242,7 +265,7 @@ def test_from_observation_space_rejects_non_dict():
 def test_blocks_match_torch_transformer_encoder():
     """Same weights in a stock pre-LN nn.TransformerEncoder give the same CLS output."""
     torch.manual_seed(0)
-    encoder = HistoryEncoder(make_config()).eval()
+    encoder = HistoryEncoder(make_config(), item_features=ITEM_FEATURES).eval()
     layer = torch.nn.TransformerEncoderLayer(
         D, 2, dim_feedforward=2 * D, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
     )

@@ -455,3 +455,138 @@ def test_sb3_vecenv_seed_reproducible(make_cfg):
         runs.append((obs, np.stack(rewards)))
     _assert_obs_equal(runs[0][0], runs[1][0])
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
+
+
+# ------------------------------------------------------ constructor arguments
+def test_unknown_argument_is_rejected_and_named(tiny):
+    with pytest.raises(TypeError, match="senario"):
+        RecEnv(senario="mixed", overrides=tiny)
+    with pytest.raises(TypeError, match="senario"):
+        RecVectorEnv(num_envs=2, senario="mixed", overrides=tiny)
+    with pytest.raises(TypeError, match="senario"):
+        gym.make(envs.ENV_ID, senario="mixed", overrides=tiny)
+    with pytest.raises(TypeError, match="senario"):
+        _make_vec(2, overrides=tiny, senario="mixed")
+    with pytest.raises(TypeError, match="senario"):  # vector entry point is the default mode
+        gym.make_vec(envs.ENV_ID, num_envs=2, overrides=tiny, senario="mixed")
+
+
+def test_make_vec_passes_every_documented_argument(tiny, tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("cognitive:\n  magnitude: 2.5\n")
+    venv = _make_vec(3, scenario="cognitive", overrides=tiny, config_file=str(path), seed=5)
+    assert isinstance(venv, RecVectorEnv) and venv.config.name == "cognitive"
+    assert venv.config.world.cognitive.magnitude == 2.5 and venv.config.env.num_candidates == 8
+    assert venv.core.seed == 5
+
+
+# ------------------------------------------------------ info and ground truth
+def test_vector_info_slate_is_what_was_served(tiny_overrides):
+    venv = RecVectorEnv(num_envs=6, scenario="mixed", overrides=tiny_overrides({"env": {"slate_size": 3,
+                                                                                         "max_steps": 4}}))
+    obs, _ = venv.reset(seed=0)
+    rng = np.random.default_rng(0)
+    resets_seen = False
+    served = np.ones(6, dtype=bool)  # NEXT_STEP autoreset: a slot that just ended is not served next
+    for _ in range(12):
+        actions = rng.integers(0, 8, size=(6, 3))
+        expected = np.take_along_axis(obs["candidate_items"], dedupe_slates(actions, 8), axis=1)
+        obs, reward, terminated, truncated, info = venv.step(actions)
+        np.testing.assert_array_equal(info["served"], served)
+        assert info["slate"].shape == (6, 3) and info["slate"].dtype.kind == "i"
+        np.testing.assert_array_equal(info["slate"][served], expected[served])
+        assert np.all(info["slate"][~served] == -1)
+        resets_seen |= not served.all()
+        clicked = np.flatnonzero(info["clicked"])
+        np.testing.assert_array_equal(info["item"][clicked], info["slate"][clicked, info["position"][clicked]])
+        served = ~(terminated | truncated)
+    assert resets_seen
+
+
+def test_vector_info_is_per_slot_and_free_of_hidden_state(tiny):
+    """Every info value leads with N (RLlib's DictInfoToList splits it); no hidden state in it."""
+    from gymnasium.wrappers.vector import DictInfoToList
+
+    venv = RecVectorEnv(num_envs=4, scenario="mixed", overrides=tiny)
+    venv.reset(seed=0)
+    *_, info = venv.step(np.zeros(4, dtype=np.int64))
+    assert set(info) == {"served", "slate", "clicked", "position", "item", "watch_time", "completion"}
+    assert all(isinstance(v, np.ndarray) and v.shape[0] == 4 for v in info.values())
+    wrapped = DictInfoToList(RecVectorEnv(num_envs=4, scenario="mixed", overrides=tiny))
+    wrapped.reset(seed=0)
+    *_, infos = wrapped.step(np.zeros(4, dtype=np.int64))
+    assert len(infos) == 4 and all(i["slate"].shape == (1,) for i in infos)
+
+
+def test_vector_ground_truth(tiny_overrides):
+    venv = RecVectorEnv(num_envs=5, scenario="mixed", overrides=tiny_overrides({"env": {"slate_size": 2}}))
+    obs, _ = venv.reset(seed=1)
+    truth = venv.ground_truth()
+    for key in ("interest", "effective_interest", "satiation"):
+        assert truth[key].shape == (5, 10)
+    for key in ("satisfaction", "budget", "step", "calendar"):
+        assert truth[key].shape == (5,)
+    assert truth["trend"].shape == (10,)
+    assert truth["fit"].shape == (5, 2) and np.all(np.isnan(truth["fit"]))  # nothing served yet
+    np.testing.assert_array_equal(truth["satisfaction"], venv.world.state.satisfaction)
+    truth["satisfaction"][:] = -1.0  # a copy
+    assert np.all(venv.world.state.satisfaction >= 0.0)
+    # Hidden state is never in the observation.
+    assert not set(truth) & set(obs)
+    actions = np.array([[0, 1], [2, 2], [7, 3], [4, 5], [6, 0]])
+    fit = venv.slate_fit(actions)
+    assert fit.shape == (5, 2) and fit.dtype == np.float32
+    venv.step(actions)
+    np.testing.assert_array_equal(venv.ground_truth()["fit"], fit)  # no shock at step 0
+
+
+def test_slate_fit_is_taken_before_the_steps_shock(tiny_overrides):
+    """slate_fit (before the step) and ground_truth()['fit'] (as served) differ only where a shock hits."""
+    venv = RecVectorEnv(num_envs=8, scenario="shock", overrides=tiny_overrides({
+        "shocks": {"events": [{"kind": "sudden", "step": 2, "fraction": 0.5}]},
+        "users": {"budget_mean": 1e4}, "response": {"leave_max": 0.0}}))
+    venv.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for t in range(4):
+        actions = rng.integers(0, 8, size=8)
+        before = venv.slate_fit(actions)
+        venv.step(actions)
+        after = venv.ground_truth()["fit"]
+        hit = venv.world.state.shock_draw < 0.5
+        if t == 2:
+            assert hit.any() and not hit.all()
+            assert np.all(after[hit] != before[hit])
+            np.testing.assert_array_equal(after[~hit], before[~hit])
+        else:
+            np.testing.assert_array_equal(after, before)
+
+
+def test_ground_truth_fit_is_nan_for_reset_slots(make_cfg):
+    venv = RecVectorEnv(3, make_cfg("stationary", {"env": {"max_steps": 1}}))
+    venv.reset(seed=0)
+    venv.step(np.zeros(3, dtype=np.int64))
+    assert np.all(np.isfinite(venv.ground_truth()["fit"]))
+    assert np.all(np.isnan(venv.slate_fit(np.zeros(3, dtype=np.int64))))  # all slots reset next
+    venv.step(np.zeros(3, dtype=np.int64))
+    assert np.all(np.isnan(venv.ground_truth()["fit"]))
+
+
+def test_single_env_info_slate_and_ground_truth(make_cfg):
+    cfg = make_cfg("mixed", {"env": {"slate_size": 3}})
+    env, venv = RecEnv(cfg), RecVectorEnv(1, cfg)
+    obs, _ = env.reset(seed=4)
+    venv.reset(seed=4)
+    assert np.all(np.isnan(env.ground_truth()["fit"]))
+    for action in ([0, 0, 1], [5, 2, 7], [3, 4, 3]):
+        fit = env.slate_fit(np.array(action))
+        np.testing.assert_array_equal(fit, venv.slate_fit(np.array([action]))[0])
+        expected = obs["candidate_items"][dedupe_slates(np.array([action]), 8)[0]]
+        obs, _, terminated, truncated, info = env.step(np.array(action))
+        *_, vinfo = venv.step(np.array([action]))
+        np.testing.assert_array_equal(info["slate"], expected)
+        np.testing.assert_array_equal(info["slate"], vinfo["slate"][0])
+        truth, vtruth = env.ground_truth(), venv.ground_truth()
+        assert truth.keys() == vtruth.keys()
+        for key in truth:
+            np.testing.assert_array_equal(truth[key], vtruth[key] if key == "trend" else vtruth[key][0])
+        assert not (terminated or truncated)

@@ -79,6 +79,48 @@ def test_session_oracle_maximises_watch_per_budget(make_cfg):
     assert np.all(np.isfinite(score)) and np.all(score >= 0)
 
 
+@pytest.mark.parametrize("response", [{}, {"browse_cost": 2.0, "quality_refund": 0.0},
+                                      {"browse_cost": 0.1, "quality_refund": 1.0}])
+def test_session_oracle_cost_is_the_simulators_budget_cost(make_cfg, response):
+    """The oracle's score is expected watch / the simulator's own budget cost of it, whatever the costs."""
+    from simulator import response as sim_response
+
+    env = RecVectorEnv(num_envs=6, scenario=make_cfg("mixed", {"response": response,
+                                                                "env": {"slate_size": 3}}))
+    oracle = SessionOracle()
+    oracle.bind(env)
+    obs, _ = env.reset(seed=5)
+    for _ in range(3):
+        items = obs["candidate_items"].astype(np.int64)
+        watch = env.world.expected_engagement(items)
+        cost = sim_response.budget_cost(watch, env.world.catalog.quality[items], env.world.config.response)
+        np.testing.assert_array_equal(watch_per_budget(env.world, items), watch / cost)
+        action = oracle.act(obs)
+        np.testing.assert_array_equal(action, slate_from_scores(watch / cost, 3))
+        obs, *_ = env.step(action)
+
+
+def test_oracle_follows_a_changed_budget_cost(make_cfg, monkeypatch):
+    """One source for the dynamics: change the simulator's cost, and the step and the oracle both follow."""
+    from simulator import response as sim_response
+
+    def flat_cost(watch_time, quality, params):  # every minute costs a minute, quality or not
+        return (np.float32(params.browse_cost) + watch_time + 0.0 * quality).astype(np.float32)
+
+    env = RecVectorEnv(num_envs=6, scenario=make_cfg("stationary"))
+    obs, _ = env.reset(seed=3)
+    items = obs["candidate_items"].astype(np.int64)
+    before = watch_per_budget(env.world, items)
+    monkeypatch.setattr(sim_response, "budget_cost", flat_cost)
+    watch = env.world.expected_engagement(items)
+    after = watch_per_budget(env.world, items)
+    np.testing.assert_array_equal(after, watch / (np.float32(0.5) + watch))
+    assert not np.allclose(after, before)
+    budget = env.world.state.budget.copy()
+    _, reward, *_ = env.step(np.zeros(6, dtype=np.int64))
+    np.testing.assert_allclose(budget - env.world.state.budget, 0.5 + reward, rtol=1e-6)
+
+
 def test_expected_engagement_matches_simulated_watch_time(make_cfg):
     """The oracles' model: expected_engagement agrees with the mean simulated watch time."""
     cfg = make_cfg("stationary").world

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from agents.model import GreedyPolicy
+from agents.registry import get_agent
 from agents.sb3_agent import SB3PPOAgent, SB3PPOParams
 from envs.config import make_scenario
 from envs.vector import RecVectorEnv
@@ -34,7 +35,7 @@ def scenario(**env):
 
 
 def make_agent(seed: int = 0, **env) -> SB3PPOAgent:
-    return SB3PPOAgent(scenario(**env), seed=seed, model=MODEL, algo=ALGO)
+    return SB3PPOAgent(scenario(**env), SB3PPOParams(**ALGO), seed=seed, model=MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def test_slate_scenario_trains_and_rejects_single_item_checkpoint(trained, tmp_p
 
 def test_bad_algo_key_and_value_are_rejected():
     with pytest.raises(ValueError, match="algo.n_stepz"):
-        SB3PPOAgent(scenario(), algo={"n_stepz": 8})
+        get_agent("sb3-ppo").make_params({"n_stepz": 8})
     with pytest.raises(ValueError, match="algo.batch_size"):
         apply_overrides(SB3PPOParams(), {"batch_size": 1}, "algo")
     with pytest.raises(ValueError, match="algo.gamma"):

@@ -148,6 +148,50 @@ def test_world_step_result_is_consistent(make_world, random_slates):
     assert np.all(w.state.step == 10)
 
 
+def test_step_result_fit_is_the_served_items_fit(make_cfg, random_slates):
+    """StepResult.fit [N, K] is `slate_fit` of the served slate, after that step's shocks."""
+    cfg = make_cfg("mixed", {"shocks": {"events": [{"kind": "sudden", "step": 3, "fraction": 0.5}]}}).world
+    w = World(cfg, 16, seed=2)
+    rng = np.random.default_rng(0)
+    for t in range(6):
+        slates = random_slates(w, rng, 3)
+        before = w.slate_fit(slates)
+        np.testing.assert_array_equal(before, w.slate_utility(slates, positions=False)[1])
+        hit = (w.state.step == 3) & (w.state.shock_draw < 0.5)
+        r = w.step(slates)
+        assert r.fit.shape == (16, 3) and r.fit.dtype == np.float32
+        # Equal before and after the step unless a shock hit the user at this step.
+        np.testing.assert_array_equal(r.fit[~hit], before[~hit])
+        assert hit.any() == (t == 3)
+        if hit.any():
+            assert np.all(np.any(r.fit[hit] != before[hit], axis=1))
+
+
+def test_expected_budget_cost_is_the_simulators_budget_cost(make_world):
+    """World.watch_per_budget = expected watch / response.budget_cost(expected watch, quality)."""
+    w = make_world("cognitive", {"response": {"browse_cost": 1.5, "quality_refund": 0.3}}, n_users=5, seed=1)
+    items = np.random.default_rng(0).integers(0, w.catalog.n_initial, size=(5, 7))
+    watch = w.expected_engagement(items)
+    cost = response.budget_cost(watch, w.catalog.quality[items], w.config.response)
+    np.testing.assert_array_equal(w.expected_budget_cost(items), cost)
+    np.testing.assert_array_equal(w.expected_budget_cost(items, watch), cost)
+    ratio = w.watch_per_budget(items)
+    assert ratio.shape == (5, 7) and ratio.dtype == np.float32
+    np.testing.assert_array_equal(ratio, watch / cost)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"browse_cost": 2.0, "quality_refund": 0.0},
+                                       {"browse_cost": 0.1, "quality_refund": 1.0}])
+def test_expected_budget_cost_matches_simulated_budget_spent(make_cfg, overrides):
+    """The expected cost of showing one item equals the mean budget a simulated step spends."""
+    w = World(make_cfg("stationary", {"response": overrides}).world, 4000, seed=0)
+    item = np.full((4000, 1), 7, dtype=np.int64)
+    expected = w.expected_budget_cost(item)[:, 0].mean()
+    budget = w.state.budget.copy()
+    w.step(item)
+    assert (budget - w.state.budget).mean() == pytest.approx(expected, rel=0.05)
+
+
 def test_world_rejects_bad_slates_and_user_counts(make_world, make_cfg):
     w = make_world(n_users=4)
     with pytest.raises(ValueError, match="slates"):

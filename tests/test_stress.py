@@ -5,20 +5,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import stress
-from experiments import stress_analysis as sa
-from experiments.plots import is_png
+from experiments import stress, stresstest
+from experiments.stresstest import analysis as sa
+from experiments.stresstest.plots import is_png
 
 TINY = {"catalog": {"n_items": 100}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 20}}
 TINY_ALGO = {"sasrec": {"log_users": 16, "log_steps": 30, "epochs": 1}}
 TINY_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 1}
 
 
-def tiny_settings(**kw) -> stress.StressSettings:
+def tiny_settings(**kw) -> stresstest.StressSettings:
     base = dict(agents=("bandit", "sasrec"), seeds=(0, 1), magnitudes=(0.0, 1.0, 2.0), eval_users=12,
                 scenario_overrides=TINY, model=TINY_MODEL, algo=TINY_ALGO, reference="oracle-session",
                 shock_step=4)
-    return stress.StressSettings(**{**base, **kw})
+    return stresstest.StressSettings(**{**base, **kw})
 
 
 # ----------------------------------------------------------------- recovery on synthetic curves
@@ -119,7 +119,8 @@ def test_magnitude_zero_is_the_training_regime_or_turns_the_family_off():
     regimes = calm.regimes()
     # On stationary, magnitude 0 of every family is the training regime itself: evaluated once.
     assert [(f, m) for f, m, _ in regimes if m == 0] == [("none", 0.0)]
-    assert {(f, m) for f, m, _ in regimes} == {("none", 0.0)} | {(f, m) for f in stress.FAMILIES for m in (1.0, 2.0)}
+    drifted = {(f, m) for f in stresstest.FAMILIES for m in (1.0, 2.0)}
+    assert {(f, m) for f, m, _ in regimes} == {("none", 0.0)} | drifted
     shock = {m: cfg for f, m, cfg in regimes if f == "shock"}
     assert shock[2.0].world.shocks.magnitude == 2.0 and shock[2.0].world.shocks.events[0].step == 4
     # On mixed, magnitude 0 switches the family off.
@@ -136,7 +137,7 @@ def tiny_run(tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("stress")
     settings = tiny_settings(agents=("bandit", "sasrec", "sasrec-retrain"), retrain_every=3)
-    return settings, stress.stress(settings, out), out
+    return settings, stresstest.stress(settings, out), out
 
 
 def test_tiny_grid_writes_table_plots_report_and_tensorboard(tiny_run):
@@ -150,7 +151,7 @@ def test_tiny_grid_writes_table_plots_report_and_tensorboard(tiny_run):
                     "](recovery.png)", "](topic_shares.png)", "](homogenisation.png)"):
         assert section in report
     table = pd.read_csv(out / "robustness.csv")
-    assert set(table.family) == set(stress.FAMILIES)
+    assert set(table.family) == set(stresstest.FAMILIES)
     assert set(table.agent) == {"bandit", "sasrec", "sasrec-retrain", "oracle-session"}
     assert (table[table.magnitude == 0].relative_return == 1.0).all()
     assert (table[table.agent == "oracle-session"].regret == 0).all()
@@ -179,7 +180,7 @@ def test_regimes_are_evaluated_on_fresh_copies_of_online_learners(tiny_run):
     """The bandit learns online: its no-drift evaluation must not depend on the other regimes run
     before, so repeating the job gives identical rows."""
     settings, res, out = tiny_run
-    again = stress.run_job(settings, dict(agents=["bandit"], seed=0, load=None), str(out / "again"))
+    again = stresstest.run_job(settings, dict(agents=["bandit"], seed=0, load=None), str(out / "again"))
     first = res.grid[(res.grid.agent == "bandit") & (res.grid.seed == 0)].return_mean.to_numpy()
     np.testing.assert_allclose([r["return_mean"] for r in again["rows"]], first)
 

@@ -7,7 +7,7 @@ import torch
 
 from agents.logs import LOG_COLUMNS, EpsilonPopularity, collect_logs
 from agents.policy import Policy, RandomPolicy
-from agents.supervised import SupervisedRecommender, examples_from_logs
+from agents.supervised import SupervisedParams, SupervisedRecommender, examples_from_logs
 from envs import RecVectorEnv, make_scenario
 from experiments.harness import evaluate
 
@@ -30,8 +30,12 @@ def config(slate_size: int = 1):
 
 
 def make_rec(kind: str, slate_size: int = 1, **kwargs) -> SupervisedRecommender:
+    """A recommender on the tiny env; SupervisedParams fields go to its params (epochs 2 unless given)."""
     env = RecVectorEnv(num_envs=1, scenario=config(slate_size), seed=0)
-    return SupervisedRecommender.from_env(kind, env, **{"model": MODEL, "batch_size": 256, **kwargs})
+    fields = set(SupervisedParams.__dataclass_fields__)
+    params = SupervisedParams(**{"epochs": 2, "batch_size": 256, **{k: v for k, v in kwargs.items() if k in fields}})
+    rest = {k: v for k, v in kwargs.items() if k not in fields}
+    return SupervisedRecommender.from_env(kind, env, params, **{"model": MODEL, **rest})
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,9 @@ random padded batch. The reference is a stock fp32 ``nn.TransformerEncoder``
 of the same size (pre-LN, GELU, same d_model/heads/ff, final LayerNorm) fed
 the very token tensor the driftrec encoder builds, with a
 ``src_key_padding_mask``; the driftrec timing also includes building those
-tokens (embeddings, projections) from the observation.
+tokens (embeddings, item-feature lookups in a random ``[N_ITEMS, F_ITEM]``
+catalog table by history id, projections) from the observation, which, as
+the envs emit it, carries history item ids only.
 
 Called as ``experiments/bench.py encoder [flags]`` or on its own:
 ``python -m experiments.benchmarks.encoder --batch 64 --history 16 --iters 2``.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -47,14 +49,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+def make_item_features(seed: int = 0) -> torch.Tensor:
+    """A random catalog item-feature table [N_ITEMS, F_ITEM] (the encoder looks history items up in it)."""
+    return torch.rand(N_ITEMS, F_ITEM, generator=torch.Generator().manual_seed(seed + 1))
+
+
 def make_obs(batch: int, history: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random batch of right-aligned histories with lengths uniform in [0, H]."""
+    """A random batch of right-aligned histories with lengths uniform in [0, H] (item ids, no item features)."""
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(0, history + 1, (batch, 1), generator=g)
     mask = (torch.arange(history) >= history - lengths).float()
     obs = {
         "history_items": torch.randint(0, N_ITEMS, (batch, history), generator=g) * mask.long(),
-        "history_item_features": torch.randn(batch, history, F_ITEM, generator=g) * mask[..., None],
         "history_features": torch.randn(batch, history, F_HIST, generator=g) * mask[..., None],
         "history_mask": mask,
         "context": torch.randn(batch, F_CTX, generator=g),
@@ -125,16 +131,17 @@ def run(args: argparse.Namespace) -> list[dict]:
         compile=args.compile,
     )
     obs = make_obs(args.batch, args.history, device, args.seed)
+    item_features = make_item_features(args.seed)
     records = []
 
     for dtype in dtypes:
         bf16 = dtype == "bf16"
         torch.manual_seed(args.seed)
-        encoder = HistoryEncoder(cfg.replace(autocast_bf16=bf16)).to(device).train()
+        encoder = HistoryEncoder(cfg.replace(autocast_bf16=bf16), item_features=item_features).to(device).train()
         # The config flag only acts on CUDA; bf16 on CPU needs an explicit autocast.
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and device.type == "cpu")
 
-        def step() -> None:
+        def step(encoder=encoder, autocast=autocast) -> None:  # bound now: the loop rebinds both
             encoder.zero_grad(set_to_none=True)
             with autocast:
                 state = encoder(obs)
@@ -168,7 +175,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        records.append(_record("reference", "fp32", _time(ref_step, args.iters, args.warmup, device), reference, args, device))
+        timing = _time(ref_step, args.iters, args.warmup, device)
+        records.append(_record("reference", "fp32", timing, reference, args, device))
 
     ref = next((r for r in records if r["impl"] == "reference"), None)
     for rec in records:
@@ -177,7 +185,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def format_records(records: list[dict]) -> str:
-    cols = ("impl", "device", "dtype", "batch", "history_len", "d_model", "tokens_per_s", "ms_per_iter", "speedup_vs_reference")
+    cols = ("impl", "device", "dtype", "batch", "history_len", "d_model", "tokens_per_s", "ms_per_iter",
+            "speedup_vs_reference")
     rows = [cols] + [
         tuple(
             f"{r[c]:,.0f}" if c == "tokens_per_s" else f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c])

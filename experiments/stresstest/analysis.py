@@ -8,13 +8,16 @@ until the drift acts: their ratio isolates the drift's effect from the within-se
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
 from experiments.harness import concentration
-from experiments.stats import bootstrap_ci
+from experiments.stats import mean_interval
+from experiments.stresstest.settings import NO_DRIFT, StressSettings
 
-NO_DRIFT = "none"
 MIN_ACTIVE_SHARE = 0.1  # per-step curves stop where fewer than this share of users are still in session
 
 
@@ -46,7 +49,7 @@ def add_relative(grid: pd.DataFrame, reference: pd.DataFrame | None) -> pd.DataF
 
 def robustness_table(grid: pd.DataFrame, metrics=("relative_return", "regret", "regret_increase", "return_mean")
                      ) -> pd.DataFrame:
-    """One row per agent x family x magnitude: each metric's mean over seeds and 95% bootstrap CI.
+    """One row per agent x family x magnitude: each metric's mean over seeds and 95% t interval.
 
     The no-drift evaluation is shared by every family at magnitude 0 when the grid has no
     explicit magnitude-0 row for that family.
@@ -65,11 +68,11 @@ def robustness_table(grid: pd.DataFrame, metrics=("relative_return", "regret", "
 
 
 def _mean_ci(frame: pd.DataFrame, metrics) -> dict[str, float]:
-    """metric, metric_lo, metric_hi: the mean over rows (seeds) and its 95% bootstrap interval."""
+    """metric, metric_lo, metric_hi: the mean over rows (seeds) and its 95% t interval (experiments/stats.py)."""
     out = {}
     for metric in metrics:
         values = frame[metric].to_numpy(dtype=float)
-        lo, hi = bootstrap_ci(values)
+        lo, hi = mean_interval(values)
         out.update({metric: float(np.nanmean(values)) if np.isfinite(values).any() else np.nan,
                     f"{metric}_lo": lo, f"{metric}_hi": hi})
     return out
@@ -206,7 +209,7 @@ def recovery_table(recovery: pd.DataFrame,
                    metrics=("recovery_time", "recovery_time_95", "reaction_time", "dip", "post_shock_return",
                             "post_shock_regret")
                    ) -> pd.DataFrame:
-    """Per agent: mean over seeds and 95% bootstrap CI of each recovery metric (NaN seeds are
+    """Per agent: mean over seeds and 95% t interval of each recovery metric (NaN seeds are
     counted in `not_recovered`)."""
     rows = []
     for agent, g in recovery.groupby("agent", sort=False):
@@ -221,3 +224,47 @@ def homogenisation_curve(timeline: pd.DataFrame, n_users: int) -> np.ndarray:
     shares = timeline[[c for c in timeline.columns if c.startswith("share_")]].to_numpy()
     h = concentration(shares)
     return np.where(timeline.active_users.to_numpy() >= MIN_ACTIVE_SHARE * n_users, h, np.nan)
+
+
+# ---------------------------------------------------------------- the whole grid
+@dataclass
+class StressResult:
+    grid: pd.DataFrame          # one row per agent x seed x regime
+    table: pd.DataFrame         # robustness: agent x family x magnitude, mean and CI over seeds
+    degradation: pd.DataFrame   # per agent x family: slope, relative return at the largest magnitude
+    recovery: pd.DataFrame      # per agent x seed
+    recovery_summary: pd.DataFrame
+    curves: pd.DataFrame        # per agent x seed x step around the shock
+    timelines: pd.DataFrame
+
+
+def analyse(settings: StressSettings, results: list[dict[str, Any]]) -> StressResult:
+    grid = pd.DataFrame([r for res in results for r in res["rows"]])
+    timelines = pd.concat([res["timelines"] for res in results], ignore_index=True)
+    ref_rows = grid[grid.agent == settings.reference]
+    grid = add_relative(grid, ref_rows[["family", "magnitude", "return_mean"]])
+    table = robustness_table(grid)
+    deg = degradation(table)
+    n = settings.eval_users
+    timelines["homogenisation"] = np.nan
+    for _, g in timelines.groupby(["agent", "seed", "family", "magnitude"], sort=False):
+        timelines.loc[g.index, "homogenisation"] = homogenisation_curve(g, n)
+    recovery, curves = [], []
+    if "shock" in settings.families and settings.recovery_magnitude > 0:
+        def timeline(agent, seed, family, magnitude):
+            return timelines[(timelines.agent == agent) & (timelines.seed == seed) & (timelines.family == family)
+                             & (timelines.magnitude == magnitude)].sort_values("step")
+
+        ref_shocked = timeline(settings.reference, 0, "shock", settings.recovery_magnitude)
+        for (agent, seed), _ in grid.groupby(["agent", "seed"], sort=False):
+            shocked = timeline(agent, seed, "shock", settings.recovery_magnitude)
+            calm = timeline(agent, seed, NO_DRIFT, 0.0)
+            c = shock_curves(shocked, calm, n)
+            metrics = recovery_metrics(c, shocked, ref_shocked, settings.shock_step, n, settings.recovery_level)
+            recovery.append(dict(agent=agent, seed=seed, **metrics))
+            curves.append(c.assign(agent=agent, seed=seed))
+    recovery = pd.DataFrame(recovery)
+    return StressResult(grid=grid, table=table, degradation=deg, recovery=recovery,
+                        recovery_summary=recovery_table(recovery) if len(recovery) else pd.DataFrame(),
+                        curves=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
+                        timelines=timelines)

@@ -1,0 +1,430 @@
+"""The runs library: typed run settings, the training loop with checkpoints, the final evaluation,
+restoring a trained policy, and fanning runs out over Ray.
+
+Entry points (run.py, stress.py) are thin command-line front ends over this module. A run is
+described by a frozen, validated RunSettings: every setting is checked when it is built, before
+anything is trained, so a bad value never costs a training run.
+
+  settings = RunSettings(agent="ppo", scenario="cognitive", steps=100_000, algo={"lr": 3e-4})
+  run_dir, metrics = run_one(settings, "runs")
+  settings, policy = restore_policy(run_dir)          # the trained greedy policy, on CPU
+
+A run writes runs/<scenario>/<name>/<seed>-<time>/: run.json (the settings), TensorBoard events
+(train/* and eval/* against environment steps), results.csv, episodes.csv, timeline.csv and
+checkpoint/ (trainable agents).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agents.encoder import EncoderConfig
+from agents.policy import RandomPolicy
+from agents.registry import AgentSpec, get_agent
+from envs.config import PRESETS, ScenarioConfig, load_overrides, make_scenario
+from experiments.harness import EVAL_SEED, evaluate
+from experiments.tracking import RunLogger, new_run_dir
+from simulator.params import merge_overrides
+
+CONFIG_SECTIONS = ("scenario", "model", "algo")
+DEVICES = ("auto", "cpu", "cuda")
+# --smoke: the same pipeline at toy sizes (seconds); each agent adds its own `smoke` algo settings.
+SMOKE_SCENARIO = {"catalog": {"n_items": 200}, "env": {"history_len": 8, "max_steps": 30}}
+SMOKE_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 1}
+SMOKE_SIZES = dict(steps=512, eval_users=16, final_eval_users=32, checkpoint_every=1)
+# EncoderConfig fields read from the env (the rest are the `model:` section's).
+_ENV_SIZED = ("n_items", "history_len", "item_feature_dim", "history_feature_dim", "context_dim")
+
+
+def _check_count(flag: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{flag} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"{flag} must be >= {low}, got {value}")
+
+
+def check_model_overrides(model: Mapping[str, Any]) -> None:
+    """Validate the `model:` section (EncoderConfig fields) without building an env."""
+    if not isinstance(model, Mapping):
+        raise ValueError(f"the model section must be a mapping, got {type(model).__name__}")
+    allowed = {f.name for f in dataclasses.fields(EncoderConfig)} - set(_ENV_SIZED)
+    unknown = sorted(set(model) - allowed)
+    if unknown:
+        raise ValueError(f"unknown model config key '{unknown[0]}'; allowed: {', '.join(sorted(allowed))}")
+    from agents.model import DEFAULT_MODEL
+
+    EncoderConfig(n_items=1, history_len=1, item_feature_dim=1, history_feature_dim=1, context_dim=1,
+                  **{**DEFAULT_MODEL, **model})
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything one run depends on; saved as run.json (--resume and --load read it back).
+
+    agent: a name in agents.registry.AGENTS; scenario: a preset, with `scenario_overrides`
+    (nested, as envs.make_scenario takes them); model: EncoderConfig overrides; algo: the agent's
+    settings dataclass fields; steps: training budget in env (user) steps; eval_users: users of
+    each evaluation during training, final_eval_users of the final one (seed EVAL_SEED, the same
+    users for every agent); eval_interval: env steps between evaluations (0: a tenth of steps);
+    checkpoint_every: training iterations between checkpoints; device: where a learner trains
+    ("auto" picks cuda when a GPU is visible); ray_address: an existing Ray cluster to join.
+    """
+    agent: str = "ppo"
+    scenario: str = "mixed"
+    scenario_overrides: Mapping[str, Any] = field(default_factory=dict)
+    model: Mapping[str, Any] = field(default_factory=dict)
+    algo: Mapping[str, Any] = field(default_factory=dict)
+    steps: int = 250_000
+    seed: int = 0
+    device: str = "auto"
+    eval_users: int = 256
+    final_eval_users: int = 1024
+    eval_interval: int = 0
+    checkpoint_every: int = 5
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        spec = get_agent(self.agent)
+        if self.scenario not in PRESETS:
+            raise ValueError(f"unknown scenario '{self.scenario}'; valid scenarios: {', '.join(PRESETS)}")
+        for name, low in (("steps", 1), ("seed", 0), ("eval_users", 2), ("final_eval_users", 2),
+                          ("eval_interval", 0), ("checkpoint_every", 1)):
+            _check_count("--" + name.replace("_", "-"), getattr(self, name), low)
+        if self.device not in DEVICES:
+            raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.ray_address is not None and not isinstance(self.ray_address, str):
+            raise ValueError(f"--ray-address must be a string, got {self.ray_address!r}")
+        for name in ("scenario_overrides", "model", "algo"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ValueError(f"{name} must be a mapping, got {type(getattr(self, name)).__name__}")
+        self.scenario_config()          # bad overrides fail here, before any work
+        spec.make_params(self.algo)     # so do bad agent settings
+        check_model_overrides(self.model)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def spec(self) -> AgentSpec:
+        return get_agent(self.agent)
+
+    @property
+    def params(self) -> Any:
+        """The agent's validated settings dataclass (None for agents that take none)."""
+        return self.spec.make_params(self.algo)
+
+    @property
+    def name(self) -> str:
+        """The name runs are filed and compared under: a refitting variant is its own agent."""
+        retrains = self.spec.retrains and getattr(self.params, "retrain_every", 0) > 0
+        return f"{self.agent}-retrain" if retrains else self.agent
+
+    @property
+    def interval(self) -> int:
+        """Env steps between evaluations during training."""
+        return self.eval_interval or max(1, self.steps // 10)
+
+    def scenario_config(self) -> ScenarioConfig:
+        return make_scenario(self.scenario, self.scenario_overrides)
+
+    def replace(self, **changes: Any) -> RunSettings:
+        return dataclasses.replace(self, **changes)
+
+    # --------------------------------------------------------------- run.json
+    def to_dict(self) -> dict[str, Any]:
+        """Plain settings plus the derived name (what compare and stress read)."""
+        return dict(dataclasses.asdict(self), name=self.name, trainable=self.spec.trains)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "run.json") -> RunSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        unknown = sorted(set(data) - known - {"name", "trainable"})
+        if unknown:
+            raise ValueError(f"{where}: unknown setting '{unknown[0]}'")
+        if values.get("eval_interval") is None:
+            values["eval_interval"] = 0
+        return cls(**values)
+
+
+def with_smoke_sizes(settings: RunSettings, **explicit: Any) -> RunSettings:
+    """The toy sizes of --smoke under `settings`' own scenario/model/algo overrides; `explicit`
+    (flags the user gave) win over the toy sizes."""
+    sizes = {**SMOKE_SIZES, **{k: v for k, v in explicit.items() if v is not None}}
+    return settings.replace(
+        scenario_overrides=merge_overrides(SMOKE_SCENARIO, settings.scenario_overrides),
+        model={**SMOKE_MODEL, **settings.model}, algo={**settings.spec.smoke, **settings.algo}, **sizes)
+
+
+def load_config_sections(path: str | Path | None) -> dict[str, dict[str, Any]]:
+    """A run config file: optional sections scenario:, model:, algo: (each a mapping)."""
+    if path is None:
+        return {}
+    data = load_overrides(path)
+    unknown = sorted(set(data) - set(CONFIG_SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown section '{unknown[0]}' in {path}; allowed: {', '.join(CONFIG_SECTIONS)}")
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            raise ValueError(f"section '{key}' in {path} must be a mapping, got {type(value).__name__}")
+    return data
+
+
+# ------------------------------------------------------------------------- devices
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_device(device: str) -> str:
+    """'cpu' or 'cuda'. An explicit cuda without a GPU is an error, never a quiet fall back to CPU;
+    'auto' says which it picked when it picks the CPU."""
+    if device not in DEVICES:
+        raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cuda" and not cuda_available():
+        raise ValueError("--device cuda was given but no CUDA GPU is visible to torch")
+    if device == "auto":
+        if cuda_available():
+            return "cuda"
+        print("device auto: no CUDA GPU visible, training on the CPU", file=sys.stderr)
+        return "cpu"
+    return device
+
+
+# --------------------------------------------------------------------------- training
+class Progress:
+    """One status line: steps, recent training return, steps/s, time left."""
+
+    def __init__(self, total: int, start_steps: int = 0) -> None:
+        self.total, self.start_steps = total, start_steps
+        self.start, self.tty = time.perf_counter(), sys.stderr.isatty()
+
+    def update(self, steps: int, metrics: Mapping[str, float], note: str = "") -> None:
+        elapsed = time.perf_counter() - self.start
+        frac = min(1.0, steps / self.total)
+        rate = (steps - self.start_steps) / elapsed if elapsed > 0 else 0.0
+        left = (self.total - steps) / rate if rate > 0 else float("nan")
+        line = (f"[{'#' * int(frac * 24):<24}] {steps:>9,d}/{self.total:,d} steps  "
+                f"return {metrics.get('episode_return_mean', float('nan')):6.1f}  "
+                f"{metrics.get('env_steps_per_s', float('nan')):6.0f} steps/s  {elapsed:6.0f}s  "
+                f"~{max(left, 0.0):5.0f}s left {note}")
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def save_checkpoint(agent: Any, path: Path, state: Mapping[str, Any]) -> None:
+    """Write to a temporary directory, then swap it in: a kill mid-save keeps the previous checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    agent.save(tmp)
+    (tmp / "state.json").write_text(json.dumps(dict(state, env_steps=agent.env_steps)))
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def train(agent: Any, settings: RunSettings, scenario: ScenarioConfig, logger: RunLogger, run_dir: Path,
+          state: dict[str, Any]) -> None:
+    """The training loop: iterate, log train/*, evaluate on schedule, checkpoint."""
+    progress = Progress(settings.steps, agent.env_steps)
+    ckpt = run_dir / "checkpoint"
+    try:
+        while agent.env_steps < settings.steps:
+            metrics = agent.train_iteration()
+            state["iteration"] += 1
+            steps = agent.env_steps
+            logger.scalars("train", metrics, steps)
+            note = ""
+            if steps >= state["next_eval"]:
+                ev = evaluate(agent.policy(), scenario, settings.eval_users, EVAL_SEED)
+                logger.evaluation(ev.metrics, steps, agent=settings.name, scenario=settings.scenario,
+                                  seed=settings.seed, phase="train")
+                state["next_eval"] = steps + settings.interval
+                note = f"eval {ev.metrics['return_mean']:.1f}"
+            progress.update(steps, metrics, note)
+            if state["iteration"] % settings.checkpoint_every == 0:
+                save_checkpoint(agent, ckpt, state)
+    except KeyboardInterrupt:
+        save_checkpoint(agent, ckpt, state)
+        progress.close()
+        print(f"\ninterrupted: checkpoint saved; continue with --resume {run_dir}", file=sys.stderr)
+        raise
+    progress.close()
+    save_checkpoint(agent, ckpt, state)
+
+
+def format_metrics(rows: Mapping[str, Mapping[str, float]]) -> str:
+    """The final evaluation of each named policy, one column per policy."""
+    keys = ("return_mean", "return_ci95", "ctr", "session_length", "satisfaction_end",
+            "consumption_entropy", "slate_diversity", "coverage")
+    names = list(rows)
+    width = max(12, *(len(n) + 2 for n in names))
+    lines = ["metric".ljust(22) + "".join(n.rjust(width) for n in names)]
+    lines += [k.ljust(22) + "".join(f"{rows[n][k]:{width}.3f}" for n in names) for k in keys]
+    return "\n".join(lines)
+
+
+def build_agent(settings: RunSettings, device: str, run_dir: Path | None = None) -> Any:
+    """The agent of `settings` (a TrainableAgent or a ready Policy), on `device` (resolved)."""
+    return settings.spec.build(settings.scenario_config(), settings.algo, seed=settings.seed, device=device,
+                               model=dict(settings.model), run_dir=run_dir, ray_address=settings.ray_address)
+
+
+def run_one(settings: RunSettings, logdir: str | Path, resume: str | Path | None = None
+            ) -> tuple[Path, dict[str, float]]:
+    """One run: build the agent, train it if it trains, evaluate it and random on the same users.
+
+    Returns (run directory, final metrics). Bad settings or a bad checkpoint raise ValueError
+    before any work is lost, and a new run that fails to build leaves no directory behind.
+    """
+    device = resolve_device(settings.device)
+    settings = settings.replace(device=device)  # run.json records where it really trained
+    scenario = settings.scenario_config()
+    if resume:
+        run_dir = Path(resume)
+    else:
+        run_dir = new_run_dir(logdir, settings.scenario, settings.name, settings.seed)
+        (run_dir / "run.json").write_text(json.dumps(settings.to_dict(), indent=2))
+    print(f"run directory: {run_dir}", file=sys.stderr)
+
+    state: dict[str, Any] = dict(iteration=0, next_eval=0)
+    agent = policy = None
+    try:
+        built = build_agent(settings, device, run_dir)
+        if settings.spec.trains:
+            agent = built
+            if resume:
+                agent.restore(run_dir / "checkpoint")
+                state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
+        else:
+            policy = built
+    except ValueError:  # bad settings or checkpoint: nothing was run, leave no half-made run behind
+        if agent is not None:
+            agent.close()
+        if not resume:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    logger = RunLogger(run_dir, purge_step=state.get("env_steps") if resume else None)
+    try:
+        if agent is not None:
+            train(agent, settings, scenario, logger, run_dir, state)
+            policy, steps = agent.policy(), agent.env_steps
+        else:
+            steps = 0
+        final = evaluate(policy, scenario, settings.final_eval_users, EVAL_SEED)
+        baseline = evaluate(RandomPolicy(seed=settings.seed), scenario, settings.final_eval_users, EVAL_SEED)
+        common = dict(scenario=settings.scenario, seed=settings.seed)
+        logger.evaluation(final.metrics, steps, agent=settings.name, phase="final", **common)
+        # The random policy on the same users, for reference (not under this run's eval/ tags).
+        logger.evaluation(baseline.metrics, steps, tensorboard=False, agent="random", phase="baseline", **common)
+        final.episodes.to_csv(run_dir / "episodes.csv", index=False)
+        final.timeline.to_csv(run_dir / "timeline.csv", index=False)
+        hp = dict(agent=settings.name, scenario=settings.scenario, seed=settings.seed, steps=steps)
+        if agent is not None:
+            hp.update(agent.hparams())
+        logger.hparams(hp, final.metrics)
+    finally:
+        logger.close()
+        if agent is not None:
+            agent.close()
+    print("\n" + format_metrics({settings.name: final.metrics, "random": baseline.metrics}))
+    print(f"\nresults: {run_dir / 'results.csv'}")
+    return run_dir, final.metrics
+
+
+# ----------------------------------------------------------------------- restoring
+def load_run(run_dir: str | Path) -> RunSettings:
+    """The saved settings of a finished (or checkpointed) training run; errors name the path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"no run directory at {run_dir}")
+    meta = run_dir / "run.json"
+    if not meta.is_file():
+        raise ValueError(f"no run.json in {run_dir} (is it a run directory?)")
+    if not (run_dir / "checkpoint" / "state.json").is_file():
+        raise ValueError(f"no checkpoint in {run_dir / 'checkpoint'}")
+    try:
+        data = json.loads(meta.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta} is not valid JSON ({err})") from err
+    settings = RunSettings.from_dict(data, where=str(meta))
+    if not settings.spec.trains:
+        raise ValueError(f"{run_dir} holds a run of '{settings.agent}', which has no checkpoint to load")
+    return settings
+
+
+def restore_policy(run_dir: str | Path, device: str = "cpu") -> tuple[RunSettings, Any]:
+    """(saved settings, greedy policy) of the checkpoint in a run directory, to evaluate elsewhere."""
+    settings = load_run(run_dir)
+    agent = build_agent(settings, resolve_device(device))
+    try:
+        agent.restore(Path(run_dir) / "checkpoint")
+        return settings, agent.policy()
+    finally:
+        agent.close()
+
+
+# ----------------------------------------------------------------------------- Ray
+def ray_tasks(fn: Callable[..., Any], calls: list[tuple], parallel: int, ray_address: str | None = None,
+              device: str = "cpu") -> list[Any]:
+    """fn(*args) for every args in `calls`, as Ray tasks of one CPU (and one GPU when `device` is
+    cuda): on the cluster at `ray_address`, or on a local Ray started with `parallel` CPUs.
+    Results come back in the order of `calls`. A cuda device on a cluster without a GPU is an
+    error before any task starts (a task asking for a GPU nobody has would wait forever)."""
+    import ray
+
+    if not ray.is_initialized():
+        if ray_address:
+            ray.init(address=ray_address)
+        else:
+            ray.init(num_cpus=parallel, include_dashboard=False, log_to_driver=True)
+    num_gpus = 1 if device == "cuda" else 0
+    if num_gpus and ray.cluster_resources().get("GPU", 0) < num_gpus:
+        raise ValueError("--device cuda was given but the Ray cluster has no GPU")
+    task = ray.remote(num_cpus=1, num_gpus=num_gpus)(fn)
+    return ray.get([task.remote(*args) for args in calls])
+
+
+def ray_device(device: str, ray_address: str | None) -> str:
+    """The device Ray jobs train on, decided in the driver: 'auto' asks the cluster (a remote
+    cluster may have GPUs this machine lacks), 'cuda' must find one there."""
+    if device == "cpu":
+        return "cpu"
+    if ray_address is None:
+        return resolve_device(device)
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address)
+    has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    if device == "cuda" and not has_gpu:
+        raise ValueError("--device cuda was given but the Ray cluster has no GPU")
+    if not has_gpu:
+        print("device auto: the Ray cluster has no GPU, training on the CPU", file=sys.stderr)
+    return "cuda" if has_gpu else "cpu"
+
+
+def run_seeds(settings: RunSettings, seeds: list[int], logdir: str | Path, parallel: int = 1
+              ) -> list[tuple[Path, dict[str, float]]]:
+    """Several seeds, one after another, or `parallel` at a time as Ray tasks (a GPU each on cuda)."""
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds lists a seed twice: {list(seeds)}")
+    if parallel <= 1 and settings.ray_address is None:
+        return [run_one(settings.replace(seed=s), logdir) for s in seeds]
+    device = ray_device(settings.device, settings.ray_address)
+    per_seed = [settings.replace(seed=s, device=device) for s in seeds]
+    return ray_tasks(run_one, [(s, str(Path(logdir).resolve())) for s in per_seed], parallel,
+                     settings.ray_address, device)

@@ -1,0 +1,93 @@
+"""The jobs of a stress test: train (or load) each agent once per seed under the training regime,
+then evaluate a fresh copy of it under every regime, in-process or as Ray tasks."""
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from agents.registry import RETRAIN_SUFFIX, get_agent
+from experiments.harness import EVAL_SEED, evaluate
+from experiments.runs import RunSettings, load_run, ray_device, ray_tasks, resolve_device, restore_policy, run_one
+from experiments.stresstest.settings import StressSettings, base_agent, same_regime
+
+
+def plan_jobs(settings: StressSettings) -> list[dict[str, Any]]:
+    """(agents, seed, load) for every policy to stress. Loaded runs replace training; an agent and
+    its -retrain variant share one job (one fit on the logs, then a retraining copy)."""
+    jobs, loaded = [], set()
+    train = settings.train_config()
+    for run_dir in settings.loads:
+        saved = load_run(run_dir)
+        if not same_regime(saved.scenario_config(), train):
+            raise ValueError(f"{run_dir} was trained on '{saved.scenario}' with overrides "
+                             f"{dict(saved.scenario_overrides)}, not on the training regime "
+                             f"'{settings.train_scenario}' with {dict(settings.scenario_overrides)}")
+        jobs.append(dict(agents=[saved.name], seed=saved.seed, load=str(run_dir)))
+        loaded.add(saved.name)
+    groups: dict[str, list[str]] = {}
+    for agent in settings.agents:
+        if agent not in loaded:
+            groups.setdefault(base_agent(agent), []).append(agent)
+    for names in groups.values():
+        jobs.extend(dict(agents=names, seed=s, load=None) for s in settings.seeds)
+    return jobs
+
+
+def build_policies(settings: StressSettings, job: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The policies of one job (agent name -> policy), trained, loaded or fitted under the training regime."""
+    device = resolve_device(settings.device)
+    if job["load"]:
+        return {job["agents"][0]: restore_policy(job["load"], device)[1]}
+    base = base_agent(job["agents"][0])
+    spec, algo, train = get_agent(base), dict(settings.algo.get(base, {})), settings.train_config()
+    if spec.trains:  # the standard training run (TensorBoard, checkpoint), then its greedy policy
+        run = RunSettings(agent=base, scenario=settings.train_scenario,
+                          scenario_overrides=dict(settings.scenario_overrides), model=dict(settings.model),
+                          algo=algo, steps=settings.steps, seed=job["seed"], device=device,
+                          eval_users=min(256, settings.eval_users), final_eval_users=settings.eval_users)
+        run_dir, _ = run_one(run, out / "runs")
+        return {base: restore_policy(run_dir, device)[1]}
+    job_dir = out / "runs" / settings.train_scenario / base / str(job["seed"])  # logs of log-trained agents
+    job_dir.mkdir(parents=True, exist_ok=True)
+    policy = spec.build(train, algo, seed=job["seed"], device=device, model=dict(settings.model), run_dir=job_dir)
+    if spec.online:  # its training: one pass over training users (seeded like training runs)
+        evaluate(policy, train, settings.eval_users, seed=job["seed"])
+    return {name: policy.with_retraining(settings.retrain_every) if name.endswith(RETRAIN_SUFFIX) else policy
+            for name in job["agents"]}
+
+
+def run_job(settings: StressSettings, job: dict[str, Any], out: str) -> dict[str, Any]:
+    """Train or load one job's agents for one seed, then evaluate a fresh copy of each under every regime.
+
+    Returns rows (one per agent and regime: agent, seed, family, magnitude and the harness's
+    metrics) and the timelines of those evaluations.
+    """
+    started = time.perf_counter()
+    rows, timelines = [], []
+    regimes = settings.regimes()
+    for name, policy in build_policies(settings, job, Path(out)).items():
+        for family, magnitude, cfg in regimes:
+            # A copy per regime: online learners must not carry what they learned from one regime to the next.
+            ev = evaluate(copy.deepcopy(policy), cfg, settings.eval_users, EVAL_SEED)
+            key = dict(agent=name, seed=job["seed"], family=family, magnitude=magnitude)
+            rows.append(dict(key, **ev.metrics))
+            timelines.append(ev.timeline.assign(**key))
+    print(f"stress: {', '.join(job['agents'])} seed {job['seed']} done in {time.perf_counter() - started:.0f}s",
+          file=sys.stderr)
+    return dict(rows=rows, timelines=pd.concat(timelines, ignore_index=True))
+
+
+def run_jobs(settings: StressSettings, out: Path, parallel: int = 1, ray_address: str | None = None
+             ) -> list[dict[str, Any]]:
+    """Every agent job plus the reference's, one after another or as Ray tasks (a GPU each on cuda)."""
+    jobs = plan_jobs(settings) + [dict(agents=[settings.reference], seed=0, load=None)]
+    if parallel <= 1 and ray_address is None:
+        return [run_job(settings, j, str(out)) for j in jobs]
+    device = ray_device(settings.device, ray_address)
+    settings = settings.replace(device=device)
+    return ray_tasks(run_job, [(settings, j, str(out.resolve())) for j in jobs], parallel, ray_address, device)

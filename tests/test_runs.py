@@ -1,0 +1,119 @@
+"""The runs library (experiments/runs.py) and the agent registry: settings are validated before any
+work, agents describe themselves, and Ray jobs ask for the device their run trains on."""
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from agents.registry import AGENTS, get_agent, parse_variant
+from experiments import runs
+from experiments.runs import RunSettings
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(steps=0), "--steps must be >= 1, got 0"),
+    (dict(seed=-1), "--seed must be >= 0, got -1"),
+    (dict(eval_interval=-5), "--eval-interval must be >= 0, got -5"),
+    (dict(checkpoint_every=0), "--checkpoint-every must be >= 1, got 0"),
+    (dict(final_eval_users=1), "--final-eval-users must be >= 2"),
+    (dict(steps=1.5), "--steps must be an integer"),
+    (dict(device="tpu"), "--device must be one of auto, cpu, cuda"),
+    (dict(agent="nope"), "unknown agent 'nope'"),
+    (dict(scenario="nope"), "unknown scenario 'nope'"),
+    (dict(scenario_overrides={"catalog": {"n_itemz": 3}}), "unknown config key 'catalog.n_itemz'"),
+    (dict(algo={"lr": -1.0}), "algo.lr must be in"),
+    (dict(agent="random", algo={"lr": 0.1}), "random takes no algo settings"),
+    (dict(model={"depth": 2}), "unknown model config key 'depth'"),
+    (dict(model={"d_model": 30, "n_heads": 4}), "divisible by n_heads"),
+])
+def test_bad_settings_fail_on_construction_naming_the_field(kw, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        RunSettings(**kw)
+
+
+def test_settings_round_trip_through_run_json_and_name_the_retraining_variant():
+    s = RunSettings(agent="sasrec", scenario="cognitive", algo={"retrain_every": 5, "epochs": 1}, seed=3)
+    assert s.name == "sasrec-retrain" and s.spec.retrains and not s.spec.trains
+    assert RunSettings.from_dict(s.to_dict()) == s
+    assert RunSettings(agent="sasrec").name == "sasrec"
+    assert RunSettings(steps=1000).interval == 100 and RunSettings(eval_interval=7).interval == 7
+    with pytest.raises(ValueError, match="unknown setting 'stepz'"):
+        RunSettings.from_dict(dict(s.to_dict(), stepz=1))
+
+
+def test_smoke_sizes_sit_under_explicit_flags_and_the_config():
+    base = RunSettings(agent="sasrec", algo={"epochs": 4}, scenario_overrides={"catalog": {"n_items": 150}})
+    smoke = runs.with_smoke_sizes(base, eval_users=64)
+    assert smoke.eval_users == 64                                   # an explicit flag wins
+    assert smoke.final_eval_users == runs.SMOKE_SIZES["final_eval_users"]
+    assert smoke.algo["epochs"] == 4 and smoke.algo["log_users"] == get_agent("sasrec").smoke["log_users"]
+    assert smoke.scenario_config().world.catalog.n_items == 150     # the config's overrides win too
+    assert smoke.scenario_config().env.history_len == runs.SMOKE_SCENARIO["env"]["history_len"]
+
+
+def test_every_agent_describes_itself_consistently():
+    for name, spec in AGENTS.items():
+        assert spec.name == name and spec.description
+        spec.make_params(spec.smoke)          # its smoke sizes are valid settings
+        if spec.params is None:
+            assert spec.make_params() is None and not spec.smoke
+    assert {n for n, s in AGENTS.items() if s.trains} == {"ppo", "sb3-ppo"}
+    assert parse_variant("sasrec-retrain") == (get_agent("sasrec"), True)
+    with pytest.raises(ValueError, match="only sasrec and gru4rec retrain"):
+        parse_variant("bandit-retrain")
+
+
+def test_duplicate_seeds_are_an_error_before_any_run(tmp_path):
+    with pytest.raises(ValueError, match="lists a seed twice"):
+        runs.run_seeds(RunSettings(agent="random"), [0, 1, 0], tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+class FakeRay(types.ModuleType):
+    """Just enough of ray to see what resources the tasks ask for."""
+
+    def __init__(self, gpus: float) -> None:
+        super().__init__("ray")
+        self.gpus, self.requested = gpus, []
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def cluster_resources(self) -> dict[str, float]:
+        return {"CPU": 8.0, "GPU": self.gpus}
+
+    def remote(self, **resources):
+        self.requested.append(resources)
+        return lambda fn: types.SimpleNamespace(remote=lambda *args: fn(*args))
+
+    def get(self, values):
+        return values
+
+
+def test_ray_jobs_ask_for_a_gpu_on_cuda_and_never_fall_back_quietly(monkeypatch, capsys):
+    fake = FakeRay(gpus=2)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    assert runs.ray_tasks(lambda x: x + 1, [(1,), (2,)], parallel=2, device="cuda") == [2, 3]
+    assert fake.requested[-1] == {"num_cpus": 1, "num_gpus": 1}
+    runs.ray_tasks(lambda x: x, [(1,)], parallel=1, device="cpu")
+    assert fake.requested[-1] == {"num_cpus": 1, "num_gpus": 0}
+    # `auto` is decided by the cluster's GPUs, not by the driver's.
+    assert runs.ray_device("auto", ray_address="ray://cluster:10001") == "cuda"
+    monkeypatch.setitem(sys.modules, "ray", FakeRay(gpus=0))
+    with pytest.raises(ValueError, match="Ray cluster has no GPU"):
+        runs.ray_tasks(lambda x: x, [(1,)], parallel=1, device="cuda")
+    with pytest.raises(ValueError, match="Ray cluster has no GPU"):
+        runs.ray_device("cuda", ray_address="ray://cluster:10001")
+    assert runs.ray_device("auto", ray_address="ray://cluster:10001") == "cpu"
+    assert "training on the CPU" in capsys.readouterr().err
+
+
+def test_cuda_is_resolved_in_the_driver_before_any_job(monkeypatch):
+    monkeypatch.setattr(runs, "cuda_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        runs.ray_device("cuda", ray_address=None)
+    assert runs.resolve_device("auto") == "cpu"
+    monkeypatch.setattr(runs, "cuda_available", lambda: True)
+    assert runs.resolve_device("auto") == "cuda" and runs.ray_device("auto", None) == "cuda"
