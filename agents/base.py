@@ -4,6 +4,7 @@ The driver owns the loop: it calls `train_iteration()` until the step budget is
 spent, logs the returned scalars under `train/`, evaluates `policy()` with the
 one evaluation harness, and checkpoints with `save()` / `restore()`.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

@@ -4,6 +4,7 @@ PopularityPolicy is fitted once on logged impressions (agents.logs schema) and n
 adapts. LinUCBPolicy learns online from the rewards the evaluation harness feeds back
 through observe(); it sees only the observation, never the true user state.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ class PopularityPolicy:
         self.slate_size = env.config.env.slate_size
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        items = np.asarray(obs["candidate_items"], dtype=np.int64)           # [N, C]
+        items = np.asarray(obs["candidate_items"], dtype=np.int64)  # [N, C]
         # Items that arrived after the logs were collected (catalog injection) have no
         # logged evidence: score 0, like logged items nobody watched.
         known = (items >= 0) & (items < self.item_scores.size)
@@ -61,8 +62,9 @@ class PopularityPolicy:
 @dataclass(frozen=True)
 class BanditParams:
     """LinUCB's settings (the run config's `algo:` section)."""
-    alpha: float = 1.0           # width of the upper confidence bound
-    ridge: float = 1.0           # prior precision of the linear model
+
+    alpha: float = 1.0  # width of the upper confidence bound
+    ridge: float = 1.0  # prior precision of the linear model
 
     def __post_init__(self) -> None:
         check_range("algo", "alpha", self.alpha, 0.0)
@@ -87,8 +89,12 @@ class LinUCBPolicy:
 
     name = "bandit"
 
-    def __init__(self, params: BanditParams = BanditParams(), item_features: np.ndarray | None = None,
-                 n_topics: int | None = None) -> None:
+    def __init__(
+        self,
+        params: BanditParams = BanditParams(),
+        item_features: np.ndarray | None = None,
+        n_topics: int | None = None,
+    ) -> None:
         self.params = params
         self.alpha = float(params.alpha)
         self.ridge = float(params.ridge)
@@ -132,23 +138,26 @@ class LinUCBPolicy:
         """x [N, C, D] for every user and candidate of a batched observation."""
         if self.item_topics is None:
             raise RuntimeError("LinUCBPolicy needs bind(env) (or item_features=...) before act()")
-        cand = np.asarray(obs["candidate_features"], dtype=np.float64)       # [N, C, F]
+        cand = np.asarray(obs["candidate_features"], dtype=np.float64)  # [N, C, F]
         n, c, _ = cand.shape
         t = self.item_topics.shape[1]
         hist = np.clip(np.asarray(obs["history_items"], dtype=np.int64), 0, self.item_topics.shape[0] - 1)
-        clicked = np.asarray(obs["history_features"], dtype=np.float64)[..., 0]   # [N, H]
-        mask = np.asarray(obs["history_mask"], dtype=np.float64)                  # [N, H]
+        clicked = np.asarray(obs["history_features"], dtype=np.float64)[..., 0]  # [N, H]
+        mask = np.asarray(obs["history_mask"], dtype=np.float64)  # [N, H]
         # Non-clicks stay in the denominator: a user who skips a lot has a weaker profile.
         weight = mask * clicked
         profile = np.einsum("nh,nht->nt", weight, self.item_topics[hist])
-        profile /= np.maximum(mask.sum(axis=1, keepdims=True), 1.0)               # [N, T]
-        context = np.asarray(obs["context"], dtype=np.float64)                    # [N, 3]
-        return np.concatenate([
-            cand,
-            cand[..., :t] * profile[:, None, :],
-            np.broadcast_to(context[:, None, :], (n, c, context.shape[1])),
-            np.ones((n, c, 1)),
-        ], axis=2)
+        profile /= np.maximum(mask.sum(axis=1, keepdims=True), 1.0)  # [N, T]
+        context = np.asarray(obs["context"], dtype=np.float64)  # [N, 3]
+        return np.concatenate(
+            [
+                cand,
+                cand[..., :t] * profile[:, None, :],
+                np.broadcast_to(context[:, None, :], (n, c, context.shape[1])),
+                np.ones((n, c, 1)),
+            ],
+            axis=2,
+        )
 
     def scores(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """UCB scores [N, C]."""
@@ -176,13 +185,14 @@ class LinUCBPolicy:
         self.theta = self.A_inv @ self.b
         self.n_updates += x.shape[0]
 
-    def observe(self, obs: dict[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray,
-                info: dict[str, np.ndarray]) -> None:
+    def observe(
+        self, obs: dict[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray, info: dict[str, np.ndarray]
+    ) -> None:
         """Learn from one step: obs before it, actions [N] or [N, K], rewards [N],
         info["position"] [N] (clicked slot, -1 none), info["served"] [N]."""
-        x = self.features(obs)                                                    # [N, C, D]
+        x = self.features(obs)  # [N, C, D]
         n = x.shape[0]
-        slates = np.asarray(actions, dtype=np.int64).reshape(n, -1)               # [N, K]
+        slates = np.asarray(actions, dtype=np.int64).reshape(n, -1)  # [N, K]
         position = np.asarray(info["position"]).reshape(n)
         served = np.asarray(info["served"], dtype=bool).reshape(n)
         rows = np.arange(n)

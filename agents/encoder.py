@@ -88,9 +88,7 @@ class EncoderConfig:
         for name, low in _INT_FIELDS_MIN.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise ValueError(
-                    f"EncoderConfig.{name} must be an integer >= {low}, got {value!r}"
-                )
+                raise ValueError(f"EncoderConfig.{name} must be an integer >= {low}, got {value!r}")
             if value < low:
                 raise ValueError(f"EncoderConfig.{name} must be >= {low}, got {value}")
             # numpy integers (e.g. read from a space) become plain ints.
@@ -101,25 +99,16 @@ class EncoderConfig:
                 f"got d_model={self.d_model}, n_heads={self.n_heads}"
             )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real):
-            raise ValueError(
-                f"EncoderConfig.dropout must be a float in [0, 1), got {self.dropout!r}"
-            )
+            raise ValueError(f"EncoderConfig.dropout must be a float in [0, 1), got {self.dropout!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(
-                f"EncoderConfig.dropout must be in [0, 1), got {self.dropout}"
-            )
+            raise ValueError(f"EncoderConfig.dropout must be in [0, 1), got {self.dropout}")
         object.__setattr__(self, "dropout", float(self.dropout))
         for name in ("compile", "autocast_bf16"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(
-                    f"EncoderConfig.{name} must be True or False, "
-                    f"got {getattr(self, name)!r}"
-                )
+                raise ValueError(f"EncoderConfig.{name} must be True or False, got {getattr(self, name)!r}")
 
     @classmethod
-    def from_observation_space(
-        cls, space: Any, n_items: int | None = None, **overrides: Any
-    ) -> EncoderConfig:
+    def from_observation_space(cls, space: Any, n_items: int | None = None, **overrides: Any) -> EncoderConfig:
         """Read the sizes from a ``gymnasium.spaces.Dict`` observation space.
 
         Works for single-env and batched (vector-env) spaces: sizes are read
@@ -131,9 +120,7 @@ class EncoderConfig:
         import gymnasium  # local: keep the encoder importable without gym
 
         if not isinstance(space, gymnasium.spaces.Dict):
-            raise ValueError(
-                f"observation space must be a gymnasium.spaces.Dict, got {type(space).__name__}"
-            )
+            raise ValueError(f"observation space must be a gymnasium.spaces.Dict, got {type(space).__name__}")
         missing = [k for k in ("history_items", "candidate_items") if k not in space.spaces]
         if missing:
             raise ValueError(f"observation space lacks required keys {missing}")
@@ -149,14 +136,10 @@ class EncoderConfig:
         bound = int(max(id_highs)) + 1 if id_highs else None
         if n_items is None:
             if bound is None:
-                raise ValueError(
-                    "n_items not given and the id Boxes have no finite high to read it from"
-                )
+                raise ValueError("n_items not given and the id Boxes have no finite high to read it from")
             n_items = bound
         elif bound is not None and n_items < bound:
-            raise ValueError(
-                f"n_items={n_items} is smaller than the id bound {bound} of the observation space"
-            )
+            raise ValueError(f"n_items={n_items} is smaller than the id bound {bound} of the observation space")
 
         sizes = dict(
             n_items=n_items,
@@ -280,8 +263,7 @@ class BlockStack(nn.Module):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(config.d_model, config.n_heads, config.ff_mult, config.dropout)
-            for _ in range(config.n_layers)
+            Block(config.d_model, config.n_heads, config.ff_mult, config.dropout) for _ in range(config.n_layers)
         )
 
     def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
@@ -309,8 +291,12 @@ class HistoryEncoder(nn.Module):
     padded ids/features does not change the state.
     """
 
-    def __init__(self, config: EncoderConfig, item_embedding: nn.Embedding | None = None,
-                 item_features: Tensor | np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        config: EncoderConfig,
+        item_embedding: nn.Embedding | None = None,
+        item_features: Tensor | np.ndarray | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         d = config.d_model
@@ -319,12 +305,12 @@ class HistoryEncoder(nn.Module):
         # (the observation carries ids only); required when item_feature_dim > 0.
         table = None if item_features is None else torch.as_tensor(np.asarray(item_features), dtype=torch.float32)
         if table is not None and tuple(table.shape) != (config.n_items, config.item_feature_dim):
-            raise ValueError(f"item_features must have shape (n_items={config.n_items}, "
-                             f"item_feature_dim={config.item_feature_dim}), got {tuple(table.shape)}")
+            raise ValueError(
+                f"item_features must have shape (n_items={config.n_items}, "
+                f"item_feature_dim={config.item_feature_dim}), got {tuple(table.shape)}"
+            )
         self.register_buffer("item_features", table, persistent=False)
-        self.response_proj = (
-            nn.Linear(config.history_feature_dim, d) if config.history_feature_dim else None
-        )
+        self.response_proj = nn.Linear(config.history_feature_dim, d) if config.history_feature_dim else None
         self.context_proj = nn.Linear(config.context_dim, d) if config.context_dim else None
         self.position = nn.Parameter(torch.empty(config.history_len, d))
         self.cls_token = nn.Parameter(torch.empty(d))
@@ -361,8 +347,10 @@ class HistoryEncoder(nn.Module):
         tokens = self.item_embedding(items) + self.position[cfg.history_len - h :]
         if self.item_proj is not None:
             if self.item_features is None:
-                raise ValueError("HistoryEncoder needs an item_features table [n_items, F_item] "
-                                 "(EncoderConfig.item_feature_dim > 0): pass item_features=")
+                raise ValueError(
+                    "HistoryEncoder needs an item_features table [n_items, F_item] "
+                    "(EncoderConfig.item_feature_dim > 0): pass item_features="
+                )
             tokens = tokens + self.item_proj(self.item_features[items].to(dtype))
         if self.response_proj is not None:
             tokens = tokens + self.response_proj(obs["history_features"].to(dtype))

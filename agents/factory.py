@@ -5,6 +5,7 @@
 baselines and popularity see logged data only: a logging policy runs in the simulator first
 (its logs are saved to run_dir/logs.parquet).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,13 @@ LOG_SEED_OFFSET = 1_000  # logs come from other users than training (seed) and e
 
 def logged_data(scenario: ScenarioConfig, params: LogParams, seed: int, run_dir: Path | None):
     """Logs of the epsilon-popularity logging policy on users of seed LOG_SEED_OFFSET + seed."""
-    logs = collect_logs(scenario, EpsilonPopularity(params.epsilon, seed), params.log_users, params.log_steps,
-                        seed=LOG_SEED_OFFSET + seed)
+    logs = collect_logs(
+        scenario,
+        EpsilonPopularity(params.epsilon, seed),
+        params.log_users,
+        params.log_steps,
+        seed=LOG_SEED_OFFSET + seed,
+    )
     if run_dir is not None:
         save_logs(logs, Path(run_dir) / "logs.parquet")
     return logs
@@ -32,8 +38,9 @@ def logged_data(scenario: ScenarioConfig, params: LogParams, seed: int, run_dir:
 def build_ppo(scenario: ScenarioConfig, params: Any, ctx: RunContext):
     from agents.rllib_agent import RLlibPPOAgent
 
-    return RLlibPPOAgent(scenario, params, seed=ctx.seed, device=ctx.device, model=ctx.model,
-                         ray_address=ctx.ray_address)
+    return RLlibPPOAgent(
+        scenario, params, seed=ctx.seed, device=ctx.device, model=ctx.model, ray_address=ctx.ray_address
+    )
 
 
 def build_sb3_ppo(scenario: ScenarioConfig, params: Any, ctx: RunContext):
@@ -75,9 +82,17 @@ def _build_supervised(kind: str):
         from envs.core import RecommenderCore
 
         probe = RecommenderCore(scenario, 1, ctx.seed)
-        rec = SupervisedRecommender(kind, probe.single_observation_space, probe.item_features, probe.n_items,
-                                    params, model=ctx.model, seed=ctx.seed, device=ctx.device,
-                                    length_mean=scenario.world.catalog.length_mean)
+        rec = SupervisedRecommender(
+            kind,
+            probe.single_observation_space,
+            probe.item_features,
+            probe.n_items,
+            params,
+            model=ctx.model,
+            seed=ctx.seed,
+            device=ctx.device,
+            length_mean=scenario.world.catalog.length_mean,
+        )
         rec.fit(logged_data(scenario, params, ctx.seed, ctx.run_dir))
         return rec
 

@@ -6,6 +6,7 @@ item, position (slate position, 0 = top), click (0/1), watch_time (minutes), com
 (fraction watched), season_sin, season_cos, progress (time features at that step),
 scenario, seed. Rows of one user are in step order; within a step, in slate order.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,16 +21,29 @@ from envs.config import ScenarioConfig
 from envs.vector import RecVectorEnv
 from simulator.params import check_int, check_range
 
-LOG_COLUMNS = ("user", "step", "item", "position", "click", "watch_time", "completion",
-               "season_sin", "season_cos", "progress", "scenario", "seed")
+LOG_COLUMNS = (
+    "user",
+    "step",
+    "item",
+    "position",
+    "click",
+    "watch_time",
+    "completion",
+    "season_sin",
+    "season_cos",
+    "progress",
+    "scenario",
+    "seed",
+)
 
 
 @dataclass(frozen=True)
 class LogParams:
     """The logged data an agent learns from: who is logged and by which logging policy."""
-    log_users: int = 256         # parallel logged sessions
-    log_steps: int = 400         # steps logged (sessions restart as they end)
-    epsilon: float = 0.3         # exploration of the epsilon-popularity logging policy
+
+    log_users: int = 256  # parallel logged sessions
+    log_steps: int = 400  # steps logged (sessions restart as they end)
+    epsilon: float = 0.3  # exploration of the epsilon-popularity logging policy
 
     def __post_init__(self) -> None:
         check_int("algo", "log_users", self.log_users, 1)
@@ -52,23 +66,24 @@ class EpsilonPopularity:
         self.slate_size = env.config.env.slate_size
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        popularity = obs["candidate_features"][..., -1]            # popularity rank score [N, C]
+        popularity = obs["candidate_features"][..., -1]  # popularity rank score [N, C]
         explore = self.rng.random(popularity.shape[0]) < self.epsilon
         scores = np.where(explore[:, None], self.rng.random(popularity.shape), popularity)
         return slate_from_scores(scores, self.slate_size)
 
 
-def collect_logs(config: ScenarioConfig, policy: Any, n_users: int = 256, n_steps: int = 2000,
-                 seed: int = 1) -> pd.DataFrame:
+def collect_logs(
+    config: ScenarioConfig, policy: Any, n_users: int = 256, n_steps: int = 2000, seed: int = 1
+) -> pd.DataFrame:
     """Run `policy` on `n_users` parallel sessions for `n_steps` steps (sessions restart as they
     end) and return the impressions as a DataFrame with LOG_COLUMNS."""
     env = RecVectorEnv(num_envs=n_users, scenario=config, seed=seed)
     if hasattr(policy, "bind"):
         policy.bind(env)
     obs, _ = env.reset(seed=seed)
-    episode = np.arange(n_users)               # session id of each slot
+    episode = np.arange(n_users)  # session id of each slot
     next_episode = n_users
-    step = np.zeros(n_users, dtype=np.int64)   # episode step of each slot
+    step = np.zeros(n_users, dtype=np.int64)  # episode step of each slot
     resetting = np.zeros(n_users, dtype=bool)  # slots whose next step is an autoreset
     chunks = []
     for _ in range(n_steps):
@@ -78,12 +93,22 @@ def collect_logs(config: ScenarioConfig, policy: Any, n_users: int = 256, n_step
         live, slates = info["served"], info["slate"]  # what was shown; slots being reset showed nothing
         for pos in range(slates.shape[1]):  # K slate positions (few), vectorised over users
             clicked = (info["position"] == pos)[live]
-            chunks.append(pd.DataFrame(dict(
-                user=episode[live], step=step[live], item=slates[live, pos], position=pos,
-                click=clicked.astype(np.int8),
-                watch_time=np.where(clicked, reward[live], 0.0).astype(np.float32),
-                completion=np.where(clicked, info["completion"][live], 0.0).astype(np.float32),
-                season_sin=context[live, 0], season_cos=context[live, 1], progress=context[live, 2])))
+            chunks.append(
+                pd.DataFrame(
+                    dict(
+                        user=episode[live],
+                        step=step[live],
+                        item=slates[live, pos],
+                        position=pos,
+                        click=clicked.astype(np.int8),
+                        watch_time=np.where(clicked, reward[live], 0.0).astype(np.float32),
+                        completion=np.where(clicked, info["completion"][live], 0.0).astype(np.float32),
+                        season_sin=context[live, 0],
+                        season_cos=context[live, 1],
+                        progress=context[live, 2],
+                    )
+                )
+            )
         step = np.where(live, step + 1, 0)
         if resetting.any():  # those slots now hold new users
             episode[resetting] = np.arange(next_episode, next_episode + resetting.sum())
@@ -125,6 +150,8 @@ def validate_logs(logs: pd.DataFrame, n_items: int | None = None) -> pd.DataFram
     if logs["item"].min() < 0:
         raise ValueError(f"logs hold a negative item id ({int(logs['item'].min())})")
     if n_items is not None and logs["item"].max() >= n_items:
-        raise ValueError(f"logs reference item {int(logs['item'].max())} but the catalog has {n_items} items "
-                         "(logs from another catalog?)")
+        raise ValueError(
+            f"logs reference item {int(logs['item'].max())} but the catalog has {n_items} items "
+            "(logs from another catalog?)"
+        )
     return logs

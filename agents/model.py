@@ -1,5 +1,6 @@
 """Everything learning agents share on top of the encoder: building it from an env,
 the policy/value heads over candidate scores, and a greedy numpy-in/numpy-out policy."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +21,12 @@ DEFAULT_MODEL = dict(d_model=64, n_layers=2, n_heads=4, ff_mult=2)
 def encoder_config(observation_space: Any, n_items: int, overrides: Mapping[str, Any] | None = None) -> EncoderConfig:
     """EncoderConfig sized from the env's single observation space, with model overrides."""
     allowed = {f.name for f in dataclasses.fields(EncoderConfig)} - {
-        "n_items", "history_len", "item_feature_dim", "history_feature_dim", "context_dim"}
+        "n_items",
+        "history_len",
+        "item_feature_dim",
+        "history_feature_dim",
+        "context_dim",
+    }
     merged = {**DEFAULT_MODEL, **(overrides or {})}
     unknown = sorted(set(merged) - allowed)
     if unknown:
@@ -50,7 +56,7 @@ class ActorCritic(nn.Module):
         out = self.encoder(obs)
         if self.slot_query is None:
             return out.logits, out.state
-        queries = out.state[:, None, :] + self.slot_query                 # [B, K, d]
+        queries = out.state[:, None, :] + self.slot_query  # [B, K, d]
         logits = torch.einsum("bkd,bcd->bkc", queries, out.candidates) / np.sqrt(queries.shape[-1])
         return logits.reshape(logits.shape[0], -1), out.state
 
@@ -97,5 +103,4 @@ class GreedyPolicy:
         return slate
 
 
-__all__ = ["DEFAULT_MODEL", "encoder_config", "ActorCritic", "GreedyPolicy", "to_tensors", "serve",
-           "slate_from_scores"]
+__all__ = ["DEFAULT_MODEL", "encoder_config", "ActorCritic", "GreedyPolicy", "to_tensors", "serve", "slate_from_scores"]

@@ -4,6 +4,7 @@ MyopicOracle maximises the immediate expected engagement. SessionOracle
 maximises expected watch time per minute of session budget spent: it trades a
 click now against the session it keeps alive.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -69,10 +70,11 @@ class SessionOracle:
 @dataclass(frozen=True)
 class LookaheadParams:
     """The lookahead oracle's planning budget (the run config's `algo:` section)."""
-    top: int = 3                 # candidates (by the session oracle's score) planned over
-    rollouts: int = 8            # simulator copies per candidate (>= 2: paired standard errors)
-    horizon: int = 100           # steps each rollout looks ahead
-    z: float = 2.0               # leave the session oracle's choice only if the gain exceeds z standard errors
+
+    top: int = 3  # candidates (by the session oracle's score) planned over
+    rollouts: int = 8  # simulator copies per candidate (>= 2: paired standard errors)
+    horizon: int = 100  # steps each rollout looks ahead
+    z: float = 2.0  # leave the session oracle's choice only if the gain exceeds z standard errors
 
     def __post_init__(self) -> None:
         check_int("algo", "top", self.top, 1)
@@ -112,7 +114,7 @@ class LookaheadOracle:
         shortlist = np.argsort(-base, axis=1, kind="stable")[:, :m]
         copies = m * self.rollouts
         sim = core.tile(copies, seed=int(self.rng.integers(2**31)), noise_groups=self.rollouts)
-        action = np.repeat(shortlist, self.rollouts, axis=1).reshape(-1)     # copy j tries shortlist[j // R]
+        action = np.repeat(shortlist, self.rollouts, axis=1).reshape(-1)  # copy j tries shortlist[j // R]
         total = np.zeros(n * copies)
         alive = np.ones(n * copies, dtype=bool)
         for h in range(self.horizon):
@@ -132,11 +134,11 @@ class LookaheadOracle:
         if not np.array_equal(np.asarray(obs["candidate_items"]), core.candidates):
             raise RuntimeError("LookaheadOracle: the observation does not match the bound env's current state")
         shortlist, returns = self.plan(core)
-        gain = returns - returns[:, :1, :]                   # paired with the session oracle's choice
+        gain = returns - returns[:, :1, :]  # paired with the session oracle's choice
         mean = gain.mean(axis=2)
         se = gain.std(axis=2, ddof=1) / np.sqrt(self.rollouts)
         score = np.where(mean > self.z * se, mean, -np.inf)
-        score[:, 0] = 0.0                                     # keep the base choice unless beaten
+        score[:, 0] = 0.0  # keep the base choice unless beaten
         rows = np.arange(core.n_users)
         best = shortlist[rows, score.argmax(axis=1)]
         k = self.env.config.env.slate_size

@@ -1,4 +1,5 @@
 """The one interface every agent and baseline is evaluated through."""
+
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable

@@ -13,6 +13,7 @@ is, so the experiment drivers never keep lists of names:
 Adding an agent: write its module (a Policy, or a TrainableAgent, with a Params dataclass
 validated in `__post_init__`), add a factory to agents/factory.py, and one entry below.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -29,11 +30,12 @@ RETRAIN_SUFFIX = "-retrain"  # NAME-retrain: a `retrains` agent refitting as it 
 @dataclass(frozen=True)
 class RunContext:
     """What a factory needs besides the scenario and the agent's own settings."""
+
     seed: int = 0
-    device: str = "cpu"                   # where a learner trains: "cpu" or "cuda" (resolved, never "auto")
+    device: str = "cpu"  # where a learner trains: "cpu" or "cuda" (resolved, never "auto")
     model: Mapping[str, Any] = field(default_factory=dict)  # EncoderConfig overrides (the `model:` section)
-    run_dir: Path | None = None           # where an agent may write (logged data); None: nowhere
-    ray_address: str | None = None        # an existing Ray cluster to join (uses_ray agents)
+    run_dir: Path | None = None  # where an agent may write (logged data); None: nowhere
+    ray_address: str | None = None  # an existing Ray cluster to join (uses_ray agents)
 
 
 def _load(path: str) -> Any:
@@ -44,10 +46,11 @@ def _load(path: str) -> Any:
 @dataclass(frozen=True)
 class AgentSpec:
     """One runnable agent. `factory` and `params` are "module:attribute" paths."""
+
     name: str
     description: str
-    factory: str                          # f(scenario, params, RunContext) -> Policy or TrainableAgent
-    params: str | None = None             # its settings dataclass; None: it takes no settings
+    factory: str  # f(scenario, params, RunContext) -> Policy or TrainableAgent
+    params: str | None = None  # its settings dataclass; None: it takes no settings
     trains: bool = False
     online: bool = False
     retrains: bool = False
@@ -74,31 +77,80 @@ _F = "agents.factory"
 _SMOKE_LOGS = {"log_users": 16, "log_steps": 40}
 _SMOKE_SUPERVISED = {**_SMOKE_LOGS, "epochs": 1, "refit_batches": 4, "batch_size": 128}
 
-AGENTS: dict[str, AgentSpec] = {spec.name: spec for spec in (
-    AgentSpec("ppo", "RLlib PPO (new API stack) with the shared encoder", f"{_F}:build_ppo",
-              "agents.rllib_agent:PPOParams", trains=True, uses_ray=True,
-              smoke={"num_envs_per_env_runner": 16, "rollout_fragment_length": 16, "train_batch_size": 256,
-                     "minibatch_size": 128, "num_epochs": 1}),
-    AgentSpec("sb3-ppo", "stable-baselines3 PPO with the shared encoder", f"{_F}:build_sb3_ppo",
-              "agents.sb3_agent:SB3PPOParams", trains=True,
-              smoke={"num_envs": 16, "n_steps": 16, "batch_size": 128, "n_epochs": 1}),
-    AgentSpec("random", "uniformly random candidates", f"{_F}:build_random"),
-    AgentSpec("popularity", "most-watched items in logged data", f"{_F}:build_popularity",
-              "agents.logs:LogParams", smoke=_SMOKE_LOGS),
-    AgentSpec("bandit", "LinUCB contextual bandit, learning online", f"{_F}:build_bandit",
-              "agents.baselines:BanditParams", online=True),
-    AgentSpec("sasrec", "supervised next-engagement Transformer (the shared encoder) trained on logs",
-              f"{_F}:build_sasrec", "agents.supervised:SupervisedParams", retrains=True, smoke=_SMOKE_SUPERVISED),
-    AgentSpec("gru4rec", "supervised GRU next-engagement model on logs", f"{_F}:build_gru4rec",
-              "agents.supervised:SupervisedParams", retrains=True, smoke=_SMOKE_SUPERVISED),
-    AgentSpec("oracle-myopic", "reads the true state; maximises immediate expected watch time",
-              f"{_F}:build_myopic"),
-    AgentSpec("oracle-session", "reads the true state; maximises watch time per minute of session budget",
-              f"{_F}:build_session"),
-    AgentSpec("oracle-lookahead", "plans with copies of the true simulator (rollouts over oracle-session)",
-              f"{_F}:build_lookahead", "agents.oracles:LookaheadParams",
-              smoke={"top": 2, "rollouts": 2, "horizon": 5}),
-)}
+AGENTS: dict[str, AgentSpec] = {
+    spec.name: spec
+    for spec in (
+        AgentSpec(
+            "ppo",
+            "RLlib PPO (new API stack) with the shared encoder",
+            f"{_F}:build_ppo",
+            "agents.rllib_agent:PPOParams",
+            trains=True,
+            uses_ray=True,
+            smoke={
+                "num_envs_per_env_runner": 16,
+                "rollout_fragment_length": 16,
+                "train_batch_size": 256,
+                "minibatch_size": 128,
+                "num_epochs": 1,
+            },
+        ),
+        AgentSpec(
+            "sb3-ppo",
+            "stable-baselines3 PPO with the shared encoder",
+            f"{_F}:build_sb3_ppo",
+            "agents.sb3_agent:SB3PPOParams",
+            trains=True,
+            smoke={"num_envs": 16, "n_steps": 16, "batch_size": 128, "n_epochs": 1},
+        ),
+        AgentSpec("random", "uniformly random candidates", f"{_F}:build_random"),
+        AgentSpec(
+            "popularity",
+            "most-watched items in logged data",
+            f"{_F}:build_popularity",
+            "agents.logs:LogParams",
+            smoke=_SMOKE_LOGS,
+        ),
+        AgentSpec(
+            "bandit",
+            "LinUCB contextual bandit, learning online",
+            f"{_F}:build_bandit",
+            "agents.baselines:BanditParams",
+            online=True,
+        ),
+        AgentSpec(
+            "sasrec",
+            "supervised next-engagement Transformer (the shared encoder) trained on logs",
+            f"{_F}:build_sasrec",
+            "agents.supervised:SupervisedParams",
+            retrains=True,
+            smoke=_SMOKE_SUPERVISED,
+        ),
+        AgentSpec(
+            "gru4rec",
+            "supervised GRU next-engagement model on logs",
+            f"{_F}:build_gru4rec",
+            "agents.supervised:SupervisedParams",
+            retrains=True,
+            smoke=_SMOKE_SUPERVISED,
+        ),
+        AgentSpec(
+            "oracle-myopic", "reads the true state; maximises immediate expected watch time", f"{_F}:build_myopic"
+        ),
+        AgentSpec(
+            "oracle-session",
+            "reads the true state; maximises watch time per minute of session budget",
+            f"{_F}:build_session",
+        ),
+        AgentSpec(
+            "oracle-lookahead",
+            "plans with copies of the true simulator (rollouts over oracle-session)",
+            f"{_F}:build_lookahead",
+            "agents.oracles:LookaheadParams",
+            smoke={"top": 2, "rollouts": 2, "horizon": 5},
+        ),
+    )
+}
 
 
 def get_agent(name: str) -> AgentSpec:

@@ -4,6 +4,7 @@ One env runner steps `num_envs_per_env_runner` users per call through
 RecVectorEnv's vector entry point (NEXT_STEP autoreset); the learner runs on
 the GPU when asked for. The RLModule is a thin shell around agents.model.ActorCritic.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,10 +26,11 @@ from simulator.params import check_int, check_range
 @dataclass(frozen=True)
 class PPOParams:
     """Every PPO hyperparameter in one place (override with the run config's `algo:` section)."""
-    num_env_runners: int = 0             # 0: sample in the driver process
-    num_envs_per_env_runner: int = 64    # users stepped per env-runner call
+
+    num_env_runners: int = 0  # 0: sample in the driver process
+    num_envs_per_env_runner: int = 64  # users stepped per env-runner call
     rollout_fragment_length: int = 32
-    train_batch_size: int = 2048         # per learner
+    train_batch_size: int = 2048  # per learner
     minibatch_size: int = 512
     num_epochs: int = 4
     lr: float = 5e-4
@@ -38,7 +40,7 @@ class PPOParams:
     entropy_coeff: float = 0.01
     vf_loss_coeff: float = 0.5
     grad_clip: float = 1.0
-    reward_scale: float = 0.25           # rewards are minutes; ~1 per step trains the critic better
+    reward_scale: float = 0.25  # rewards are minutes; ~1 per step trains the critic better
 
     def __post_init__(self) -> None:
         o = "algo"
@@ -73,7 +75,8 @@ def _rl_module_class():
             self.net = ActorCritic(cfg["encoder"], cfg["slate_size"], cfg["item_features"])
             if cfg["slate_size"] > 1:
                 self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(
-                    input_lens=[int(n) for n in self.action_space.nvec])
+                    input_lens=[int(n) for n in self.action_space.nvec]
+                )
 
         def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
             logits, _ = self.net(batch[Columns.OBS])
@@ -102,8 +105,11 @@ def make_rllib_env(env_config: Mapping[str, Any]):
     from envs.vector import RecVectorEnv
 
     worker = int(getattr(env_config, "worker_index", 0))
-    env = RecVectorEnv(num_envs=int(env_config["num_envs"]), scenario=env_config["scenario"],
-                       seed=int(env_config["seed"]) + 7919 * worker)
+    env = RecVectorEnv(
+        num_envs=int(env_config["num_envs"]),
+        scenario=env_config["scenario"],
+        seed=int(env_config["seed"]) + 7919 * worker,
+    )
     scale = float(env_config["reward_scale"])
     return TransformReward(env, lambda r: r * scale)
 
@@ -113,9 +119,16 @@ class RLlibPPOAgent(TrainableAgent):
 
     name = "ppo"
 
-    def __init__(self, scenario: ScenarioConfig, params: PPOParams = PPOParams(), *, seed: int = 0,
-                 device: str = "cpu", model: Mapping[str, Any] | None = None,
-                 ray_address: str | None = None) -> None:
+    def __init__(
+        self,
+        scenario: ScenarioConfig,
+        params: PPOParams = PPOParams(),
+        *,
+        seed: int = 0,
+        device: str = "cpu",
+        model: Mapping[str, Any] | None = None,
+        ray_address: str | None = None,
+    ) -> None:
         import ray
         from ray.rllib.algorithms.ppo import PPOConfig
         from ray.rllib.core.rl_module.rl_module import RLModuleSpec
@@ -135,28 +148,49 @@ class RLlibPPOAgent(TrainableAgent):
             if ray_address:
                 ray.init(address=ray_address)
             else:
-                ray.init(num_cpus=max(2, p.num_env_runners + 1), include_dashboard=False,
-                         log_to_driver=False)
+                ray.init(num_cpus=max(2, p.num_env_runners + 1), include_dashboard=False, log_to_driver=False)
         from ray.tune.registry import register_env
 
         register_env(RLLIB_ENV_NAME, make_rllib_env)  # known to remote env runners too
         config = (
             PPOConfig()
-            .environment(env=RLLIB_ENV_NAME, env_config=dict(scenario=scenario, seed=seed,
-                                                             reward_scale=p.reward_scale),
-                         disable_env_checking=True)
-            .env_runners(num_env_runners=p.num_env_runners, num_envs_per_env_runner=p.num_envs_per_env_runner,
-                         rollout_fragment_length=p.rollout_fragment_length,
-                         gym_env_vectorize_mode="vector_entry_point", num_cpus_per_env_runner=1)
+            .environment(
+                env=RLLIB_ENV_NAME,
+                env_config=dict(scenario=scenario, seed=seed, reward_scale=p.reward_scale),
+                disable_env_checking=True,
+            )
+            .env_runners(
+                num_env_runners=p.num_env_runners,
+                num_envs_per_env_runner=p.num_envs_per_env_runner,
+                rollout_fragment_length=p.rollout_fragment_length,
+                gym_env_vectorize_mode="vector_entry_point",
+                num_cpus_per_env_runner=1,
+            )
             .learners(num_learners=0, num_gpus_per_learner=1 if device == "cuda" else 0)
-            .training(train_batch_size_per_learner=p.train_batch_size, minibatch_size=p.minibatch_size,
-                      num_epochs=p.num_epochs, lr=p.lr, gamma=p.gamma, lambda_=p.lambda_,
-                      clip_param=p.clip_param, entropy_coeff=p.entropy_coeff, vf_loss_coeff=p.vf_loss_coeff,
-                      vf_clip_param=1e6, grad_clip=p.grad_clip, use_kl_loss=False)
-            .rl_module(rl_module_spec=RLModuleSpec(
-                module_class=_rl_module_class(),
-                model_config=dict(encoder=self.encoder_config, slate_size=scenario.env.slate_size,
-                                  item_features=self.item_features)))
+            .training(
+                train_batch_size_per_learner=p.train_batch_size,
+                minibatch_size=p.minibatch_size,
+                num_epochs=p.num_epochs,
+                lr=p.lr,
+                gamma=p.gamma,
+                lambda_=p.lambda_,
+                clip_param=p.clip_param,
+                entropy_coeff=p.entropy_coeff,
+                vf_loss_coeff=p.vf_loss_coeff,
+                vf_clip_param=1e6,
+                grad_clip=p.grad_clip,
+                use_kl_loss=False,
+            )
+            .rl_module(
+                rl_module_spec=RLModuleSpec(
+                    module_class=_rl_module_class(),
+                    model_config=dict(
+                        encoder=self.encoder_config,
+                        slate_size=scenario.env.slate_size,
+                        item_features=self.item_features,
+                    ),
+                )
+            )
             .reporting(metrics_num_episodes_for_smoothing=100)
             .debugging(seed=seed, log_level="ERROR")
         )
@@ -181,9 +215,11 @@ class RLlibPPOAgent(TrainableAgent):
         return dict(
             episode_return_mean=get(runners, "episode_return_mean") / scale,
             episode_len_mean=get(runners, "episode_len_mean"),
-            policy_loss=get(learner, "policy_loss"), value_loss=get(learner, "vf_loss"),
+            policy_loss=get(learner, "policy_loss"),
+            value_loss=get(learner, "vf_loss"),
             entropy=get(learner, "entropy"),
-            env_steps_per_s=steps / elapsed if elapsed > 0 else np.nan, env_steps=float(self._env_steps),
+            env_steps_per_s=steps / elapsed if elapsed > 0 else np.nan,
+            env_steps=float(self._env_steps),
         )
 
     def policy(self) -> GreedyPolicy:
@@ -206,20 +242,26 @@ class RLlibPPOAgent(TrainableAgent):
         saved = json.loads(meta.read_text())
         mismatch = {k: (saved.get(k), v) for k, v in self._signature().items() if saved.get(k) != v}
         if mismatch:
-            raise ValueError(f"checkpoint at {path} is incompatible with this run: "
-                             + ", ".join(f"{k} saved={a!r} now={b!r}" for k, (a, b) in mismatch.items()))
+            raise ValueError(
+                f"checkpoint at {path} is incompatible with this run: "
+                + ", ".join(f"{k} saved={a!r} now={b!r}" for k, (a, b) in mismatch.items())
+            )
         self.algo.restore_from_path(str(path / "algorithm"))
         self._env_steps = int(saved["env_steps"])
 
     def _signature(self) -> dict[str, Any]:
         """What must match between a checkpoint and the agent restoring it."""
-        return dict(agent=self.name, n_items=self.encoder_config.n_items,
-                    encoder=json.loads(json.dumps(dataclasses.asdict(self.encoder_config))),
-                    slate_size=self.scenario.env.slate_size)
+        return dict(
+            agent=self.name,
+            n_items=self.encoder_config.n_items,
+            encoder=json.loads(json.dumps(dataclasses.asdict(self.encoder_config))),
+            slate_size=self.scenario.env.slate_size,
+        )
 
     def hparams(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.params) | {f"model.{k}": v for k, v in
-                                                  dataclasses.asdict(self.encoder_config).items()}
+        return dataclasses.asdict(self.params) | {
+            f"model.{k}": v for k, v in dataclasses.asdict(self.encoder_config).items()
+        }
 
     def close(self) -> None:
         self.algo.stop()

@@ -11,6 +11,7 @@ Data flow per PPO iteration (B = num_envs users, C candidates, K slate size):
     obs dict [B, ...] -> ActorCritic -> logits [B, C] (Discrete) or [B, K*C] (MultiDiscrete),
                                         value [B, 1]
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +43,17 @@ CHECKPOINT_FILE = "sb3_ppo.zip"
 
 # EncoderConfig fields that give the weights their meaning: a checkpoint must agree on all of them
 # (n_heads changes no tensor shape, so load_state_dict alone would not catch it).
-_ARCH_FIELDS = ("n_items", "history_len", "item_feature_dim", "history_feature_dim", "context_dim",
-                "d_model", "n_layers", "n_heads", "ff_mult")
+_ARCH_FIELDS = (
+    "n_items",
+    "history_len",
+    "item_feature_dim",
+    "history_feature_dim",
+    "context_dim",
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "ff_mult",
+)
 
 
 @dataclass(frozen=True)
@@ -53,9 +63,10 @@ class SB3PPOParams:
     One iteration collects num_envs * n_steps transitions, then runs n_epochs passes of
     minibatches of batch_size over them.
     """
-    num_envs: int = 64             # users stepped per env call (SB3's n_envs)
-    n_steps: int = 32              # rollout length per user per iteration
-    batch_size: int = 512          # minibatch size
+
+    num_envs: int = 64  # users stepped per env call (SB3's n_envs)
+    n_steps: int = 32  # rollout length per user per iteration
+    batch_size: int = 512  # minibatch size
     n_epochs: int = 4
     learning_rate: float = 3e-4
     gamma: float = 0.99
@@ -91,9 +102,18 @@ class CandidateScoringPolicy(ActorCriticPolicy):
       model_overrides: EncoderConfig overrides (the run config's `model:` section)
     """
 
-    def __init__(self, observation_space: spaces.Dict, action_space: spaces.Space, lr_schedule: Schedule,
-                 *, n_items: int, slate_size: int, item_features: np.ndarray | None = None,
-                 model_overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        *,
+        n_items: int,
+        slate_size: int,
+        item_features: np.ndarray | None = None,
+        model_overrides: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         expected_k = 1 if isinstance(action_space, spaces.Discrete) else len(getattr(action_space, "nvec", ()))
         if slate_size != expected_k:
             raise ValueError(f"slate_size={slate_size} does not match the action space {action_space}")
@@ -117,8 +137,12 @@ class CandidateScoringPolicy(ActorCriticPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(n_items=self.n_items, slate_size=self.slate_size, item_features=self.item_features,
-                    model_overrides=self.model_overrides)
+        data.update(
+            n_items=self.n_items,
+            slate_size=self.slate_size,
+            item_features=self.item_features,
+            model_overrides=self.model_overrides,
+        )
         return data
 
     # ------------------------------------------------------------------ helpers
@@ -137,11 +161,12 @@ class CandidateScoringPolicy(ActorCriticPolicy):
         distribution = self._distribution(logits)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
-        values = self.net.value(state).unsqueeze(-1)   # SB3 expects [B, 1]
+        values = self.net.value(state).unsqueeze(-1)  # SB3 expects [B, 1]
         return actions.reshape((-1, *self.action_space.shape)), values, log_prob
 
-    def evaluate_actions(self, obs: PyTorchObs, actions: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate_actions(
+        self, obs: PyTorchObs, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """obs, actions [B] / [B, K] -> values [B, 1], log_prob [B], entropy [B] (PPO loss)."""
         logits, state = self.net(self._obs(obs))
         distribution = self._distribution(logits)
@@ -164,8 +189,15 @@ class SB3PPOAgent(TrainableAgent):
 
     name = "sb3-ppo"
 
-    def __init__(self, scenario: ScenarioConfig, params: SB3PPOParams = SB3PPOParams(), *, seed: int = 0,
-                 device: str = "cpu", model: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        scenario: ScenarioConfig,
+        params: SB3PPOParams = SB3PPOParams(),
+        *,
+        seed: int = 0,
+        device: str = "cpu",
+        model: Mapping[str, Any] | None = None,
+    ) -> None:
         if not isinstance(params, SB3PPOParams):
             raise ValueError(f"SB3PPOAgent.params must be SB3PPOParams, got {type(params).__name__}")
         self.scenario, self.seed, self.device = scenario, seed, device
@@ -176,15 +208,29 @@ class SB3PPOAgent(TrainableAgent):
         # Validates the model overrides before SB3 builds anything.
         self.encoder_config = encoder_config(core.single_observation_space, core.n_items, model)
         self.item_features = core.item_features
-        self.env = VecMonitor(vec_env)   # fills model.ep_info_buffer with finished episodes
+        self.env = VecMonitor(vec_env)  # fills model.ep_info_buffer with finished episodes
         self.model = PPO(
-            CandidateScoringPolicy, self.env,
-            learning_rate=p.learning_rate, n_steps=p.n_steps, batch_size=p.batch_size, n_epochs=p.n_epochs,
-            gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range, ent_coef=p.ent_coef,
-            vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
-            policy_kwargs=dict(n_items=core.n_items, slate_size=scenario.env.slate_size,
-                               item_features=core.item_features, model_overrides=dict(model or {})),
-            seed=seed, device=device, verbose=0,
+            CandidateScoringPolicy,
+            self.env,
+            learning_rate=p.learning_rate,
+            n_steps=p.n_steps,
+            batch_size=p.batch_size,
+            n_epochs=p.n_epochs,
+            gamma=p.gamma,
+            gae_lambda=p.gae_lambda,
+            clip_range=p.clip_range,
+            ent_coef=p.ent_coef,
+            vf_coef=p.vf_coef,
+            max_grad_norm=p.max_grad_norm,
+            policy_kwargs=dict(
+                n_items=core.n_items,
+                slate_size=scenario.env.slate_size,
+                item_features=core.item_features,
+                model_overrides=dict(model or {}),
+            ),
+            seed=seed,
+            device=device,
+            verbose=0,
         )
         # Without a custom logger, every learn() call builds a new one, and with verbose=0 that
         # still creates an empty /tmp/SB3-<timestamp> folder. One output-less logger instead.
@@ -216,7 +262,7 @@ class SB3PPOAgent(TrainableAgent):
             episode_len_mean=float(np.mean([e["l"] for e in episodes])) if episodes else np.nan,
             policy_loss=get("train/policy_gradient_loss"),
             value_loss=get("train/value_loss"),
-            entropy=-get("train/entropy_loss"),   # SB3 logs the entropy loss, -mean(entropy)
+            entropy=-get("train/entropy_loss"),  # SB3 logs the entropy loss, -mean(entropy)
             approx_kl=get("train/approx_kl"),
             clip_fraction=get("train/clip_fraction"),
             env_steps_per_s=steps / elapsed if elapsed > 0 else np.nan,
@@ -248,8 +294,9 @@ class SB3PPOAgent(TrainableAgent):
                 problems.append(f"{key} saved={data.get(key)} now={getattr(self.model, key)}")
         saved_kwargs = data.get("policy_kwargs", {})
         if not problems:
-            saved_arch = encoder_config(data["observation_space"], saved_kwargs.get("n_items"),
-                                        saved_kwargs.get("model_overrides"))
+            saved_arch = encoder_config(
+                data["observation_space"], saved_kwargs.get("n_items"), saved_kwargs.get("model_overrides")
+            )
             for name in _ARCH_FIELDS:
                 a, b = getattr(saved_arch, name), getattr(self.encoder_config, name)
                 if a != b:
@@ -266,8 +313,9 @@ class SB3PPOAgent(TrainableAgent):
         self.model._episode_num = int(data.get("_episode_num", 0))
 
     def hparams(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.params) | {f"model.{k}": v for k, v in
-                                                  dataclasses.asdict(self.encoder_config).items()}
+        return dataclasses.asdict(self.params) | {
+            f"model.{k}": v for k, v in dataclasses.asdict(self.encoder_config).items()
+        }
 
     def close(self) -> None:
         self.env.close()

@@ -20,6 +20,7 @@ recommender also learns from what it serves, as deployed recommenders do:
 ``observe()`` (called by the evaluation harness after every step) buffers the
 served impressions and every k steps fine-tunes on logs + fresh data (see ``refit_batches``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,24 +43,29 @@ from agents.policy import slate_from_scores
 from envs.core import HISTORY_FEATURES, WATCH_TIME_CAP, dedupe_slates
 from simulator.params import check_int, check_range
 
-__all__ = ["KINDS", "SupervisedParams", "examples_from_logs", "GRUHistoryEncoder", "EngagementModel",
-           "SupervisedRecommender"]
+__all__ = [
+    "KINDS",
+    "SupervisedParams",
+    "examples_from_logs",
+    "GRUHistoryEncoder",
+    "EngagementModel",
+    "SupervisedRecommender",
+]
 
 KINDS = ("sasrec", "gru4rec")
 _HISTORY_KEYS = ("history_items", "history_features", "history_mask", "context")
-
-
 
 
 @dataclass(frozen=True)
 class SupervisedParams(LogParams):
     """Training of a supervised recommender (the run config's `algo:` section), on top of the
     logged data it learns from (LogParams)."""
+
     epochs: int = 3
     batch_size: int = 512
     lr: float = 1e-3
-    retrain_every: int = 0         # refit on logs + fresh interactions every k served steps (0: never)
-    refit_batches: int = 32        # minibatches per refit, half fresh and half logged (0: a whole epoch)
+    retrain_every: int = 0  # refit on logs + fresh interactions every k served steps (0: never)
+    refit_batches: int = 32  # minibatches per refit, half fresh and half logged (0: a whole epoch)
     replay_capacity: int = 50_000  # most recent served user-steps kept for refitting
 
     def __post_init__(self) -> None:
@@ -108,8 +114,12 @@ class _Examples:
     def expand(self) -> dict[str, np.ndarray]:
         """Per-row arrays: every history/context key indexed by step_index ([M, ...])."""
         out = {k: getattr(self, k)[self.step_index] for k in _HISTORY_KEYS}
-        out.update(target_item=self.target_item, target_position=self.target_position,
-                   click=self.click, watch_time=self.watch_time)
+        out.update(
+            target_item=self.target_item,
+            target_position=self.target_position,
+            click=self.click,
+            watch_time=self.watch_time,
+        )
         return out
 
     def tail(self, n_steps: int) -> _Examples:
@@ -126,9 +136,11 @@ class _Examples:
     def concat(parts: list[_Examples]) -> _Examples:
         offsets = np.cumsum([0] + [p.n_steps for p in parts[:-1]])
         cat = lambda key: np.concatenate([getattr(p, key) for p in parts])  # noqa: E731
-        return _Examples(**{k: cat(k) for k in _HISTORY_KEYS},
-                         step_index=np.concatenate([p.step_index + o for p, o in zip(parts, offsets)]),
-                         **{k: cat(k) for k in ("target_item", "target_position", "click", "watch_time")})
+        return _Examples(
+            **{k: cat(k) for k in _HISTORY_KEYS},
+            step_index=np.concatenate([p.step_index + o for p, o in zip(parts, offsets)]),
+            **{k: cat(k) for k in ("target_item", "target_position", "click", "watch_time")},
+        )
 
 
 def _build_examples(logs: pd.DataFrame, history_len: int, length_mean: float) -> _Examples:
@@ -142,20 +154,19 @@ def _build_examples(logs: pd.DataFrame, history_len: int, length_mean: float) ->
     item, position, click = col("item", np.int64), col("position", np.int64), col("click", np.float32)
     # float32 as the env computes: the history then matches its observations bit for bit.
     watch, completion = col("watch_time", np.float32), col("completion", np.float32)
-    time = np.stack([col("season_sin", np.float32), col("season_cos", np.float32),
-                     col("progress", np.float32)], axis=1)
+    time = np.stack([col("season_sin", np.float32), col("season_cos", np.float32), col("progress", np.float32)], axis=1)
 
     # Sort rows by (seed, user, step, position); a user-step starts where (seed, user, step) changes.
     order = np.lexsort((position, step, user, seed))
     key = np.stack([seed[order], user[order], step[order]], axis=1)
     new_step = np.ones(len(order), dtype=bool)
     new_step[1:] = (key[1:] != key[:-1]).any(axis=1)
-    start = np.flatnonzero(new_step)                        # [S] first (top-position) row of each step
-    step_of_sorted = np.cumsum(new_step) - 1                # [M] in sorted order
+    start = np.flatnonzero(new_step)  # [S] first (top-position) row of each step
+    step_of_sorted = np.cumsum(new_step) - 1  # [M] in sorted order
     n_steps = len(start)
 
     # One history entry per user-step: the clicked item if any, else the top-position item.
-    hit = order[click[order] > 0]                           # clicked rows (at most one per step)
+    hit = order[click[order] > 0]  # clicked rows (at most one per step)
     hit_step = step_of_sorted[click[order] > 0]
     entry_item = item[order[start]].copy()
     entry_item[hit_step] = item[hit]
@@ -174,18 +185,25 @@ def _build_examples(logs: pd.DataFrame, history_len: int, length_mean: float) ->
     history_items = np.zeros((n_steps, h), np.int32)
     history_features = np.zeros((n_steps, h, len(HISTORY_FEATURES)), np.float32)
     history_mask = np.zeros((n_steps, h), np.float32)
-    for back in range(1, h + 1):                            # offset 1 = the newest entry, last slot
+    for back in range(1, h + 1):  # offset 1 = the newest entry, last slot
         dst = np.flatnonzero(rank >= back)
         history_items[dst, h - back] = entry_item[dst - back]
         history_features[dst, h - back] = entry[dst - back]
         history_mask[dst, h - back] = 1.0
 
     step_index = np.empty(len(order), np.int64)
-    step_index[order] = step_of_sorted                      # back to the logs' row order
-    return _Examples(history_items=history_items, history_features=history_features,
-                     history_mask=history_mask, context=time[order[start]], step_index=step_index,
-                     target_item=item, target_position=position, click=click,
-                     watch_time=np.where(click > 0, watch, np.float32(0.0)).astype(np.float32))
+    step_index[order] = step_of_sorted  # back to the logs' row order
+    return _Examples(
+        history_items=history_items,
+        history_features=history_features,
+        history_mask=history_mask,
+        context=time[order[start]],
+        step_index=step_index,
+        target_item=item,
+        target_position=position,
+        click=click,
+        watch_time=np.where(click > 0, watch, np.float32(0.0)).astype(np.float32),
+    )
 
 
 def examples_from_logs(logs: pd.DataFrame, history_len: int, length_mean: float) -> dict[str, np.ndarray]:
@@ -222,8 +240,12 @@ class GRUHistoryEncoder(HistoryEncoder):
     CLS/context state. forward(obs) -> state [B, d_model].
     """
 
-    def __init__(self, config: EncoderConfig, item_embedding: nn.Embedding | None = None,
-                 item_features: Tensor | np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        config: EncoderConfig,
+        item_embedding: nn.Embedding | None = None,
+        item_features: Tensor | np.ndarray | None = None,
+    ) -> None:
         super().__init__(config, item_embedding=item_embedding, item_features=item_features)
         self.stack = nn.GRUCell(config.d_model, config.d_model)
 
@@ -243,13 +265,11 @@ class EngagementModel(nn.Module):
     and E[watch time | click] > 0 in units of the catalog's mean item length.
     """
 
-    def __init__(self, kind: str, config: EncoderConfig, item_features: np.ndarray | None,
-                 n_positions: int) -> None:
+    def __init__(self, kind: str, config: EncoderConfig, item_features: np.ndarray | None, n_positions: int) -> None:
         super().__init__()
         self.encoder = RecommenderEncoder(config, item_features=item_features)
         if kind == "gru4rec":
-            self.encoder.history = GRUHistoryEncoder(config, self.encoder.item_tower.item_embedding,
-                                                     item_features)
+            self.encoder.history = GRUHistoryEncoder(config, self.encoder.item_tower.item_embedding, item_features)
         d = config.d_model
         self.click_bias = nn.Parameter(torch.zeros(()))
         self.position_bias = nn.Parameter(torch.zeros(n_positions))  # position bias of the logged slates
@@ -260,8 +280,7 @@ class EngagementModel(nn.Module):
         out = self.encoder(obs)
         bias = self.position_bias[0] if positions is None else self.position_bias[positions]
         click_logit = out.logits + self.click_bias + bias
-        watch = F.softplus(RecommenderEncoder.score(self.watch_query(out.state), out.candidates)
-                           + self.watch_bias)
+        watch = F.softplus(RecommenderEncoder.score(self.watch_query(out.state), out.candidates) + self.watch_bias)
         return click_logit, watch
 
 
@@ -299,9 +318,18 @@ class SupervisedRecommender:
     per-epoch mean losses of the last ``fit``; ``refit_losses`` one loss per refit.
     """
 
-    def __init__(self, kind: str, observation_space: Any, item_features: np.ndarray | None, n_items: int,
-                 params: SupervisedParams = SupervisedParams(), model: Mapping[str, Any] | None = None,
-                 seed: int = 0, device: str = "cpu", length_mean: float = 4.0) -> None:
+    def __init__(
+        self,
+        kind: str,
+        observation_space: Any,
+        item_features: np.ndarray | None,
+        n_items: int,
+        params: SupervisedParams = SupervisedParams(),
+        model: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        device: str = "cpu",
+        length_mean: float = 4.0,
+    ) -> None:
         if kind not in KINDS:
             raise ValueError(f"SupervisedRecommender.kind must be one of {KINDS}, got {kind!r}")
         if not isinstance(params, SupervisedParams):
@@ -323,19 +351,24 @@ class SupervisedRecommender:
             item_features = np.asarray(item_features, dtype=np.float32)
             expected = (self.n_items, self.config.item_feature_dim)
             if item_features.shape != expected:
-                raise ValueError(f"SupervisedRecommender.item_features must have shape {expected} "
-                                 f"(n_items, F_item), got {item_features.shape}")
+                raise ValueError(
+                    f"SupervisedRecommender.item_features must have shape {expected} "
+                    f"(n_items, F_item), got {item_features.shape}"
+                )
         elif self.config.item_feature_dim:
-            raise ValueError("SupervisedRecommender.item_features is required: the observations carry "
-                             "history ids only (pass env.core.item_features)")
+            raise ValueError(
+                "SupervisedRecommender.item_features is required: the observations carry "
+                "history ids only (pass env.core.item_features)"
+            )
         self.item_features = item_features
         self.name = kind + ("-retrain" if params.retrain_every else "")
         self.slate_size = 1
         self._build()
 
     @classmethod
-    def from_env(cls, kind: str, env: Any, params: SupervisedParams = SupervisedParams(),
-                 **kwargs: Any) -> SupervisedRecommender:
+    def from_env(
+        cls, kind: str, env: Any, params: SupervisedParams = SupervisedParams(), **kwargs: Any
+    ) -> SupervisedRecommender:
         """Sizes, item features and length_mean read from a RecVectorEnv or RecEnv; `kwargs`: model,
         seed, device."""
         core = env.unwrapped.core if hasattr(env, "unwrapped") else env.core
@@ -372,8 +405,10 @@ class SupervisedRecommender:
         config = env.unwrapped.config if hasattr(env, "unwrapped") else env.config
         length_mean = float(config.world.catalog.length_mean)
         if not np.isclose(length_mean, self.length_mean):
-            raise ValueError(f"env catalog length_mean={length_mean} but the recommender was built with "
-                             f"length_mean={self.length_mean} (use SupervisedRecommender.from_env)")
+            raise ValueError(
+                f"env catalog length_mean={length_mean} but the recommender was built with "
+                f"length_mean={self.length_mean} (use SupervisedRecommender.from_env)"
+            )
         self.slate_size = int(config.env.slate_size)
 
     def scores(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -395,8 +430,10 @@ class SupervisedRecommender:
         """
         logs = validate_logs(logs, self.n_items)
         if logs["position"].max() >= self.n_positions or logs["position"].min() < 0:
-            raise ValueError(f"logs hold slate positions outside 0..{self.n_positions - 1} "
-                             f"(the observation has {self.n_positions} candidates)")
+            raise ValueError(
+                f"logs hold slate positions outside 0..{self.n_positions - 1} "
+                f"(the observation has {self.n_positions} candidates)"
+            )
         self._build()
         self._logged = _build_examples(logs, self.config.history_len, self.length_mean)
         self.losses = [self._train_epoch(self._logged) for _ in range(self.params.epochs)]
@@ -420,7 +457,7 @@ class SupervisedRecommender:
         """One shuffled pass over `data`; returns the mean loss per example."""
         order = self._rng.permutation(len(data))
         size = self.params.batch_size
-        return self._train_on(data, [order[i:i + size] for i in range(0, len(order), size)])
+        return self._train_on(data, [order[i : i + size] for i in range(0, len(order), size)])
 
     def _train_on(self, data: _Examples, batches: list[np.ndarray]) -> float:
         """One Adam step per batch of example rows of `data`; returns the mean loss per example."""
@@ -444,8 +481,9 @@ class SupervisedRecommender:
         return total / max(count, 1)
 
     # --------------------------------------------------------------- retraining
-    def observe(self, obs: Mapping[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray,
-                info: Mapping[str, np.ndarray]) -> None:
+    def observe(
+        self, obs: Mapping[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray, info: Mapping[str, np.ndarray]
+    ) -> None:
         """Buffer the served step's impressions; every `retrain_every` calls, refit one epoch.
 
         obs is what act() saw; rewards [N]; info["served"] [N] marks slots whose action was
@@ -462,21 +500,31 @@ class SupervisedRecommender:
         if self.n_observed % self.params.retrain_every == 0:
             self._refit()
 
-    def _served_examples(self, obs: Mapping[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray,
-                         position: np.ndarray, rows: np.ndarray) -> _Examples:
+    def _served_examples(
+        self,
+        obs: Mapping[str, np.ndarray],
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        position: np.ndarray,
+        rows: np.ndarray,
+    ) -> _Examples:
         candidates = np.asarray(obs["candidate_items"])
         n, c = candidates.shape
-        slates = dedupe_slates(np.asarray(actions).reshape(n, -1).astype(np.int64), c)[rows]   # as the env does
-        items = np.take_along_axis(candidates[rows], slates, axis=1).astype(np.int64)      # [n, K]
+        slates = dedupe_slates(np.asarray(actions).reshape(n, -1).astype(np.int64), c)[rows]  # as the env does
+        items = np.take_along_axis(candidates[rows], slates, axis=1).astype(np.int64)  # [n, K]
         k = items.shape[1]
-        hit = np.arange(k)[None, :] == position[rows][:, None]                             # the clicked slot
+        hit = np.arange(k)[None, :] == position[rows][:, None]  # the clicked slot
         reward = np.asarray(rewards, dtype=np.float32)[rows]
         history = {key: np.asarray(obs[key])[rows].astype(np.float32) for key in _HISTORY_KEYS}
         history["history_items"] = np.asarray(obs["history_items"])[rows].round().astype(np.int32)
         return _Examples(
-            **history, step_index=np.repeat(np.arange(len(rows)), k), target_item=items.ravel(),
-            target_position=np.tile(np.arange(k), len(rows)), click=hit.ravel().astype(np.float32),
-            watch_time=np.where(hit, reward[:, None], np.float32(0.0)).ravel().astype(np.float32))
+            **history,
+            step_index=np.repeat(np.arange(len(rows)), k),
+            target_item=items.ravel(),
+            target_position=np.tile(np.arange(k), len(rows)),
+            click=hit.ravel().astype(np.float32),
+            watch_time=np.where(hit, reward[:, None], np.float32(0.0)).ravel().astype(np.float32),
+        )
 
     def _push(self, examples: _Examples) -> None:
         self._fresh.append(examples)
@@ -487,7 +535,7 @@ class SupervisedRecommender:
     def _refit(self) -> None:
         """Fine-tune on the original logs + the fresh data (newest replay_capacity steps): a whole
         epoch, or `refit_batches` minibatches drawn half from each."""
-        parts = ([self._logged] if self._logged is not None else [])
+        parts = [self._logged] if self._logged is not None else []
         if self._fresh:
             parts.append(_Examples.concat(self._fresh).tail(self.params.replay_capacity))
         if not parts:

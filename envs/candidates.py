@@ -1,5 +1,6 @@
 """First-stage retrieval: C candidates per user per step, a seeded mix of popular,
 topic-near and random items, as a two-stage recommender would hand its ranker."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ class CandidateIndex:
     by_topic [I] item ids sorted by dominant topic, topic_start / topic_count [T]
     slices of `by_topic` per topic.
     """
+
     alias_prob: np.ndarray
     alias_item: np.ndarray
     by_topic: np.ndarray
@@ -34,9 +36,14 @@ class CandidateIndex:
         count = np.bincount(dominant, minlength=catalog.n_topics)
         start = np.concatenate([[0], np.cumsum(count)[:-1]])
         prob, alias = alias_table(catalog.popularity)
-        return cls(alias_prob=prob.astype(np.float32), alias_item=alias.astype(np.int32),
-                   by_topic=order.astype(np.int32), topic_start=start.astype(np.int32),
-                   topic_count=count.astype(np.int32), n_initial=catalog.n_initial)
+        return cls(
+            alias_prob=prob.astype(np.float32),
+            alias_item=alias.astype(np.int32),
+            by_topic=order.astype(np.int32),
+            topic_start=start.astype(np.int32),
+            topic_count=count.astype(np.int32),
+            n_initial=catalog.n_initial,
+        )
 
 
 def alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,9 +69,14 @@ def source_sizes(n_candidates: int, popular_fraction: float, topic_fraction: flo
     return n_pop, n_topic, n_candidates - n_pop - n_topic
 
 
-def sample_candidates(index: CandidateIndex, arrival_step: np.ndarray, anchor_topic: np.ndarray,
-                      user_step: np.ndarray, sizes: tuple[int, int, int],
-                      uniform: np.ndarray) -> np.ndarray:
+def sample_candidates(
+    index: CandidateIndex,
+    arrival_step: np.ndarray,
+    anchor_topic: np.ndarray,
+    user_step: np.ndarray,
+    sizes: tuple[int, int, int],
+    uniform: np.ndarray,
+) -> np.ndarray:
     """[N, C] int32 candidate item ids.
 
     Columns come in source order: popular (by the popularity prior), topic-near
@@ -81,7 +93,7 @@ def sample_candidates(index: CandidateIndex, arrival_step: np.ndarray, anchor_to
         return np.minimum((u * np.float32(n)).astype(np.int32), np.asarray(n, np.int32) - 1)
 
     items = np.empty(uniform.shape, dtype=np.int32)
-    u_pop, u_topic, u_rand = uniform[:, :n_pop], uniform[:, n_pop:n_pop + n_topic], uniform[:, n_pop + n_topic:]
+    u_pop, u_topic, u_rand = uniform[:, :n_pop], uniform[:, n_pop : n_pop + n_topic], uniform[:, n_pop + n_topic :]
     # One uniform per alias draw: its integer part picks the bin, its fraction the coin.
     scaled = u_pop * np.float32(n_items)
     bins = np.minimum(scaled.astype(np.int32), last)
@@ -89,8 +101,8 @@ def sample_candidates(index: CandidateIndex, arrival_step: np.ndarray, anchor_to
     count = index.topic_count[anchor_topic][:, None]
     offset = index.topic_start[anchor_topic][:, None] + pick(u_topic, np.maximum(count, 1))
     # A topic with no items falls back to a uniform pick.
-    items[:, n_pop:n_pop + n_topic] = np.where(count > 0, index.by_topic[offset], pick(u_topic, n_items))
-    items[:, n_pop + n_topic:] = pick(u_rand, n_items)
+    items[:, n_pop : n_pop + n_topic] = np.where(count > 0, index.by_topic[offset], pick(u_topic, n_items))
+    items[:, n_pop + n_topic :] = pick(u_rand, n_items)
     if index.n_initial < n_items:
         unavailable = arrival_step[items] > user_step[:, None]
         if unavailable.any():

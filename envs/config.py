@@ -1,4 +1,5 @@
 """Environment parameters, scenario configs, and the named presets."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,10 +15,10 @@ from simulator.world import WorldConfig
 
 @dataclass(frozen=True)
 class EnvParams:
-    num_candidates: int = 20       # C: candidates handed to the policy each step
-    slate_size: int = 1            # K: items shown per step (action = K candidate indices)
-    history_len: int = 32          # H: past interactions in the observation
-    max_steps: int = 100           # episode cap (truncation)
+    num_candidates: int = 20  # C: candidates handed to the policy each step
+    slate_size: int = 1  # K: items shown per step (action = K candidate indices)
+    history_len: int = 32  # H: past interactions in the observation
+    max_steps: int = 100  # episode cap (truncation)
     popular_fraction: float = 0.3  # candidate sources: popular / topic-near / random
     topic_fraction: float = 0.4
 
@@ -30,13 +31,16 @@ class EnvParams:
         check_range(o, "popular_fraction", self.popular_fraction, 0.0, 1.0)
         check_range(o, "topic_fraction", self.topic_fraction, 0.0, 1.0)
         if self.popular_fraction + self.topic_fraction > 1.0:
-            raise ValueError("env.popular_fraction + env.topic_fraction must be <= 1, got "
-                             f"{self.popular_fraction} + {self.topic_fraction}")
+            raise ValueError(
+                "env.popular_fraction + env.topic_fraction must be <= 1, got "
+                f"{self.popular_fraction} + {self.topic_fraction}"
+            )
 
 
 @dataclass(frozen=True)
 class ScenarioConfig:
     """Everything that defines an environment: the world and the env around it."""
+
     name: str = "custom"
     world: WorldConfig = field(default_factory=WorldConfig)
     env: EnvParams = field(default_factory=EnvParams)
@@ -58,10 +62,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "seasonal": {"enabled": True},
         "social": {"enabled": True},
         "cognitive": {"enabled": True},
-        "shocks": {"enabled": True, "events": [
-            dict(kind="injection", step=30, n_items=50),
-            dict(kind="sudden", step=60, fraction=0.5, strength=0.8),
-        ]},
+        "shocks": {
+            "enabled": True,
+            "events": [
+                dict(kind="injection", step=30, n_items=50),
+                dict(kind="sudden", step=60, fraction=0.5, strength=0.8),
+            ],
+        },
     },
 }
 
@@ -93,8 +100,9 @@ def load_overrides(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def make_scenario(name: str = "mixed", overrides: Mapping[str, Any] | None = None,
-                  config_file: str | Path | None = None) -> ScenarioConfig:
+def make_scenario(
+    name: str = "mixed", overrides: Mapping[str, Any] | None = None, config_file: str | Path | None = None
+) -> ScenarioConfig:
     """Build a preset by name, then apply a YAML file's overrides, then `overrides`.
 
     Overrides are nested mappings keyed like the config: {"cognitive": {"magnitude": 2},

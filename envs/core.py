@@ -1,5 +1,6 @@
 """The batched recommendation platform shared by the single-user and vector envs:
 candidate retrieval, observation building, action checking, episode bookkeeping."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,14 +31,16 @@ def observation_space(config: ScenarioConfig, n_items: int, item_feature_dim: in
     h, c = e.history_len, e.num_candidates
     f32 = np.float32
     box = lambda shape, lo, hi: spaces.Box(lo, hi, shape=shape, dtype=f32)  # noqa: E731
-    return spaces.Dict({
-        "history_items": spaces.Box(0, n_items - 1, shape=(h,), dtype=np.int32),
-        "history_features": box((h, len(HISTORY_FEATURES)), -1.0, WATCH_TIME_CAP),
-        "history_mask": box((h,), 0.0, 1.0),
-        "candidate_items": spaces.Box(0, n_items - 1, shape=(c,), dtype=np.int32),
-        "candidate_features": box((c, item_feature_dim), 0.0, 1.0),
-        "context": box((len(CONTEXT_FEATURES),), -1.0, 1.0),
-    })
+    return spaces.Dict(
+        {
+            "history_items": spaces.Box(0, n_items - 1, shape=(h,), dtype=np.int32),
+            "history_features": box((h, len(HISTORY_FEATURES)), -1.0, WATCH_TIME_CAP),
+            "history_mask": box((h,), 0.0, 1.0),
+            "candidate_items": spaces.Box(0, n_items - 1, shape=(c,), dtype=np.int32),
+            "candidate_features": box((c, item_feature_dim), 0.0, 1.0),
+            "context": box((len(CONTEXT_FEATURES),), -1.0, 1.0),
+        }
+    )
 
 
 def action_space(config: ScenarioConfig) -> spaces.Space:
@@ -118,8 +121,7 @@ class RecommenderCore:
         other.__dict__.update(self.__dict__)
         other.world = self.world.tile(m, seed, noise_groups)
         index = np.repeat(np.arange(self.n_users), m)
-        for name in ("history_items", "history_features", "history_mask",
-                     "candidates", "anchor_topic"):
+        for name in ("history_items", "history_features", "history_mask", "candidates", "anchor_topic"):
             setattr(other, name, getattr(self, name)[index])
         other.n_users = self.n_users * m
         cand_seed, reset_seed = np.random.SeedSequence(seed).generate_state(2)
@@ -151,9 +153,14 @@ class RecommenderCore:
         else:
             uniform = self.reset_rng.random((idx.size, c), dtype=np.float32)
         sel = slice(None) if idx is None else idx
-        self.candidates[sel] = sample_candidates(self.index, self.world.catalog.arrival_step,
-                                                 self.anchor_topic[sel], self.world.state.step[sel],
-                                                 self.sizes, uniform)
+        self.candidates[sel] = sample_candidates(
+            self.index,
+            self.world.catalog.arrival_step,
+            self.anchor_topic[sel],
+            self.world.state.step[sel],
+            self.sizes,
+            uniform,
+        )
 
     # ---------------------------------------------------------------- actions
     def check_actions(self, actions: Any, ignore: np.ndarray | None = None) -> np.ndarray:
@@ -172,8 +179,7 @@ class RecommenderCore:
         if a.shape == expected + (1,) and e.slate_size == 1:
             a = a[..., 0]
         if a.shape != expected:
-            raise ValueError(f"actions must have shape {expected} (n_users, slate_size={e.slate_size}), "
-                             f"got {a.shape}")
+            raise ValueError(f"actions must have shape {expected} (n_users, slate_size={e.slate_size}), got {a.shape}")
         if ignore is not None and ignore.any():
             a = a.copy()
             a[ignore] = 0
@@ -208,8 +214,9 @@ class RecommenderCore:
         shown = np.where(result.clicked, result.item, slates[:, 0])
         self._push_history(shown, result, season)
         clicked = result.clicked
-        self.anchor_topic = np.where(clicked, self.world.catalog.dominant_topic[np.maximum(result.item, 0)],
-                                     self.anchor_topic)
+        self.anchor_topic = np.where(
+            clicked, self.world.catalog.dominant_topic[np.maximum(result.item, 0)], self.anchor_topic
+        )
         self._draw_candidates()
         reward = result.watch_time
         truncated = (self.world.state.step >= self.config.env.max_steps) & ~result.terminated
@@ -231,8 +238,9 @@ class RecommenderCore:
     def observations(self) -> dict[str, np.ndarray]:
         """Batched observation dict; each value leads with the user axis N (fresh copies)."""
         season = season_angle(self.world.calendar, self.config.world.seasonal.period)
-        context = np.stack([np.sin(season), np.cos(season),
-                            self.world.state.step / np.float32(self.config.env.max_steps)], axis=1)
+        context = np.stack(
+            [np.sin(season), np.cos(season), self.world.state.step / np.float32(self.config.env.max_steps)], axis=1
+        )
         p = self.history_pos
         unroll = lambda buf: np.concatenate([buf[:, p:], buf[:, :p]], axis=1)  # noqa: E731  oldest first
         return {

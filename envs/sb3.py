@@ -5,6 +5,7 @@ the first observation of the next episode, with the final one in
 `infos[i]["terminal_observation"]` and `infos[i]["TimeLimit.truncated"]` set for
 step-cap endings.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -20,11 +21,17 @@ from envs.core import RecommenderCore
 class SB3VecEnv(VecEnv):
     """`num_envs` users on one simulator, stepped in one call, for SB3 algorithms."""
 
-    def __init__(self, num_envs: int = 16, scenario: str | ScenarioConfig = "mixed",
-                 overrides: Mapping[str, Any] | None = None, config_file: str | None = None,
-                 seed: int | None = None) -> None:
-        self.config = scenario if isinstance(scenario, ScenarioConfig) else make_scenario(scenario, overrides,
-                                                                                          config_file)
+    def __init__(
+        self,
+        num_envs: int = 16,
+        scenario: str | ScenarioConfig = "mixed",
+        overrides: Mapping[str, Any] | None = None,
+        config_file: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.config = (
+            scenario if isinstance(scenario, ScenarioConfig) else make_scenario(scenario, overrides, config_file)
+        )
         self.core = RecommenderCore(self.config, int(num_envs), seed)
         self.render_mode = None
         super().__init__(int(num_envs), self.core.single_observation_space, self.core.single_action_space)

@@ -1,4 +1,5 @@
 """One user at a time: a plain `gymnasium.Env` over the batched core (N = 1)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -128,10 +129,16 @@ class RecEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, scenario: str | ScenarioConfig = "mixed", overrides: Mapping[str, Any] | None = None,
-                 config_file: str | None = None, seed: int | None = None) -> None:
-        self.config = scenario if isinstance(scenario, ScenarioConfig) else make_scenario(scenario, overrides,
-                                                                                          config_file)
+    def __init__(
+        self,
+        scenario: str | ScenarioConfig = "mixed",
+        overrides: Mapping[str, Any] | None = None,
+        config_file: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.config = (
+            scenario if isinstance(scenario, ScenarioConfig) else make_scenario(scenario, overrides, config_file)
+        )
         self.core = RecommenderCore(self.config, 1, seed)
         self.observation_space = self.core.single_observation_space
         self.action_space = self.core.single_action_space
@@ -162,8 +169,12 @@ class RecEnv(gym.Env):
         terminated, trunc = bool(result.terminated[0]), bool(truncated[0])
         self._done = terminated or trunc
         self._last_fit = result.fit[0]
-        info = {"clicked": bool(result.clicked[0]), "item": int(result.item[0]),
-                "watch_time": float(result.watch_time[0]), "slate": items[0]}
+        info = {
+            "clicked": bool(result.clicked[0]),
+            "item": int(result.item[0]),
+            "watch_time": float(result.watch_time[0]),
+            "slate": items[0],
+        }
         return self._obs(), float(reward[0]), terminated, trunc, info
 
     def ground_truth(self) -> dict[str, np.ndarray]:

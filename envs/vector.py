@@ -1,4 +1,5 @@
 """N users stepped in one call: a native `gymnasium.vector.VectorEnv` (NEXT_STEP autoreset)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -117,11 +118,17 @@ class RecVectorEnv(VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int = 16, scenario: str | ScenarioConfig = "mixed",
-                 overrides: Mapping[str, Any] | None = None, config_file: str | None = None,
-                 seed: int | None = None) -> None:
-        self.config = scenario if isinstance(scenario, ScenarioConfig) else make_scenario(scenario, overrides,
-                                                                                          config_file)
+    def __init__(
+        self,
+        num_envs: int = 16,
+        scenario: str | ScenarioConfig = "mixed",
+        overrides: Mapping[str, Any] | None = None,
+        config_file: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.config = (
+            scenario if isinstance(scenario, ScenarioConfig) else make_scenario(scenario, overrides, config_file)
+        )
         self.num_envs = int(num_envs)
         self.core = RecommenderCore(self.config, self.num_envs, seed)
         self.single_observation_space = self.core.single_observation_space
@@ -161,10 +168,15 @@ class RecVectorEnv(VectorEnv):
         self._last_fit = np.where(resetting[:, None], np.float32(np.nan), result.fit)
         # Per-slot outcome arrays [N]; `served` is False for slots reset this step (action ignored).
         position = np.where(resetting, -1, result.position)
-        info = {"served": ~resetting, "slate": np.where(resetting[:, None], -1, slate).astype(slate.dtype),
-                "clicked": position >= 0, "position": position,
-                "item": np.where(resetting, -1, result.item), "watch_time": reward,
-                "completion": np.where(resetting, np.float32(0.0), result.completion)}
+        info = {
+            "served": ~resetting,
+            "slate": np.where(resetting[:, None], -1, slate).astype(slate.dtype),
+            "clicked": position >= 0,
+            "position": position,
+            "item": np.where(resetting, -1, result.item),
+            "watch_time": reward,
+            "completion": np.where(resetting, np.float32(0.0), result.completion),
+        }
         return self.core.observations(), reward, terminated, truncated, info
 
     # ---------------------------------------------------------- ground truth

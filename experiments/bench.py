@@ -1,8 +1,9 @@
 """Benchmarks that print numbers (never timed tests).
 
-  python experiments/bench.py sim [--json]       simulator and VectorEnv user-steps/s
-  python experiments/bench.py encoder [--json]   encoder forward+backward tokens/s vs nn.TransformerEncoder
+python experiments/bench.py sim [--json]       simulator and VectorEnv user-steps/s
+python experiments/bench.py encoder [--json]   encoder forward+backward tokens/s vs nn.TransformerEncoder
 """
+
 from __future__ import annotations
 
 import argparse

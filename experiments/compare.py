@@ -7,6 +7,7 @@ Reads every results.csv under the given directories (one run each) and uses each
 final evaluation. Regret is measured against the reference agent (default oracle-lookahead)
 evaluated on the same users; it is left out where no reference run exists.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,17 @@ import pandas as pd
 
 from experiments.stats import mean_interval
 
-METRICS = ("return_mean", "regret", "ctr", "session_length", "satisfaction_end", "consumption_entropy",
-           "coverage", "homogenisation", "homogenisation_trend")
+METRICS = (
+    "return_mean",
+    "regret",
+    "ctr",
+    "session_length",
+    "satisfaction_end",
+    "consumption_entropy",
+    "coverage",
+    "homogenisation",
+    "homogenisation_trend",
+)
 
 
 def load_runs(roots: list[Path]) -> pd.DataFrame:
@@ -53,8 +63,17 @@ def summarise(runs: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
             if m not in g or g[m].isna().all():
                 continue
             lo, hi = mean_interval(g[m].to_numpy())
-            rows.append(dict(scenario=scenario, agent=agent, metric=m, seeds=int(g[m].notna().sum()),
-                             mean=float(g[m].mean()), ci_low=lo, ci_high=hi))
+            rows.append(
+                dict(
+                    scenario=scenario,
+                    agent=agent,
+                    metric=m,
+                    seeds=int(g[m].notna().sum()),
+                    mean=float(g[m].mean()),
+                    ci_low=lo,
+                    ci_high=hi,
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -62,9 +81,13 @@ def markdown(summary: pd.DataFrame) -> str:
     out = []
     for scenario, g in summary.groupby("scenario", sort=True):
         metrics = [m for m in METRICS if m in set(g.metric)]
-        agents = (g[g.metric == "return_mean"].sort_values("mean", ascending=False).agent.tolist())
-        cell = {(r.agent, r.metric): (f"{r.mean:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]" if np.isfinite(r.ci_low)
-                                      else f"{r.mean:.3g}") for r in g.itertuples()}
+        agents = g[g.metric == "return_mean"].sort_values("mean", ascending=False).agent.tolist()
+        cell = {
+            (r.agent, r.metric): (
+                f"{r.mean:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]" if np.isfinite(r.ci_low) else f"{r.mean:.3g}"
+            )
+            for r in g.itertuples()
+        }
         seeds = {r.agent: r.seeds for r in g[g.metric == "return_mean"].itertuples()}
         out.append(f"### {scenario}\n")
         out.append("| agent | seeds | " + " | ".join(metrics) + " |")

@@ -6,6 +6,7 @@ whatever the policy does, so two policies evaluated with the same seed face the
 same users and the same noise (common random numbers): their numbers differ by
 policy only.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class Evaluation:
     which only the simulator knows), the population's consumed topic shares
     share_0..share_{T-1}); metrics: the summary numbers.
     """
+
     episodes: pd.DataFrame
     timeline: pd.DataFrame
     metrics: dict[str, float]
@@ -85,10 +87,10 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
         # How well the slates suit the users' interests now, before the step (ground truth).
         fit = env.slate_fit(actions)[active].mean()
         next_obs, reward, terminated, truncated, info = env.step(actions)
-        slates = info["slate"]                                   # [N, K] item ids shown (active slots are all served)
+        slates = info["slate"]  # [N, K] item ids shown (active slots are all served)
         shown[slates[active].ravel()] = True
         if slates.shape[1] > 1:
-            t = cat.topics[slates[active]]                       # [n, K, T]
+            t = cat.topics[slates[active]]  # [n, K, T]
             dist = 0.5 * np.abs(t[:, :, None, :] - t[:, None, :, :]).sum(-1)
             k = slates.shape[1]
             diversity_sum += dist.sum() / (k * (k - 1))
@@ -102,33 +104,47 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
         items = info["item"][clicked]
         topic_counts[clicked, cat.dominant_topic[items]] += 1
         n_active = int(active.sum())
-        timeline.append(np.concatenate([[len(timeline), n_active, reward[active].mean(), clicked.sum(), fit],
-                                        cat.topics[items].sum(axis=0)]))
+        timeline.append(
+            np.concatenate(
+                [[len(timeline), n_active, reward[active].mean(), clicked.sum(), fit], cat.topics[items].sum(axis=0)]
+            )
+        )
         done = (terminated | truncated) & active
         if done.any():
             satisfaction_end[done] = env.ground_truth()["satisfaction"][done]
         active &= ~done
         obs = next_obs
-    episodes = pd.DataFrame(dict(user=rows, episode_return=ret, clicks=clicks, session_length=length,
-                                 satisfaction_end=satisfaction_end,
-                                 consumption_entropy=_entropy(topic_counts)))
+    episodes = pd.DataFrame(
+        dict(
+            user=rows,
+            episode_return=ret,
+            clicks=clicks,
+            session_length=length,
+            satisfaction_end=satisfaction_end,
+            consumption_entropy=_entropy(topic_counts),
+        )
+    )
     share_cols = [f"share_{t}" for t in range(n_topics)]
-    steps = pd.DataFrame(np.array(timeline),
-                         columns=["step", "active_users", "engagement", "clicks", "fit"] + share_cols)
-    consumed = steps[share_cols].to_numpy()                 # topic mass consumed per step [steps, T]
+    steps = pd.DataFrame(
+        np.array(timeline), columns=["step", "active_users", "engagement", "clicks", "fit"] + share_cols
+    )
+    consumed = steps[share_cols].to_numpy()  # topic mass consumed per step [steps, T]
     half_point = len(steps) // 2
     steps[share_cols] = shares(consumed)
     steps = steps.astype({"step": int, "active_users": int, "clicks": int})
     half = 1.96 * ret.std(ddof=1) / np.sqrt(n_users) if n_users > 1 else float("nan")
     metrics = dict(
-        return_mean=float(ret.mean()), return_ci95=float(half),
-        ctr=float(clicks.sum() / length.sum()), session_length=float(length.mean()),
+        return_mean=float(ret.mean()),
+        return_ci95=float(half),
+        ctr=float(clicks.sum() / length.sum()),
+        session_length=float(length.mean()),
         satisfaction_end=float(np.nanmean(satisfaction_end)),
         consumption_entropy=float(episodes.consumption_entropy.mean()),
         slate_diversity=float(diversity_sum / diversity_n) if diversity_n else 0.0,
         coverage=float(shown[: cat.n_initial].mean()),
         homogenisation=float(concentration(consumed.sum(0))),
-        homogenisation_trend=float(concentration(consumed[half_point:].sum(0))
-                                   - concentration(consumed[:half_point].sum(0))),
+        homogenisation_trend=float(
+            concentration(consumed[half_point:].sum(0)) - concentration(consumed[:half_point].sum(0))
+        ),
     )
     return Evaluation(episodes=episodes, timeline=steps, metrics=metrics)

@@ -6,6 +6,7 @@ Each (scenario, seed) evaluates every reference policy on the same users
 (common random numbers); the table shows the mean episode return over seeds
 with a 95% t interval over seeds (experiments/stats.py), and each policy's gain over the myopic oracle.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,19 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     for (scenario, policy), g in runs.groupby(["scenario", "policy"], sort=False):
         r = g.return_mean.to_numpy()
         lo, hi = mean_interval(r)
-        out.append(dict(scenario=scenario, policy=policy, seeds=len(r), return_mean=r.mean(), ci_low=lo, ci_high=hi,
-                        ctr=g.ctr.mean(), session_length=g.session_length.mean(),
-                        satisfaction_end=g.satisfaction_end.mean()))
+        out.append(
+            dict(
+                scenario=scenario,
+                policy=policy,
+                seeds=len(r),
+                return_mean=r.mean(),
+                ci_low=lo,
+                ci_high=hi,
+                ctr=g.ctr.mean(),
+                session_length=g.session_length.mean(),
+                satisfaction_end=g.satisfaction_end.mean(),
+            )
+        )
     table = pd.DataFrame(out)
     myopic = table[table.policy == "oracle-myopic"].set_index("scenario").return_mean
     table["vs_myopic"] = table.return_mean / table.scenario.map(myopic) - 1.0

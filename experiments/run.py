@@ -9,6 +9,7 @@
 Writes runs/<scenario>/<agent>/<seed>-<time>/: TensorBoard events (train/*, eval/* against
 environment steps), results.csv, run.json, checkpoint/. A thin front end over experiments/runs.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,42 +26,92 @@ DEFAULTS = RunSettings()
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--agent", default=DEFAULTS.agent, help=f"what to run: {', '.join(AGENTS)} (default: ppo)")
-    p.add_argument("--scenario", default=DEFAULTS.scenario,
-                   help=f"scenario preset: {', '.join(PRESETS)} (default: {DEFAULTS.scenario})")
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"training budget in environment (user) steps (default: {DEFAULTS.steps}; "
-                        "ignored by agents that do not train)")
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed,
-                   help=f"training seed (evaluation users are fixed: seed {EVAL_SEED})")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
-                   help="run several seeds (one run directory each); overrides --seed")
-    p.add_argument("--parallel", type=int, default=1,
-                   help="with --seeds: runs at a time, as Ray tasks (local Ray, or the cluster of --ray-address)")
-    p.add_argument("--retrain-every", type=int, default=None, metavar="K",
-                   help="agents that retrain (sasrec, gru4rec): refit on logs + fresh interactions every K "
-                        "served steps")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
-                   help="where the learner runs; auto (default) picks cuda when a GPU is visible (env runners "
-                        "stay on CPU); with --resume, the device the run trained on unless given")
+    p.add_argument(
+        "--scenario",
+        default=DEFAULTS.scenario,
+        help=f"scenario preset: {', '.join(PRESETS)} (default: {DEFAULTS.scenario})",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training budget in environment (user) steps (default: {DEFAULTS.steps}; "
+        "ignored by agents that do not train)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=DEFAULTS.seed, help=f"training seed (evaluation users are fixed: seed {EVAL_SEED})"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="run several seeds (one run directory each); overrides --seed",
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="with --seeds: runs at a time, as Ray tasks (local Ray, or the cluster of --ray-address)",
+    )
+    p.add_argument(
+        "--retrain-every",
+        type=int,
+        default=None,
+        metavar="K",
+        help="agents that retrain (sasrec, gru4rec): refit on logs + fresh interactions every K served steps",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default=None,
+        help="where the learner runs; auto (default) picks cuda when a GPU is visible (env runners "
+        "stay on CPU); with --resume, the device the run trained on unless given",
+    )
     p.add_argument("--logdir", default="runs", help="root of the run directories (default: runs)")
-    p.add_argument("--config", default=None, metavar="FILE.yaml",
-                   help="YAML with optional sections scenario: (env/world overrides), model: (encoder), "
-                        "algo: (the agent's settings)")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE.yaml",
+        help="YAML with optional sections scenario: (env/world overrides), model: (encoder), "
+        "algo: (the agent's settings)",
+    )
     p.add_argument("--smoke", action="store_true", help="toy sizes end to end in seconds (for tests)")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue a killed run from its last checkpoint (its saved settings are used; "
-                        "--steps may extend it)")
-    p.add_argument("--num-env-runners", type=int, default=None,
-                   help="RLlib env-runner processes (default 0: sample in the driver)")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a killed run from its last checkpoint (its saved settings are used; --steps may extend it)",
+    )
+    p.add_argument(
+        "--num-env-runners", type=int, default=None, help="RLlib env-runner processes (default 0: sample in the driver)"
+    )
     p.add_argument("--ray-address", default=None, help="join an existing Ray cluster instead of starting a local one")
-    p.add_argument("--eval-users", type=int, default=None,
-                   help=f"evaluation users during training (default: {DEFAULTS.eval_users})")
-    p.add_argument("--final-eval-users", type=int, default=None,
-                   help=f"evaluation users at the end (default: {DEFAULTS.final_eval_users})")
-    p.add_argument("--eval-interval", type=int, default=None,
-                   help="environment steps between evaluations (default: a tenth of --steps)")
-    p.add_argument("--checkpoint-every", type=int, default=None,
-                   help=f"training iterations between checkpoints (default: {DEFAULTS.checkpoint_every})")
+    p.add_argument(
+        "--eval-users",
+        type=int,
+        default=None,
+        help=f"evaluation users during training (default: {DEFAULTS.eval_users})",
+    )
+    p.add_argument(
+        "--final-eval-users",
+        type=int,
+        default=None,
+        help=f"evaluation users at the end (default: {DEFAULTS.final_eval_users})",
+    )
+    p.add_argument(
+        "--eval-interval",
+        type=int,
+        default=None,
+        help="environment steps between evaluations (default: a tenth of --steps)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help=f"training iterations between checkpoints (default: {DEFAULTS.checkpoint_every})",
+    )
     return p.parse_args(argv)
 
 
@@ -81,13 +132,25 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         algo["retrain_every"] = args.retrain_every
     if args.parallel < 1:
         raise ValueError("--parallel must be >= 1")
-    flags = dict(steps=args.steps, eval_users=args.eval_users, final_eval_users=args.final_eval_users,
-                 eval_interval=args.eval_interval, checkpoint_every=args.checkpoint_every)
+    flags = dict(
+        steps=args.steps,
+        eval_users=args.eval_users,
+        final_eval_users=args.final_eval_users,
+        eval_interval=args.eval_interval,
+        checkpoint_every=args.checkpoint_every,
+    )
     given = {k: v for k, v in flags.items() if v is not None}
-    settings = RunSettings(agent=args.agent, scenario=args.scenario,
-                           scenario_overrides=sections.get("scenario", {}), model=sections.get("model", {}),
-                           algo=algo, seed=args.seed, device=args.device or DEFAULTS.device,
-                           ray_address=args.ray_address, **given)
+    settings = RunSettings(
+        agent=args.agent,
+        scenario=args.scenario,
+        scenario_overrides=sections.get("scenario", {}),
+        model=sections.get("model", {}),
+        algo=algo,
+        seed=args.seed,
+        device=args.device or DEFAULTS.device,
+        ray_address=args.ray_address,
+        **given,
+    )
     return with_smoke_sizes(settings, **given) if args.smoke else settings
 
 
@@ -102,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
             settings = settings_from_args(args)
             results = run_seeds(settings, args.seeds, args.logdir, args.parallel)
             returns = [m["return_mean"] for _, m in results]
-            print(f"\n{settings.name} on {settings.scenario}: return_mean per seed "
-                  + ", ".join(f"{r:.2f}" for r in returns))
+            print(
+                f"\n{settings.name} on {settings.scenario}: return_mean per seed "
+                + ", ".join(f"{r:.2f}" for r in returns)
+            )
         else:
             run_one(settings_from_args(args), args.logdir)
     except ValueError as err:

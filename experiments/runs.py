@@ -13,6 +13,7 @@ A run writes runs/<scenario>/<name>/<seed>-<time>/: run.json (the settings), Ten
 (train/* and eval/* against environment steps), results.csv, episodes.csv, timeline.csv and
 checkpoint/ (trainable agents).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,8 +61,9 @@ def check_model_overrides(model: Mapping[str, Any]) -> None:
         raise ValueError(f"unknown model config key '{unknown[0]}'; allowed: {', '.join(sorted(allowed))}")
     from agents.model import DEFAULT_MODEL
 
-    EncoderConfig(n_items=1, history_len=1, item_feature_dim=1, history_feature_dim=1, context_dim=1,
-                  **{**DEFAULT_MODEL, **model})
+    EncoderConfig(
+        n_items=1, history_len=1, item_feature_dim=1, history_feature_dim=1, context_dim=1, **{**DEFAULT_MODEL, **model}
+    )
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class RunSettings:
     checkpoint_every: training iterations between checkpoints; device: where a learner trains
     ("auto" picks cuda when a GPU is visible); ray_address: an existing Ray cluster to join.
     """
+
     agent: str = "ppo"
     scenario: str = "mixed"
     scenario_overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -94,8 +97,14 @@ class RunSettings:
         spec = get_agent(self.agent)
         if self.scenario not in PRESETS:
             raise ValueError(f"unknown scenario '{self.scenario}'; valid scenarios: {', '.join(PRESETS)}")
-        for name, low in (("steps", 1), ("seed", 0), ("eval_users", 2), ("final_eval_users", 2),
-                          ("eval_interval", 0), ("checkpoint_every", 1)):
+        for name, low in (
+            ("steps", 1),
+            ("seed", 0),
+            ("eval_users", 2),
+            ("final_eval_users", 2),
+            ("eval_interval", 0),
+            ("checkpoint_every", 1),
+        ):
             _check_count("--" + name.replace("_", "-"), getattr(self, name), low)
         if self.device not in DEVICES:
             raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
@@ -104,8 +113,8 @@ class RunSettings:
         for name in ("scenario_overrides", "model", "algo"):
             if not isinstance(getattr(self, name), Mapping):
                 raise ValueError(f"{name} must be a mapping, got {type(getattr(self, name)).__name__}")
-        self.scenario_config()          # bad overrides fail here, before any work
-        spec.make_params(self.algo)     # so do bad agent settings
+        self.scenario_config()  # bad overrides fail here, before any work
+        spec.make_params(self.algo)  # so do bad agent settings
         check_model_overrides(self.model)
 
     # ------------------------------------------------------------------ derived
@@ -158,7 +167,10 @@ def with_smoke_sizes(settings: RunSettings, **explicit: Any) -> RunSettings:
     sizes = {**SMOKE_SIZES, **{k: v for k, v in explicit.items() if v is not None}}
     return settings.replace(
         scenario_overrides=merge_overrides(SMOKE_SCENARIO, settings.scenario_overrides),
-        model={**SMOKE_MODEL, **settings.model}, algo={**settings.spec.smoke, **settings.algo}, **sizes)
+        model={**SMOKE_MODEL, **settings.model},
+        algo={**settings.spec.smoke, **settings.algo},
+        **sizes,
+    )
 
 
 def load_config_sections(path: str | Path | None) -> dict[str, dict[str, Any]]:
@@ -210,10 +222,12 @@ class Progress:
         frac = min(1.0, steps / self.total)
         rate = (steps - self.start_steps) / elapsed if elapsed > 0 else 0.0
         left = (self.total - steps) / rate if rate > 0 else float("nan")
-        line = (f"[{'#' * int(frac * 24):<24}] {steps:>9,d}/{self.total:,d} steps  "
-                f"return {metrics.get('episode_return_mean', float('nan')):6.1f}  "
-                f"{metrics.get('env_steps_per_s', float('nan')):6.0f} steps/s  {elapsed:6.0f}s  "
-                f"~{max(left, 0.0):5.0f}s left {note}")
+        line = (
+            f"[{'#' * int(frac * 24):<24}] {steps:>9,d}/{self.total:,d} steps  "
+            f"return {metrics.get('episode_return_mean', float('nan')):6.1f}  "
+            f"{metrics.get('env_steps_per_s', float('nan')):6.0f} steps/s  {elapsed:6.0f}s  "
+            f"~{max(left, 0.0):5.0f}s left {note}"
+        )
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -236,8 +250,9 @@ def save_checkpoint(agent: Any, path: Path, state: Mapping[str, Any]) -> None:
         shutil.rmtree(old)
 
 
-def train(agent: Any, settings: RunSettings, scenario: ScenarioConfig, logger: RunLogger, run_dir: Path,
-          state: dict[str, Any]) -> None:
+def train(
+    agent: Any, settings: RunSettings, scenario: ScenarioConfig, logger: RunLogger, run_dir: Path, state: dict[str, Any]
+) -> None:
     """The training loop: iterate, log train/*, evaluate on schedule, checkpoint."""
     progress = Progress(settings.steps, agent.env_steps)
     ckpt = run_dir / "checkpoint"
@@ -250,8 +265,14 @@ def train(agent: Any, settings: RunSettings, scenario: ScenarioConfig, logger: R
             note = ""
             if steps >= state["next_eval"]:
                 ev = evaluate(agent.policy(), scenario, settings.eval_users, EVAL_SEED)
-                logger.evaluation(ev.metrics, steps, agent=settings.name, scenario=settings.scenario,
-                                  seed=settings.seed, phase="train")
+                logger.evaluation(
+                    ev.metrics,
+                    steps,
+                    agent=settings.name,
+                    scenario=settings.scenario,
+                    seed=settings.seed,
+                    phase="train",
+                )
                 state["next_eval"] = steps + settings.interval
                 note = f"eval {ev.metrics['return_mean']:.1f}"
             progress.update(steps, metrics, note)
@@ -268,8 +289,16 @@ def train(agent: Any, settings: RunSettings, scenario: ScenarioConfig, logger: R
 
 def format_metrics(rows: Mapping[str, Mapping[str, float]]) -> str:
     """The final evaluation of each named policy, one column per policy."""
-    keys = ("return_mean", "return_ci95", "ctr", "session_length", "satisfaction_end",
-            "consumption_entropy", "slate_diversity", "coverage")
+    keys = (
+        "return_mean",
+        "return_ci95",
+        "ctr",
+        "session_length",
+        "satisfaction_end",
+        "consumption_entropy",
+        "slate_diversity",
+        "coverage",
+    )
     names = list(rows)
     width = max(12, *(len(n) + 2 for n in names))
     lines = ["metric".ljust(22) + "".join(n.rjust(width) for n in names)]
@@ -279,12 +308,20 @@ def format_metrics(rows: Mapping[str, Mapping[str, float]]) -> str:
 
 def build_agent(settings: RunSettings, device: str, run_dir: Path | None = None) -> Any:
     """The agent of `settings` (a TrainableAgent or a ready Policy), on `device` (resolved)."""
-    return settings.spec.build(settings.scenario_config(), settings.algo, seed=settings.seed, device=device,
-                               model=dict(settings.model), run_dir=run_dir, ray_address=settings.ray_address)
+    return settings.spec.build(
+        settings.scenario_config(),
+        settings.algo,
+        seed=settings.seed,
+        device=device,
+        model=dict(settings.model),
+        run_dir=run_dir,
+        ray_address=settings.ray_address,
+    )
 
 
-def run_one(settings: RunSettings, logdir: str | Path, resume: str | Path | None = None
-            ) -> tuple[Path, dict[str, float]]:
+def run_one(
+    settings: RunSettings, logdir: str | Path, resume: str | Path | None = None
+) -> tuple[Path, dict[str, float]]:
     """One run: build the agent, train it if it trains, evaluate it and random on the same users.
 
     Returns (run directory, final metrics). Bad settings or a bad checkpoint raise ValueError
@@ -378,8 +415,9 @@ def restore_policy(run_dir: str | Path, device: str = "cpu") -> tuple[RunSetting
 
 
 # ----------------------------------------------------------------------------- Ray
-def ray_tasks(fn: Callable[..., Any], calls: list[tuple], parallel: int, ray_address: str | None = None,
-              device: str = "cpu") -> list[Any]:
+def ray_tasks(
+    fn: Callable[..., Any], calls: list[tuple], parallel: int, ray_address: str | None = None, device: str = "cpu"
+) -> list[Any]:
     """fn(*args) for every args in `calls`, as Ray tasks of one CPU (and one GPU when `device` is
     cuda): on the cluster at `ray_address`, or on a local Ray started with `parallel` CPUs.
     Results come back in the order of `calls`. A cuda device on a cluster without a GPU is an
@@ -417,8 +455,9 @@ def ray_device(device: str, ray_address: str | None) -> str:
     return "cuda" if has_gpu else "cpu"
 
 
-def run_seeds(settings: RunSettings, seeds: list[int], logdir: str | Path, parallel: int = 1
-              ) -> list[tuple[Path, dict[str, float]]]:
+def run_seeds(
+    settings: RunSettings, seeds: list[int], logdir: str | Path, parallel: int = 1
+) -> list[tuple[Path, dict[str, float]]]:
     """Several seeds, one after another, or `parallel` at a time as Ray tasks (a GPU each on cuda)."""
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds lists a seed twice: {list(seeds)}")
@@ -426,5 +465,6 @@ def run_seeds(settings: RunSettings, seeds: list[int], logdir: str | Path, paral
         return [run_one(settings.replace(seed=s), logdir) for s in seeds]
     device = ray_device(settings.device, settings.ray_address)
     per_seed = [settings.replace(seed=s, device=device) for s in seeds]
-    return ray_tasks(run_one, [(s, str(Path(logdir).resolve())) for s in per_seed], parallel,
-                     settings.ray_address, device)
+    return ray_tasks(
+        run_one, [(s, str(Path(logdir).resolve())) for s in per_seed], parallel, settings.ray_address, device
+    )

@@ -7,6 +7,7 @@ time with 3 seeds and 84% with 5 (BCa: 76% and 85%). Student's t interval, exact
 values, covered 95.5% for both. So the tables use the t interval; with many seeds it tends to
 the normal interval the bootstrap approximates.
 """
+
 from __future__ import annotations
 
 import numpy as np

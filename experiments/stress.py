@@ -13,6 +13,7 @@ every user's interests at --shock-step toward another taste community, which als
 recovery analysis. Writes to --out: report.md, robustness.{md,csv}, recovery.csv, grid.csv,
 timelines.csv, PNG plots and TensorBoard events (tb/). A thin front end over experiments/stresstest/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,35 +41,61 @@ from simulator.params import merge_overrides
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = StressSettings()
-    p.add_argument("--agents", nargs="*", default=None,
-                   help=f"agents to stress (default: {' '.join(DEFAULT_AGENTS)}; NAME{RETRAIN_SUFFIX} refits an "
-                        "agent that retrains)")
+    p.add_argument(
+        "--agents",
+        nargs="*",
+        default=None,
+        help=f"agents to stress (default: {' '.join(DEFAULT_AGENTS)}; NAME{RETRAIN_SUFFIX} refits an "
+        "agent that retrains)",
+    )
     p.add_argument("--families", nargs="+", default=None, help=f"drift families (default: {' '.join(FAMILIES)})")
-    p.add_argument("--magnitudes", nargs="+", type=float, default=None,
-                   help="drift magnitudes, >= 0 (default: 0 0.5 1 2)")
+    p.add_argument(
+        "--magnitudes", nargs="+", type=float, default=None, help="drift magnitudes, >= 0 (default: 0 0.5 1 2)"
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="training seeds (default: 0 1 2)")
     p.add_argument("--train-scenario", default=d.train_scenario, help=f"training regime (default: {d.train_scenario})")
     p.add_argument("--steps", type=int, default=None, help=f"training budget of PPO agents (default: {d.steps})")
-    p.add_argument("--eval-users", type=int, default=None,
-                   help=f"evaluation users per regime (default: {d.eval_users})")
+    p.add_argument(
+        "--eval-users", type=int, default=None, help=f"evaluation users per regime (default: {d.eval_users})"
+    )
     p.add_argument("--reference", default=d.reference, help=f"regret reference (default: {d.reference})")
     p.add_argument("--shock-step", type=int, default=None, help=f"step of the shock (default: {d.shock_step})")
-    p.add_argument("--recovery-magnitude", type=float, default=d.recovery_magnitude,
-                   help="shock magnitude for the recovery analysis (default: 1)")
-    p.add_argument("--retrain-every", type=int, default=d.retrain_every,
-                   help=f"served steps between refits of *{RETRAIN_SUFFIX} agents (default: {d.retrain_every})")
-    p.add_argument("--load", nargs="+", default=(), metavar="RUN_DIR",
-                   help="trained run directories (run.py output) to stress instead of training those agents")
+    p.add_argument(
+        "--recovery-magnitude",
+        type=float,
+        default=d.recovery_magnitude,
+        help="shock magnitude for the recovery analysis (default: 1)",
+    )
+    p.add_argument(
+        "--retrain-every",
+        type=int,
+        default=d.retrain_every,
+        help=f"served steps between refits of *{RETRAIN_SUFFIX} agents (default: {d.retrain_every})",
+    )
+    p.add_argument(
+        "--load",
+        nargs="+",
+        default=(),
+        metavar="RUN_DIR",
+        help="trained run directories (run.py output) to stress instead of training those agents",
+    )
     p.add_argument("--out", default=None, help="output directory (default: runs/stress/<time>)")
     p.add_argument("--parallel", type=int, default=1, help="jobs at a time, as Ray tasks (default: 1, in-process)")
     p.add_argument("--ray-address", default=None, help="run the jobs on an existing Ray cluster")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="where learners train")
-    p.add_argument("--config", default=None, metavar="FILE.yaml",
-                   help="YAML with optional sections scenario: (training-regime overrides), model:, "
-                        "algo: {AGENT: {...}}")
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE.yaml",
+        help="YAML with optional sections scenario: (training-regime overrides), model:, algo: {AGENT: {...}}",
+    )
     p.add_argument("--smoke", action="store_true", help="toy sizes end to end (under two minutes)")
-    p.add_argument("--report-only", default=None, metavar="OUT_DIR",
-                   help="redo the tables, plots and report of a finished stress test from its saved evaluations")
+    p.add_argument(
+        "--report-only",
+        default=None,
+        metavar="OUT_DIR",
+        help="redo the tables, plots and report of a finished stress test from its saved evaluations",
+    )
     return p.parse_args(argv)
 
 
@@ -90,14 +117,23 @@ def settings_from_args(args: argparse.Namespace) -> StressSettings:
         kw["model"] = {**kw.get("model", {}), **cfg.get("model", {})}
         for agent, settings in cfg.get("algo", {}).items():
             if not isinstance(settings, dict):
-                raise ValueError(f"algo.{agent} in {args.config} must map that agent's settings "
-                                 "(stress configs key algo: by agent name)")
+                raise ValueError(
+                    f"algo.{agent} in {args.config} must map that agent's settings "
+                    "(stress configs key algo: by agent name)"
+                )
             algo[agent] = {**algo.get(agent, {}), **settings}
     for name in ("steps", "eval_users", "shock_step"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
-    kw.update(train_scenario=args.train_scenario, reference=args.reference, loads=tuple(args.load), algo=algo,
-              recovery_magnitude=args.recovery_magnitude, retrain_every=args.retrain_every, device=args.device)
+    kw.update(
+        train_scenario=args.train_scenario,
+        reference=args.reference,
+        loads=tuple(args.load),
+        algo=algo,
+        recovery_magnitude=args.recovery_magnitude,
+        retrain_every=args.retrain_every,
+        device=args.device,
+    )
     if args.parallel < 1:
         raise ValueError("--parallel must be >= 1")
     return StressSettings(**kw)

@@ -3,6 +3,7 @@
 Run directories are runs/<scenario>/<agent>/<seed>-<time>/, so
 `tensorboard --logdir runs` overlays every agent of a scenario.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,18 @@ from typing import Any
 import pandas as pd
 
 ROW_KEYS = ("agent", "scenario", "seed", "phase", "env_steps")
-EVAL_TAGS = ("return_mean", "return_ci95", "ctr", "session_length", "satisfaction_end",
-             "consumption_entropy", "slate_diversity", "coverage", "homogenisation", "homogenisation_trend")
+EVAL_TAGS = (
+    "return_mean",
+    "return_ci95",
+    "ctr",
+    "session_length",
+    "satisfaction_end",
+    "consumption_entropy",
+    "slate_diversity",
+    "coverage",
+    "homogenisation",
+    "homogenisation_trend",
+)
 
 
 def new_run_dir(logdir: str | Path, scenario: str, agent: str, seed: int) -> Path:
@@ -59,10 +70,14 @@ class RunLogger:
         frame.to_csv(self.results_path, mode="a", header=header, index=False)
 
     def hparams(self, hparams: Mapping[str, Any], final_metrics: Mapping[str, float]) -> None:
-        flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str))
-                for k, v in hparams.items()}
-        self.writer.add_hparams(flat, {f"hparam/{k}": v for k, v in final_metrics.items()
-                                       if k in EVAL_TAGS and math.isfinite(v)}, run_name=".")
+        flat = {
+            k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)) for k, v in hparams.items()
+        }
+        self.writer.add_hparams(
+            flat,
+            {f"hparam/{k}": v for k, v in final_metrics.items() if k in EVAL_TAGS and math.isfinite(v)},
+            run_name=".",
+        )
         self.writer.flush()
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 State is a set of arrays with a leading user axis; every mechanism lives in its
 own module as a frozen parameter dataclass plus pure functions over arrays.
 """
+
 from simulator.catalog import Catalog, CatalogParams, make_catalog
 from simulator.cognitive import CognitiveParams
 from simulator.response import ResponseParams
@@ -14,7 +15,18 @@ from simulator.users import UserParams
 from simulator.world import StepResult, World, WorldConfig
 
 __all__ = [
-    "Catalog", "CatalogParams", "make_catalog", "CognitiveParams", "ResponseParams",
-    "SeasonalParams", "ShockEvent", "ShockParams", "SocialParams", "UserState",
-    "UserParams", "StepResult", "World", "WorldConfig",
+    "Catalog",
+    "CatalogParams",
+    "make_catalog",
+    "CognitiveParams",
+    "ResponseParams",
+    "SeasonalParams",
+    "ShockEvent",
+    "ShockParams",
+    "SocialParams",
+    "UserState",
+    "UserParams",
+    "StepResult",
+    "World",
+    "WorldConfig",
 ]

@@ -3,6 +3,7 @@
 Items 0..n_items-1 exist from the start; items appended after them arrive later
 (regular arrivals and shock injections), at a step of each user's episode clock.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,21 +15,21 @@ from simulator.params import check_int, check_range
 
 @dataclass(frozen=True)
 class CatalogParams:
-    seed: int = 0                       # the catalog (and taste communities) depend on this seed only
+    seed: int = 0  # the catalog (and taste communities) depend on this seed only
     n_items: int = 1000
     n_topics: int = 10
-    topic_concentration: float = 0.15   # Dirichlet alpha of an item's topic mixture; small = one dominant topic
-    quality_alpha: float = 2.0          # quality ~ Beta(alpha, beta)
+    topic_concentration: float = 0.15  # Dirichlet alpha of an item's topic mixture; small = one dominant topic
+    quality_alpha: float = 2.0  # quality ~ Beta(alpha, beta)
     quality_beta: float = 2.0
-    clickbait_fraction: float = 0.25    # items whose attractiveness ignores (low) quality
+    clickbait_fraction: float = 0.25  # items whose attractiveness ignores (low) quality
     attractiveness_noise: float = 0.15  # spread of attractiveness around quality for honest items
-    quality_signal_noise: float = 0.1   # noise of the observed quality signal (think: average rating)
-    length_mean: float = 4.0            # minutes, log-normal
+    quality_signal_noise: float = 0.1  # noise of the observed quality signal (think: average rating)
+    length_mean: float = 4.0  # minutes, log-normal
     length_sigma: float = 0.5
     length_max: float = 15.0
-    popularity_exponent: float = 1.1    # Zipf exponent of the long-tailed popularity prior
-    n_arrivals: int = 0                 # items that arrive during an episode
-    arrival_window: int = 100           # arrivals are spread uniformly over steps [1, arrival_window]
+    popularity_exponent: float = 1.1  # Zipf exponent of the long-tailed popularity prior
+    n_arrivals: int = 0  # items that arrive during an episode
+    arrival_window: int = 100  # arrivals are spread uniformly over steps [1, arrival_window]
 
     def __post_init__(self) -> None:
         o = "catalog"
@@ -57,6 +58,7 @@ class Catalog:
     quality_signal [I] the noisy quality a recommender can observe; length [I]
     minutes; popularity [I] sums to 1; arrival_step [I] (0 = there from the start).
     """
+
     topics: np.ndarray
     quality: np.ndarray
     attractiveness: np.ndarray
@@ -83,8 +85,9 @@ class Catalog:
         return self.topics.argmax(axis=1)
 
 
-def _sample_items(params: CatalogParams, n: int, rng: np.random.Generator,
-                  topic: int | None = None, quality_boost: float = 0.0) -> dict[str, np.ndarray]:
+def _sample_items(
+    params: CatalogParams, n: int, rng: np.random.Generator, topic: int | None = None, quality_boost: float = 0.0
+) -> dict[str, np.ndarray]:
     t = params.n_topics
     alpha = np.full(t, params.topic_concentration)
     if topic is not None:
@@ -97,14 +100,13 @@ def _sample_items(params: CatalogParams, n: int, rng: np.random.Generator,
     quality = np.where(is_bait, quality * 0.5, quality)
     attractiveness = np.where(is_bait, bait, honest)
     signal = np.clip(quality + rng.normal(0.0, params.quality_signal_noise, size=n), 0, 1)
-    length = np.minimum(rng.lognormal(np.log(params.length_mean), params.length_sigma, size=n),
-                        params.length_max)
-    return dict(topics=topics, quality=quality, attractiveness=attractiveness,
-                quality_signal=signal, length=length)
+    length = np.minimum(rng.lognormal(np.log(params.length_mean), params.length_sigma, size=n), params.length_max)
+    return dict(topics=topics, quality=quality, attractiveness=attractiveness, quality_signal=signal, length=length)
 
 
-def make_catalog(params: CatalogParams, rng: np.random.Generator,
-                 injections: tuple[tuple[int, int, int], ...] = ()) -> Catalog:
+def make_catalog(
+    params: CatalogParams, rng: np.random.Generator, injections: tuple[tuple[int, int, int], ...] = ()
+) -> Catalog:
     """Sample a catalog. `injections` holds (step, n_items, topic) batches (topic -1: random)."""
     parts = [_sample_items(params, params.n_items, rng)]
     arrival = [np.zeros(params.n_items, dtype=np.int32)]
@@ -126,15 +128,24 @@ def make_catalog(params: CatalogParams, rng: np.random.Generator,
     popularity = (rank + 1.0) ** -params.popularity_exponent
     popularity /= popularity.sum()
     arrival_step = np.concatenate(arrival)
-    features = np.concatenate([
-        cols["topics"],
-        cols["quality_signal"][:, None],
-        cols["attractiveness"][:, None],
-        (cols["length"] / params.length_max)[:, None],
-        (1.0 - np.log1p(rank) / np.log(n))[:, None],  # popularity rank score in (0, 1]
-    ], axis=1)
+    features = np.concatenate(
+        [
+            cols["topics"],
+            cols["quality_signal"][:, None],
+            cols["attractiveness"][:, None],
+            (cols["length"] / params.length_max)[:, None],
+            (1.0 - np.log1p(rank) / np.log(n))[:, None],  # popularity rank score in (0, 1]
+        ],
+        axis=1,
+    )
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-    return Catalog(topics=f32(cols["topics"]), quality=f32(cols["quality"]),
-                   attractiveness=f32(cols["attractiveness"]), quality_signal=f32(cols["quality_signal"]),
-                   length=f32(cols["length"]), popularity=popularity.astype(np.float64),
-                   arrival_step=arrival_step, features=f32(features))
+    return Catalog(
+        topics=f32(cols["topics"]),
+        quality=f32(cols["quality"]),
+        attractiveness=f32(cols["attractiveness"]),
+        quality_signal=f32(cols["quality_signal"]),
+        length=f32(cols["length"]),
+        popularity=popularity.astype(np.float64),
+        arrival_step=arrival_step,
+        features=f32(features),
+    )

@@ -1,4 +1,5 @@
 """Cognitive drift: satiation (boredom) with recovery, reinforcement, novelty seeking, random walk."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,13 +13,13 @@ from simulator.params import check_bool, check_range
 class CognitiveParams:
     enabled: bool = False
     magnitude: float = 1.0
-    satiation_rate: float = 0.3       # satiation gained per fully watched item of a topic
+    satiation_rate: float = 0.3  # satiation gained per fully watched item of a topic
     satiation_recovery: float = 0.05  # fraction of satiation lost per step (recovery with time)
-    satiation_weight: float = 2.0     # fit lost on a fully satiated topic
+    satiation_weight: float = 2.0  # fit lost on a fully satiated topic
     reinforcement_rate: float = 0.02  # interest gain toward consumed topics, per watched item
-    novelty_weight: float = 1.0       # utility bonus of fresh items / penalty of repeats, x novelty_seeking
-    freshness_steps: float = 20.0     # an arrived item stays fresh for about this many steps
-    random_walk_std: float = 0.01     # exogenous per-step interest noise
+    novelty_weight: float = 1.0  # utility bonus of fresh items / penalty of repeats, x novelty_seeking
+    freshness_steps: float = 20.0  # an arrived item stays fresh for about this many steps
+    random_walk_std: float = 0.01  # exogenous per-step interest noise
 
     def __post_init__(self) -> None:
         o = "cognitive"
@@ -45,8 +46,9 @@ def satiation_penalty(satiation: np.ndarray, params: CognitiveParams) -> np.ndar
     return np.float32(params.satiation_weight * params.scale) * satiation
 
 
-def update_satiation(satiation: np.ndarray, consumed_topics: np.ndarray, completion: np.ndarray,
-                     params: CognitiveParams) -> None:
+def update_satiation(
+    satiation: np.ndarray, consumed_topics: np.ndarray, completion: np.ndarray, params: CognitiveParams
+) -> None:
     """In place: satiation [N, T] decays by `recovery`, then grows with what was watched.
 
     consumed_topics [N, T] (zero rows for no click); completion [N] fraction watched.
@@ -57,16 +59,22 @@ def update_satiation(satiation: np.ndarray, consumed_topics: np.ndarray, complet
     satiation += gain * (1.0 - satiation)
 
 
-def reinforce(interest: np.ndarray, consumed_topics: np.ndarray, completion: np.ndarray,
-              params: CognitiveParams) -> None:
+def reinforce(
+    interest: np.ndarray, consumed_topics: np.ndarray, completion: np.ndarray, params: CognitiveParams
+) -> None:
     """In place: interests [N, T] grow toward +1 on the topics just watched ("more of what I watch")."""
     rate = np.float32(params.reinforcement_rate * params.scale)
     if rate:
         interest += rate * completion[:, None] * consumed_topics * (1.0 - interest)
 
 
-def novelty_bonus(slates: np.ndarray, recent_items: np.ndarray, freshness: np.ndarray,
-                  novelty_seeking: np.ndarray, params: CognitiveParams) -> np.ndarray:
+def novelty_bonus(
+    slates: np.ndarray,
+    recent_items: np.ndarray,
+    freshness: np.ndarray,
+    novelty_seeking: np.ndarray,
+    params: CognitiveParams,
+) -> np.ndarray:
     """[N, K] utility of novelty: + freshness of newly arrived items, - 1 for a repeat of a recent item.
 
     slates [N, K]; recent_items [N, R]; freshness [N, K] in [0, 1]; novelty_seeking [N].

@@ -1,4 +1,5 @@
 """Validation and override helpers shared by every parameter dataclass."""
+
 from __future__ import annotations
 
 import copy
@@ -8,8 +9,16 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def check_range(owner: str, name: str, value: float, lo: float | None = None,
-                hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> None:
+def check_range(
+    owner: str,
+    name: str,
+    value: float,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> None:
     """Raise ValueError naming `owner.name` unless lo <= value <= hi (open ends if asked)."""
     field = f"{owner}.{name}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -46,8 +55,9 @@ def apply_overrides(obj: Any, overrides: Mapping[str, Any], path: str = "") -> A
     lists the allowed ones.
     """
     if not isinstance(overrides, Mapping):
-        raise ValueError(f"overrides for '{path or type(obj).__name__}' must be a mapping, "
-                         f"got {type(overrides).__name__}")
+        raise ValueError(
+            f"overrides for '{path or type(obj).__name__}' must be a mapping, got {type(overrides).__name__}"
+        )
     fields = {f.name: f for f in dataclasses.fields(obj)}
     changes: dict[str, Any] = {}
     for key, value in overrides.items():

@@ -1,5 +1,6 @@
 """User response: a choice over the slate with a no-click option and position bias, engagement
 (watch time) from fit and quality, satisfaction and budget dynamics, and leaving."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,27 +12,33 @@ from simulator.params import check_range
 
 @dataclass(frozen=True)
 class ResponseParams:
-    fit_weight: float = 3.0                  # utility per unit of topic fit
-    attractiveness_weight: float = 2.5       # utility of looking attractive (thumbnails, titles)
-    no_click_utility: float = 1.5            # utility of not clicking anything
-    dissatisfaction_weight: float = 2.0      # unhappy users click less: no_click += w * (0.5 - satisfaction)
-    position_decay: float = 0.7              # position bias: utility -= decay * log(1 + position)
-    completion_bias: float = 0.0             # fraction watched = sigmoid(bias + w_fit * fit + w_q * (q - 0.5))
+    fit_weight: float = 3.0  # utility per unit of topic fit
+    attractiveness_weight: float = 2.5  # utility of looking attractive (thumbnails, titles)
+    no_click_utility: float = 1.5  # utility of not clicking anything
+    dissatisfaction_weight: float = 2.0  # unhappy users click less: no_click += w * (0.5 - satisfaction)
+    position_decay: float = 0.7  # position bias: utility -= decay * log(1 + position)
+    completion_bias: float = 0.0  # fraction watched = sigmoid(bias + w_fit * fit + w_q * (q - 0.5))
     completion_fit_weight: float = 2.0
     completion_quality_weight: float = 3.0
-    watch_noise: float = 0.1                 # multiplicative log-normal noise of watch time
-    satisfaction_rate: float = 0.1           # satisfaction is an EMA of experience with this rate
-    clickbait_penalty: float = 1.0           # experience lost per unit of attractiveness above quality
-    skip_experience: float = 0.3             # experience of a step with nothing worth clicking
-    browse_cost: float = 0.5                 # minutes of budget every step costs
-    quality_refund: float = 0.8              # good content gives budget back: budget -= watch * (1 - refund * (2q - 1))
-    leave_threshold: float = 0.45            # below this satisfaction users may leave
-    leave_max: float = 0.3                   # per-step leave probability at zero satisfaction
+    watch_noise: float = 0.1  # multiplicative log-normal noise of watch time
+    satisfaction_rate: float = 0.1  # satisfaction is an EMA of experience with this rate
+    clickbait_penalty: float = 1.0  # experience lost per unit of attractiveness above quality
+    skip_experience: float = 0.3  # experience of a step with nothing worth clicking
+    browse_cost: float = 0.5  # minutes of budget every step costs
+    quality_refund: float = 0.8  # good content gives budget back: budget -= watch * (1 - refund * (2q - 1))
+    leave_threshold: float = 0.45  # below this satisfaction users may leave
+    leave_max: float = 0.3  # per-step leave probability at zero satisfaction
 
     def __post_init__(self) -> None:
         o = "response"
-        for name in ("fit_weight", "attractiveness_weight", "dissatisfaction_weight", "position_decay",
-                     "completion_fit_weight", "completion_quality_weight"):
+        for name in (
+            "fit_weight",
+            "attractiveness_weight",
+            "dissatisfaction_weight",
+            "position_decay",
+            "completion_fit_weight",
+            "completion_quality_weight",
+        ):
             check_range(o, name, getattr(self, name), 0.0, 100.0)
         check_range(o, "no_click_utility", self.no_click_utility, -100.0, 100.0)
         check_range(o, "completion_bias", self.completion_bias, -100.0, 100.0)
@@ -75,13 +82,13 @@ def sample_choice(probs: np.ndarray, uniform: np.ndarray) -> np.ndarray:
 
 def completion(fit: np.ndarray, quality: np.ndarray, params: ResponseParams) -> np.ndarray:
     """Fraction of an item watched, in (0, 1); any shape."""
-    z = (params.completion_bias + params.completion_fit_weight * fit
-         + params.completion_quality_weight * (quality - 0.5))
+    z = params.completion_bias + params.completion_fit_weight * fit + params.completion_quality_weight * (quality - 0.5)
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
-def experience(clicked: np.ndarray, quality: np.ndarray, attractiveness: np.ndarray,
-               params: ResponseParams) -> np.ndarray:
+def experience(
+    clicked: np.ndarray, quality: np.ndarray, attractiveness: np.ndarray, params: ResponseParams
+) -> np.ndarray:
     """[N] how good this step felt, in [0, 1]: quality, less the letdown of clickbait; a skip is meh."""
     on_click = np.clip(quality - params.clickbait_penalty * np.maximum(attractiveness - quality, 0.0), 0.0, 1.0)
     return np.where(clicked, on_click, np.float32(params.skip_experience)).astype(np.float32)

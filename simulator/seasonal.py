@@ -1,4 +1,5 @@
 """Seasonal drift: periodic modulation of each topic's appeal over calendar time."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,8 +13,8 @@ from simulator.params import check_bool, check_int, check_range
 class SeasonalParams:
     enabled: bool = False
     magnitude: float = 1.0
-    period: int = 60            # steps per cycle
-    amplitude: float = 0.6      # appeal shift at the peak, in interest units
+    period: int = 60  # steps per cycle
+    amplitude: float = 0.6  # appeal shift at the peak, in interest units
     random_offset: bool = True  # users start at different calendar times
 
     def __post_init__(self) -> None:

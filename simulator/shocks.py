@@ -1,4 +1,5 @@
 """Scheduled shocks: sudden or gradual interest shifts and catalog injections at known steps."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ class ShockEvent:
     gradual: the same move, spread over `duration` steps.
     injection: `n_items` new items centred on `topic` (-1: random) arrive in the catalog.
     """
+
     kind: str
     step: int
     fraction: float = 1.0
@@ -65,8 +67,9 @@ class ShockParams:
                 allowed = set(ShockEvent.__dataclass_fields__)
                 unknown = set(e) - allowed
                 if unknown:
-                    raise ValueError(f"unknown config key '{where}[{i}].{sorted(unknown)[0]}'; "
-                                     f"allowed: {', '.join(sorted(allowed))}")
+                    raise ValueError(
+                        f"unknown config key '{where}[{i}].{sorted(unknown)[0]}'; allowed: {', '.join(sorted(allowed))}"
+                    )
                 events.append(ShockEvent(**e))
             else:
                 raise ValueError(f"{where}[{i}] must be a mapping, got {type(e).__name__}")
@@ -95,8 +98,9 @@ def blend(event: ShockEvent, params: ShockParams) -> float:
     return min(1.0, event.strength * params.scale)
 
 
-def apply_shocks(interest: np.ndarray, target: np.ndarray, shock_draw: np.ndarray,
-                 user_step: np.ndarray, params: ShockParams) -> None:
+def apply_shocks(
+    interest: np.ndarray, target: np.ndarray, shock_draw: np.ndarray, user_step: np.ndarray, params: ShockParams
+) -> None:
     """In place: move interests [N, T] toward `target` [N, T] for users hit at their current step [N]."""
     for event in params.active_events():  # a handful of events, each vectorised over users
         if event.kind == "injection":
@@ -106,8 +110,7 @@ def apply_shocks(interest: np.ndarray, target: np.ndarray, shock_draw: np.ndarra
             hit = (user_step == event.step) & (shock_draw < event.fraction)
             rate = b
         else:  # gradual: equal geometric steps that add up to `b` over the window
-            hit = ((user_step >= event.step) & (user_step < event.step + event.duration)
-                   & (shock_draw < event.fraction))
+            hit = (user_step >= event.step) & (user_step < event.step + event.duration) & (shock_draw < event.fraction)
             rate = 1.0 - (1.0 - b) ** (1.0 / event.duration)
         if rate and hit.any():
             interest[hit] += np.float32(rate) * (target[hit] - interest[hit])
@@ -118,6 +121,5 @@ def change_points(params: ShockParams) -> list[dict[str, Any]]:
     out = []
     for e in params.active_events():
         end = e.step + e.duration - 1 if e.kind == "gradual" else e.step
-        out.append(dict(kind=e.kind, step=e.step, end_step=end, fraction=e.fraction,
-                        blend=blend(e, params)))
+        out.append(dict(kind=e.kind, step=e.step, end_step=end, fraction=e.fraction, blend=blend(e, params)))
     return out

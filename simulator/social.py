@@ -1,4 +1,5 @@
 """Social drift: interests pulled toward graph neighbours' interests and trending topics."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,11 +13,11 @@ from simulator.params import check_bool, check_int, check_range
 class SocialParams:
     enabled: bool = False
     magnitude: float = 1.0
-    degree: int = 8                 # neighbours per user (a constant-degree sparse graph)
-    homophily: float = 0.8          # probability a neighbour comes from the user's own community
-    neighbour_rate: float = 0.03    # per-step pull toward the neighbours' mean interest
-    trend_rate: float = 0.01        # per-step pull toward trending topics
-    trend_memory: float = 0.05      # EMA rate of the population's consumption shares
+    degree: int = 8  # neighbours per user (a constant-degree sparse graph)
+    homophily: float = 0.8  # probability a neighbour comes from the user's own community
+    neighbour_rate: float = 0.03  # per-step pull toward the neighbours' mean interest
+    trend_rate: float = 0.01  # per-step pull toward trending topics
+    trend_memory: float = 0.05  # EMA rate of the population's consumption shares
 
     def __post_init__(self) -> None:
         o = "social"
@@ -49,8 +50,9 @@ def make_graph(community: np.ndarray, params: SocialParams, rng: np.random.Gener
     return neighbours.astype(np.int32)
 
 
-def neighbour_pull(interest: np.ndarray, neighbours: np.ndarray, susceptibility: np.ndarray,
-                   params: SocialParams) -> np.ndarray:
+def neighbour_pull(
+    interest: np.ndarray, neighbours: np.ndarray, susceptibility: np.ndarray, params: SocialParams
+) -> np.ndarray:
     """[N, T] change of interests toward the neighbours' mean interest."""
     rate = params.neighbour_rate * params.scale
     # Sum over the D neighbour columns: D row-gathers of [N, T], no [N, D, T] temporary.
@@ -66,15 +68,15 @@ def trend_direction(trend: np.ndarray) -> np.ndarray:
     return np.clip(trend.shape[0] * trend - 1.0, -1.0, 1.0).astype(np.float32)
 
 
-def trend_pull(interest: np.ndarray, trend: np.ndarray, susceptibility: np.ndarray,
-               params: SocialParams) -> np.ndarray:
+def trend_pull(interest: np.ndarray, trend: np.ndarray, susceptibility: np.ndarray, params: SocialParams) -> np.ndarray:
     """[N, T] change of interests toward the trending topics."""
     rate = params.trend_rate * params.scale
     return (rate * susceptibility)[:, None] * (trend_direction(trend) - interest)
 
 
-def update_trend(trend: np.ndarray, consumed_topics: np.ndarray, clicked: np.ndarray,
-                 params: SocialParams) -> np.ndarray:
+def update_trend(
+    trend: np.ndarray, consumed_topics: np.ndarray, clicked: np.ndarray, params: SocialParams
+) -> np.ndarray:
     """[T] EMA of the topic shares consumed this step by the whole population."""
     n_clicks = np.count_nonzero(clicked)
     if n_clicks == 0:

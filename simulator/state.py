@@ -1,4 +1,5 @@
 """The mutable state of N users, as arrays with a leading user axis."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +20,7 @@ class UserState:
     recent_items [N, R] last consumed items (-1 = none), recent_ptr [N] ring position;
     trend [T] the population's recent consumption shares (trending topics).
     """
+
     interest: np.ndarray
     initial_interest: np.ndarray
     satiation: np.ndarray

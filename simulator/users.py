@@ -1,4 +1,5 @@
 """User population: sampling of new users' latent traits and starting state."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,13 +11,13 @@ from simulator.params import check_int, check_range
 
 @dataclass(frozen=True)
 class UserParams:
-    budget_mean: float = 60.0          # minutes a user is willing to spend in a session
+    budget_mean: float = 60.0  # minutes a user is willing to spend in a session
     budget_std: float = 10.0
-    satisfaction_init: float = 0.7     # starting trust in the recommender, in [0, 1]
-    n_communities: int = 4             # taste communities (homophily of the social graph)
-    community_strength: float = 0.6    # how much a user's interests follow the community's
-    novelty_seeking_max: float = 1.0   # per-user trait ~ U(0, max)
-    recent_items: int = 16             # items a user remembers having consumed (repeat aversion)
+    satisfaction_init: float = 0.7  # starting trust in the recommender, in [0, 1]
+    n_communities: int = 4  # taste communities (homophily of the social graph)
+    community_strength: float = 0.6  # how much a user's interests follow the community's
+    novelty_seeking_max: float = 1.0  # per-user trait ~ U(0, max)
+    recent_items: int = 16  # items a user remembers having consumed (repeat aversion)
 
     def __post_init__(self) -> None:
         o = "users"
@@ -38,8 +39,9 @@ def community_centres(params: UserParams, n_topics: int, rng: np.random.Generato
     return centres.astype(np.float32)
 
 
-def sample_users(params: UserParams, community: np.ndarray, centres: np.ndarray,
-                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+def sample_users(
+    params: UserParams, community: np.ndarray, centres: np.ndarray, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Draw fresh users for the slots with the given `community` [M].
 
     Returns arrays with leading axis M: interest [M, T], budget [M],

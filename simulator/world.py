@@ -1,4 +1,5 @@
 """The world: a catalog plus N users, stepped for all users at once."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ class WorldConfig:
     def __post_init__(self) -> None:
         for e in self.shocks.active_events():
             if e.kind == "injection" and e.topic >= self.catalog.n_topics:
-                raise ValueError(f"shocks.events[injection].topic must be < catalog.n_topics="
-                                 f"{self.catalog.n_topics}, got {e.topic}")
+                raise ValueError(
+                    f"shocks.events[injection].topic must be < catalog.n_topics={self.catalog.n_topics}, got {e.topic}"
+                )
 
 
 @dataclass
@@ -49,6 +51,7 @@ class StepResult:
     fit [N, K]: true topic fit of each served item to the user's interests as felt when
     choosing (after this step's shocks; see `World.slate_fit`). Hidden state: not for agents.
     """
+
     position: np.ndarray
     item: np.ndarray
     watch_time: np.ndarray
@@ -75,13 +78,17 @@ class World:
         # The catalog and the taste communities are the world's fixed structure: they
         # depend on catalog.seed only, so training and evaluation seeds share them.
         catalog_rng = np.random.default_rng(config.catalog.seed)
-        self.catalog: Catalog = make_catalog(config.catalog, catalog_rng,
-                                             config.shocks.injections(config.catalog.n_topics))
+        self.catalog: Catalog = make_catalog(
+            config.catalog, catalog_rng, config.shocks.injections(config.catalog.n_topics)
+        )
         self.centres = community_centres(config.users, config.catalog.n_topics, catalog_rng)
         self.phases = seasonal.topic_phases(config.catalog.n_topics)
         # Appeal repeats with the period: one [period, T] table, looked up by calendar time.
-        self.season_table = (seasonal.seasonal_appeal(np.arange(config.seasonal.period), self.phases, config.seasonal)
-                             if config.seasonal.scale else None)
+        self.season_table = (
+            seasonal.seasonal_appeal(np.arange(config.seasonal.period), self.phases, config.seasonal)
+            if config.seasonal.scale
+            else None
+        )
         self._pos_bias: dict[int, np.ndarray] = {}
         self._n_users = n_users
         self.noise_map: np.ndarray | None = None  # [N] row of the step noise each user uses
@@ -100,12 +107,22 @@ class World:
         t, r = cfg.catalog.n_topics, cfg.users.recent_items
         z = lambda *shape: np.zeros(shape, dtype=np.float32)  # noqa: E731
         self.state = UserState(
-            interest=z(n, t), initial_interest=z(n, t), satiation=z(n, t),
-            satisfaction=z(n), budget=z(n), step=np.zeros(n, np.int32),
-            calendar_offset=np.zeros(n, np.int32), novelty_seeking=z(n),
-            susceptibility=z(n), community=community, shock_draw=z(n),
-            shock_target=z(n, t), recent_items=np.full((n, r), -1, np.int32),
-            recent_ptr=np.zeros(n, np.int32), trend=np.full(t, 1.0 / t, np.float32))
+            interest=z(n, t),
+            initial_interest=z(n, t),
+            satiation=z(n, t),
+            satisfaction=z(n),
+            budget=z(n),
+            step=np.zeros(n, np.int32),
+            calendar_offset=np.zeros(n, np.int32),
+            novelty_seeking=z(n),
+            susceptibility=z(n),
+            community=community,
+            shock_draw=z(n),
+            shock_target=z(n, t),
+            recent_items=np.full((n, r), -1, np.int32),
+            recent_ptr=np.zeros(n, np.int32),
+            trend=np.full(t, 1.0 / t, np.float32),
+        )
         self.reset_users()
 
     # ------------------------------------------------------------------ users
@@ -131,8 +148,7 @@ class World:
         s.satisfaction[idx] = cfg.users.satisfaction_init
         s.step[idx] = 0
         period = cfg.seasonal.period
-        s.calendar_offset[idx] = (self.user_rng.integers(0, period, size=idx.size)
-                                  if cfg.seasonal.random_offset else 0)
+        s.calendar_offset[idx] = self.user_rng.integers(0, period, size=idx.size) if cfg.seasonal.random_offset else 0
         s.recent_items[idx] = -1
         s.recent_ptr[idx] = 0
 
@@ -172,17 +188,20 @@ class World:
         """
         return np.einsum("nkt,nt->nk", self.catalog.topics[slates], self.felt_interest(state))  # no [N, K, T] temporary
 
-    def slate_utility(self, slates: np.ndarray, state: UserState | None = None,
-                      positions: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def slate_utility(
+        self, slates: np.ndarray, state: UserState | None = None, positions: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Utilities [N, K] of the items in `slates` [N, K], and their fit [N, K] (see `slate_fit`).
 
         With positions=False every item is scored as if shown alone at the top.
         """
         cfg, c = self.config, self.catalog
         s = self.state if state is None else state
-        fit = self.slate_fit(slates, s)                             # [N, K]
-        utility = (np.float32(cfg.response.fit_weight) * fit
-                   + np.float32(cfg.response.attractiveness_weight) * c.attractiveness[slates])
+        fit = self.slate_fit(slates, s)  # [N, K]
+        utility = (
+            np.float32(cfg.response.fit_weight) * fit
+            + np.float32(cfg.response.attractiveness_weight) * c.attractiveness[slates]
+        )
         if positions:
             k = slates.shape[1]
             if k not in self._pos_bias:
@@ -198,9 +217,9 @@ class World:
         cfg = self.config.response
         utility, fit = self.slate_utility(items, positions=False)
         outside = response.no_click_utility(self.state.satisfaction, cfg)
-        p_click = 1.0 / (1.0 + np.exp(outside[:, None] - utility))   # logit with one item + no-click
+        p_click = 1.0 / (1.0 + np.exp(outside[:, None] - utility))  # logit with one item + no-click
         watch = self.catalog.length[items] * response.completion(fit, self.catalog.quality[items], cfg)
-        noise_mean = np.float32(np.exp(0.5 * cfg.watch_noise ** 2))  # mean of the log-normal factor
+        noise_mean = np.float32(np.exp(0.5 * cfg.watch_noise**2))  # mean of the log-normal factor
         return (p_click * watch * noise_mean).astype(np.float32)
 
     def expected_budget_cost(self, items: np.ndarray, watch: np.ndarray | None = None) -> np.ndarray:
@@ -235,8 +254,11 @@ class World:
         n_draw, t = self.noise_rows, s.interest.shape[1]
         uniforms = self.step_rng.random((2, n_draw), dtype=np.float32)
         watch_noise = self.step_rng.standard_normal(n_draw, dtype=np.float32)
-        walk_noise = (self.step_rng.random((n_draw, t), dtype=np.float32)
-                      if cfg.cognitive.scale and cfg.cognitive.random_walk_std else None)
+        walk_noise = (
+            self.step_rng.random((n_draw, t), dtype=np.float32)
+            if cfg.cognitive.scale and cfg.cognitive.random_walk_std
+            else None
+        )
         if self.noise_map is not None:  # rows sharing a noise row see the same draws
             uniforms, watch_noise = uniforms[:, self.noise_map], watch_noise[self.noise_map]
             walk_noise = None if walk_noise is None else walk_noise[self.noise_map]
@@ -261,7 +283,7 @@ class World:
         response.update_satisfaction(s.satisfaction, felt, cfg.response)
         s.budget -= response.budget_cost(watch, quality, cfg.response)
 
-        consumed = c.topics[chosen] * clicked[:, None]          # [N, T], zero rows without a click
+        consumed = c.topics[chosen] * clicked[:, None]  # [N, T], zero rows without a click
         cognitive.update_satiation(s.satiation, consumed, done_frac, cfg.cognitive)
         cognitive.reinforce(s.interest, consumed, done_frac, cfg.cognitive)
         if walk_noise is not None:
@@ -280,8 +302,14 @@ class World:
 
         leave = uniforms[1] < response.leave_probability(s.satisfaction, cfg.response)
         terminated = (s.budget <= 0.0) | leave
-        return StepResult(position=position, item=item, watch_time=watch.astype(np.float32),
-                          completion=done_frac, terminated=terminated, fit=fit)
+        return StepResult(
+            position=position,
+            item=item,
+            watch_time=watch.astype(np.float32),
+            completion=done_frac,
+            terminated=terminated,
+            fit=fit,
+        )
 
     # ---------------------------------------------------------- ground truth
     def change_points(self) -> list[dict[str, Any]]:
@@ -295,10 +323,16 @@ class World:
     def ground_truth(self) -> dict[str, np.ndarray]:
         """Copies of the hidden state for analysis and oracles (never part of an observation)."""
         s = self.state
-        return dict(interest=s.interest.copy(), effective_interest=np.array(self.effective_interest()),
-                    satiation=s.satiation.copy(), satisfaction=s.satisfaction.copy(),
-                    budget=s.budget.copy(), step=s.step.copy(), calendar=self.calendar.copy(),
-                    trend=s.trend.copy())
+        return dict(
+            interest=s.interest.copy(),
+            effective_interest=np.array(self.effective_interest()),
+            satiation=s.satiation.copy(),
+            satisfaction=s.satisfaction.copy(),
+            budget=s.budget.copy(),
+            step=s.step.copy(),
+            calendar=self.calendar.copy(),
+            trend=s.trend.copy(),
+        )
 
     # ------------------------------------------------------- copy, save, load
     def copy(self, seed: int | None = None) -> World:
@@ -346,8 +380,9 @@ class World:
         rng = json.loads(str(arrays.pop("rng_state")))
         neighbours = arrays.pop("neighbours")
         if arrays["interest"].shape[1] != self.config.catalog.n_topics:
-            raise ValueError(f"saved state has {arrays['interest'].shape[1]} topics, this world has "
-                             f"{self.config.catalog.n_topics}")
+            raise ValueError(
+                f"saved state has {arrays['interest'].shape[1]} topics, this world has {self.config.catalog.n_topics}"
+            )
         self.state = UserState(**arrays)
         self.neighbours = neighbours
         self._n_users = self.state.n_users

@@ -3,6 +3,7 @@
 Fixtures here are session-scoped factories (pure functions), so hypothesis tests
 may use them without the function-scoped-fixture health check firing.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,25 +49,32 @@ def tiny_overrides():
 @pytest.fixture(scope="session")
 def make_cfg():
     """make_cfg(name, extra) -> ScenarioConfig of preset `name` with TINY + `extra` overrides."""
+
     def _make(name: str = "stationary", extra: Mapping[str, Any] | None = None):
         return make_scenario(name, deep_merge(TINY, extra))
+
     return _make
 
 
 @pytest.fixture(scope="session")
 def make_world(make_cfg):
     """make_world(name, extra, n_users, seed) -> a raw simulator World on a tiny config."""
-    def _make(name: str = "stationary", extra: Mapping[str, Any] | None = None,
-              n_users: int = 8, seed: int = 0) -> World:
+
+    def _make(
+        name: str = "stationary", extra: Mapping[str, Any] | None = None, n_users: int = 8, seed: int = 0
+    ) -> World:
         return World(make_cfg(name, extra).world, n_users, seed)
+
     return _make
 
 
 @pytest.fixture(scope="session")
 def random_slates():
     """random_slates(world, rng, k) -> [N, k] distinct-per-row ids of items present from the start."""
+
     def _make(world: World, rng: np.random.Generator, k: int = 1) -> np.ndarray:
         n_init = world.catalog.n_initial
         keys = rng.random((world.n_users, n_init))
         return np.argsort(keys, axis=1)[:, :k].astype(np.int64)
+
     return _make

@@ -1,4 +1,5 @@
 """Popularity and LinUCB baselines, and the logged-data round trip they train on."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,9 +28,22 @@ def logs() -> pd.DataFrame:
 def synthetic_logs(items: np.ndarray, watch_time: np.ndarray, click: np.ndarray | None = None) -> pd.DataFrame:
     n = len(items)
     click = (watch_time > 0).astype(np.int8) if click is None else click
-    return pd.DataFrame(dict(user=np.arange(n), step=0, item=items, position=0, click=click,
-                             watch_time=watch_time, completion=0.5, season_sin=0.0, season_cos=1.0,
-                             progress=0.0, scenario="test", seed=0))[list(LOG_COLUMNS)]
+    return pd.DataFrame(
+        dict(
+            user=np.arange(n),
+            step=0,
+            item=items,
+            position=0,
+            click=click,
+            watch_time=watch_time,
+            completion=0.5,
+            season_sin=0.0,
+            season_cos=1.0,
+            progress=0.0,
+            scenario="test",
+            seed=0,
+        )
+    )[list(LOG_COLUMNS)]
 
 
 def assert_valid_actions(actions: np.ndarray, n: int, slate_size: int, n_candidates: int = 8) -> None:
@@ -97,15 +111,19 @@ def test_popularity_slate_is_distinct_top_k(logs):
     assert_valid_actions(actions, 6, 3)
     scores = policy.item_scores[obs["candidate_items"]]
     chosen = np.take_along_axis(scores, actions, axis=1)
-    assert np.all(np.diff(chosen, axis=1) <= 0)                      # best first
-    assert np.all(chosen[:, -1] >= np.sort(scores, axis=1)[:, -3])   # and the top 3
+    assert np.all(np.diff(chosen, axis=1) <= 0)  # best first
+    assert np.all(chosen[:, -1] >= np.sort(scores, axis=1)[:, -3])  # and the top 3
 
 
-@pytest.mark.parametrize("bad, match", [
-    (lambda logs: logs.iloc[:0], "empty"),
-    (lambda logs: logs.drop(columns=["watch_time"]), "missing columns"),
-    (lambda logs: logs.assign(item=logs["item"].where(logs.index != 3, N_ITEMS)), "catalog"),
-], ids=["empty", "missing-column", "item-out-of-catalog"])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda logs: logs.iloc[:0], "empty"),
+        (lambda logs: logs.drop(columns=["watch_time"]), "missing columns"),
+        (lambda logs: logs.assign(item=logs["item"].where(logs.index != 3, N_ITEMS)), "catalog"),
+    ],
+    ids=["empty", "missing-column", "item-out-of-catalog"],
+)
 def test_popularity_rejects_bad_logs(logs, bad, match):
     with pytest.raises(ValueError, match=match):
         PopularityPolicy.from_logs(bad(logs), N_ITEMS)
@@ -142,10 +160,16 @@ def test_linucb_needs_catalog():
         LinUCBPolicy().act(obs)
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(alpha=-1.0), "alpha"), (dict(alpha=float("nan")), "alpha"), (dict(alpha="1"), "alpha"),
-    (dict(ridge=0.0), "ridge"), (dict(ridge=float("inf")), "ridge"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(alpha=-1.0), "alpha"),
+        (dict(alpha=float("nan")), "alpha"),
+        (dict(alpha="1"), "alpha"),
+        (dict(ridge=0.0), "ridge"),
+        (dict(ridge=float("inf")), "ridge"),
+    ],
+)
 def test_linucb_rejects_bad_parameters(kwargs, field):
     with pytest.raises(ValueError, match=field):
         LinUCBPolicy(BanditParams(**kwargs))

@@ -1,4 +1,5 @@
 """Every baseline through the one factory, compare.py's table, and the seed-level statistics."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,10 +13,12 @@ from experiments import compare, run
 from experiments.stats import mean_interval
 
 TINY = {"catalog": {"n_items": 100}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 20}}
-SMALL_ALGO = {"popularity": {"log_users": 16, "log_steps": 30},
-              "sasrec": {"log_users": 16, "log_steps": 30, "epochs": 1},
-              "gru4rec": {"log_users": 16, "log_steps": 30, "epochs": 1},
-              "oracle-lookahead": {"top": 2, "rollouts": 2, "horizon": 4}}
+SMALL_ALGO = {
+    "popularity": {"log_users": 16, "log_steps": 30},
+    "sasrec": {"log_users": 16, "log_steps": 30, "epochs": 1},
+    "gru4rec": {"log_users": 16, "log_steps": 30, "epochs": 1},
+    "oracle-lookahead": {"top": 2, "rollouts": 2, "horizon": 4},
+}
 SMALL_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 1}
 
 
@@ -23,8 +26,9 @@ SMALL_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 1}
 @pytest.mark.parametrize("slate_size", [1, 2])
 def test_every_baseline_acts_validly(name, slate_size, tmp_path):
     scenario = make_scenario("mixed", {**TINY, "env": {**TINY["env"], "slate_size": slate_size}})
-    policy = get_agent(name).build(scenario, SMALL_ALGO.get(name, {}), seed=0, device="cpu", model=SMALL_MODEL,
-                                   run_dir=tmp_path)
+    policy = get_agent(name).build(
+        scenario, SMALL_ALGO.get(name, {}), seed=0, device="cpu", model=SMALL_MODEL, run_dir=tmp_path
+    )
     env = RecVectorEnv(6, scenario, seed=3)
     if hasattr(policy, "bind"):
         policy.bind(env)

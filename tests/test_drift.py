@@ -1,4 +1,5 @@
 """Each drift family does what it says, checked against the same world with the family off."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,8 +47,7 @@ def _show(world: World, items: np.ndarray, steps: int, start: int = 0) -> None:
 
 # ------------------------------------------------------------------ seasonal
 @settings(max_examples=25, deadline=None)
-@given(period=st.integers(2, 40).map(lambda p: 2 * p), t=st.integers(0, 200),
-       amplitude=st.floats(0.1, 1.0))
+@given(period=st.integers(2, 40).map(lambda p: 2 * p), t=st.integers(0, 200), amplitude=st.floats(0.1, 1.0))
 def test_seasonal_appeal_repeats_with_its_period(period, t, amplitude):
     params = SeasonalParams(enabled=True, period=period, amplitude=amplitude)
     phases = seasonal.topic_phases(4)
@@ -83,8 +83,7 @@ def test_world_effective_interest_is_seasonal_only_when_on(make_world, on):
 
 def test_context_season_features_cycle_with_the_period(make_cfg):
     period = 10
-    cfg = make_cfg("seasonal", _merge(LONG_SESSIONS, {"seasonal": {"period": period},
-                                                      "env": {"max_steps": 40}}))
+    cfg = make_cfg("seasonal", _merge(LONG_SESSIONS, {"seasonal": {"period": period}, "env": {"max_steps": 40}}))
     env = RecVectorEnv(num_envs=4, scenario=cfg, seed=0)
     obs, _ = env.reset(seed=3)
     ctx, hist = [obs["context"][:, :2]], []
@@ -163,8 +162,9 @@ def test_trend_moves_toward_consumed_topics():
 
 
 # ---------------------------------------------------------- cognitive: satiation
-SATIATION_ONLY = _merge(ALWAYS_CLICK, {"cognitive": {"reinforcement_rate": 0.0, "random_walk_std": 0.0,
-                                                     "novelty_weight": 0.0}})
+SATIATION_ONLY = _merge(
+    ALWAYS_CLICK, {"cognitive": {"reinforcement_rate": 0.0, "random_walk_std": 0.0, "novelty_weight": 0.0}}
+)
 
 
 def test_satiation_builds_lowers_engagement_and_recovers(make_world):
@@ -172,8 +172,8 @@ def test_satiation_builds_lowers_engagement_and_recovers(make_world):
     control = make_world("cognitive", SATIATION_ONLY, n_users=16, seed=1)
     k, items_k, j, items_j = _pure_topic_items(treat)
     probe = items_k[-1:]
-    _show(treat, items_k[:-1], 8)   # binge topic k
-    _show(control, items_j, 8)      # control watches another topic
+    _show(treat, items_k[:-1], 8)  # binge topic k
+    _show(control, items_j, 8)  # control watches another topic
     sat_k = treat.state.satiation[:, k].copy()
     assert np.all(sat_k > control.state.satiation[:, k] + 0.1)
     probe_items = np.full((16, 1), probe[0], dtype=np.int64)
@@ -210,8 +210,7 @@ def test_satiation_affects_utility_only_when_cognitive_on(make_world, enabled):
 # ------------------------------------------------- cognitive: interest dynamics
 @pytest.mark.parametrize("enabled", [True, False])
 def test_reinforcement_raises_interest_in_consumed_topic(make_world, enabled):
-    extra = _merge(ALWAYS_CLICK, {"cognitive": {"enabled": enabled, "reinforcement_rate": 0.2,
-                                                "random_walk_std": 0.0}})
+    extra = _merge(ALWAYS_CLICK, {"cognitive": {"enabled": enabled, "reinforcement_rate": 0.2, "random_walk_std": 0.0}})
     w = make_world("cognitive", extra, n_users=16, seed=2)
     k, items_k, _, _ = _pure_topic_items(w)
     before = w.state.interest.copy()
@@ -243,8 +242,17 @@ def test_random_walk_moves_interests_only_with_positive_std(make_world, std):
 
 @pytest.mark.parametrize("weight", [2.0, 0.0])
 def test_novelty_repeat_of_recent_item_has_lower_utility(make_world, weight):
-    extra = _merge(ALWAYS_CLICK, {"cognitive": {"novelty_weight": weight, "satiation_weight": 0.0,
-                                                "reinforcement_rate": 0.0, "random_walk_std": 0.0}})
+    extra = _merge(
+        ALWAYS_CLICK,
+        {
+            "cognitive": {
+                "novelty_weight": weight,
+                "satiation_weight": 0.0,
+                "reinforcement_rate": 0.0,
+                "random_walk_std": 0.0,
+            }
+        },
+    )
     w = make_world("cognitive", extra, n_users=8, seed=4)
     seen = np.full((8, 1), 5, dtype=np.int64)
     unseen = np.full((8, 1), 6, dtype=np.int64)
@@ -262,9 +270,18 @@ def test_novelty_repeat_of_recent_item_has_lower_utility(make_world, weight):
 
 
 def test_repeat_penalty_fades_once_the_item_leaves_memory(make_world):
-    extra = _merge(ALWAYS_CLICK, {"users": {"recent_items": 2},
-                                  "cognitive": {"novelty_weight": 2.0, "satiation_weight": 0.0,
-                                                "reinforcement_rate": 0.0, "random_walk_std": 0.0}})
+    extra = _merge(
+        ALWAYS_CLICK,
+        {
+            "users": {"recent_items": 2},
+            "cognitive": {
+                "novelty_weight": 2.0,
+                "satiation_weight": 0.0,
+                "reinforcement_rate": 0.0,
+                "random_walk_std": 0.0,
+            },
+        },
+    )
     w = make_world("cognitive", extra, n_users=4, seed=5)
     x = np.full((4, 1), 5, dtype=np.int64)
     u0, _ = w.slate_utility(x)
@@ -297,8 +314,9 @@ def _interest_trace(world: World, steps: int) -> np.ndarray:
 @pytest.mark.parametrize("enabled", [True, False])
 def test_sudden_shock_jumps_affected_users_at_its_step(make_world, enabled):
     s = 5
-    extra = {"shocks": {"enabled": enabled, "events": [
-        {"kind": "sudden", "step": s, "fraction": 0.5, "strength": 0.8}]}}
+    extra = {
+        "shocks": {"enabled": enabled, "events": [{"kind": "sudden", "step": s, "fraction": 0.5, "strength": 0.8}]}
+    }
     w = make_world("shock", extra, n_users=64, seed=6)
     cps = w.change_points()
     target = w.state.shock_target.copy()
@@ -335,8 +353,12 @@ def test_shock_targets_are_another_communitys_tastes(make_world):
 
 def test_gradual_shock_spreads_over_its_window(make_world):
     s, d = 4, 5
-    extra = {"shocks": {"enabled": True, "events": [
-        {"kind": "gradual", "step": s, "duration": d, "fraction": 1.0, "strength": 0.8}]}}
+    extra = {
+        "shocks": {
+            "enabled": True,
+            "events": [{"kind": "gradual", "step": s, "duration": d, "fraction": 1.0, "strength": 0.8}],
+        }
+    }
     w = make_world("shock", extra, n_users=16, seed=7)
     cp = w.change_points()[0]
     assert (cp["step"], cp["end_step"]) == (s, s + d - 1)
@@ -365,8 +387,9 @@ def test_shock_magnitude_scales_the_blend(make_world):
 
 @pytest.mark.parametrize("magnitude, count", [(1.0, 20), (0.5, 10)])
 def test_injection_adds_items_at_its_step(make_world, magnitude, count):
-    extra = {"shocks": {"magnitude": magnitude, "events": [
-        {"kind": "injection", "step": 7, "n_items": 20, "topic": 2}]}}
+    extra = {
+        "shocks": {"magnitude": magnitude, "events": [{"kind": "injection", "step": 7, "n_items": 20, "topic": 2}]}
+    }
     w = make_world("shock", extra, n_users=2)
     cat = w.catalog
     assert cat.n_items == 100 + count and cat.n_initial == 100
@@ -378,9 +401,11 @@ def test_injection_adds_items_at_its_step(make_world, magnitude, count):
 
 
 def test_candidates_never_include_items_before_arrival(make_cfg):
-    extra = {"catalog": {"n_arrivals": 40, "arrival_window": 10},
-             "shocks": {"events": [{"kind": "injection", "step": 6, "n_items": 40}]},
-             "env": {"max_steps": 12}}
+    extra = {
+        "catalog": {"n_arrivals": 40, "arrival_window": 10},
+        "shocks": {"events": [{"kind": "injection", "step": 6, "n_items": 40}]},
+        "env": {"max_steps": 12},
+    }
     cfg = make_cfg("shock", extra)
     env = RecVectorEnv(num_envs=16, scenario=cfg, seed=0)
     obs, _ = env.reset(seed=1)

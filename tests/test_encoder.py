@@ -269,9 +269,7 @@ def test_blocks_match_torch_transformer_encoder():
     layer = torch.nn.TransformerEncoderLayer(
         D, 2, dim_feedforward=2 * D, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
     )
-    reference = torch.nn.TransformerEncoder(
-        layer, 2, norm=torch.nn.LayerNorm(D), enable_nested_tensor=False
-    ).eval()
+    reference = torch.nn.TransformerEncoder(layer, 2, norm=torch.nn.LayerNorm(D), enable_nested_tensor=False).eval()
     with torch.no_grad():
         for ours, ref in zip(encoder.stack.blocks, reference.layers):
             ref.self_attn.in_proj_weight.copy_(ours.attn.qkv.weight)

@@ -1,4 +1,5 @@
 """Gymnasium single and vector envs, the SB3 adapter, configs and presets, action checking."""
+
 from __future__ import annotations
 
 import warnings
@@ -58,8 +59,10 @@ def test_observation_space_is_a_dict_of_boxes(make_cfg):
 
 # ------------------------------------------------------------ single env
 def test_single_env_episode_semantics(tiny_overrides):
-    env = RecEnv("stationary", tiny_overrides({"env": {"max_steps": 6}, "users": {"budget_mean": 1e4},
-                                               "response": {"leave_max": 0.0}}))
+    env = RecEnv(
+        "stationary",
+        tiny_overrides({"env": {"max_steps": 6}, "users": {"budget_mean": 1e4}, "response": {"leave_max": 0.0}}),
+    )
     obs, info = env.reset(seed=0)
     assert obs["history_mask"].sum() == 0.0 and info == {}
     for t in range(1, 7):
@@ -80,15 +83,16 @@ def test_single_env_history_records_top_item_without_click(tiny_overrides):
     env = RecEnv("stationary", tiny_overrides({"response": {"no_click_utility": 100.0}}))
     obs, _ = env.reset(seed=1)
     top = obs["candidate_items"][3]
-    obs, reward, *_ , info = env.step(3)
+    obs, reward, *_, info = env.step(3)
     assert not info["clicked"] and reward == 0.0 and info["item"] == -1
     assert obs["history_items"][-1] == top
 
 
 # --------------------------------------------------------------- vector env
 def _make_vec(n, scenario="mixed", overrides=None, **kw):
-    return gym.make_vec(envs.ENV_ID, num_envs=n, vectorization_mode="vector_entry_point",
-                        scenario=scenario, overrides=overrides, **kw)
+    return gym.make_vec(
+        envs.ENV_ID, num_envs=n, vectorization_mode="vector_entry_point", scenario=scenario, overrides=overrides, **kw
+    )
 
 
 def test_make_vec_gives_the_native_batched_env(tiny):
@@ -140,8 +144,9 @@ def test_next_step_autoreset(tiny_overrides):
         assert np.all(venv.world.state.step[done] == 0)
         # Slots that were not done kept going.
         live = ~done
-        assert np.all(obs["history_mask"][live].sum(axis=1) >= np.minimum(
-            before["history_mask"][live].sum(axis=1) + 1, 8))
+        assert np.all(
+            obs["history_mask"][live].sum(axis=1) >= np.minimum(before["history_mask"][live].sum(axis=1) + 1, 8)
+        )
     assert done_seen
 
 
@@ -221,8 +226,7 @@ def test_single_env_equals_vector_env_with_one_slot(make_cfg):
 
 def test_vector_env_common_random_numbers_across_policies(make_cfg):
     """Two policies on the same seed draw the same step and candidate noise."""
-    cfg = make_cfg("mixed", {"env": {"max_steps": 50}, "users": {"budget_mean": 1e4},
-                             "response": {"leave_max": 0.0}})
+    cfg = make_cfg("mixed", {"env": {"max_steps": 50}, "users": {"budget_mean": 1e4}, "response": {"leave_max": 0.0}})
     a, b = RecVectorEnv(8, cfg), RecVectorEnv(8, cfg)
     a.reset(seed=9)
     b.reset(seed=9)
@@ -243,12 +247,15 @@ def test_unknown_scenario_lists_valid_names():
     assert "nope" in msg and all(name in msg for name in PRESETS)
 
 
-@pytest.mark.parametrize("overrides, names", [
-    ({"bogus": 1}, ["bogus", "allowed", "catalog", "env"]),
-    ({"cognitive": {"satiation_rat": 0.1}}, ["cognitive.satiation_rat", "satiation_rate"]),
-    ({"env": {"slates": 2}}, ["env.slates", "slate_size"]),
-    ({"shocks": {"events": [{"kind": "sudden", "step": 3, "when": 2}]}}, ["when", "allowed"]),
-])
+@pytest.mark.parametrize(
+    "overrides, names",
+    [
+        ({"bogus": 1}, ["bogus", "allowed", "catalog", "env"]),
+        ({"cognitive": {"satiation_rat": 0.1}}, ["cognitive.satiation_rat", "satiation_rate"]),
+        ({"env": {"slates": 2}}, ["env.slates", "slate_size"]),
+        ({"shocks": {"events": [{"kind": "sudden", "step": 3, "when": 2}]}}, ["when", "allowed"]),
+    ],
+)
 def test_unknown_config_key_is_named_with_the_allowed_ones(overrides, names):
     with pytest.raises(ValueError) as err:
         make_scenario("stationary", overrides)
@@ -256,16 +263,19 @@ def test_unknown_config_key_is_named_with_the_allowed_ones(overrides, names):
         assert name in str(err.value)
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"cognitive": {"satiation_rate": 2.0}}, "cognitive.satiation_rate"),
-    ({"env": {"num_candidates": 4, "slate_size": 5}}, "env.slate_size"),
-    ({"seasonal": {"magnitude": -1.0}}, "seasonal.magnitude"),
-    ({"social": {"magnitude": -0.5}}, "social.magnitude"),
-    ({"env": {"popular_fraction": 0.8, "topic_fraction": 0.8}}, "env.popular_fraction"),
-    ({"cognitive": {"enabled": "yes"}}, "cognitive.enabled"),
-    ({"cognitive": 3}, "cognitive"),
-    ({"shocks": {"events": [{"kind": "sudden", "step": 0}]}}, "step"),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"cognitive": {"satiation_rate": 2.0}}, "cognitive.satiation_rate"),
+        ({"env": {"num_candidates": 4, "slate_size": 5}}, "env.slate_size"),
+        ({"seasonal": {"magnitude": -1.0}}, "seasonal.magnitude"),
+        ({"social": {"magnitude": -0.5}}, "social.magnitude"),
+        ({"env": {"popular_fraction": 0.8, "topic_fraction": 0.8}}, "env.popular_fraction"),
+        ({"cognitive": {"enabled": "yes"}}, "cognitive.enabled"),
+        ({"cognitive": 3}, "cognitive"),
+        ({"shocks": {"events": [{"kind": "sudden", "step": 0}]}}, "step"),
+    ],
+)
 def test_out_of_range_parameter_names_the_field(overrides, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         make_scenario("stationary", overrides)
@@ -308,13 +318,16 @@ def test_single_env_slate_action_checks(make_cfg):
     env.step(np.array([2, 2, 2]))  # duplicates are legal: deduplicated
 
 
-@pytest.mark.parametrize("actions, what", [
-    (np.zeros(5, dtype=np.int64), "shape"),
-    (np.zeros((4, 2), dtype=np.int64), "shape"),
-    (np.array([0, 1, 2, 8]), "out of range"),
-    (np.array([0, -1, 2, 3]), "out of range"),
-    (np.array([0.5, 1, 2, 3]), "integer"),
-])
+@pytest.mark.parametrize(
+    "actions, what",
+    [
+        (np.zeros(5, dtype=np.int64), "shape"),
+        (np.zeros((4, 2), dtype=np.int64), "shape"),
+        (np.array([0, 1, 2, 8]), "out of range"),
+        (np.array([0, -1, 2, 3]), "out of range"),
+        (np.array([0.5, 1, 2, 3]), "integer"),
+    ],
+)
 def test_vector_env_rejects_bad_actions(make_cfg, actions, what):
     venv = RecVectorEnv(4, make_cfg("stationary"))
     venv.reset(seed=0)
@@ -340,8 +353,9 @@ def test_vector_env_rejects_wrong_shape_on_autoreset_step(make_cfg):
 # ------------------------------------------------------------ config files
 def test_yaml_config_file_overrides(tmp_path):
     path = tmp_path / "exp.yaml"
-    path.write_text("catalog:\n  n_items: 120\ncognitive:\n  magnitude: 2.5\n"
-                    "env:\n  num_candidates: 6\n  history_len: 4\n")
+    path.write_text(
+        "catalog:\n  n_items: 120\ncognitive:\n  magnitude: 2.5\nenv:\n  num_candidates: 6\n  history_len: 4\n"
+    )
     cfg = make_scenario("cognitive", config_file=path)
     assert cfg.world.catalog.n_items == 120 and cfg.world.cognitive.magnitude == 2.5
     assert cfg.world.cognitive.enabled  # the preset is still applied underneath
@@ -410,15 +424,18 @@ def test_dedupe_slates_property():
 def test_core_dedupes_slate_actions(make_cfg):
     venv = RecVectorEnv(2, make_cfg("stationary", {"env": {"slate_size": 3}}))
     venv.reset(seed=0)
-    np.testing.assert_array_equal(venv.core.check_actions(np.array([[5, 5, 5], [1, 0, 1]])),
-                                  [[5, 0, 1], [1, 0, 2]])
+    np.testing.assert_array_equal(venv.core.check_actions(np.array([[5, 5, 5], [1, 0, 1]])), [[5, 0, 1], [1, 0, 2]])
 
 
 # ------------------------------------------------------------------ SB3
 def test_sb3_vecenv_reset_and_autoreset(tiny_overrides):
-    venv = SB3VecEnv(num_envs=4, scenario="cognitive",
-                     overrides=tiny_overrides({"env": {"max_steps": 4}, "users": {"budget_mean": 1e4},
-                                               "response": {"leave_max": 0.0}}))
+    venv = SB3VecEnv(
+        num_envs=4,
+        scenario="cognitive",
+        overrides=tiny_overrides(
+            {"env": {"max_steps": 4}, "users": {"budget_mean": 1e4}, "response": {"leave_max": 0.0}}
+        ),
+    )
     venv.seed(3)
     obs = venv.reset()
     assert isinstance(obs, dict) and obs.keys() == venv.observation_space.spaces.keys()
@@ -482,8 +499,9 @@ def test_make_vec_passes_every_documented_argument(tiny, tmp_path):
 
 # ------------------------------------------------------ info and ground truth
 def test_vector_info_slate_is_what_was_served(tiny_overrides):
-    venv = RecVectorEnv(num_envs=6, scenario="mixed", overrides=tiny_overrides({"env": {"slate_size": 3,
-                                                                                         "max_steps": 4}}))
+    venv = RecVectorEnv(
+        num_envs=6, scenario="mixed", overrides=tiny_overrides({"env": {"slate_size": 3, "max_steps": 4}})
+    )
     obs, _ = venv.reset(seed=0)
     rng = np.random.default_rng(0)
     resets_seen = False
@@ -542,9 +560,17 @@ def test_vector_ground_truth(tiny_overrides):
 
 def test_slate_fit_is_taken_before_the_steps_shock(tiny_overrides):
     """slate_fit (before the step) and ground_truth()['fit'] (as served) differ only where a shock hits."""
-    venv = RecVectorEnv(num_envs=8, scenario="shock", overrides=tiny_overrides({
-        "shocks": {"events": [{"kind": "sudden", "step": 2, "fraction": 0.5}]},
-        "users": {"budget_mean": 1e4}, "response": {"leave_max": 0.0}}))
+    venv = RecVectorEnv(
+        num_envs=8,
+        scenario="shock",
+        overrides=tiny_overrides(
+            {
+                "shocks": {"events": [{"kind": "sudden", "step": 2, "fraction": 0.5}]},
+                "users": {"budget_mean": 1e4},
+                "response": {"leave_max": 0.0},
+            }
+        ),
+    )
     venv.reset(seed=0)
     rng = np.random.default_rng(0)
     for t in range(4):

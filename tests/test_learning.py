@@ -19,6 +19,7 @@ than random (seed 17): a random scorer over item features can favour quality by 
 so MIN_GAIN sits well above that. For reference, the session oracle adds about 2.0 and
 the myopic oracle about 1.7 (in mean(PPO - random) / mean(random), without the Z term).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,24 +33,33 @@ from envs import make_scenario
 from experiments.harness import EVAL_SEED, evaluate
 
 # ---------------------------------------------------------------- the whole tiny setup
-SEED = 0                   # training seed and the random policy's seed
+SEED = 0  # training seed and the random policy's seed
 # Stationary: no drift, so what is learnt early still holds at evaluation. Random watches
 # ~27 minutes per session here, the session oracle ~80: plenty of room to show learning.
-SCENARIO = make_scenario("stationary", {
-    "catalog": {"n_items": 100},
-    "env": {"num_candidates": 8, "history_len": 8, "max_steps": 30},
-})
+SCENARIO = make_scenario(
+    "stationary",
+    {
+        "catalog": {"n_items": 100},
+        "env": {"num_candidates": 8, "history_len": 8, "max_steps": 30},
+    },
+)
 MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 1}  # encoder overrides
-TRAIN_STEPS = 8192         # user steps: 16 PPO iterations of 512 (~1.5 s SB3, ~4 s RLlib)
+TRAIN_STEPS = 8192  # user steps: 16 PPO iterations of 512 (~1.5 s SB3, ~4 s RLlib)
 # The same update for both libraries: 16 users x 32 steps per iteration, 4 epochs of
 # minibatches of 128, and a learning rate high enough to learn in a few iterations
 # (learning already shows after ~4 iterations; 16 leave a wide margin).
 SB3_ALGO = {"num_envs": 16, "n_steps": 32, "batch_size": 128, "n_epochs": 4, "learning_rate": 1e-3}
-RLLIB_ALGO = {"num_envs_per_env_runner": 16, "rollout_fragment_length": 32, "train_batch_size": 512,
-              "minibatch_size": 128, "num_epochs": 4, "lr": 1e-3}  # num_env_runners 0: no extra processes
+RLLIB_ALGO = {
+    "num_envs_per_env_runner": 16,
+    "rollout_fragment_length": 32,
+    "train_batch_size": 512,
+    "minibatch_size": 128,
+    "num_epochs": 4,
+    "lr": 1e-3,
+}  # num_env_runners 0: no extra processes
 EVAL_USERS = 256
-Z = 3.0                    # standard errors of the paired difference
-MIN_GAIN = 0.75            # trained: >= 1.14 on every seed tried; untrained: <= 0.31
+Z = 3.0  # standard errors of the paired difference
+MIN_GAIN = 0.75  # trained: >= 1.14 on every seed tried; untrained: <= 0.31
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -81,7 +91,7 @@ def random_returns() -> np.ndarray:
 def gain_over_random(policy, random_returns: np.ndarray) -> float:
     """(mean per-user gain over random - Z standard errors) / random's mean return."""
     returns = evaluate(policy, SCENARIO, EVAL_USERS, EVAL_SEED).episodes.episode_return.to_numpy()
-    diff = returns - random_returns          # same users, same noise: a paired difference
+    diff = returns - random_returns  # same users, same noise: a paired difference
     lower = diff.mean() - Z * diff.std(ddof=1) / np.sqrt(len(diff))
     return float(lower / random_returns.mean())
 
@@ -95,8 +105,9 @@ def assert_learns(agent, random_returns: np.ndarray) -> None:
     finally:
         agent.close()
     assert untrained < MIN_GAIN, f"the untrained policy already passes: {untrained:.3f} >= {MIN_GAIN}"
-    assert trained >= MIN_GAIN, (f"after {agent.env_steps} steps PPO's gain over random "
-                                 f"(lower bound / random) is {trained:.3f} < {MIN_GAIN}")
+    assert trained >= MIN_GAIN, (
+        f"after {agent.env_steps} steps PPO's gain over random (lower bound / random) is {trained:.3f} < {MIN_GAIN}"
+    )
 
 
 def test_rllib_ppo_beats_random(ray_session, random_returns):

@@ -1,4 +1,5 @@
 """Baselines and oracles behind the Policy protocol, and the evaluation harness."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -79,14 +80,14 @@ def test_session_oracle_maximises_watch_per_budget(make_cfg):
     assert np.all(np.isfinite(score)) and np.all(score >= 0)
 
 
-@pytest.mark.parametrize("response", [{}, {"browse_cost": 2.0, "quality_refund": 0.0},
-                                      {"browse_cost": 0.1, "quality_refund": 1.0}])
+@pytest.mark.parametrize(
+    "response", [{}, {"browse_cost": 2.0, "quality_refund": 0.0}, {"browse_cost": 0.1, "quality_refund": 1.0}]
+)
 def test_session_oracle_cost_is_the_simulators_budget_cost(make_cfg, response):
     """The oracle's score is expected watch / the simulator's own budget cost of it, whatever the costs."""
     from simulator import response as sim_response
 
-    env = RecVectorEnv(num_envs=6, scenario=make_cfg("mixed", {"response": response,
-                                                                "env": {"slate_size": 3}}))
+    env = RecVectorEnv(num_envs=6, scenario=make_cfg("mixed", {"response": response, "env": {"slate_size": 3}}))
     oracle = SessionOracle()
     oracle.bind(env)
     obs, _ = env.reset(seed=5)
@@ -176,9 +177,18 @@ def test_evaluate_metrics_are_well_formed(make_cfg):
     cfg = make_cfg("mixed", {"env": {"slate_size": 3, "max_steps": 20}})
     ev = evaluate(RandomPolicy(seed=1), cfg, n_users=32, seed=0)
     m = ev.metrics
-    assert set(m) == {"return_mean", "return_ci95", "ctr", "session_length", "satisfaction_end",
-                      "consumption_entropy", "slate_diversity", "coverage", "homogenisation",
-                      "homogenisation_trend"}
+    assert set(m) == {
+        "return_mean",
+        "return_ci95",
+        "ctr",
+        "session_length",
+        "satisfaction_end",
+        "consumption_entropy",
+        "slate_diversity",
+        "coverage",
+        "homogenisation",
+        "homogenisation_trend",
+    }
     assert all(np.isfinite(v) for v in m.values())
     assert 0.0 <= m["ctr"] <= 1.0 and 0.0 < m["coverage"] <= 1.0
     assert 1.0 <= m["session_length"] <= 20.0

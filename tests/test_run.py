@@ -1,4 +1,5 @@
 """experiments/run.py end to end at smoke sizes, and its error paths."""
+
 from __future__ import annotations
 
 import json
@@ -24,13 +25,16 @@ def _scalar_tags(run_dir: Path) -> set[str]:
     return set(acc.Tags()["scalars"])
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--agent", "nope"], "valid agents: ppo, sb3-ppo"),
-    (["--scenario", "nope"], "valid scenarios: stationary"),
-    (["--resume", "/nonexistent/run"], "no run directory at /nonexistent/run"),
-    (["--steps", "0"], "--steps must be >= 1"),
-    (["--agent", "random", "--num-env-runners", "2"], "--num-env-runners applies to --agent ppo"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--agent", "nope"], "valid agents: ppo, sb3-ppo"),
+        (["--scenario", "nope"], "valid scenarios: stationary"),
+        (["--resume", "/nonexistent/run"], "no run directory at /nonexistent/run"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--agent", "random", "--num-env-runners", "2"], "--num-env-runners applies to --agent ppo"),
+    ],
+)
 def test_bad_flags_exit_nonzero_with_a_clear_message(argv, message, tmp_path, capsys):
     assert run.main(argv + ["--logdir", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The runs library (experiments/runs.py) and the agent registry: settings are validated before any
 work, agents describe themselves, and Ray jobs ask for the device their run trains on."""
+
 from __future__ import annotations
 
 import sys
@@ -12,22 +13,25 @@ from experiments import runs
 from experiments.runs import RunSettings
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(steps=0), "--steps must be >= 1, got 0"),
-    (dict(seed=-1), "--seed must be >= 0, got -1"),
-    (dict(eval_interval=-5), "--eval-interval must be >= 0, got -5"),
-    (dict(checkpoint_every=0), "--checkpoint-every must be >= 1, got 0"),
-    (dict(final_eval_users=1), "--final-eval-users must be >= 2"),
-    (dict(steps=1.5), "--steps must be an integer"),
-    (dict(device="tpu"), "--device must be one of auto, cpu, cuda"),
-    (dict(agent="nope"), "unknown agent 'nope'"),
-    (dict(scenario="nope"), "unknown scenario 'nope'"),
-    (dict(scenario_overrides={"catalog": {"n_itemz": 3}}), "unknown config key 'catalog.n_itemz'"),
-    (dict(algo={"lr": -1.0}), "algo.lr must be in"),
-    (dict(agent="random", algo={"lr": 0.1}), "random takes no algo settings"),
-    (dict(model={"depth": 2}), "unknown model config key 'depth'"),
-    (dict(model={"d_model": 30, "n_heads": 4}), "divisible by n_heads"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(steps=0), "--steps must be >= 1, got 0"),
+        (dict(seed=-1), "--seed must be >= 0, got -1"),
+        (dict(eval_interval=-5), "--eval-interval must be >= 0, got -5"),
+        (dict(checkpoint_every=0), "--checkpoint-every must be >= 1, got 0"),
+        (dict(final_eval_users=1), "--final-eval-users must be >= 2"),
+        (dict(steps=1.5), "--steps must be an integer"),
+        (dict(device="tpu"), "--device must be one of auto, cpu, cuda"),
+        (dict(agent="nope"), "unknown agent 'nope'"),
+        (dict(scenario="nope"), "unknown scenario 'nope'"),
+        (dict(scenario_overrides={"catalog": {"n_itemz": 3}}), "unknown config key 'catalog.n_itemz'"),
+        (dict(algo={"lr": -1.0}), "algo.lr must be in"),
+        (dict(agent="random", algo={"lr": 0.1}), "random takes no algo settings"),
+        (dict(model={"depth": 2}), "unknown model config key 'depth'"),
+        (dict(model={"d_model": 30, "n_heads": 4}), "divisible by n_heads"),
+    ],
+)
 def test_bad_settings_fail_on_construction_naming_the_field(kw, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
         RunSettings(**kw)
@@ -46,17 +50,17 @@ def test_settings_round_trip_through_run_json_and_name_the_retraining_variant():
 def test_smoke_sizes_sit_under_explicit_flags_and_the_config():
     base = RunSettings(agent="sasrec", algo={"epochs": 4}, scenario_overrides={"catalog": {"n_items": 150}})
     smoke = runs.with_smoke_sizes(base, eval_users=64)
-    assert smoke.eval_users == 64                                   # an explicit flag wins
+    assert smoke.eval_users == 64  # an explicit flag wins
     assert smoke.final_eval_users == runs.SMOKE_SIZES["final_eval_users"]
     assert smoke.algo["epochs"] == 4 and smoke.algo["log_users"] == get_agent("sasrec").smoke["log_users"]
-    assert smoke.scenario_config().world.catalog.n_items == 150     # the config's overrides win too
+    assert smoke.scenario_config().world.catalog.n_items == 150  # the config's overrides win too
     assert smoke.scenario_config().env.history_len == runs.SMOKE_SCENARIO["env"]["history_len"]
 
 
 def test_every_agent_describes_itself_consistently():
     for name, spec in AGENTS.items():
         assert spec.name == name and spec.description
-        spec.make_params(spec.smoke)          # its smoke sizes are valid settings
+        spec.make_params(spec.smoke)  # its smoke sizes are valid settings
         if spec.params is None:
             assert spec.make_params() is None and not spec.smoke
     assert {n for n, s in AGENTS.items() if s.trains} == {"ppo", "sb3-ppo"}

@@ -1,4 +1,5 @@
 """Fast tests of agents.sb3_agent (stable-baselines3 PPO) with tiny configs."""
+
 from __future__ import annotations
 
 import math

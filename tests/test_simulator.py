@@ -1,5 +1,6 @@
 """Simulator core: response model, catalog, World stepping invariants, common random
 numbers, copy / tile / save / load, and parameter validation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,15 +27,20 @@ def _state_equal(a: World, b: World) -> bool:
 
 
 def _results_equal(r1, r2) -> bool:
-    return all(np.array_equal(getattr(r1, f), getattr(r2, f))
-               for f in ("position", "item", "watch_time", "completion", "terminated"))
+    return all(
+        np.array_equal(getattr(r1, f), getattr(r2, f))
+        for f in ("position", "item", "watch_time", "completion", "terminated")
+    )
 
 
 # ------------------------------------------------------------------ response
 @SETTINGS
 @given(
-    utility=hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=6),
-                       elements=st.floats(-1e4, 1e4, width=32)),
+    utility=hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=6),
+        elements=st.floats(-1e4, 1e4, width=32),
+    ),
     outside_value=st.floats(-1e4, 1e4, width=32),
 )
 def test_choice_probabilities_are_a_distribution_for_extreme_utilities(utility, outside_value):
@@ -180,8 +186,9 @@ def test_expected_budget_cost_is_the_simulators_budget_cost(make_world):
     np.testing.assert_array_equal(ratio, watch / cost)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"browse_cost": 2.0, "quality_refund": 0.0},
-                                       {"browse_cost": 0.1, "quality_refund": 1.0}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"browse_cost": 2.0, "quality_refund": 0.0}, {"browse_cost": 0.1, "quality_refund": 1.0}]
+)
 def test_expected_budget_cost_matches_simulated_budget_spent(make_cfg, overrides):
     """The expected cost of showing one item equals the mean budget a simulated step spends."""
     w = World(make_cfg("stationary", {"response": overrides}).world, 4000, seed=0)
@@ -248,21 +255,39 @@ EXTREMES = dict(
 @given(p=st.fixed_dictionaries(EXTREMES), seed=st.integers(0, 2**16))
 def test_world_with_extreme_parameters_stays_finite_and_in_range(make_cfg, random_slates, p, seed):
     m = p["magnitude"]
-    cfg = make_cfg("mixed", {
-        "catalog": {"n_items": 60, "n_arrivals": 10, "arrival_window": 5},
-        "response": {"fit_weight": p["fit_weight"], "attractiveness_weight": p["attractiveness_weight"],
-                     "no_click_utility": p["no_click_utility"], "watch_noise": p["watch_noise"],
-                     "satisfaction_rate": p["satisfaction_rate"], "quality_refund": 0.0},
-        "cognitive": {"magnitude": m, "satiation_rate": p["satiation_rate"],
-                      "satiation_recovery": p["satiation_recovery"], "satiation_weight": p["satiation_weight"],
-                      "random_walk_std": p["random_walk_std"], "reinforcement_rate": p["reinforcement_rate"],
-                      "novelty_weight": p["novelty_weight"]},
-        "seasonal": {"magnitude": m, "amplitude": 10.0, "period": 4},
-        "social": {"magnitude": m, "neighbour_rate": p["neighbour_rate"], "trend_rate": 1.0},
-        "shocks": {"magnitude": m, "events": [{"kind": "sudden", "step": 2, "strength": 1.0},
-                                              {"kind": "gradual", "step": 3, "duration": 3},
-                                              {"kind": "injection", "step": 4, "n_items": 5}]},
-    })
+    cfg = make_cfg(
+        "mixed",
+        {
+            "catalog": {"n_items": 60, "n_arrivals": 10, "arrival_window": 5},
+            "response": {
+                "fit_weight": p["fit_weight"],
+                "attractiveness_weight": p["attractiveness_weight"],
+                "no_click_utility": p["no_click_utility"],
+                "watch_noise": p["watch_noise"],
+                "satisfaction_rate": p["satisfaction_rate"],
+                "quality_refund": 0.0,
+            },
+            "cognitive": {
+                "magnitude": m,
+                "satiation_rate": p["satiation_rate"],
+                "satiation_recovery": p["satiation_recovery"],
+                "satiation_weight": p["satiation_weight"],
+                "random_walk_std": p["random_walk_std"],
+                "reinforcement_rate": p["reinforcement_rate"],
+                "novelty_weight": p["novelty_weight"],
+            },
+            "seasonal": {"magnitude": m, "amplitude": 10.0, "period": 4},
+            "social": {"magnitude": m, "neighbour_rate": p["neighbour_rate"], "trend_rate": 1.0},
+            "shocks": {
+                "magnitude": m,
+                "events": [
+                    {"kind": "sudden", "step": 2, "strength": 1.0},
+                    {"kind": "gradual", "step": 3, "duration": 3},
+                    {"kind": "injection", "step": 4, "n_items": 5},
+                ],
+            },
+        },
+    )
     w = World(cfg.world, 10, seed)
     rng = np.random.default_rng(seed)
     browse = cfg.world.response.browse_cost
@@ -421,17 +446,20 @@ def test_tile_rejects_bad_noise_groups(make_world):
 
 
 # ------------------------------------------------------------ validation
-@pytest.mark.parametrize("cls, kwargs, field", [
-    (CognitiveParams, {"satiation_rate": 2.0}, "cognitive.satiation_rate"),
-    (CognitiveParams, {"magnitude": -1.0}, "cognitive.magnitude"),
-    (CognitiveParams, {"enabled": "yes"}, "cognitive.enabled"),
-    (SeasonalParams, {"period": 1}, "seasonal.period"),
-    (SocialParams, {"degree": 0}, "social.degree"),
-    (ResponseParams, {"quality_refund": 1.5}, "response.quality_refund"),
-    (ResponseParams, {"fit_weight": float("nan")}, "response.fit_weight"),
-    (UserParams, {"n_communities": 1.5}, "users.n_communities"),
-    (CatalogParams, {"n_items": 1}, "catalog.n_items"),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs, field",
+    [
+        (CognitiveParams, {"satiation_rate": 2.0}, "cognitive.satiation_rate"),
+        (CognitiveParams, {"magnitude": -1.0}, "cognitive.magnitude"),
+        (CognitiveParams, {"enabled": "yes"}, "cognitive.enabled"),
+        (SeasonalParams, {"period": 1}, "seasonal.period"),
+        (SocialParams, {"degree": 0}, "social.degree"),
+        (ResponseParams, {"quality_refund": 1.5}, "response.quality_refund"),
+        (ResponseParams, {"fit_weight": float("nan")}, "response.fit_weight"),
+        (UserParams, {"n_communities": 1.5}, "users.n_communities"),
+        (CatalogParams, {"n_items": 1}, "catalog.n_items"),
+    ],
+)
 def test_parameter_validation_names_the_field(cls, kwargs, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         cls(**kwargs)
@@ -439,6 +467,10 @@ def test_parameter_validation_names_the_field(cls, kwargs, field):
 
 def test_injection_topic_must_exist():
     with pytest.raises(ValueError, match="topic"):
-        make_scenario("stationary", {"catalog": {"n_topics": 3},
-                                     "shocks": {"enabled": True,
-                                                "events": [{"kind": "injection", "step": 2, "topic": 5}]}})
+        make_scenario(
+            "stationary",
+            {
+                "catalog": {"n_topics": 3},
+                "shocks": {"enabled": True, "events": [{"kind": "injection", "step": 2, "topic": 5}]},
+            },
+        )

@@ -1,4 +1,5 @@
 """Drift stress tests: the analysis on synthetic curves, settings errors, and a tiny grid end to end."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,9 +16,17 @@ TINY_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 1}
 
 
 def tiny_settings(**kw) -> stresstest.StressSettings:
-    base = dict(agents=("bandit", "sasrec"), seeds=(0, 1), magnitudes=(0.0, 1.0, 2.0), eval_users=12,
-                scenario_overrides=TINY, model=TINY_MODEL, algo=TINY_ALGO, reference="oracle-session",
-                shock_step=4)
+    base = dict(
+        agents=("bandit", "sasrec"),
+        seeds=(0, 1),
+        magnitudes=(0.0, 1.0, 2.0),
+        eval_users=12,
+        scenario_overrides=TINY,
+        model=TINY_MODEL,
+        algo=TINY_ALGO,
+        reference="oracle-session",
+        shock_step=4,
+    )
     return stresstest.StressSettings(**{**base, **kw})
 
 
@@ -51,7 +60,7 @@ def test_recovery_time_is_zero_without_a_dip_and_nan_without_recovery():
 def test_reaction_time_is_steps_until_half_the_fit_drop_is_made_up():
     gap = np.zeros(30)
     gap[10:] = -0.4
-    gap[12:] = np.minimum(0.0, -0.4 + 0.05 * np.arange(18))   # -0.4 until step 12, then climbs
+    gap[12:] = np.minimum(0.0, -0.4 + 0.05 * np.arange(18))  # -0.4 until step 12, then climbs
     # Half the trough (-0.2) is reached 4 steps after the climb starts: step 16, 6 steps after 10.
     assert sa.reaction_time(gap, shock_step=10, window=1) == 6
     assert sa.reaction_time(np.zeros(30), shock_step=10) == 0
@@ -59,22 +68,28 @@ def test_reaction_time_is_steps_until_half_the_fit_drop_is_made_up():
 
 
 def test_shock_curves_divide_by_the_no_shock_run_and_drop_thin_steps():
-    calm = pd.DataFrame(dict(step=range(6), active_users=[10, 10, 10, 10, 10, 0], engagement=[2.0] * 6,
-                             fit=[0.5] * 6))
+    calm = pd.DataFrame(dict(step=range(6), active_users=[10, 10, 10, 10, 10, 0], engagement=[2.0] * 6, fit=[0.5] * 6))
     shocked = calm.assign(engagement=[2.0, 2.0, 1.0, 1.5, 2.0, 2.0], fit=[0.5, 0.5, 0.5, 0.1, 0.3, 0.5])
     c = sa.shock_curves(shocked, calm, n_users=10)
     np.testing.assert_allclose(c.engagement_ratio[:5], [1.0, 1.0, 0.5, 0.75, 1.0])
     np.testing.assert_allclose(c.fit_gap[:5], [0, 0, 0, -0.4, -0.2], atol=1e-12)
-    assert np.isnan(c.engagement_ratio[5])      # nobody left in session
+    assert np.isnan(c.engagement_ratio[5])  # nobody left in session
 
 
 # ------------------------------------------------------------------------- tables
 def test_relative_return_and_regret_against_the_reference():
-    grid = pd.DataFrame(dict(agent=["a", "a", "a", "b", "b", "b"], seed=[0] * 6,
-                             family=["none", "shock", "shock"] * 2, magnitude=[0.0, 1.0, 2.0] * 2,
-                             return_mean=[50.0, 40.0, 25.0, 40.0, 38.0, 36.0]))
-    ref = pd.DataFrame(dict(family=["none", "shock", "shock"], magnitude=[0.0, 1.0, 2.0],
-                            return_mean=[60.0, 55.0, 50.0]))
+    grid = pd.DataFrame(
+        dict(
+            agent=["a", "a", "a", "b", "b", "b"],
+            seed=[0] * 6,
+            family=["none", "shock", "shock"] * 2,
+            magnitude=[0.0, 1.0, 2.0] * 2,
+            return_mean=[50.0, 40.0, 25.0, 40.0, 38.0, 36.0],
+        )
+    )
+    ref = pd.DataFrame(
+        dict(family=["none", "shock", "shock"], magnitude=[0.0, 1.0, 2.0], return_mean=[60.0, 55.0, 50.0])
+    )
     g = sa.add_relative(grid, ref)
     np.testing.assert_allclose(g.relative_return, [1.0, 0.8, 0.5, 1.0, 0.95, 0.9])
     np.testing.assert_allclose(g.regret, [10, 15, 25, 20, 17, 14])
@@ -90,15 +105,18 @@ def test_relative_return_and_regret_against_the_reference():
 
 
 # ----------------------------------------------------------------------- settings
-@pytest.mark.parametrize("kw, message", [
-    (dict(families=("weather",)), "unknown drift family 'weather'; valid families: seasonal, social"),
-    (dict(magnitudes=(0.0, -1.0)), "magnitude"),
-    (dict(agents=("nope",)), "unknown agent 'nope'"),
-    (dict(agents=("bandit-retrain",)), "only sasrec and gru4rec retrain"),
-    (dict(recovery_magnitude=3.0), "not among the magnitudes"),
-    (dict(reference="ppo"), "needs no training"),
-    (dict(scenario_overrides={"weather": {}}), "unknown config key 'weather'"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(families=("weather",)), "unknown drift family 'weather'; valid families: seasonal, social"),
+        (dict(magnitudes=(0.0, -1.0)), "magnitude"),
+        (dict(agents=("nope",)), "unknown agent 'nope'"),
+        (dict(agents=("bandit-retrain",)), "only sasrec and gru4rec retrain"),
+        (dict(recovery_magnitude=3.0), "not among the magnitudes"),
+        (dict(reference="ppo"), "needs no training"),
+        (dict(scenario_overrides={"weather": {}}), "unknown config key 'weather'"),
+    ],
+)
 def test_bad_settings_are_clear_errors(kw, message):
     with pytest.raises(ValueError, match=message):
         tiny_settings(**kw)
@@ -147,8 +165,15 @@ def test_tiny_grid_writes_table_plots_report_and_tensorboard(tiny_run):
     for name in ("robustness.png", "recovery.png", "topic_shares.png", "homogenisation.png"):
         assert is_png(out / name), name
     report = (out / "report.md").read_text()
-    for section in ("## Which agent degrades least", "## Robustness", "## Shock recovery", "](robustness.png)",
-                    "](recovery.png)", "](topic_shares.png)", "](homogenisation.png)"):
+    for section in (
+        "## Which agent degrades least",
+        "## Robustness",
+        "## Shock recovery",
+        "](robustness.png)",
+        "](recovery.png)",
+        "](topic_shares.png)",
+        "](homogenisation.png)",
+    ):
         assert section in report
     table = pd.read_csv(out / "robustness.csv")
     assert set(table.family) == set(stresstest.FAMILIES)
@@ -203,8 +228,8 @@ def test_config_file_sets_the_training_regime_and_agent_settings(tmp_path):
     settings = stress.settings_from_args(args)
     assert settings.train_config().world.catalog.n_items == 120
     assert settings.model["d_model"] == 16 and settings.algo["sasrec"]["epochs"] == 2
-    assert settings.algo["sasrec"]["log_users"] == 16     # smoke sizes stay under the config's
-    assert "ppo" not in settings.algo                     # not stressed: its smoke sizes are dropped
+    assert settings.algo["sasrec"]["log_users"] == 16  # smoke sizes stay under the config's
+    assert "ppo" not in settings.algo  # not stressed: its smoke sizes are dropped
     cfg.write_text("algo: {ppo: {lr: 0.001}}\n")
     with pytest.raises(ValueError, match="algo settings for 'ppo', which is not stressed"):
         stress.settings_from_args(stress.parse_args(["--config", str(cfg), "--agents", "bandit"]))
@@ -213,8 +238,18 @@ def test_config_file_sets_the_training_regime_and_agent_settings(tmp_path):
 def test_smoke_trains_ppo_then_load_stresses_its_checkpoint(tmp_path):
     """The trainable path: --smoke trains PPO through run.py's loop, restores its checkpoint and
     stresses it; --load then stresses that checkpoint again, giving the same numbers."""
-    common = ["--smoke", "--seeds", "0", "--families", "shock", "--magnitudes", "0", "1",
-              "--reference", "oracle-session"]
+    common = [
+        "--smoke",
+        "--seeds",
+        "0",
+        "--families",
+        "shock",
+        "--magnitudes",
+        "0",
+        "1",
+        "--reference",
+        "oracle-session",
+    ]
     assert stress.main(common + ["--agents", "ppo", "--out", str(tmp_path / "train")]) == 0
     trained = pd.read_csv(tmp_path / "train" / "grid.csv")
     run_dir = next((tmp_path / "train" / "runs").rglob("checkpoint")).parent

@@ -1,4 +1,5 @@
 """Supervised baselines (agents.supervised): examples from logs, training, serving, retraining."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -150,9 +151,19 @@ def test_bad_logs_are_value_errors(logs):
     assert list(logs[1].columns) == list(LOG_COLUMNS)
 
 
-@pytest.mark.parametrize("field, value", [("kind", "bert4rec"), ("epochs", 0), ("batch_size", 0), ("lr", 0.0),
-                                          ("retrain_every", -1), ("seed", 1.5), ("model", {"depth": 2}),
-                                          ("length_mean", -1.0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("kind", "bert4rec"),
+        ("epochs", 0),
+        ("batch_size", 0),
+        ("lr", 0.0),
+        ("retrain_every", -1),
+        ("seed", 1.5),
+        ("model", {"depth": 2}),
+        ("length_mean", -1.0),
+    ],
+)
 def test_bad_construction_names_the_field(field, value):
     kwargs = {"kind": "sasrec", field: value}
     with pytest.raises(ValueError, match=field if field != "model" else "depth"):

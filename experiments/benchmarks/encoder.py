@@ -164,9 +164,11 @@ def run(args: argparse.Namespace) -> list[dict]:
             batch_first=True,
             norm_first=True,
         )
-        reference = nn.TransformerEncoder(
-            layer, args.layers, norm=nn.LayerNorm(args.d_model), enable_nested_tensor=False
-        ).to(device).train()
+        reference = (
+            nn.TransformerEncoder(layer, args.layers, norm=nn.LayerNorm(args.d_model), enable_nested_tensor=False)
+            .to(device)
+            .train()
+        )
 
         def ref_step() -> None:
             reference.zero_grad(set_to_none=True)
@@ -185,8 +187,17 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def format_records(records: list[dict]) -> str:
-    cols = ("impl", "device", "dtype", "batch", "history_len", "d_model", "tokens_per_s", "ms_per_iter",
-            "speedup_vs_reference")
+    cols = (
+        "impl",
+        "device",
+        "dtype",
+        "batch",
+        "history_len",
+        "d_model",
+        "tokens_per_s",
+        "ms_per_iter",
+        "speedup_vs_reference",
+    )
     rows = [cols] + [
         tuple(
             f"{r[c]:,.0f}" if c == "tokens_per_s" else f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c])

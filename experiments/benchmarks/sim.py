@@ -1,4 +1,5 @@
 """Simulator throughput: user-steps/s of the raw World and of the VectorEnv path (observations included)."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["default", "recsim"])
     parser.add_argument("--paths", nargs="+", choices=("raw", "vector"), default=["raw", "vector"])
     parser.add_argument("--seconds", type=float, default=1.5, help="timed seconds per measurement (at least)")
-    parser.add_argument("--memory-users", type=int, default=1_000_000,
-                        help="also report peak memory with this many users (0: skip)")
+    parser.add_argument(
+        "--memory-users", type=int, default=1_000_000, help="also report peak memory with this many users (0: skip)"
+    )
 
 
 def _scenario(config: str):
@@ -58,6 +60,7 @@ def measure(path: str, config: str, n_users: int, seconds: float, seed: int = 0)
 
         def step(i: int) -> None:
             env.step(actions[i % 8])
+
     for i in range(3):  # warm-up
         step(i)
     steps, start = 0, time.perf_counter()
@@ -67,14 +70,22 @@ def measure(path: str, config: str, n_users: int, seconds: float, seed: int = 0)
         elapsed = time.perf_counter() - start
         if elapsed >= seconds and steps >= 3:
             break
-    return dict(path=path, config=config, n_users=n_users, steps=steps, seconds=round(elapsed, 3),
-                user_steps_per_s=round(steps * n_users / elapsed, 1))
+    return dict(
+        path=path,
+        config=config,
+        n_users=n_users,
+        steps=steps,
+        seconds=round(elapsed, 3),
+        user_steps_per_s=round(steps * n_users / elapsed, 1),
+    )
 
 
 def peak_memory(path: str, config: str, n_users: int) -> dict:
     """Peak resident memory of a fresh process that builds `n_users` users and steps them 5 times."""
-    code = (f"from experiments.benchmarks.sim import measure, _peak_rss_mb; "
-            f"measure({path!r}, {config!r}, {n_users}, 0.0); print(_peak_rss_mb())")
+    code = (
+        f"from experiments.benchmarks.sim import measure, _peak_rss_mb; "
+        f"measure({path!r}, {config!r}, {n_users}, 0.0); print(_peak_rss_mb())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return dict(path=path, config=config, n_users=n_users, peak_rss_mb=float(out.stdout.strip().splitlines()[-1]))
 

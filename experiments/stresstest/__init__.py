@@ -7,6 +7,7 @@
 
 `experiments/stress.py` is the command-line front end.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,13 @@ from experiments.stresstest.report import load_outputs, write_outputs
 from experiments.stresstest.settings import DEFAULT_AGENTS, FAMILIES, NO_DRIFT, STRESS_SMOKE, StressSettings
 
 
-def stress(settings: StressSettings, out: Path, parallel: int = 1, ray_address: str | None = None,
-           command: str = "experiments/stress.py") -> StressResult:
+def stress(
+    settings: StressSettings,
+    out: Path,
+    parallel: int = 1,
+    ray_address: str | None = None,
+    command: str = "experiments/stress.py",
+) -> StressResult:
     """Run the grid, then analyse it and write every output into `out`."""
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -35,5 +41,16 @@ def stress(settings: StressSettings, out: Path, parallel: int = 1, ray_address: 
     return write_outputs(settings, results, out)
 
 
-__all__ = ["DEFAULT_AGENTS", "FAMILIES", "NO_DRIFT", "STRESS_SMOKE", "StressResult", "StressSettings", "load_outputs",
-           "run_job", "run_jobs", "stress", "write_outputs"]
+__all__ = [
+    "DEFAULT_AGENTS",
+    "FAMILIES",
+    "NO_DRIFT",
+    "STRESS_SMOKE",
+    "StressResult",
+    "StressSettings",
+    "load_outputs",
+    "run_job",
+    "run_jobs",
+    "stress",
+    "write_outputs",
+]

@@ -6,6 +6,7 @@ same evaluations. Every evaluation of a seed uses the same users and the same si
 (common random numbers), so a drifted run and the no-drift run of the same policy are identical
 until the drift acts: their ratio isolates the drift's effect from the within-session trend.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,8 +48,9 @@ def add_relative(grid: pd.DataFrame, reference: pd.DataFrame | None) -> pd.DataF
     return grid
 
 
-def robustness_table(grid: pd.DataFrame, metrics=("relative_return", "regret", "regret_increase", "return_mean")
-                     ) -> pd.DataFrame:
+def robustness_table(
+    grid: pd.DataFrame, metrics=("relative_return", "regret", "regret_increase", "return_mean")
+) -> pd.DataFrame:
     """One row per agent x family x magnitude: each metric's mean over seeds and 95% t interval.
 
     The no-drift evaluation is shared by every family at magnitude 0 when the grid has no
@@ -62,8 +64,15 @@ def robustness_table(grid: pd.DataFrame, metrics=("relative_return", "regret", "
             if not (f.magnitude == 0).any():
                 f = pd.concat([g[g.family == NO_DRIFT].assign(family=family, magnitude=0.0), f])
             for magnitude, m in f.groupby("magnitude"):
-                rows.append(dict(agent=agent, family=family, magnitude=float(magnitude), seeds=int(m.seed.nunique()),
-                                 **_mean_ci(m, metrics)))
+                rows.append(
+                    dict(
+                        agent=agent,
+                        family=family,
+                        magnitude=float(magnitude),
+                        seeds=int(m.seed.nunique()),
+                        **_mean_ci(m, metrics),
+                    )
+                )
     return pd.DataFrame(rows)
 
 
@@ -73,8 +82,13 @@ def _mean_ci(frame: pd.DataFrame, metrics) -> dict[str, float]:
     for metric in metrics:
         values = frame[metric].to_numpy(dtype=float)
         lo, hi = mean_interval(values)
-        out.update({metric: float(np.nanmean(values)) if np.isfinite(values).any() else np.nan,
-                    f"{metric}_lo": lo, f"{metric}_hi": hi})
+        out.update(
+            {
+                metric: float(np.nanmean(values)) if np.isfinite(values).any() else np.nan,
+                f"{metric}_lo": lo,
+                f"{metric}_hi": hi,
+            }
+        )
     return out
 
 
@@ -86,8 +100,16 @@ def degradation(table: pd.DataFrame) -> pd.DataFrame:
         g = g.sort_values("magnitude")
         x, y = g.magnitude.to_numpy(), g.relative_return.to_numpy()
         slope = float(np.polyfit(x, y, 1)[0]) if len(x) > 1 else np.nan
-        rows.append(dict(agent=agent, family=family, max_magnitude=float(x[-1]), relative_at_max=float(y[-1]),
-                         slope=slope, monotone_decrease=bool(len(y) > 1 and np.all(np.diff(y) < 0))))
+        rows.append(
+            dict(
+                agent=agent,
+                family=family,
+                max_magnitude=float(x[-1]),
+                relative_at_max=float(y[-1]),
+                slope=slope,
+                monotone_decrease=bool(len(y) > 1 and np.all(np.diff(y) < 0)),
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -104,14 +126,15 @@ def smooth(curve: np.ndarray, window: int) -> np.ndarray:
     x = np.asarray(curve, dtype=np.float64)
     out = np.full_like(x, np.nan)
     for t in range(len(x)):  # curves are ~100 steps long
-        seg = x[max(0, t - window + 1): t + 1]
+        seg = x[max(0, t - window + 1) : t + 1]
         if np.isfinite(seg).any():
             out[t] = np.nanmean(seg)
     return out
 
 
-def recovery_time(curve: np.ndarray, shock_step: int, level: float = 0.9, pre_window: int = 5,
-                  window: int = 3, horizon: int = 10) -> float:
+def recovery_time(
+    curve: np.ndarray, shock_step: int, level: float = 0.9, pre_window: int = 5, window: int = 3, horizon: int = 10
+) -> float:
     """Steps after `shock_step` until the smoothed `curve` regains `level` x its pre-shock level.
 
     curve [steps] (e.g. engagement normalised by the no-shock run); the pre-shock level is the
@@ -122,13 +145,13 @@ def recovery_time(curve: np.ndarray, shock_step: int, level: float = 0.9, pre_wi
     x = np.asarray(curve, dtype=np.float64)
     if not 0 < shock_step < len(x):
         raise ValueError(f"shock_step must be inside the curve (1..{len(x) - 1}), got {shock_step}")
-    pre = np.nanmean(x[max(0, shock_step - pre_window): shock_step])
+    pre = np.nanmean(x[max(0, shock_step - pre_window) : shock_step])
     threshold = level * pre
     post = smooth(x, window)[shock_step:]
     below = np.flatnonzero(post[:horizon] < threshold)
     if below.size == 0:
         return 0.0
-    back = np.flatnonzero(post[below[0]:] >= threshold)
+    back = np.flatnonzero(post[below[0] :] >= threshold)
     return float(below[0] + back[0]) if back.size else float("nan")
 
 
@@ -177,13 +200,25 @@ def shock_curves(shocked: pd.DataFrame, calm: pd.DataFrame, n_users: int) -> pd.
     keep = (np.nan_to_num(act_s) >= MIN_ACTIVE_SHARE * n_users) & (np.nan_to_num(act_c) >= MIN_ACTIVE_SHARE * n_users)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(keep & (eng_c > 0), eng_s / eng_c, np.nan)
-    return pd.DataFrame(dict(step=np.arange(len(ratio)), engagement=np.where(keep, eng_s, np.nan),
-                             engagement_no_shock=np.where(keep, eng_c, np.nan), engagement_ratio=ratio,
-                             fit_gap=np.where(keep, fit_s - fit_c, np.nan)))
+    return pd.DataFrame(
+        dict(
+            step=np.arange(len(ratio)),
+            engagement=np.where(keep, eng_s, np.nan),
+            engagement_no_shock=np.where(keep, eng_c, np.nan),
+            engagement_ratio=ratio,
+            fit_gap=np.where(keep, fit_s - fit_c, np.nan),
+        )
+    )
 
 
-def recovery_metrics(curves: pd.DataFrame, shocked: pd.DataFrame, reference_shocked: pd.DataFrame | None,
-                     shock_step: int, n_users: int, level: float = 0.9) -> dict[str, float]:
+def recovery_metrics(
+    curves: pd.DataFrame,
+    shocked: pd.DataFrame,
+    reference_shocked: pd.DataFrame | None,
+    shock_step: int,
+    n_users: int,
+    level: float = 0.9,
+) -> dict[str, float]:
     """Recovery of one agent and seed from the shock, given its `shock_curves` and shocked timeline.
 
     recovery_time: steps until engagement (normalised by the same policy's no-shock run) regains
@@ -195,26 +230,35 @@ def recovery_metrics(curves: pd.DataFrame, shocked: pd.DataFrame, reference_shoc
     """
     watch = per_user_watch(shocked, n_users)[shock_step:].sum()
     ratio = curves.engagement_ratio.to_numpy()
-    out = dict(recovery_time=recovery_time(ratio, shock_step, level),
-               recovery_time_95=recovery_time(ratio, shock_step, 0.95),
-               reaction_time=reaction_time(curves.fit_gap.to_numpy(), shock_step + 1),
-               dip=float(np.nanmin(ratio[shock_step: shock_step + 5])),
-               post_shock_return=float(watch), post_shock_regret=np.nan)
+    out = dict(
+        recovery_time=recovery_time(ratio, shock_step, level),
+        recovery_time_95=recovery_time(ratio, shock_step, 0.95),
+        reaction_time=reaction_time(curves.fit_gap.to_numpy(), shock_step + 1),
+        dip=float(np.nanmin(ratio[shock_step : shock_step + 5])),
+        post_shock_return=float(watch),
+        post_shock_regret=np.nan,
+    )
     if reference_shocked is not None:
         out["post_shock_regret"] = float(per_user_watch(reference_shocked, n_users)[shock_step:].sum() - watch)
     return out
 
 
-def recovery_table(recovery: pd.DataFrame,
-                   metrics=("recovery_time", "recovery_time_95", "reaction_time", "dip", "post_shock_return",
-                            "post_shock_regret")
-                   ) -> pd.DataFrame:
+def recovery_table(
+    recovery: pd.DataFrame,
+    metrics=("recovery_time", "recovery_time_95", "reaction_time", "dip", "post_shock_return", "post_shock_regret"),
+) -> pd.DataFrame:
     """Per agent: mean over seeds and 95% t interval of each recovery metric (NaN seeds are
     counted in `not_recovered`)."""
     rows = []
     for agent, g in recovery.groupby("agent", sort=False):
-        rows.append(dict(agent=agent, seeds=int(g.seed.nunique()), not_recovered=int(g.recovery_time.isna().sum()),
-                         **_mean_ci(g, metrics)))
+        rows.append(
+            dict(
+                agent=agent,
+                seeds=int(g.seed.nunique()),
+                not_recovered=int(g.recovery_time.isna().sum()),
+                **_mean_ci(g, metrics),
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -229,12 +273,12 @@ def homogenisation_curve(timeline: pd.DataFrame, n_users: int) -> np.ndarray:
 # ---------------------------------------------------------------- the whole grid
 @dataclass
 class StressResult:
-    grid: pd.DataFrame          # one row per agent x seed x regime
-    table: pd.DataFrame         # robustness: agent x family x magnitude, mean and CI over seeds
-    degradation: pd.DataFrame   # per agent x family: slope, relative return at the largest magnitude
-    recovery: pd.DataFrame      # per agent x seed
+    grid: pd.DataFrame  # one row per agent x seed x regime
+    table: pd.DataFrame  # robustness: agent x family x magnitude, mean and CI over seeds
+    degradation: pd.DataFrame  # per agent x family: slope, relative return at the largest magnitude
+    recovery: pd.DataFrame  # per agent x seed
     recovery_summary: pd.DataFrame
-    curves: pd.DataFrame        # per agent x seed x step around the shock
+    curves: pd.DataFrame  # per agent x seed x step around the shock
     timelines: pd.DataFrame
 
 
@@ -251,9 +295,14 @@ def analyse(settings: StressSettings, results: list[dict[str, Any]]) -> StressRe
         timelines.loc[g.index, "homogenisation"] = homogenisation_curve(g, n)
     recovery, curves = [], []
     if "shock" in settings.families and settings.recovery_magnitude > 0:
+
         def timeline(agent, seed, family, magnitude):
-            return timelines[(timelines.agent == agent) & (timelines.seed == seed) & (timelines.family == family)
-                             & (timelines.magnitude == magnitude)].sort_values("step")
+            return timelines[
+                (timelines.agent == agent)
+                & (timelines.seed == seed)
+                & (timelines.family == family)
+                & (timelines.magnitude == magnitude)
+            ].sort_values("step")
 
         ref_shocked = timeline(settings.reference, 0, "shock", settings.recovery_magnitude)
         for (agent, seed), _ in grid.groupby(["agent", "seed"], sort=False):
@@ -264,7 +313,12 @@ def analyse(settings: StressSettings, results: list[dict[str, Any]]) -> StressRe
             recovery.append(dict(agent=agent, seed=seed, **metrics))
             curves.append(c.assign(agent=agent, seed=seed))
     recovery = pd.DataFrame(recovery)
-    return StressResult(grid=grid, table=table, degradation=deg, recovery=recovery,
-                        recovery_summary=recovery_table(recovery) if len(recovery) else pd.DataFrame(),
-                        curves=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
-                        timelines=timelines)
+    return StressResult(
+        grid=grid,
+        table=table,
+        degradation=deg,
+        recovery=recovery,
+        recovery_summary=recovery_table(recovery) if len(recovery) else pd.DataFrame(),
+        curves=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
+        timelines=timelines,
+    )

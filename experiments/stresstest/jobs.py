@@ -1,5 +1,6 @@
 """The jobs of a stress test: train (or load) each agent once per seed under the training regime,
 then evaluate a fresh copy of it under every regime, in-process or as Ray tasks."""
+
 from __future__ import annotations
 
 import copy
@@ -24,9 +25,11 @@ def plan_jobs(settings: StressSettings) -> list[dict[str, Any]]:
     for run_dir in settings.loads:
         saved = load_run(run_dir)
         if not same_regime(saved.scenario_config(), train):
-            raise ValueError(f"{run_dir} was trained on '{saved.scenario}' with overrides "
-                             f"{dict(saved.scenario_overrides)}, not on the training regime "
-                             f"'{settings.train_scenario}' with {dict(settings.scenario_overrides)}")
+            raise ValueError(
+                f"{run_dir} was trained on '{saved.scenario}' with overrides "
+                f"{dict(saved.scenario_overrides)}, not on the training regime "
+                f"'{settings.train_scenario}' with {dict(settings.scenario_overrides)}"
+            )
         jobs.append(dict(agents=[saved.name], seed=saved.seed, load=str(run_dir)))
         loaded.add(saved.name)
     groups: dict[str, list[str]] = {}
@@ -46,10 +49,18 @@ def build_policies(settings: StressSettings, job: dict[str, Any], out: Path) -> 
     base = base_agent(job["agents"][0])
     spec, algo, train = get_agent(base), dict(settings.algo.get(base, {})), settings.train_config()
     if spec.trains:  # the standard training run (TensorBoard, checkpoint), then its greedy policy
-        run = RunSettings(agent=base, scenario=settings.train_scenario,
-                          scenario_overrides=dict(settings.scenario_overrides), model=dict(settings.model),
-                          algo=algo, steps=settings.steps, seed=job["seed"], device=device,
-                          eval_users=min(256, settings.eval_users), final_eval_users=settings.eval_users)
+        run = RunSettings(
+            agent=base,
+            scenario=settings.train_scenario,
+            scenario_overrides=dict(settings.scenario_overrides),
+            model=dict(settings.model),
+            algo=algo,
+            steps=settings.steps,
+            seed=job["seed"],
+            device=device,
+            eval_users=min(256, settings.eval_users),
+            final_eval_users=settings.eval_users,
+        )
         run_dir, _ = run_one(run, out / "runs")
         return {base: restore_policy(run_dir, device)[1]}
     job_dir = out / "runs" / settings.train_scenario / base / str(job["seed"])  # logs of log-trained agents
@@ -57,8 +68,10 @@ def build_policies(settings: StressSettings, job: dict[str, Any], out: Path) -> 
     policy = spec.build(train, algo, seed=job["seed"], device=device, model=dict(settings.model), run_dir=job_dir)
     if spec.online:  # its training: one pass over training users (seeded like training runs)
         evaluate(policy, train, settings.eval_users, seed=job["seed"])
-    return {name: policy.with_retraining(settings.retrain_every) if name.endswith(RETRAIN_SUFFIX) else policy
-            for name in job["agents"]}
+    return {
+        name: policy.with_retraining(settings.retrain_every) if name.endswith(RETRAIN_SUFFIX) else policy
+        for name in job["agents"]
+    }
 
 
 def run_job(settings: StressSettings, job: dict[str, Any], out: str) -> dict[str, Any]:
@@ -77,13 +90,16 @@ def run_job(settings: StressSettings, job: dict[str, Any], out: str) -> dict[str
             key = dict(agent=name, seed=job["seed"], family=family, magnitude=magnitude)
             rows.append(dict(key, **ev.metrics))
             timelines.append(ev.timeline.assign(**key))
-    print(f"stress: {', '.join(job['agents'])} seed {job['seed']} done in {time.perf_counter() - started:.0f}s",
-          file=sys.stderr)
+    print(
+        f"stress: {', '.join(job['agents'])} seed {job['seed']} done in {time.perf_counter() - started:.0f}s",
+        file=sys.stderr,
+    )
     return dict(rows=rows, timelines=pd.concat(timelines, ignore_index=True))
 
 
-def run_jobs(settings: StressSettings, out: Path, parallel: int = 1, ray_address: str | None = None
-             ) -> list[dict[str, Any]]:
+def run_jobs(
+    settings: StressSettings, out: Path, parallel: int = 1, ray_address: str | None = None
+) -> list[dict[str, Any]]:
     """Every agent job plus the reference's, one after another or as Ray tasks (a GPU each on cuda)."""
     jobs = plan_jobs(settings) + [dict(agents=[settings.reference], seed=0, load=None)]
     if parallel <= 1 and ray_address is None:

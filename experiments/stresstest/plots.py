@@ -1,4 +1,5 @@
 """Figures of the stress report (matplotlib, written as PNG without a display)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,17 @@ def _pyplot():
 
 def agent_colours(agents: list[str]) -> dict[str, str]:
     """A fixed colour per agent (oracles grey: they read the true state)."""
-    palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
-               "tab:olive", "tab:cyan"]
+    palette = [
+        "tab:blue",
+        "tab:orange",
+        "tab:green",
+        "tab:red",
+        "tab:purple",
+        "tab:brown",
+        "tab:pink",
+        "tab:olive",
+        "tab:cyan",
+    ]
     out, i = {}, 0
     for a in agents:
         if a.startswith("oracle"):
@@ -48,17 +58,20 @@ def robustness_curves(table: pd.DataFrame, path: Path, reference: str | None = N
     colours = agent_colours(agents)
     has_regret = table.regret.notna().any()
     rows = 2 if has_regret else 1
-    fig, axes = plt.subplots(rows, len(families), figsize=(3.6 * len(families), 3.2 * rows), squeeze=False,
-                             sharey="row")
+    fig, axes = plt.subplots(
+        rows, len(families), figsize=(3.6 * len(families), 3.2 * rows), squeeze=False, sharey="row"
+    )
     for col, family in enumerate(families):
-        for row, (metric, label) in enumerate([("relative_return", "return / own no-drift return"),
-                                               ("regret", f"regret vs {reference} (min)")][:rows]):
+        for row, (metric, label) in enumerate(
+            [("relative_return", "return / own no-drift return"), ("regret", f"regret vs {reference} (min)")][:rows]
+        ):
             ax = axes[row, col]
             for agent in agents:
                 g = table[(table.agent == agent) & (table.family == family)].sort_values("magnitude")
                 ax.plot(g.magnitude, g[metric], marker="o", color=colours[agent], label=agent)
-                ax.fill_between(g.magnitude, g[f"{metric}_lo"], g[f"{metric}_hi"], color=colours[agent], alpha=0.2,
-                                linewidth=0)
+                ax.fill_between(
+                    g.magnitude, g[f"{metric}_lo"], g[f"{metric}_hi"], color=colours[agent], alpha=0.2, linewidth=0
+                )
             if metric == "relative_return":
                 ax.axhline(1.0, color="0.7", linestyle=":", linewidth=1)
                 ax.set_title(f"{family} drift")
@@ -77,8 +90,10 @@ def recovery_curves(curves: pd.DataFrame, shock_step: int, level: float, path: P
     agents = list(dict.fromkeys(curves.agent))
     colours = agent_colours(agents)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for metric, ax, label in [("engagement_ratio", axes[0], "engagement / same policy without shock"),
-                              ("fit_gap", axes[1], "fit of served items: shocked - no shock")]:
+    for metric, ax, label in [
+        ("engagement_ratio", axes[0], "engagement / same policy without shock"),
+        ("fit_gap", axes[1], "fit of served items: shocked - no shock"),
+    ]:
         for agent in agents:
             g = curves[curves.agent == agent].groupby("step")[metric]
             mean, lo, hi = g.mean(), g.min(), g.max()
@@ -133,8 +148,14 @@ def homogenisation(curves: pd.DataFrame, path: Path) -> Path:
                 if fam != NO_DRIFT:
                     g = g[g.magnitude == g.magnitude.max()]
                 mean = g.groupby("step").homogenisation.mean().rolling(3, min_periods=1).mean()
-                ax.plot(mean.index, mean.to_numpy(), style, color=colours[agent],
-                        label=agent if fam != NO_DRIFT else None, linewidth=1.4 if style == "-" else 1.0)
+                ax.plot(
+                    mean.index,
+                    mean.to_numpy(),
+                    style,
+                    color=colours[agent],
+                    label=agent if fam != NO_DRIFT else None,
+                    linewidth=1.4 if style == "-" else 1.0,
+                )
         mag = curves[curves.family == family].magnitude.max()
         ax.set_title(f"{family} (magnitude {mag:g}; dashed: none)", fontsize=10)
         ax.set_xlabel("episode step")
@@ -148,4 +169,3 @@ def is_png(path: Path) -> bool:
     """A non-empty PNG file."""
     path = Path(path)
     return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-

@@ -1,5 +1,6 @@
 """The stress report: markdown tables, figures, TensorBoard curves and report.md, written from the
 jobs' raw evaluations (so --report-only can redo them), and the whole test in one call."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,11 @@ def robustness_markdown(table: pd.DataFrame, metric: str) -> str:
     out = []
     for family, g in table.groupby("family", sort=False):
         mags = sorted(g.magnitude.unique())
-        out += [f"**{family}**\n", "| agent | " + " | ".join(f"m={m:g}" for m in mags) + " |",
-                "|---|" + "---|" * len(mags)]
+        out += [
+            f"**{family}**\n",
+            "| agent | " + " | ".join(f"m={m:g}" for m in mags) + " |",
+            "|---|" + "---|" * len(mags),
+        ]
         for agent, a in g.groupby("agent", sort=False):
             by = {r.magnitude: r for r in a.itertuples()}
             out.append(f"| {agent} | " + " | ".join(_cell(by[m], metric) if m in by else "" for m in mags) + " |")
@@ -41,23 +45,29 @@ def robustness_markdown(table: pd.DataFrame, metric: str) -> str:
 
 
 def recovery_markdown(summary: pd.DataFrame) -> str:
-    cols = [("recovery_time", "recovery time (steps)"), ("recovery_time_95", "to 95% (steps)"),
-            ("reaction_time", "reaction time (steps)"),
-            ("dip", "lowest engagement ratio"), ("post_shock_return", "post-shock return (min)"),
-            ("post_shock_regret", "post-shock regret (min)")]
-    out = ["| agent | seeds | " + " | ".join(c[1] for c in cols) + " | not recovered |",
-           "|---|---|" + "---|" * len(cols) + "---|"]
+    cols = [
+        ("recovery_time", "recovery time (steps)"),
+        ("recovery_time_95", "to 95% (steps)"),
+        ("reaction_time", "reaction time (steps)"),
+        ("dip", "lowest engagement ratio"),
+        ("post_shock_return", "post-shock return (min)"),
+        ("post_shock_regret", "post-shock regret (min)"),
+    ]
+    out = [
+        "| agent | seeds | " + " | ".join(c[1] for c in cols) + " | not recovered |",
+        "|---|---|" + "---|" * len(cols) + "---|",
+    ]
     for r in summary.itertuples():
-        out.append(f"| {r.agent} | {r.seeds} | " + " | ".join(_cell(r, c) for c, _ in cols)
-                   + f" | {r.not_recovered} |")
+        out.append(f"| {r.agent} | {r.seeds} | " + " | ".join(_cell(r, c) for c, _ in cols) + f" | {r.not_recovered} |")
     return "\n".join(out)
 
 
 def make_plots(settings: StressSettings, res: StressResult, out: Path) -> dict[str, Path]:
     paths = dict(robustness=plots.robustness_curves(res.table, out / "robustness.png", settings.reference))
     if len(res.curves):
-        paths["recovery"] = plots.recovery_curves(res.curves, settings.shock_step, settings.recovery_level,
-                                                  out / "recovery.png")
+        paths["recovery"] = plots.recovery_curves(
+            res.curves, settings.shock_step, settings.recovery_level, out / "recovery.png"
+        )
     agent = _showcase_agent(settings, res)
     tl = res.timelines[(res.timelines.agent == agent) & (res.timelines.seed == res.timelines.seed.min())]
     panels = {"no drift": tl[tl.family == sa.NO_DRIFT]}
@@ -65,9 +75,12 @@ def make_plots(settings: StressSettings, res: StressResult, out: Path) -> dict[s
         f = tl[tl.family == family]
         if len(f):
             panels[f"{family} x{f.magnitude.max():g}"] = f[f.magnitude == f.magnitude.max()]
-    paths["topic_shares"] = plots.topic_shares(panels, settings.eval_users, out / "topic_shares.png",
-                                               f"population's consumption by topic under {agent} "
-                                               f"(seed {int(tl.seed.min())}), largest magnitudes")
+    paths["topic_shares"] = plots.topic_shares(
+        panels,
+        settings.eval_users,
+        out / "topic_shares.png",
+        f"population's consumption by topic under {agent} (seed {int(tl.seed.min())}), largest magnitudes",
+    )
     paths["homogenisation"] = plots.homogenisation(res.timelines, out / "homogenisation.png")
     return paths
 
@@ -87,8 +100,11 @@ def log_tensorboard(settings: StressSettings, res: StressResult, out: Path) -> N
     for agent, g in res.table.groupby("agent", sort=False):
         logger = RunLogger(out / "tb" / agent)
         for r in g.itertuples():
-            logger.scalars(f"robustness/{r.family}", dict(relative_return=r.relative_return, regret=r.regret,
-                                                          return_mean=r.return_mean), int(round(r.magnitude * 100)))
+            logger.scalars(
+                f"robustness/{r.family}",
+                dict(relative_return=r.relative_return, regret=r.regret, return_mean=r.return_mean),
+                int(round(r.magnitude * 100)),
+            )
         if len(res.curves):
             c = res.curves[res.curves.agent == agent].groupby("step")[["engagement_ratio", "fit_gap"]].mean()
             for step, r in c.iterrows():
@@ -105,69 +121,109 @@ def log_tensorboard(settings: StressSettings, res: StressResult, out: Path) -> N
                 enough = f.active_users >= sa.MIN_ACTIVE_SHARE * settings.eval_users
                 f = f[(f.magnitude == f.magnitude.max()) & enough]
                 for r in f.itertuples():
-                    logger.scalars(f"topic_shares/{family}",
-                                   {f"topic_{c[6:]}": getattr(r, c) for c in shares}, int(r.step))
+                    logger.scalars(
+                        f"topic_shares/{family}", {f"topic_{c[6:]}": getattr(r, c) for c in shares}, int(r.step)
+                    )
         logger.close()
 
 
-def write_report(settings: StressSettings, res: StressResult, out: Path, paths: dict[str, Path],
-                 command: str, seconds: float) -> Path:
+def write_report(
+    settings: StressSettings, res: StressResult, out: Path, paths: dict[str, Path], command: str, seconds: float
+) -> Path:
     agents = [a for a in dict.fromkeys(res.grid.agent) if a != settings.reference]
     deg = res.degradation[res.degradation.agent.isin(agents)]
-    lines = [f"# Drift stress test: trained on `{settings.train_scenario}`", "",
-             f"`{command}`  ({seconds / 60:.1f} min)", "",
-             f"Agents: {', '.join(agents)}; seeds {', '.join(map(str, sorted(res.grid.seed.unique())))}; "
-             f"{settings.eval_users} evaluation users per regime (the same users and simulator noise for every "
-             f"agent and regime); reference for regret: `{settings.reference}` (reads the true user state). "
-             f"Magnitude 0 is the training regime; 1 is each family's default strength.", ""]
+    lines = [
+        f"# Drift stress test: trained on `{settings.train_scenario}`",
+        "",
+        f"`{command}`  ({seconds / 60:.1f} min)",
+        "",
+        f"Agents: {', '.join(agents)}; seeds {', '.join(map(str, sorted(res.grid.seed.unique())))}; "
+        f"{settings.eval_users} evaluation users per regime (the same users and simulator noise for every "
+        f"agent and regime); reference for regret: `{settings.reference}` (reads the true user state). "
+        f"Magnitude 0 is the training regime; 1 is each family's default strength.",
+        "",
+    ]
     lines += ["## Which agent degrades least", ""]
     if len(deg):
         best, score = sa.least_degraded(deg)
-        lines.append(f"Averaged over families, **{best}** keeps the most of its own no-drift return at the "
-                     f"largest magnitude ({score:.1%}). Per family (relative return at the largest magnitude; "
-                     f"slope per unit of magnitude; whether it falls at every step of the sweep):")
+        lines.append(
+            f"Averaged over families, **{best}** keeps the most of its own no-drift return at the "
+            f"largest magnitude ({score:.1%}). Per family (relative return at the largest magnitude; "
+            f"slope per unit of magnitude; whether it falls at every step of the sweep):"
+        )
         lines += ["", "| family | " + " | ".join(agents) + " | degrades least |", "|---|" + "---|" * (len(agents) + 1)]
         for family, g in deg.groupby("family", sort=False):
             by = {r.agent: r for r in g.itertuples()}
-            cells = [f"{by[a].relative_at_max:.3f} ({by[a].slope:+.3f}{', falls' if by[a].monotone_decrease else ''})"
-                     for a in agents]
+            cells = [
+                f"{by[a].relative_at_max:.3f} ({by[a].slope:+.3f}{', falls' if by[a].monotone_decrease else ''})"
+                for a in agents
+            ]
             lines.append(f"| {family} | " + " | ".join(cells) + f" | {sa.least_degraded(g)[0]} |")
         falls = deg.groupby("family", sort=False).monotone_decrease.all()
-        lines += ["", "Families in which every agent's relative return falls at each step of the magnitude sweep: "
-                  f"{', '.join(falls.index[falls]) or 'none'}; in which it does not: "
-                  f"{', '.join(falls.index[~falls]) or 'none'}.", ""]
-    lines += ["## Robustness", "", f"![robustness curves]({paths['robustness'].name})", "",
-              "Return relative to the agent's own no-drift return, mean [95% t interval over seeds]:", "",
-              robustness_markdown(res.table, "relative_return"),
-              f"Regret (minutes per session) against `{settings.reference}` on the same regime:", "",
-              robustness_markdown(res.table, "regret")]
+        lines += [
+            "",
+            "Families in which every agent's relative return falls at each step of the magnitude sweep: "
+            f"{', '.join(falls.index[falls]) or 'none'}; in which it does not: "
+            f"{', '.join(falls.index[~falls]) or 'none'}.",
+            "",
+        ]
+    lines += [
+        "## Robustness",
+        "",
+        f"![robustness curves]({paths['robustness'].name})",
+        "",
+        "Return relative to the agent's own no-drift return, mean [95% t interval over seeds]:",
+        "",
+        robustness_markdown(res.table, "relative_return"),
+        f"Regret (minutes per session) against `{settings.reference}` on the same regime:",
+        "",
+        robustness_markdown(res.table, "regret"),
+    ]
     if len(res.recovery_summary):
-        lines += ["## Shock recovery", "",
-                  f"At episode step {settings.shock_step} every user's interests move "
-                  f"{min(1.0, settings.shock_strength * settings.recovery_magnitude):.0%} of the way toward another "
-                  f"taste community (shock magnitude {settings.recovery_magnitude:g}). Each policy's engagement is "
-                  "divided by its own engagement on the same users without the shock (common random numbers "
-                  "make the two runs identical before it), which removes the within-session trend. A reference "
-                  "that plans with copies of the true simulator foresees the shock, so its runs can differ "
-                  "before it.", "",
-                  f"![recovery curves]({paths['recovery'].name})", "",
-                  recovery_markdown(res.recovery_summary), "",
-                  f"- **recovery time**: steps after the shock until the engagement ratio (3-step trailing mean) "
-                  f"is back to {settings.recovery_level:.0%} of its pre-shock level (0: it never fell below; "
-                  "a fall counts when it starts within 10 steps of the shock); *to 95%*: the same for 95%.",
-                  "- **reaction time**: steps until the true fit of the served items to the users' new interests "
-                  "has made up half of its drop (how long the recommender takes to follow the shift).",
-                  "- **post-shock regret**: minutes per user watched from the shock on, reference minus agent.", ""]
-    lines += ["## Population over time", "", f"![topic shares]({paths['topic_shares'].name})", "",
-              "Shares of the population's consumption by topic at each step (steps with at least "
-              f"{sa.MIN_ACTIVE_SHARE:.0%} of users still in session).", "",
-              f"![homogenisation]({paths['homogenisation'].name})", "",
-              "Concentration (Herfindahl index over topics) of what the population watched at each step; "
-              "higher means everyone watches the same topics.", "",
-              "## Files", "", "grid.csv (every evaluation), robustness.csv, recovery.csv (per seed), "
-              "recovery_summary.csv, recovery_curves.csv, timelines.csv, settings.json, jobs.pkl (the raw "
-              "evaluations: `--report-only` redoes this report from them); "
-              f"TensorBoard: `tensorboard --logdir {out / 'tb'}`.", ""]
+        lines += [
+            "## Shock recovery",
+            "",
+            f"At episode step {settings.shock_step} every user's interests move "
+            f"{min(1.0, settings.shock_strength * settings.recovery_magnitude):.0%} of the way toward another "
+            f"taste community (shock magnitude {settings.recovery_magnitude:g}). Each policy's engagement is "
+            "divided by its own engagement on the same users without the shock (common random numbers "
+            "make the two runs identical before it), which removes the within-session trend. A reference "
+            "that plans with copies of the true simulator foresees the shock, so its runs can differ "
+            "before it.",
+            "",
+            f"![recovery curves]({paths['recovery'].name})",
+            "",
+            recovery_markdown(res.recovery_summary),
+            "",
+            f"- **recovery time**: steps after the shock until the engagement ratio (3-step trailing mean) "
+            f"is back to {settings.recovery_level:.0%} of its pre-shock level (0: it never fell below; "
+            "a fall counts when it starts within 10 steps of the shock); *to 95%*: the same for 95%.",
+            "- **reaction time**: steps until the true fit of the served items to the users' new interests "
+            "has made up half of its drop (how long the recommender takes to follow the shift).",
+            "- **post-shock regret**: minutes per user watched from the shock on, reference minus agent.",
+            "",
+        ]
+    lines += [
+        "## Population over time",
+        "",
+        f"![topic shares]({paths['topic_shares'].name})",
+        "",
+        "Shares of the population's consumption by topic at each step (steps with at least "
+        f"{sa.MIN_ACTIVE_SHARE:.0%} of users still in session).",
+        "",
+        f"![homogenisation]({paths['homogenisation'].name})",
+        "",
+        "Concentration (Herfindahl index over topics) of what the population watched at each step; "
+        "higher means everyone watches the same topics.",
+        "",
+        "## Files",
+        "",
+        "grid.csv (every evaluation), robustness.csv, recovery.csv (per seed), "
+        "recovery_summary.csv, recovery_curves.csv, timelines.csv, settings.json, jobs.pkl (the raw "
+        "evaluations: `--report-only` redoes this report from them); "
+        f"TensorBoard: `tensorboard --logdir {out / 'tb'}`.",
+        "",
+    ]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -1,4 +1,5 @@
 """What a drift stress test runs: its settings, the drift families and the regimes they make."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +23,7 @@ STRESS_SMOKE = dict(seeds=(0, 1), magnitudes=(0.0, 1.0, 2.0), eval_users=32, sho
 @dataclass(frozen=True)
 class StressSettings:
     """Everything a stress test depends on (saved as settings.json next to the report)."""
+
     agents: tuple[str, ...] = DEFAULT_AGENTS
     families: tuple[str, ...] = tuple(FAMILIES)
     magnitudes: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
@@ -30,15 +32,15 @@ class StressSettings:
     scenario_overrides: Mapping[str, Any] = field(default_factory=dict)
     model: Mapping[str, Any] = field(default_factory=dict)
     algo: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per agent (sasrec's serve sasrec-retrain)
-    steps: int = 250_000              # training budget of trainable agents (env steps)
-    eval_users: int = 512             # evaluation users per regime
+    steps: int = 250_000  # training budget of trainable agents (env steps)
+    eval_users: int = 512  # evaluation users per regime
     reference: str = "oracle-lookahead"
-    shock_step: int = 10              # episode step of the shock family's sudden shift
-    shock_strength: float = 0.8       # share of the way to the new interests at magnitude 1
-    recovery_magnitude: float = 1.0   # shock magnitude the recovery analysis uses
-    recovery_level: float = 0.9       # recovered = back to this share of the pre-shock engagement
-    retrain_every: int = 10           # for the *-retrain agents
-    loads: tuple[str, ...] = ()       # run directories of trained agents to load instead of training
+    shock_step: int = 10  # episode step of the shock family's sudden shift
+    shock_strength: float = 0.8  # share of the way to the new interests at magnitude 1
+    recovery_magnitude: float = 1.0  # shock magnitude the recovery analysis uses
+    recovery_level: float = 0.9  # recovered = back to this share of the pre-shock engagement
+    retrain_every: int = 10  # for the *-retrain agents
+    loads: tuple[str, ...] = ()  # run directories of trained agents to load instead of training
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -74,12 +76,15 @@ class StressSettings:
         if self.device not in DEVICES:
             raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if "shock" in self.families and self.recovery_magnitude not in self.magnitudes:
-            raise ValueError(f"--recovery-magnitude {self.recovery_magnitude} is not among the magnitudes "
-                             f"{list(self.magnitudes)}")
+            raise ValueError(
+                f"--recovery-magnitude {self.recovery_magnitude} is not among the magnitudes {list(self.magnitudes)}"
+            )
         unknown = set(self.algo) - {self.reference, *(base_agent(a) for a in self.agents)}
         if unknown:
-            raise ValueError(f"algo settings for '{sorted(unknown)[0]}', which is not stressed "
-                             "(settings of NAME apply to NAME-retrain too)")
+            raise ValueError(
+                f"algo settings for '{sorted(unknown)[0]}', which is not stressed "
+                "(settings of NAME apply to NAME-retrain too)"
+            )
         for agent, algo in self.algo.items():  # bad agent settings fail here too
             get_agent(agent).make_params(algo)
         self.train_config()  # bad scenario overrides fail here, before any work
@@ -97,8 +102,9 @@ class StressSettings:
         out = [(NO_DRIFT, 0.0, train)]
         for family in self.families:
             for m in self.magnitudes:
-                cfg = make_scenario(self.train_scenario, merge_overrides(self.scenario_overrides,
-                                                                         self.drift(family, m)))
+                cfg = make_scenario(
+                    self.train_scenario, merge_overrides(self.scenario_overrides, self.drift(family, m))
+                )
                 if not same_regime(cfg, train):  # equal: the no-drift row stands in
                     out.append((family, float(m), cfg))
         return out
