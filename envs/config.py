@@ -125,4 +125,31 @@ def make_scenario(
     return ScenarioConfig(name=name, world=world, env=env)
 
 
-__all__ = ["EnvParams", "ScenarioConfig", "PRESETS", "make_scenario", "load_overrides", "ShockEvent"]
+def resolve_scenario(
+    scenario: str | ScenarioConfig,
+    overrides: Mapping[str, Any] | None = None,
+    config_file: str | Path | None = None,
+) -> ScenarioConfig:
+    """The config an env is built on: a built ScenarioConfig as is, or a preset name with overrides.
+
+    Overrides next to a built config would be silently ignored, so they are an error.
+    """
+    if isinstance(scenario, ScenarioConfig):
+        if overrides or config_file is not None:
+            raise ValueError(
+                "overrides and config_file apply to a preset name, not to a built ScenarioConfig "
+                "(apply them with make_scenario)"
+            )
+        return scenario
+    return make_scenario(scenario, overrides, config_file)
+
+
+__all__ = [
+    "EnvParams",
+    "ScenarioConfig",
+    "PRESETS",
+    "make_scenario",
+    "load_overrides",
+    "resolve_scenario",
+    "ShockEvent",
+]

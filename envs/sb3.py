@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
-from envs.config import ScenarioConfig, make_scenario
+from envs.config import ScenarioConfig, resolve_scenario
 from envs.core import RecommenderCore
 
 
@@ -29,9 +29,7 @@ class SB3VecEnv(VecEnv):
         config_file: str | None = None,
         seed: int | None = None,
     ) -> None:
-        self.config = (
-            scenario if isinstance(scenario, ScenarioConfig) else make_scenario(scenario, overrides, config_file)
-        )
+        self.config = resolve_scenario(scenario, overrides, config_file)
         self.core = RecommenderCore(self.config, int(num_envs), seed)
         self.render_mode = None
         super().__init__(int(num_envs), self.core.single_observation_space, self.core.single_action_space)

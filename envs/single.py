@@ -8,7 +8,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.config import ScenarioConfig, make_scenario
+from envs.config import ScenarioConfig, resolve_scenario
 from envs.core import RecommenderCore
 
 
@@ -101,7 +101,7 @@ class RecEnv(gym.Env):
     | `config_file` | str or None             | None      | YAML file of overrides, applied before `overrides`       |
     | `seed`        | int or None             | None      | seed of every random stream; None draws one              |
 
-    `overrides` and `config_file` are ignored when `scenario` is a `ScenarioConfig`.
+    `overrides` or `config_file` next to a built `ScenarioConfig` raise `ValueError`.
     An unknown argument raises `TypeError`; an unknown or out-of-range config key
     raises `ValueError` naming it. `reset(seed=s)` restarts every random stream from
     `s` (same seed, same trajectories for the same actions); `reset()` draws a new
@@ -136,9 +136,7 @@ class RecEnv(gym.Env):
         config_file: str | None = None,
         seed: int | None = None,
     ) -> None:
-        self.config = (
-            scenario if isinstance(scenario, ScenarioConfig) else make_scenario(scenario, overrides, config_file)
-        )
+        self.config = resolve_scenario(scenario, overrides, config_file)
         self.core = RecommenderCore(self.config, 1, seed)
         self.observation_space = self.core.single_observation_space
         self.action_space = self.core.single_action_space

@@ -9,7 +9,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from envs.config import ScenarioConfig, make_scenario
+from envs.config import ScenarioConfig, resolve_scenario
 from envs.core import RecommenderCore
 
 
@@ -126,9 +126,7 @@ class RecVectorEnv(VectorEnv):
         config_file: str | None = None,
         seed: int | None = None,
     ) -> None:
-        self.config = (
-            scenario if isinstance(scenario, ScenarioConfig) else make_scenario(scenario, overrides, config_file)
-        )
+        self.config = resolve_scenario(scenario, overrides, config_file)
         self.num_envs = int(num_envs)
         self.core = RecommenderCore(self.config, self.num_envs, seed)
         self.single_observation_space = self.core.single_observation_space

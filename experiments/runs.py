@@ -31,7 +31,7 @@ from agents.policy import RandomPolicy
 from agents.registry import AgentSpec, get_agent
 from envs.config import PRESETS, ScenarioConfig, load_overrides, make_scenario
 from experiments.harness import EVAL_SEED, evaluate
-from experiments.tracking import RunLogger, new_run_dir
+from experiments.tracking import EVAL_TAGS, RunLogger, new_run_dir
 from simulator.params import merge_overrides
 
 CONFIG_SECTIONS = ("scenario", "model", "algo")
@@ -289,16 +289,7 @@ def train(
 
 def format_metrics(rows: Mapping[str, Mapping[str, float]]) -> str:
     """The final evaluation of each named policy, one column per policy."""
-    keys = (
-        "return_mean",
-        "return_ci95",
-        "ctr",
-        "session_length",
-        "satisfaction_end",
-        "consumption_entropy",
-        "slate_diversity",
-        "coverage",
-    )
+    keys = EVAL_TAGS[: EVAL_TAGS.index("coverage") + 1]
     names = list(rows)
     width = max(12, *(len(n) + 2 for n in names))
     lines = ["metric".ljust(22) + "".join(n.rjust(width) for n in names)]

@@ -616,3 +616,12 @@ def test_single_env_info_slate_and_ground_truth(make_cfg):
         for key in truth:
             np.testing.assert_array_equal(truth[key], vtruth[key] if key == "trend" else vtruth[key][0])
         assert not (terminated or truncated)
+
+
+def test_overrides_next_to_a_built_config_are_an_error_not_ignored(make_cfg):
+    cfg = make_cfg("stationary")
+    for build in (lambda **kw: RecEnv(cfg, **kw), lambda **kw: RecVectorEnv(2, cfg, **kw)):
+        with pytest.raises(ValueError, match="apply to a preset name"):
+            build(overrides={"env": {"max_steps": 5}})
+        with pytest.raises(ValueError, match="apply to a preset name"):
+            build(config_file="x.yaml")
