@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from agents.baselines import BanditParams, LinUCBPolicy, PopularityPolicy
+from agents.item_score import ItemScoreParams, tune_item_score
 from agents.logs import EpsilonPopularity, LogParams, collect_logs, save_logs
-from agents.oracles import LookaheadOracle, LookaheadParams, MyopicOracle, SessionOracle
+from agents.oracles import LookaheadOracle, LookaheadParams, MyopicOracle, SessionOracle, StaleStateOracle
 from agents.policy import Policy, RandomPolicy
 from agents.registry import RunContext
 from envs.config import ScenarioConfig
 
 LOG_SEED_OFFSET = 1_000  # logs come from other users than training (seed) and evaluation
+TUNE_SEED_OFFSET = 2_000  # so do the users the item score is tuned on
 
 
 def logged_data(scenario: ScenarioConfig, params: LogParams, seed: int, run_dir: Path | None):
@@ -61,6 +63,10 @@ def build_session(scenario: ScenarioConfig, params: None, ctx: RunContext) -> Po
     return SessionOracle()
 
 
+def build_stale(scenario: ScenarioConfig, params: None, ctx: RunContext) -> Policy:
+    return StaleStateOracle()
+
+
 def build_lookahead(scenario: ScenarioConfig, params: LookaheadParams, ctx: RunContext) -> Policy:
     return LookaheadOracle(params, seed=ctx.seed)
 
@@ -70,6 +76,10 @@ def build_popularity(scenario: ScenarioConfig, params: LogParams, ctx: RunContex
 
     n_items = RecommenderCore(scenario, 1, ctx.seed).n_items
     return PopularityPolicy.from_logs(logged_data(scenario, params, ctx.seed, ctx.run_dir), n_items)
+
+
+def build_item_score(scenario: ScenarioConfig, params: ItemScoreParams, ctx: RunContext) -> Policy:
+    return tune_item_score(scenario, params, TUNE_SEED_OFFSET + ctx.seed)[0]
 
 
 def build_bandit(scenario: ScenarioConfig, params: BanditParams, ctx: RunContext) -> Policy:

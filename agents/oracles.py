@@ -67,6 +67,26 @@ class SessionOracle:
         return slate_from_scores(scores, self.env.config.env.slate_size)
 
 
+class StaleStateOracle(SessionOracle):
+    """The session oracle with a stale picture of each user: it plans with the user's tastes as
+    they were at the start of the episode (before any drift or shock: `World.state_at_start`),
+    and with satisfaction, budget and history as now.
+
+    Against the session oracle on the same users, it measures what drift costs a recommender
+    that stops following the user: the two tie when nothing drifts.
+    """
+
+    name = "oracle-stale"
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.env is None:
+            raise RuntimeError("StaleStateOracle needs bind(env) before act()")
+        world = self.env.world
+        items = np.asarray(obs["candidate_items"], dtype=np.int64)
+        scores = world.watch_per_budget(items, state=world.state_at_start())
+        return slate_from_scores(scores, self.env.config.env.slate_size)
+
+
 @dataclass(frozen=True)
 class LookaheadParams:
     """The lookahead oracle's planning budget (the run config's `algo:` section)."""

@@ -112,6 +112,13 @@ AGENTS: dict[str, AgentSpec] = {
             smoke=_SMOKE_LOGS,
         ),
         AgentSpec(
+            "item-score",
+            "user-blind: a linear score over item features, tuned on users of a separate seed",
+            f"{_F}:build_item_score",
+            "agents.item_score:ItemScoreParams",
+            smoke={"candidates": 2, "refinements": 1, "tune_users": 16},
+        ),
+        AgentSpec(
             "bandit",
             "LinUCB contextual bandit, learning online",
             f"{_F}:build_bandit",
@@ -141,6 +148,11 @@ AGENTS: dict[str, AgentSpec] = {
             "oracle-session",
             "reads the true state; maximises watch time per minute of session budget",
             f"{_F}:build_session",
+        ),
+        AgentSpec(
+            "oracle-stale",
+            "oracle-session planning with the user's tastes as at the episode's start (drift-blind)",
+            f"{_F}:build_stale",
         ),
         AgentSpec(
             "oracle-lookahead",

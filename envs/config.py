@@ -49,7 +49,7 @@ class ScenarioConfig:
         return dataclasses.asdict(self)
 
 
-_SUDDEN = dict(kind="sudden", step=40, fraction=1.0, strength=0.8)
+_SUDDEN = dict(kind="sudden", step=10, fraction=1.0, strength=0.8)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "stationary": {},
@@ -65,8 +65,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "shocks": {
             "enabled": True,
             "events": [
-                dict(kind="injection", step=30, n_items=50),
-                dict(kind="sudden", step=60, fraction=0.5, strength=0.8),
+                dict(kind="injection", step=8, n_items=50),
+                dict(kind="sudden", step=12, fraction=0.5, strength=0.8),
             ],
         },
     },

@@ -1,4 +1,4 @@
-"""Seed-level statistics: the one interval helper behind compare, stress and headroom tables.
+"""Seed-level statistics: the one interval helper behind compare, stress and validity tables.
 
 Results are summarised over few training seeds (3 to 5). A percentile or BCa bootstrap of so
 few values cannot reach beyond their range and undercovers badly: measured on 400 synthetic

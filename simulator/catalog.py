@@ -6,6 +6,7 @@ Items 0..n_items-1 exist from the start; items appended after them arrive later
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,13 +24,14 @@ class CatalogParams:
     quality_beta: float = 2.0
     clickbait_fraction: float = 0.25  # items whose attractiveness ignores (low) quality
     attractiveness_noise: float = 0.15  # spread of attractiveness around quality for honest items
-    quality_signal_noise: float = 0.1  # noise of the observed quality signal (think: average rating)
+    quality_signal_noise: float = 0.1  # noise of the observed rating (the population's mean value of an item)
+    attractiveness_signal_noise: float = 0.15  # noise of the observed attractiveness (think: thumbnail CTR)
     length_mean: float = 4.0  # minutes, log-normal
     length_sigma: float = 0.5
     length_max: float = 15.0
     popularity_exponent: float = 1.1  # Zipf exponent of the long-tailed popularity prior
     n_arrivals: int = 0  # items that arrive during an episode
-    arrival_window: int = 100  # arrivals are spread uniformly over steps [1, arrival_window]
+    arrival_window: int = 30  # arrivals are spread uniformly over steps [1, arrival_window]
 
     def __post_init__(self) -> None:
         o = "catalog"
@@ -42,6 +44,7 @@ class CatalogParams:
         check_range(o, "clickbait_fraction", self.clickbait_fraction, 0.0, 1.0)
         check_range(o, "attractiveness_noise", self.attractiveness_noise, 0.0, 1.0)
         check_range(o, "quality_signal_noise", self.quality_signal_noise, 0.0, 1.0)
+        check_range(o, "attractiveness_signal_noise", self.attractiveness_signal_noise, 0.0, 1.0)
         check_range(o, "length_mean", self.length_mean, 0.0, lo_open=True)
         check_range(o, "length_sigma", self.length_sigma, 0.0, 3.0)
         check_range(o, "length_max", self.length_max, 0.0, lo_open=True)
@@ -55,7 +58,8 @@ class Catalog:
     """Item arrays, all of leading length I (items, arrivals included).
 
     topics [I, T] rows on the simplex; quality, attractiveness [I] in [0, 1];
-    quality_signal [I] the noisy quality a recommender can observe; length [I]
+    quality_signal [I] the noisy mean rating a recommender can observe (features hold it and a noisy
+    attractiveness); length [I]
     minutes; popularity [I] sums to 1; arrival_step [I] (0 = there from the start).
     """
 
@@ -99,15 +103,23 @@ def _sample_items(
     is_bait = rng.random(n) < params.clickbait_fraction
     quality = np.where(is_bait, quality * 0.5, quality)
     attractiveness = np.where(is_bait, bait, honest)
-    signal = np.clip(quality + rng.normal(0.0, params.quality_signal_noise, size=n), 0, 1)
     length = np.minimum(rng.lognormal(np.log(params.length_mean), params.length_sigma, size=n), params.length_max)
-    return dict(topics=topics, quality=quality, attractiveness=attractiveness, quality_signal=signal, length=length)
+    return dict(topics=topics, quality=quality, attractiveness=attractiveness, length=length)
 
 
 def make_catalog(
-    params: CatalogParams, rng: np.random.Generator, injections: tuple[tuple[int, int, int], ...] = ()
+    params: CatalogParams,
+    rng: np.random.Generator,
+    injections: tuple[tuple[int, int, int], ...] = (),
+    rating: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> Catalog:
-    """Sample a catalog. `injections` holds (step, n_items, topic) batches (topic -1: random)."""
+    """Sample a catalog. `injections` holds (step, n_items, topic) batches (topic -1: random).
+
+    What a platform observes of an item is not its true quality and attractiveness but noisy
+    aggregates: the mean rating its audience would give, `rating(topics [I, T], quality [I])
+    -> [I]` in [0, 1] (the world passes the mean personal value over its taste communities;
+    None: the quality itself), plus noise; and the attractiveness plus noise (a measured CTR).
+    """
     parts = [_sample_items(params, params.n_items, rng)]
     arrival = [np.zeros(params.n_items, dtype=np.int32)]
     if params.n_arrivals:
@@ -128,11 +140,16 @@ def make_catalog(
     popularity = (rank + 1.0) ** -params.popularity_exponent
     popularity /= popularity.sum()
     arrival_step = np.concatenate(arrival)
+    mean_rating = cols["quality"] if rating is None else rating(cols["topics"], cols["quality"])
+    quality_signal = np.clip(mean_rating + rng.normal(0.0, params.quality_signal_noise, size=n), 0, 1)
+    attractiveness_signal = np.clip(
+        cols["attractiveness"] + rng.normal(0.0, params.attractiveness_signal_noise, size=n), 0, 1
+    )
     features = np.concatenate(
         [
             cols["topics"],
-            cols["quality_signal"][:, None],
-            cols["attractiveness"][:, None],
+            quality_signal[:, None],
+            attractiveness_signal[:, None],
             (cols["length"] / params.length_max)[:, None],
             (1.0 - np.log1p(rank) / np.log(n))[:, None],  # popularity rank score in (0, 1]
         ],
@@ -143,7 +160,7 @@ def make_catalog(
         topics=f32(cols["topics"]),
         quality=f32(cols["quality"]),
         attractiveness=f32(cols["attractiveness"]),
-        quality_signal=f32(cols["quality_signal"]),
+        quality_signal=f32(quality_signal),
         length=f32(cols["length"]),
         popularity=popularity.astype(np.float64),
         arrival_step=arrival_step,

@@ -13,9 +13,9 @@ from simulator.params import check_bool, check_range
 class CognitiveParams:
     enabled: bool = False
     magnitude: float = 1.0
-    satiation_rate: float = 0.3  # satiation gained per fully watched item of a topic
+    satiation_rate: float = 0.1  # satiation gained per fully watched item of a topic
     satiation_recovery: float = 0.05  # fraction of satiation lost per step (recovery with time)
-    satiation_weight: float = 2.0  # fit lost on a fully satiated topic
+    satiation_weight: float = 1.0  # fit lost on a fully satiated topic
     reinforcement_rate: float = 0.02  # interest gain toward consumed topics, per watched item
     novelty_weight: float = 1.0  # utility bonus of fresh items / penalty of repeats, x novelty_seeking
     freshness_steps: float = 20.0  # an arrived item stays fresh for about this many steps

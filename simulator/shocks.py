@@ -47,7 +47,7 @@ class ShockEvent:
 class ShockParams:
     enabled: bool = False
     magnitude: float = 1.0
-    events: tuple[ShockEvent, ...] = (ShockEvent("sudden", step=40),)
+    events: tuple[ShockEvent, ...] = (ShockEvent("sudden", step=10),)
 
     def __post_init__(self) -> None:
         check_bool("shocks", "enabled", self.enabled)

@@ -78,10 +78,17 @@ class World:
         # The catalog and the taste communities are the world's fixed structure: they
         # depend on catalog.seed only, so training and evaluation seeds share them.
         catalog_rng = np.random.default_rng(config.catalog.seed)
-        self.catalog: Catalog = make_catalog(
-            config.catalog, catalog_rng, config.shocks.injections(config.catalog.n_topics)
-        )
         self.centres = community_centres(config.users, config.catalog.n_topics, catalog_rng)
+        typical = np.float32(config.users.community_strength) * self.centres  # a community's average member
+
+        def rating(topics: np.ndarray, quality: np.ndarray) -> np.ndarray:
+            """[I] the mean personal value of each item over the taste communities."""
+            fit = topics.astype(np.float32) @ typical.T  # [I, communities]
+            return response.personal_value(fit, quality[:, None], config.response).mean(axis=1)
+
+        self.catalog: Catalog = make_catalog(
+            config.catalog, catalog_rng, config.shocks.injections(config.catalog.n_topics), rating
+        )
         self.phases = seasonal.topic_phases(config.catalog.n_topics)
         # Appeal repeats with the period: one [period, T] table, looked up by calendar time.
         self.season_table = (
@@ -212,35 +219,48 @@ class World:
             utility += cognitive.novelty_bonus(slates, s.recent_items, fresh, s.novelty_seeking, cfg.cognitive)
         return utility, fit
 
-    def expected_engagement(self, items: np.ndarray) -> np.ndarray:
-        """[N, C] expected watch time of each item in `items` [N, C] if shown alone at the top."""
+    def slate_value(self, slates: np.ndarray, state: UserState | None = None) -> np.ndarray:
+        """[N, K] personal value (quality x appeal to the user's current tastes, response.personal_value)
+        of the items in `slates` [N, K], under the current state (or `state`)."""
+        return response.personal_value(
+            self.slate_fit(slates, state), self.catalog.quality[slates], self.config.response
+        )
+
+    def expected_engagement(self, items: np.ndarray, state: UserState | None = None) -> np.ndarray:
+        """[N, C] expected watch time of each item in `items` [N, C] if shown alone at the top
+        (under the current state, or `state`)."""
         cfg = self.config.response
-        utility, fit = self.slate_utility(items, positions=False)
-        outside = response.no_click_utility(self.state.satisfaction, cfg)
+        s = self.state if state is None else state
+        utility, fit = self.slate_utility(items, s, positions=False)
+        outside = response.no_click_utility(s.satisfaction, cfg)
         p_click = 1.0 / (1.0 + np.exp(outside[:, None] - utility))  # logit with one item + no-click
-        watch = self.catalog.length[items] * response.completion(fit, self.catalog.quality[items], cfg)
+        value = response.personal_value(fit, self.catalog.quality[items], cfg)
+        watch = self.catalog.length[items] * response.completion(value, self.catalog.attractiveness[items], cfg)
         noise_mean = np.float32(np.exp(0.5 * cfg.watch_noise**2))  # mean of the log-normal factor
         return (p_click * watch * noise_mean).astype(np.float32)
 
-    def expected_budget_cost(self, items: np.ndarray, watch: np.ndarray | None = None) -> np.ndarray:
+    def expected_budget_cost(
+        self, items: np.ndarray, watch: np.ndarray | None = None, state: UserState | None = None
+    ) -> np.ndarray:
         """[N, C] expected minutes of session budget one step spends if `items` [N, C] is shown alone at the top.
 
         `response.budget_cost` (what `step` charges) applied to the expected watch time
-        (`expected_engagement`, or `watch` [N, C] when already computed); exact, since the
-        cost is linear in watch time and a step without a click costs the browse cost only.
+        (`expected_engagement`, or `watch` [N, C] when already computed) and the items' personal
+        value; exact, since the cost is linear in watch time and a step without a click costs the
+        browse cost only.
         """
         if watch is None:
-            watch = self.expected_engagement(items)
-        return response.budget_cost(watch, self.catalog.quality[items], self.config.response)
+            watch = self.expected_engagement(items, state)
+        return response.budget_cost(watch, self.slate_value(items, state), self.config.response)
 
-    def watch_per_budget(self, items: np.ndarray) -> np.ndarray:
+    def watch_per_budget(self, items: np.ndarray, state: UserState | None = None) -> np.ndarray:
         """[N, C] expected watch time per expected minute of budget spent, for each item of `items` [N, C].
 
         `expected_engagement` / `expected_budget_cost`, float32. With a fixed session budget, the
         item with the best ratio buys the most watch time (what the session oracle ranks by).
         """
-        watch = self.expected_engagement(items)
-        return watch / self.expected_budget_cost(items, watch)
+        watch = self.expected_engagement(items, state)
+        return watch / self.expected_budget_cost(items, watch, state)
 
     # ------------------------------------------------------------------ step
     def step(self, slates: np.ndarray) -> StepResult:
@@ -273,15 +293,15 @@ class World:
         pos = np.maximum(position, 0)
         item = np.where(clicked, slates[rows, pos], -1)
         chosen = slates[rows, pos]
-        quality = c.quality[chosen]
-        done_frac = response.completion(fit[rows, pos], quality, cfg.response)
+        value = response.personal_value(fit[rows, pos], c.quality[chosen], cfg.response)
+        done_frac = response.completion(value, c.attractiveness[chosen], cfg.response)
         done_frac = np.where(clicked, done_frac, np.float32(0.0))
         noise = np.exp(np.float32(cfg.response.watch_noise) * watch_noise)
         watch = c.length[chosen] * done_frac * noise
 
-        felt = response.experience(clicked, quality, c.attractiveness[chosen], cfg.response)
+        felt = response.experience(clicked, value, c.attractiveness[chosen], cfg.response)
         response.update_satisfaction(s.satisfaction, felt, cfg.response)
-        s.budget -= response.budget_cost(watch, quality, cfg.response)
+        s.budget -= response.budget_cost(watch, value, cfg.response)
 
         consumed = c.topics[chosen] * clicked[:, None]  # [N, T], zero rows without a click
         cognitive.update_satiation(s.satiation, consumed, done_frac, cfg.cognitive)
@@ -310,6 +330,20 @@ class World:
             terminated=terminated,
             fit=fit,
         )
+
+    def state_at_start(self) -> UserState:
+        """The users' tastes as they were at the start of their episodes, the rest as now.
+
+        Interests back to `initial_interest`, satiation to none and the season to the episode's
+        first step (drift undone); satisfaction, budget, recent items and the episode step (item
+        freshness) stay current. What a recommender that stopped updating its picture of the
+        user would believe: the stale-state reference plans with it.
+        """
+        s = self.state.copy()
+        s.interest = s.initial_interest.copy()
+        s.satiation[:] = 0.0
+        s.calendar_offset = s.calendar_offset - s.step  # calendar = offset + step: frozen at its start
+        return s
 
     # ---------------------------------------------------------- ground truth
     def change_points(self) -> list[dict[str, Any]]:

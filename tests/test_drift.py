@@ -163,7 +163,9 @@ def test_trend_moves_toward_consumed_topics():
 
 # ---------------------------------------------------------- cognitive: satiation
 SATIATION_ONLY = _merge(
-    ALWAYS_CLICK, {"cognitive": {"reinforcement_rate": 0.0, "random_walk_std": 0.0, "novelty_weight": 0.0}}
+    ALWAYS_CLICK,
+    # A fast satiation rate: 8 binged items build satiation even for users who watch little of them.
+    {"cognitive": {"reinforcement_rate": 0.0, "random_walk_std": 0.0, "novelty_weight": 0.0, "satiation_rate": 0.3}},
 )
 
 

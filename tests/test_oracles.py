@@ -94,7 +94,10 @@ def test_session_oracle_cost_is_the_simulators_budget_cost(make_cfg, response):
     for _ in range(3):
         items = obs["candidate_items"].astype(np.int64)
         watch = env.world.expected_engagement(items)
-        cost = sim_response.budget_cost(watch, env.world.catalog.quality[items], env.world.config.response)
+        value = sim_response.personal_value(
+            env.world.slate_fit(items), env.world.catalog.quality[items], env.world.config.response
+        )
+        cost = sim_response.budget_cost(watch, value, env.world.config.response)
         np.testing.assert_array_equal(watch_per_budget(env.world, items), watch / cost)
         action = oracle.act(obs)
         np.testing.assert_array_equal(action, slate_from_scores(watch / cost, 3))

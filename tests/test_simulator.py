@@ -174,11 +174,12 @@ def test_step_result_fit_is_the_served_items_fit(make_cfg, random_slates):
 
 
 def test_expected_budget_cost_is_the_simulators_budget_cost(make_world):
-    """World.watch_per_budget = expected watch / response.budget_cost(expected watch, quality)."""
+    """World.watch_per_budget = expected watch / response.budget_cost(expected watch, personal value)."""
     w = make_world("cognitive", {"response": {"browse_cost": 1.5, "quality_refund": 0.3}}, n_users=5, seed=1)
     items = np.random.default_rng(0).integers(0, w.catalog.n_initial, size=(5, 7))
     watch = w.expected_engagement(items)
-    cost = response.budget_cost(watch, w.catalog.quality[items], w.config.response)
+    value = response.personal_value(w.slate_fit(items), w.catalog.quality[items], w.config.response)
+    cost = response.budget_cost(watch, value, w.config.response)
     np.testing.assert_array_equal(w.expected_budget_cost(items), cost)
     np.testing.assert_array_equal(w.expected_budget_cost(items, watch), cost)
     ratio = w.watch_per_budget(items)

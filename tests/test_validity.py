@@ -1,0 +1,145 @@
+"""The user matters: personal value, user-blind baselines, the stale-state oracle and the validity report
+on tiny configs (the full report is a benchmark: experiments/validity.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from agents.item_score import QUALITY, FeatureModelPolicy, ItemScoreParams, ItemScorePolicy, tune_item_score
+from agents.oracles import SessionOracle, StaleStateOracle
+from agents.registry import get_agent
+from envs import RecVectorEnv
+from experiments import gates, validity
+from experiments.harness import evaluate
+from simulator import response
+from simulator.response import ResponseParams
+
+USERS = 256
+
+
+def test_an_item_is_worth_more_to_the_users_it_suits():
+    p = ResponseParams()
+    quality = np.full(3, 0.8, dtype=np.float32)
+    value = response.personal_value(np.array([0.6, 0.0, -0.6], dtype=np.float32), quality, p)
+    assert value[0] > 0.7 and value[2] < 0.1 and np.all(np.diff(value) < 0)
+    # Quality matters through the fit: a great item that does not suit is worth less than a fair one that does.
+    great_unsuited = response.personal_value(np.float32(-0.4), np.float32(0.95), p)
+    fair_suited = response.personal_value(np.float32(0.4), np.float32(0.4), p)
+    assert fair_suited > great_unsuited
+    # Value decides completion, experience and the budget refund.
+    attract = np.full(3, 0.5, dtype=np.float32)
+    assert np.all(np.diff(response.completion(value, attract, p)) < 0)
+    assert np.all(np.diff(response.experience(np.ones(3, bool), value, attract, p)) <= 0)
+    assert np.all(np.diff(response.budget_cost(np.full(3, 4.0, np.float32), value, p)) > 0)
+
+
+def test_two_communities_value_the_same_item_differently(make_world):
+    w = make_world("stationary", n_users=400, seed=0)
+    items = np.arange(w.catalog.n_initial)[None, :].repeat(w.n_users, 0)
+    value = w.slate_value(items)  # [users, items]
+    by_community = np.stack([value[w.state.community == c].mean(0) for c in range(w.config.users.n_communities)])
+    # For most items the best-served community values them far above the worst-served one.
+    spread = by_community.max(0) - by_community.min(0)
+    assert np.median(spread) > 0.2
+
+
+def test_item_features_are_noisy_aggregates_not_the_truth(make_world):
+    w = make_world("stationary", n_users=2, seed=0)
+    cat, t = w.catalog, w.catalog.n_topics
+    rating, attract = cat.features[:, t], cat.features[:, t + 1]
+    assert not np.allclose(rating, cat.quality, atol=0.05)
+    assert 0.2 < np.corrcoef(rating, cat.quality)[0, 1] < 0.95  # informative, not revealing
+    assert not np.allclose(attract, cat.attractiveness, atol=0.05)
+
+
+@pytest.fixture(scope="module")
+def tiny_cfgs(request):
+    from envs import make_scenario
+
+    tiny = {"catalog": {"n_items": 200}, "env": {"num_candidates": 10, "history_len": 8, "max_steps": 40}}
+    return {name: make_scenario(name, tiny) for name in ("stationary", "shock")}
+
+
+def test_a_personalised_oracle_beats_every_user_blind_policy_by_a_clear_margin(tiny_cfgs):
+    cfg = tiny_cfgs["stationary"]
+    t = cfg.world.catalog.n_topics
+    tuned, _ = tune_item_score(cfg, ItemScoreParams(candidates=6, refinements=4, tune_users=64), seed=99)
+    blind = [ItemScorePolicy.max_feature(t, QUALITY, "max-rating"), FeatureModelPolicy(), tuned]
+    best_blind = max(evaluate(p, cfg, USERS, 1).metrics["return_mean"] for p in blind)
+    oracle = evaluate(SessionOracle(), cfg, USERS, 1).metrics["return_mean"]
+    assert best_blind < 0.75 * oracle, (best_blind, oracle)
+
+
+def test_the_stale_state_oracle_ties_without_drift_and_loses_under_it(tiny_cfgs):
+    calm = [evaluate(p, tiny_cfgs["stationary"], USERS, 2).episodes for p in (SessionOracle(), StaleStateOracle())]
+    pd.testing.assert_frame_equal(calm[0], calm[1])  # nothing drifts: the same choices, the same users
+    true, stale = (
+        evaluate(p, tiny_cfgs["shock"], USERS, 2).metrics["return_mean"] for p in (SessionOracle(), StaleStateOracle())
+    )
+    assert stale < 0.92 * true, (stale, true)
+
+
+def test_state_at_start_undoes_drift_only(make_world):
+    w = make_world("mixed", n_users=6, seed=0)
+    for _ in range(15):
+        w.step(np.zeros((6, 1), dtype=np.int64))
+    start = w.state_at_start()
+    np.testing.assert_array_equal(start.interest, w.state.initial_interest)
+    assert not start.satiation.any()
+    np.testing.assert_array_equal(start.calendar_offset + start.step, w.state.calendar_offset)
+    np.testing.assert_array_equal(start.satisfaction, w.state.satisfaction)  # not a taste: stays current
+    assert not np.array_equal(w.state.interest, w.state.initial_interest)  # the world itself is untouched
+
+
+def test_item_score_is_a_named_baseline_that_reads_item_features_only(tiny_cfgs):
+    cfg = tiny_cfgs["stationary"]
+    policy = get_agent("item-score").build(cfg, {"candidates": 2, "refinements": 1, "tune_users": 16}, seed=0)
+    env = RecVectorEnv(4, cfg, seed=0)
+    policy.bind(env)
+    obs, _ = env.reset(seed=0)
+    blanked = {k: (v if k == "candidate_features" else np.zeros_like(v)) for k, v in obs.items()}
+    np.testing.assert_array_equal(policy.act(obs), policy.act(blanked))  # nothing but the item features
+
+
+def test_validity_report_end_to_end_at_smoke_sizes(tmp_path, capsys):
+    out = tmp_path / "report"
+    code = validity.main(
+        [
+            "--smoke",
+            "--presets",
+            "stationary",
+            "shock",
+            "--history-agents",
+            "sasrec",
+            "--history-seeds",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code in (0, 1)  # 1: a gate fails at toy sizes, which the report must say, not hide
+    gates_table = pd.read_csv(out / "gates.csv")
+    names = set(gates_table.name)
+    assert {
+        "personalisation",
+        "soundness",
+        "long-term value",
+        "history",
+        "drift: no drift, no shortfall",
+        "drift: shortfall grows with magnitude",
+        "drift: stale-state falls short",
+    } <= names
+    report = (out / "report.md").read_text()
+    assert "## Gates" in report and "oracle-stale" in report and "item-score" in report
+    assert ("FAIL" in capsys.readouterr().out) == (code == 1)
+
+
+def test_validity_settings_fail_before_any_work():
+    with pytest.raises(ValueError, match="unknown scenario 'nope'"):
+        gates.ValiditySettings(presets=("nope",))
+    with pytest.raises(ValueError, match="distinct seeds"):
+        gates.ValiditySettings(seeds=(0, 0))
+    with pytest.raises(ValueError, match="algo.top"):
+        gates.ValiditySettings(algo={"oracle-lookahead": {"top": 0}})
