@@ -33,7 +33,7 @@ from agents.policy import RandomPolicy
 from agents.registry import get_agent
 from envs.config import PRESETS, ScenarioConfig, make_scenario
 from experiments.harness import EVAL_SEED, evaluate
-from experiments.runs import RunSettings, restore_policy, run_one
+from experiments.runs import RunSettings, load_run, restore_policy, run_one
 from experiments.stats import mean_interval
 from simulator.params import check_int, merge_overrides
 
@@ -97,7 +97,6 @@ class ValiditySettings:
 def user_blind_policies(settings: ValiditySettings, cfg: ScenarioConfig, seed: int) -> list[Any]:
     t = cfg.world.catalog.n_topics
     popularity = get_agent("popularity").build(cfg, settings.algo.get("popularity", {}), seed=seed)
-    popularity.name = "popularity"
     tuned = get_agent("item-score").build(cfg, settings.algo.get("item-score", {}), seed=seed)
     return [
         ItemScorePolicy.max_feature(t, QUALITY, "max-rating"),
@@ -157,11 +156,11 @@ def _history_policy(settings: ValiditySettings, agent: str, preset: str, history
     """The agent trained (or fitted on logs) with `history_len`, or loaded from --history-runs."""
     extra = {"env": {"history_len": history_len}}
     for run_dir in settings.history_runs:
-        saved, policy = restore_policy(run_dir)
+        saved = load_run(run_dir)  # the settings only: restore just the run that matches
         if (saved.agent, saved.scenario, saved.seed) == (agent, preset, seed) and (
             saved.scenario_config().env.history_len == history_len
         ):
-            return policy
+            return restore_policy(run_dir)[1]
     spec = get_agent(agent)
     overrides = merge_overrides(settings.scenario_overrides, extra)
     algo = settings.algo.get(agent, {})
