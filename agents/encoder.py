@@ -46,6 +46,7 @@ __all__ = [
     "HistoryEncoder",
     "ItemTower",
     "RecommenderEncoder",
+    "TargetAttention",
 ]
 
 _INT_FIELDS_MIN = {  # field -> smallest allowed value
@@ -68,7 +69,8 @@ class EncoderConfig:
     Feature sizes may be 0 (the matching projection is then left out and the
     observation key may be absent). ``autocast_bf16`` only takes effect when
     the inputs are on CUDA. ``compile`` wraps the Transformer block stack with
-    ``torch.compile``.
+    ``torch.compile``. ``target_attention`` adds a per-candidate read of the
+    history (see :class:`TargetAttention`) to the state each candidate is scored with.
     """
 
     n_items: int
@@ -83,6 +85,7 @@ class EncoderConfig:
     dropout: float = 0.0
     compile: bool = False
     autocast_bf16: bool = True
+    target_attention: bool = True
 
     def __post_init__(self) -> None:
         for name, low in _INT_FIELDS_MIN.items():
@@ -103,7 +106,7 @@ class EncoderConfig:
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"EncoderConfig.dropout must be in [0, 1), got {self.dropout}")
         object.__setattr__(self, "dropout", float(self.dropout))
-        for name in ("compile", "autocast_bf16"):
+        for name in ("compile", "autocast_bf16", "target_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"EncoderConfig.{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -161,11 +164,15 @@ class EncoderOutput(NamedTuple):
 
     state:      [B, d_model]    history summary (the CLS token's output)
     candidates: [B, C, d_model] item-tower vectors of the candidates
-    logits:     [B, C]          state . candidate / sqrt(d_model)
+    user:       [B, C, d_model] the user as seen by each candidate: state + what the
+                                candidate's target attention read in the history
+                                (the state itself, broadcast, without target attention)
+    logits:     [B, C]          user . candidate / sqrt(d_model)
     """
 
     state: Tensor
     candidates: Tensor
+    user: Tensor
     logits: Tensor
 
 
@@ -371,9 +378,14 @@ class HistoryEncoder(nn.Module):
 
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
         """obs (see module docstring) -> state [B, d_model], float32."""
+        return self.forward_with_tokens(obs)[0]
+
+    def forward_with_tokens(self, obs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """(state [B, d], history tokens [B, H, d] as embedded (CLS left out), their mask bool [B, H])."""
         with _autocast(obs["history_items"], self.config.autocast_bf16):
-            state = self.encode_tokens(*self.embed(obs))
-        return state.float()
+            tokens, key_mask = self.embed(obs)
+            state = self.encode_tokens(tokens, key_mask)
+        return state.float(), tokens[:, 1:], key_mask[:, 1:]
 
 
 class ItemTower(nn.Module):
@@ -411,6 +423,40 @@ class ItemTower(nn.Module):
         return x.float()
 
 
+class TargetAttention(nn.Module):
+    """Each candidate reads the history for itself (target attention, as in DIN, Zhou et al. 2018).
+
+    The pooled state summarises the whole history the same way for every candidate; a user
+    with several interests is better described, for a given candidate, by the past
+    interactions that resemble it (and how they went). Candidates are the queries, the
+    history tokens (item, features, response, recency) keys and values; a learned null slot
+    takes the attention when nothing resembles the candidate, or the history is empty.
+    Cost per decision: C x H dot products, linear in the history length.
+    """
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.n_heads = config.n_heads
+        self.query = nn.Linear(d, d)
+        self.key_value = nn.Linear(d, 2 * d)
+        self.null_key = nn.Parameter(torch.zeros(d))
+        self.out = nn.Linear(d, d)
+        self.apply(_init_weights)
+
+    def forward(self, candidates: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
+        """candidates [B, C, d], tokens [B, H, d], mask bool [B, H] -> [B, C, d]."""
+        b, c, d = candidates.shape
+        heads, dh = self.n_heads, d // self.n_heads
+        k, v = self.key_value(tokens).chunk(2, dim=-1)
+        k = torch.cat([self.null_key.to(k.dtype).expand(b, 1, d), k], dim=1)
+        v = torch.cat([v.new_zeros(b, 1, d), v], dim=1)  # the null slot reads nothing
+        keep = torch.cat([mask.new_ones(b, 1), mask], dim=1)[:, None, None, :]  # [B, 1, 1, 1 + H]
+        split = lambda x: x.view(b, x.shape[1], heads, dh).transpose(1, 2)  # noqa: E731
+        y = F.scaled_dot_product_attention(split(self.query(candidates)), split(k), split(v), attn_mask=keep)
+        return self.out(y.transpose(1, 2).reshape(b, c, d))
+
+
 class RecommenderEncoder(nn.Module):
     """History encoder + item tower with one shared id-embedding table.
 
@@ -425,6 +471,7 @@ class RecommenderEncoder(nn.Module):
         self.config = config
         self.history = HistoryEncoder(config, item_features=item_features)
         self.item_tower = ItemTower(config, item_embedding=self.history.item_embedding)
+        self.target_attention = TargetAttention(config) if config.target_attention else None
 
     @property
     def output_dim(self) -> int:
@@ -439,13 +486,20 @@ class RecommenderEncoder(nn.Module):
         return self.item_tower(obs["candidate_items"], obs.get("candidate_features"))
 
     @staticmethod
-    def score(state: Tensor, candidates: Tensor) -> Tensor:
-        """state [B, d], candidates [B, C, d] -> logits [B, C] (scaled dot product)."""
-        return torch.einsum("bd,bcd->bc", state, candidates) / math.sqrt(state.shape[-1])
+    def score(user: Tensor, candidates: Tensor) -> Tensor:
+        """user [B, d] or [B, C, d], candidates [B, C, d] -> logits [B, C] (scaled dot product)."""
+        if user.dim() == 2:
+            user = user[:, None, :]
+        return (user * candidates).sum(-1) / math.sqrt(candidates.shape[-1])
 
     def forward(self, obs: Mapping[str, Tensor]) -> EncoderOutput:
-        """obs (see module docstring) -> EncoderOutput(state, candidates, logits)."""
-        state = self.encode_state(obs)
+        """obs (see module docstring) -> EncoderOutput(state, candidates, user, logits)."""
+        state, tokens, mask = self.history.forward_with_tokens(obs)
         candidates = self.encode_candidates(obs)
+        user = state[:, None, :].expand_as(candidates)
+        if self.target_attention is not None:
+            with _autocast(candidates, self.config.autocast_bf16):
+                read = self.target_attention(candidates, tokens, mask)
+            user = user + read.float()
         # Logits in float32: bf16 dot products over d_model lose ranking precision.
-        return EncoderOutput(state, candidates, self.score(state, candidates))
+        return EncoderOutput(state, candidates, user, self.score(user, candidates))

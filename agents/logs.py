@@ -1,7 +1,8 @@
 """Logged interaction data: a logging policy runs in the simulator and writes one row per
 impression. Supervised baselines train on such logs only.
 
-Schema (LOG_COLUMNS): user (episode id, unique per logged session), step (episode step),
+Schema (LOG_COLUMNS): user (episode id, unique per logged session), step (episode step; the
+interactions a user arrived with, `users.past_interactions`, at steps -n .. -1),
 item, position (slate position, 0 = top), click (0/1), watch_time (minutes), completion
 (fraction watched), season_sin, season_cos, progress (time features at that step),
 scenario, seed. Rows of one user are in step order; within a step, in slate order.
@@ -85,7 +86,7 @@ def collect_logs(
     next_episode = n_users
     step = np.zeros(n_users, dtype=np.int64)  # episode step of each slot
     resetting = np.zeros(n_users, dtype=bool)  # slots whose next step is an autoreset
-    chunks = []
+    chunks = [_past_rows(obs, np.arange(n_users), episode, config.world.catalog.length_mean)]
     for _ in range(n_steps):
         actions = np.asarray(policy.act(obs))
         context = obs["context"]
@@ -113,11 +114,36 @@ def collect_logs(
         if resetting.any():  # those slots now hold new users
             episode[resetting] = np.arange(next_episode, next_episode + resetting.sum())
             next_episode += int(resetting.sum())
+            chunks.append(_past_rows(obs, np.flatnonzero(resetting), episode, config.world.catalog.length_mean))
         resetting = terminated | truncated
     logs = pd.concat(chunks, ignore_index=True)
     logs["scenario"] = config.name
     logs["seed"] = seed
     return logs.sort_values(["user", "step", "position"], kind="stable", ignore_index=True)[list(LOG_COLUMNS)]
+
+
+def _past_rows(obs: dict[str, np.ndarray], slots: np.ndarray, episode: np.ndarray, length_mean: float) -> pd.DataFrame:
+    """Rows for what the new users in `slots` did before their episode (the history they arrive
+    with, `users.past_interactions`), at steps -n .. -1: a model trained on the logs then reads
+    the same histories the env shows it."""
+    mask = obs["history_mask"][slots] > 0  # [M, H], right-aligned
+    f = obs["history_features"][slots]
+    user_row, col = np.nonzero(mask)
+    back = mask.sum(axis=1)[user_row] - (col - (mask.shape[1] - mask.sum(axis=1)[user_row]))  # 1 = newest
+    return pd.DataFrame(
+        dict(
+            user=episode[slots][user_row],
+            step=-back,
+            item=obs["history_items"][slots][user_row, col],
+            position=0,
+            click=(f[user_row, col, 0] > 0).astype(np.int8),
+            watch_time=(f[user_row, col, 2] * np.float32(length_mean)).astype(np.float32),
+            completion=f[user_row, col, 1].astype(np.float32),
+            season_sin=f[user_row, col, 3],
+            season_cos=f[user_row, col, 4],
+            progress=np.float32(0.0),
+        )
+    )
 
 
 def save_logs(logs: pd.DataFrame, path: str | Path) -> Path:

@@ -56,8 +56,8 @@ class ActorCritic(nn.Module):
         out = self.encoder(obs)
         if self.slot_query is None:
             return out.logits, out.state
-        queries = out.state[:, None, :] + self.slot_query  # [B, K, d]
-        logits = torch.einsum("bkd,bcd->bkc", queries, out.candidates) / np.sqrt(queries.shape[-1])
+        queries = out.user[:, None] + self.slot_query[None, :, None, :]  # [B, K, C, d]
+        logits = (queries * out.candidates[:, None]).sum(-1) / np.sqrt(out.candidates.shape[-1])  # [B, K, C]
         return logits.reshape(logits.shape[0], -1), out.state
 
     def value(self, state: Tensor) -> Tensor:

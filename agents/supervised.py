@@ -280,7 +280,7 @@ class EngagementModel(nn.Module):
         out = self.encoder(obs)
         bias = self.position_bias[0] if positions is None else self.position_bias[positions]
         click_logit = out.logits + self.click_bias + bias
-        watch = F.softplus(RecommenderEncoder.score(self.watch_query(out.state), out.candidates) + self.watch_bias)
+        watch = F.softplus(RecommenderEncoder.score(self.watch_query(out.user), out.candidates) + self.watch_bias)
         return click_logit, watch
 
 

@@ -139,9 +139,31 @@ class RecommenderCore:
         self.history_items[idx] = 0
         self.history_features[idx] = 0.0
         self.history_mask[idx] = 0.0
+        self._write_past(idx)
         # Until a first click, topic-near retrieval anchors on a random topic.
         self.anchor_topic[idx] = self.reset_rng.integers(0, self.world.catalog.n_topics, size=idx.size)
         self._draw_candidates(idx)
+
+    def _write_past(self, idx: np.ndarray) -> None:
+        """Fill the history of the new users at `idx` with what they did before the episode
+        (`World.past_interactions`), newest last, in the ring slots before the write position."""
+        if not self.config.world.users.past_interactions:
+            return
+        past = self.world.past_interactions(idx, self.reset_rng)
+        h = self.config.env.history_len
+        n = min(h, past["item"].shape[1])
+        slots = (self.history_pos - n + np.arange(n)) % h  # oldest .. newest kept
+        season = season_angle(self.world.calendar[idx], self.config.world.seasonal.period)
+        rows = idx[:, None]
+        self.history_items[rows, slots] = past["item"][:, -n:]
+        f = self.history_features
+        f[rows, slots, 0] = past["clicked"][:, -n:]
+        f[rows, slots, 1] = past["completion"][:, -n:]
+        watch = past["watch_time"][:, -n:] / np.float32(self.config.world.catalog.length_mean)
+        f[rows, slots, 2] = np.minimum(watch, WATCH_TIME_CAP)
+        f[rows, slots, 3] = np.sin(season)[:, None]
+        f[rows, slots, 4] = np.cos(season)[:, None]
+        self.history_mask[rows, slots] = 1.0
 
     def _draw_candidates(self, idx: np.ndarray | None = None) -> None:
         c = self.config.env.num_candidates

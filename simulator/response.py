@@ -38,13 +38,13 @@ class ResponseParams:
     quality_floor: float = 0.4  # value of a perfectly suited item of quality 0 (craft adds the rest)
     completion_bias: float = 0.0  # fraction watched = sigmoid(bias + weight * (value - 0.5) + hook * (a - 0.5))
     completion_weight: float = 6.0
-    attractiveness_hook: float = 3.0  # a catchy item is watched longer than its value warrants (a = attractiveness)
+    attractiveness_hook: float = 4.0  # a catchy item is watched longer than its value warrants (a = attractiveness)
     watch_noise: float = 0.1  # multiplicative log-normal noise of watch time
     satisfaction_rate: float = 0.1  # satisfaction is an EMA of experience with this rate
     clickbait_penalty: float = 1.0  # experience lost per unit of attractiveness above the item's value
     skip_experience: float = 0.3  # experience of a step with nothing worth clicking
     browse_cost: float = 0.5  # minutes of budget every step costs
-    quality_refund: float = 0.8  # valued content gives budget back: budget -= watch * (1 - refund * (2v - 1))
+    quality_refund: float = 0.9  # valued content gives budget back: budget -= watch * (1 - refund * (2v - 1))
     leave_threshold: float = 0.45  # below this satisfaction users may leave
     leave_max: float = 0.3  # per-step leave probability at zero satisfaction
 

@@ -45,3 +45,11 @@ def seasonal_appeal(calendar: np.ndarray, phases: np.ndarray, params: SeasonalPa
     # sin(a + p) = sin a cos p + cos a sin p: two outer products instead of N*T sines.
     s, c = np.sin(angle)[:, None], np.cos(angle)[:, None]
     return np.float32(params.scale) * (s * np.cos(phases) + c * np.sin(phases))
+
+
+def personal_season(appeal: np.ndarray, interest: np.ndarray) -> np.ndarray:
+    """[N, T] the season as a user feels it: the appeal shift [N, T] weighted by the user's
+    affinity for the topic, (1 + interest) / 2 in [0, 1]. In season, a topic gains most with
+    those who like it and nothing with those who hate it: seasons move tastes, they do not
+    override them (an additive shift would make everyone watch the in-season topic)."""
+    return appeal * (np.float32(0.5) * (np.float32(1.0) + interest))

@@ -18,6 +18,8 @@ class UserParams:
     community_strength: float = 0.6  # how much a user's interests follow the community's
     novelty_seeking_max: float = 1.0  # per-user trait ~ U(0, max)
     recent_items: int = 16  # items a user remembers having consumed (repeat aversion)
+    past_interactions: int = 32  # interactions a user arrives with, from visits before the episode
+    past_pool: int = 10  # items on offer at each of those past visits (the user picked one or none)
 
     def __post_init__(self) -> None:
         o = "users"
@@ -28,6 +30,8 @@ class UserParams:
         check_range(o, "community_strength", self.community_strength, 0.0, 1.0)
         check_range(o, "novelty_seeking_max", self.novelty_seeking_max, 0.0)
         check_int(o, "recent_items", self.recent_items, 1, 1024)
+        check_int(o, "past_interactions", self.past_interactions, 0, 4096)
+        check_int(o, "past_pool", self.past_pool, 1, 1024)
 
 
 def community_centres(params: UserParams, n_topics: int, rng: np.random.Generator) -> np.ndarray:

@@ -159,6 +159,48 @@ class World:
         s.recent_items[idx] = -1
         s.recent_ptr[idx] = 0
 
+    def past_interactions(self, idx: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """What the users at `idx` [M] did on their `users.past_interactions` = P visits before
+        this episode, oldest first, as arrays [M, P]: item (the clicked one, or the first on offer
+        when nothing was), clicked, completion and watch_time.
+
+        Each past visit offered `users.past_pool` items drawn uniformly from the initial catalog;
+        the user chose among them and the no-click option by the response model, under the
+        tastes they arrive with (satiation fades between visits, so none). A recommender that
+        reads a user's history meets a returning user, as real platforms mostly do, not a
+        stranger: what the user watched, and how much of it, tells their tastes.
+        """
+        cfg, p = self.config, self.config.users.past_interactions
+        m = idx.size
+        out = dict(
+            item=np.zeros((m, p), np.int32),
+            clicked=np.zeros((m, p), bool),
+            completion=np.zeros((m, p), np.float32),
+            watch_time=np.zeros((m, p), np.float32),
+        )
+        if p == 0 or m == 0:
+            return out
+        state = self.state.take(idx)
+        state.satiation[:] = 0.0
+        outside = response.no_click_utility(np.full(m, cfg.users.satisfaction_init, np.float32), cfg.response)
+        c = self.catalog
+        for j in range(p):  # P past visits (a handful), each vectorised over users
+            pool = rng.integers(0, c.n_initial, size=(m, cfg.users.past_pool))
+            utility, fit = self.slate_utility(pool, state, positions=False)
+            choice = response.sample_choice(
+                response.choice_probabilities(utility, outside), rng.random(m, dtype=np.float32)
+            )
+            clicked = choice >= 0
+            pick = np.maximum(choice, 0)
+            item = pool[np.arange(m), pick]
+            value = response.personal_value(fit[np.arange(m), pick], c.quality[item], cfg.response)
+            done = np.where(clicked, response.completion(value, c.attractiveness[item], cfg.response), 0.0)
+            out["item"][:, j] = item
+            out["clicked"][:, j] = clicked
+            out["completion"][:, j] = done
+            out["watch_time"][:, j] = c.length[item] * done
+        return out
+
     @property
     def noise_rows(self) -> int:
         """Rows of step noise drawn per step (fewer than N when users share noise)."""
@@ -175,7 +217,8 @@ class World:
         s = self.state if state is None else state
         if self.season_table is None:
             return s.interest
-        return s.interest + self.season_table[(s.calendar_offset + s.step) % self.config.seasonal.period]
+        season = self.season_table[(s.calendar_offset + s.step) % self.config.seasonal.period]
+        return s.interest + seasonal.personal_season(season, s.interest)
 
     def felt_interest(self, state: UserState | None = None) -> np.ndarray:
         """[N, T] interests as they drive choices now: effective interests less satiation."""

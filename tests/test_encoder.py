@@ -74,13 +74,32 @@ def test_output_shapes(model):
     assert out.candidates.shape == (4, C, D)
     assert out.logits.shape == (4, C)
     assert all(t.dtype == torch.float32 for t in out)
-    expected = torch.einsum("bd,bcd->bc", out.state, out.candidates) / D**0.5
+    assert out.user.shape == (4, C, D)
+    expected = torch.einsum("bcd,bcd->bc", out.user, out.candidates) / D**0.5
     torch.testing.assert_close(out.logits, expected)
     # The action head follows the candidate count: no fixed output layer.
     obs_more = make_obs([H, 3])
     obs_more["candidate_items"] = torch.randint(0, N_ITEMS, (2, 9))
     obs_more["candidate_features"] = torch.randn(2, 9, F_ITEM)
     assert model(obs_more).logits.shape == (2, 9)
+
+
+def test_target_attention_gives_each_candidate_its_own_view_of_the_user(model):
+    obs = make_obs([H, 3, 1, 0])
+    with torch.no_grad():
+        for layer in (model.target_attention.query, model.target_attention.key_value):  # past the small init
+            layer.weight.normal_(0.0, 1.0)
+        out = model(obs)
+    read = out.user - out.state[:, None, :]
+    # Candidates read the history differently; an empty history reads nothing (the null slot).
+    assert read[:3].std(dim=1).mean() > 1e-4
+    torch.testing.assert_close(read[3], torch.zeros_like(read[3]), rtol=0, atol=1e-6)
+    torch.manual_seed(0)
+    plain = RecommenderEncoder(make_config().replace(target_attention=False), item_features=ITEM_FEATURES).eval()
+    with torch.no_grad():
+        out = plain(obs)
+    torch.testing.assert_close(out.user, out.state[:, None, :].expand_as(out.user))
+    assert plain.target_attention is None
 
 
 def test_item_table_is_shared(model):

@@ -61,14 +61,20 @@ def test_observation_space_is_a_dict_of_boxes(make_cfg):
 def test_single_env_episode_semantics(tiny_overrides):
     env = RecEnv(
         "stationary",
-        tiny_overrides({"env": {"max_steps": 6}, "users": {"budget_mean": 1e4}, "response": {"leave_max": 0.0}}),
+        tiny_overrides(
+            {
+                "env": {"max_steps": 6},
+                "users": {"budget_mean": 1e4, "past_interactions": 3},
+                "response": {"leave_max": 0.0},
+            }
+        ),
     )
     obs, info = env.reset(seed=0)
-    assert obs["history_mask"].sum() == 0.0 and info == {}
+    assert obs["history_mask"].sum() == 3.0 and info == {}  # the user arrives with 3 past interactions
     for t in range(1, 7):
         obs, reward, terminated, truncated, info = env.step(int(t % 8))
         assert reward == pytest.approx(info["watch_time"]) and reward >= 0.0
-        assert obs["history_mask"].sum() == min(t, 8)
+        assert obs["history_mask"].sum() == min(3 + t, 8)
         assert obs["history_features"][-1, 0] == float(info["clicked"])
         if info["clicked"]:
             assert obs["history_items"][-1] == info["item"]
@@ -122,7 +128,11 @@ def test_vector_env_slate_actions(tiny_overrides):
 
 
 def test_next_step_autoreset(tiny_overrides):
-    venv = RecVectorEnv(num_envs=6, scenario="cognitive", overrides=tiny_overrides({"env": {"max_steps": 5}}))
+    venv = RecVectorEnv(
+        num_envs=6,
+        scenario="cognitive",
+        overrides=tiny_overrides({"env": {"max_steps": 5}, "users": {"past_interactions": 2}}),
+    )
     obs, _ = venv.reset(seed=0)
     rng = np.random.default_rng(0)
     done_seen = False
@@ -139,7 +149,7 @@ def test_next_step_autoreset(tiny_overrides):
         obs, reward, terminated, truncated, _ = venv.step(actions)
         assert np.all(reward[done] == 0.0)
         assert not terminated[done].any() and not truncated[done].any()
-        assert np.all(obs["history_mask"][done] == 0.0)
+        assert np.all(obs["history_mask"][done].sum(axis=1) == 2.0)  # the new user's past only
         assert np.all(obs["context"][done, 2] == 0.0)
         assert np.all(venv.world.state.step[done] == 0)
         # Slots that were not done kept going.
@@ -433,7 +443,11 @@ def test_sb3_vecenv_reset_and_autoreset(tiny_overrides):
         num_envs=4,
         scenario="cognitive",
         overrides=tiny_overrides(
-            {"env": {"max_steps": 4}, "users": {"budget_mean": 1e4}, "response": {"leave_max": 0.0}}
+            {
+                "env": {"max_steps": 4},
+                "users": {"budget_mean": 1e4, "past_interactions": 2},
+                "response": {"leave_max": 0.0},
+            }
         ),
     )
     venv.seed(3)
@@ -446,14 +460,14 @@ def test_sb3_vecenv_reset_and_autoreset(tiny_overrides):
         assert reward.dtype == np.float32 and reward.shape == (4,) and len(infos) == 4
         if t < 4:
             assert not done.any() and all(info == {} for info in infos)
-            assert np.all(obs["history_mask"].sum(axis=1) == t)
+            assert np.all(obs["history_mask"].sum(axis=1) == 2 + t)
     assert done.all()
     for i, info in enumerate(infos):
         term = info["terminal_observation"]
         assert term.keys() == obs.keys()
-        assert term["history_mask"].sum() == 4 and term["history_items"].shape == (8,)
+        assert term["history_mask"].sum() == 6 and term["history_items"].shape == (8,)
         assert info["TimeLimit.truncated"] is True
-        assert np.all(obs["history_mask"][i] == 0.0)  # the returned obs starts a fresh episode
+        assert obs["history_mask"][i].sum() == 2  # the returned obs starts a fresh episode: its user's past only
     assert np.all(venv.world.state.step == 0)
 
 

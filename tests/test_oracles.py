@@ -122,7 +122,8 @@ def test_oracle_follows_a_changed_budget_cost(make_cfg, monkeypatch):
     assert not np.allclose(after, before)
     budget = env.world.state.budget.copy()
     _, reward, *_ = env.step(np.zeros(6, dtype=np.int64))
-    np.testing.assert_allclose(budget - env.world.state.budget, 0.5 + reward, rtol=1e-6)
+    # float32 budgets near 60 minutes resolve about 4e-6 minutes
+    np.testing.assert_allclose(budget - env.world.state.budget, 0.5 + reward, rtol=0, atol=1e-5)
 
 
 def test_expected_engagement_matches_simulated_watch_time(make_cfg):

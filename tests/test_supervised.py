@@ -87,7 +87,10 @@ def test_examples_match_env_observations(slate_size):
         assert ex[key].shape == (m,)
     np.testing.assert_array_equal(ex["target_item"], logs.item)
     np.testing.assert_array_equal(ex["click"], logs.click)
+    assert (logs.step < 0).any()  # the interactions users arrived with are logged before step 0
     for i, (user, step) in enumerate(zip(logs.user.to_numpy(), logs.step.to_numpy())):
+        if step < 0:
+            continue
         obs = recorder.seen[(int(user), int(step))]
         for key in ("history_items", "history_features", "history_mask", "context"):
             np.testing.assert_array_equal(ex[key][i], obs[key], err_msg=f"{key} of row {i}")
