@@ -14,7 +14,15 @@ from typing import Any
 from agents.baselines import BanditParams, LinUCBPolicy, PopularityPolicy
 from agents.item_score import ItemScoreParams, tune_item_score
 from agents.logs import EpsilonPopularity, LogParams, collect_logs, save_logs
-from agents.oracles import LookaheadOracle, LookaheadParams, MyopicOracle, SessionOracle, StaleStateOracle
+from agents.oracles import (
+    LifetimeOracle,
+    LifetimeOracleParams,
+    LookaheadOracle,
+    LookaheadParams,
+    MyopicOracle,
+    SessionOracle,
+    StaleStateOracle,
+)
 from agents.policy import Policy, RandomPolicy
 from agents.registry import RunContext
 from envs.config import ScenarioConfig
@@ -65,6 +73,10 @@ def build_session(scenario: ScenarioConfig, params: None, ctx: RunContext) -> Po
 
 def build_stale(scenario: ScenarioConfig, params: None, ctx: RunContext) -> Policy:
     return StaleStateOracle()
+
+
+def build_lifetime_oracle(scenario: ScenarioConfig, params: LifetimeOracleParams, ctx: RunContext) -> Policy:
+    return LifetimeOracle(params)
 
 
 def build_lookahead(scenario: ScenarioConfig, params: LookaheadParams, ctx: RunContext) -> Policy:

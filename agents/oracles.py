@@ -88,6 +88,42 @@ class StaleStateOracle(SessionOracle):
 
 
 @dataclass(frozen=True)
+class LifetimeOracleParams:
+    """How much `oracle-lifetime` values the next visit (the run config's `algo:` section)."""
+
+    visit_weight: float = 4.0  # score = watch per budget minute x exp(visit_weight x (experience - 1/2))
+
+    def __post_init__(self) -> None:
+        check_range("algo", "visit_weight", self.visit_weight, 0.0, 100.0)
+
+
+class LifetimeOracle(SessionOracle):
+    """A long-horizon reference for lifetime worlds: values tomorrow's visit as well as tonight's.
+
+    The session oracle's watch time per budget minute, weighted by how the step will feel
+    (`World.expected_experience`: the personal value, less the letdown of clickbait). How a
+    session feels at its end decides whether, and how soon, the user comes back
+    (`simulator.lifetime`), so a step that satisfies is worth more than its minutes. With
+    `visit_weight` 0 it is the session oracle.
+    """
+
+    name = "oracle-lifetime"
+
+    def __init__(self, params: LifetimeOracleParams = LifetimeOracleParams()) -> None:
+        super().__init__()
+        self.params = params
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.env is None:
+            raise RuntimeError("LifetimeOracle needs bind(env) before act()")
+        world = self.env.world
+        items = np.asarray(obs["candidate_items"], dtype=np.int64)
+        felt = world.expected_experience(items)
+        scores = world.watch_per_budget(items) * np.exp(np.float32(self.params.visit_weight) * (felt - 0.5))
+        return slate_from_scores(scores, self.env.config.env.slate_size)
+
+
+@dataclass(frozen=True)
 class LookaheadParams:
     """The lookahead oracle's planning budget (the run config's `algo:` section)."""
 

@@ -155,6 +155,12 @@ AGENTS: dict[str, AgentSpec] = {
             f"{_F}:build_stale",
         ),
         AgentSpec(
+            "oracle-lifetime",
+            "reads the true state; watch time per budget minute, weighted by how the step feels (the next visit)",
+            f"{_F}:build_lifetime_oracle",
+            "agents.oracles:LifetimeOracleParams",
+        ),
+        AgentSpec(
             "oracle-lookahead",
             "plans with copies of the true simulator (rollouts over oracle-session)",
             f"{_F}:build_lookahead",

@@ -3,6 +3,7 @@ topic-near and random items, as a two-stage recommender would hand its ranker.""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,7 @@ class CandidateIndex:
 
     @classmethod
     def build(cls, catalog: Catalog) -> CandidateIndex:
-        initial = catalog.arrival_step == 0
+        initial = catalog.arrival == 0
         if not initial.all() and not initial[: catalog.n_initial].all():
             raise ValueError("catalog items that exist from the start must come first")
         dominant = catalog.dominant_topic
@@ -44,6 +45,12 @@ class CandidateIndex:
             topic_count=count.astype(np.int32),
             n_initial=catalog.n_initial,
         )
+
+
+def with_popularity(index: CandidateIndex, popularity: np.ndarray) -> CandidateIndex:
+    """The index with its popular source drawn from `popularity` [I] (what the population watches now)."""
+    prob, alias = alias_table(popularity)
+    return dataclasses.replace(index, alias_prob=prob.astype(np.float32), alias_item=alias.astype(np.int32))
 
 
 def alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,9 +78,9 @@ def source_sizes(n_candidates: int, popular_fraction: float, topic_fraction: flo
 
 def sample_candidates(
     index: CandidateIndex,
-    arrival_step: np.ndarray,
+    arrival: np.ndarray,
     anchor_topic: np.ndarray,
-    user_step: np.ndarray,
+    now: np.ndarray,
     sizes: tuple[int, int, int],
     uniform: np.ndarray,
 ) -> np.ndarray:
@@ -81,12 +88,13 @@ def sample_candidates(
 
     Columns come in source order: popular (by the popularity prior), topic-near
     (items whose dominant topic is the user's `anchor_topic` [N]), then uniform.
-    An item that has not arrived yet at the user's step [N] is replaced by an
-    initial item picked with the same uniform. Items may repeat (sources overlap).
+    An item that has not arrived yet at the user's time `now` [N] (the world's clock, as
+    `arrival` [I]) is replaced by an initial item picked with the same uniform. Items may
+    repeat (sources overlap).
     uniform [N, C] float32 in [0, 1) drives every pick, so the draw is fixed-shape.
     """
     n_pop, n_topic, _ = sizes
-    n_items = arrival_step.shape[0]
+    n_items = arrival.shape[0]
     last = np.int32(n_items - 1)
 
     def pick(u: np.ndarray, n) -> np.ndarray:  # floor(u * n), clamped: float32 rounding can reach n
@@ -104,7 +112,7 @@ def sample_candidates(
     items[:, n_pop : n_pop + n_topic] = np.where(count > 0, index.by_topic[offset], pick(u_topic, n_items))
     items[:, n_pop + n_topic :] = pick(u_rand, n_items)
     if index.n_initial < n_items:
-        unavailable = arrival_step[items] > user_step[:, None]
+        unavailable = arrival[items] > now[:, None]
         if unavailable.any():
             items = np.where(unavailable, pick(uniform, index.n_initial), items)
     return items

@@ -56,19 +56,37 @@ PRESETS: dict[str, dict[str, Any]] = {
     "seasonal": {"seasonal": {"enabled": True}},
     "social": {"social": {"enabled": True}},
     "cognitive": {"cognitive": {"enabled": True}},
-    "shock": {"shocks": {"enabled": True, "events": [_SUDDEN]}},
+    "shock": {"shock": {"enabled": True, "events": [_SUDDEN]}},
     "mixed": {
         "catalog": {"n_arrivals": 100},
         "seasonal": {"enabled": True},
         "social": {"enabled": True},
         "cognitive": {"enabled": True},
-        "shocks": {
+        "shock": {
             "enabled": True,
             "events": [
                 dict(kind="injection", step=8, n_items=50),
                 dict(kind="sudden", step=12, fraction=0.5, strength=0.8),
             ],
         },
+    },
+    # Users with lifetimes: an episode is one user's life over 60 days of sessions and return visits;
+    # every family acts on calendar time (a yearly and a weekly season, drift between visits, dated events).
+    "lifetime": {
+        "lifetime": {"enabled": True},
+        "catalog": {"n_arrivals": 200, "arrival_window": 60.0, "popularity_memory": 0.002},
+        "seasonal": {"enabled": True, "unit": "day", "period": 365.25, "amplitude": 0.6, "weekly_amplitude": 0.2},
+        "social": {"enabled": True},
+        "cognitive": {"enabled": True},
+        "shock": {
+            "enabled": True,
+            "events": [
+                dict(kind="injection", day=20.0, n_items=50),
+                dict(kind="sudden", day=30.0, fraction=0.3, strength=0.8),
+                dict(kind="trend", day=40.0, duration=10.0, fraction=0.6, strength=0.5),
+            ],
+        },
+        "env": {"history_len": 128, "max_steps": 5000},
     },
 }
 
@@ -106,7 +124,7 @@ def make_scenario(
     """Build a preset by name, then apply a YAML file's overrides, then `overrides`.
 
     Overrides are nested mappings keyed like the config: {"cognitive": {"magnitude": 2},
-    "env": {"num_candidates": 10}, "shocks": {"events": [{"kind": "sudden", "step": 20}]}}.
+    "env": {"num_candidates": 10}, "shock": {"events": [{"kind": "sudden", "step": 20}]}}.
     """
     if name not in PRESETS:
         raise ValueError(f"unknown scenario '{name}'; valid scenarios: {', '.join(PRESETS)}")

@@ -1,5 +1,10 @@
 """The batched recommendation platform shared by the single-user and vector envs:
-candidate retrieval, observation building, action checking, episode bookkeeping."""
+candidate retrieval, observation building, action checking, episode bookkeeping.
+
+In lifetime worlds an episode is a user's life: the history persists across sessions, each
+entry says how many days ago it happened and whether it opened a session, and the context adds
+the day of the week, the days since the last visit and the sessions so far.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +13,47 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from envs.candidates import CandidateIndex, sample_candidates, source_sizes
+from envs.candidates import CandidateIndex, sample_candidates, source_sizes, with_popularity
 from envs.config import ScenarioConfig
-from simulator.seasonal import season_angle
+from simulator.seasonal import WEEK_DAYS, season_angle
 from simulator.world import StepResult, World
 
 HISTORY_FEATURES = ("clicked", "completion", "watch_time", "season_sin", "season_cos")
 CONTEXT_FEATURES = ("season_sin", "season_cos", "progress")
+# Lifetime worlds append these (the first columns keep their meaning in both).
+LIFETIME_HISTORY_FEATURES = (*HISTORY_FEATURES, "days_ago", "session_start")
+LIFETIME_CONTEXT_FEATURES = (*CONTEXT_FEATURES, "week_sin", "week_cos", "days_away", "sessions")
 WATCH_TIME_CAP = 10.0  # history watch time is in units of the mean item length, capped here
+DAYS_SCALE = 365.0  # days ago / away are log1p(days) / log1p(DAYS_SCALE), capped at 1
+SESSIONS_SCALE = 1000.0  # sessions so far are log1p(sessions) / log1p(SESSIONS_SCALE), capped at 1
+POPULARITY_REFRESH = 20  # steps between rebuilds of the popular retrieval source when popularity moves
+
+
+def history_features(config: ScenarioConfig) -> tuple[str, ...]:
+    """Names of the columns of `history_features` for this scenario."""
+    return LIFETIME_HISTORY_FEATURES if config.world.lifetime.enabled else HISTORY_FEATURES
+
+
+def context_features(config: ScenarioConfig) -> tuple[str, ...]:
+    """Names of the columns of `context` for this scenario."""
+    return LIFETIME_CONTEXT_FEATURES if config.world.lifetime.enabled else CONTEXT_FEATURES
+
+
+def log_days(days: np.ndarray, scale: float = DAYS_SCALE) -> np.ndarray:
+    """Days (>= 0) as log1p(days) / log1p(scale), in [0, 1] (NaN -> 0)."""
+    out = np.log1p(np.maximum(np.nan_to_num(days, nan=0.0), 0.0)) / np.float32(np.log1p(scale))
+    return np.minimum(out, 1.0).astype(np.float32)
 
 
 def observation_space(config: ScenarioConfig, n_items: int, item_feature_dim: int) -> spaces.Dict:
     """The single-user observation space: a Dict of Box arrays (no Discrete: SB3 would one-hot it).
 
-    history_items [H] ids, history_features [H, 5] (clicked, completion, watch time,
-    season sin/cos), history_mask [H] (1 = real, newest last); candidate_items [C],
-    candidate_features [C, F_item] (topic mixture, quality signal, attractiveness,
-    length, popularity); context [3] (season sin/cos, episode progress). Item
-    features are static, so the history carries ids only: a model looks them up.
+    history_items [H] ids, history_features [H, F_hist] (clicked, completion, watch time,
+    season sin/cos; lifetime worlds add days ago and session start), history_mask [H]
+    (1 = real, newest last); candidate_items [C], candidate_features [C, F_item] (topic
+    mixture, quality signal, attractiveness, length, popularity); context [F_ctx] (season
+    sin/cos, progress; lifetime worlds add week sin/cos, days away, sessions). The history
+    carries item ids only: a model looks their features up.
     """
     e = config.env
     h, c = e.history_len, e.num_candidates
@@ -34,11 +62,11 @@ def observation_space(config: ScenarioConfig, n_items: int, item_feature_dim: in
     return spaces.Dict(
         {
             "history_items": spaces.Box(0, n_items - 1, shape=(h,), dtype=np.int32),
-            "history_features": box((h, len(HISTORY_FEATURES)), -1.0, WATCH_TIME_CAP),
+            "history_features": box((h, len(history_features(config))), -1.0, WATCH_TIME_CAP),
             "history_mask": box((h,), 0.0, 1.0),
             "candidate_items": spaces.Box(0, n_items - 1, shape=(c,), dtype=np.int32),
             "candidate_features": box((c, item_feature_dim), 0.0, 1.0),
-            "context": box((len(CONTEXT_FEATURES),), -1.0, 1.0),
+            "context": box((len(context_features(config)),), -1.0, 1.0),
         }
     )
 
@@ -85,20 +113,28 @@ class RecommenderCore:
         self.n_items = cat.n_items
         self.index = CandidateIndex.build(cat)
         e = config.env
+        self.lifetime = config.world.lifetime.enabled
         self.sizes = source_sizes(e.num_candidates, e.popular_fraction, e.topic_fraction)
-        self.item_features = cat.features
         self.single_observation_space = observation_space(config, cat.n_items, cat.features.shape[1])
         self.single_action_space = action_space(config)
         h = e.history_len
         # History ring buffers: every user gains one entry per step, so one write
         # position serves all users; observations() unrolls them oldest to newest.
         self.history_items = np.zeros((n_users, h), np.int32)
-        self.history_features = np.zeros((n_users, h, len(HISTORY_FEATURES)), np.float32)
+        self.history_features = np.zeros((n_users, h, len(history_features(config))), np.float32)
         self.history_mask = np.zeros((n_users, h), np.float32)
+        self.history_day = np.zeros((n_users, h), np.float32) if self.lifetime else None  # when (lifetime)
         self.history_pos = 0
+        self.steps = 0  # core steps taken (retrieval refreshes)
         self.candidates = np.zeros((n_users, e.num_candidates), np.int32)
         self.anchor_topic = np.zeros(n_users, np.int32)
         self.reseed(seed)
+
+    @property
+    def item_features(self) -> np.ndarray:
+        """[I, F_item] the item features as observed now (the popularity column moves in worlds
+        with `catalog.popularity_memory`)."""
+        return self.world.item_features
 
     def reseed(self, seed: int) -> None:
         """Restart every random stream from `seed` and start fresh episodes for all users."""
@@ -121,8 +157,9 @@ class RecommenderCore:
         other.__dict__.update(self.__dict__)
         other.world = self.world.tile(m, seed, noise_groups)
         index = np.repeat(np.arange(self.n_users), m)
-        for name in ("history_items", "history_features", "history_mask", "candidates", "anchor_topic"):
-            setattr(other, name, getattr(self, name)[index])
+        for name in ("history_items", "history_features", "history_mask", "history_day", "candidates", "anchor_topic"):
+            value = getattr(self, name)
+            setattr(other, name, None if value is None else value[index])
         other.n_users = self.n_users * m
         cand_seed, reset_seed = np.random.SeedSequence(seed).generate_state(2)
         other.candidate_rng = np.random.default_rng(int(cand_seed))
@@ -139,6 +176,8 @@ class RecommenderCore:
         self.history_items[idx] = 0
         self.history_features[idx] = 0.0
         self.history_mask[idx] = 0.0
+        if self.history_day is not None:
+            self.history_day[idx] = 0.0
         self._write_past(idx)
         # Until a first click, topic-near retrieval anchors on a random topic.
         self.anchor_topic[idx] = self.reset_rng.integers(0, self.world.catalog.n_topics, size=idx.size)
@@ -164,6 +203,10 @@ class RecommenderCore:
         f[rows, slots, 3] = np.sin(season)[:, None]
         f[rows, slots, 4] = np.cos(season)[:, None]
         self.history_mask[rows, slots] = 1.0
+        if self.history_day is not None:  # one past visit a day, up to the first one
+            day = self.world.state.day[idx]
+            self.history_day[rows, slots] = day[:, None] - (n - np.arange(n))[None, :]
+            f[rows, slots, 6] = 1.0  # each past visit was a session of its own
 
     def _draw_candidates(self, idx: np.ndarray | None = None) -> None:
         c = self.config.env.num_candidates
@@ -177,9 +220,9 @@ class RecommenderCore:
         sel = slice(None) if idx is None else idx
         self.candidates[sel] = sample_candidates(
             self.index,
-            self.world.catalog.arrival_step,
+            self.world.catalog.arrival,
             self.anchor_topic[sel],
-            self.world.state.step[sel],
+            self.world.clock[sel],
             self.sizes,
             uniform,
         )
@@ -231,20 +274,48 @@ class RecommenderCore:
         """
         slates = self.slate_items(slate_index)
         season = season_angle(self.world.calendar, self.config.world.seasonal.period)
+        s = self.world.state
+        opens_session = s.step == 0
+        day = s.day.copy() if self.lifetime else None
         result = self.world.step(slates)
         # The history records the clicked item, or the top item when nothing was clicked.
         shown = np.where(result.clicked, result.item, slates[:, 0])
-        self._push_history(shown, result, season)
+        self._push_history(shown, result, season, day, opens_session)
         clicked = result.clicked
         self.anchor_topic = np.where(
             clicked, self.world.catalog.dominant_topic[np.maximum(result.item, 0)], self.anchor_topic
         )
+        self.steps += 1
+        if self.config.world.catalog.popularity_memory and self.steps % POPULARITY_REFRESH == 0:
+            self.index = with_popularity(self.index, self.world.popularity)
         self._draw_candidates()
         reward = result.watch_time
-        truncated = (self.world.state.step >= self.config.env.max_steps) & ~result.terminated
+        if self.lifetime:  # a life ends at the horizon: the session over, the next visit would fall after it
+            over = result.session_end & (s.day >= self.config.world.lifetime.horizon_days)
+            truncated = (over | (s.episode_step >= self.config.env.max_steps)) & ~result.terminated
+        else:
+            truncated = (s.step >= self.config.env.max_steps) & ~result.terminated
         return result, reward, truncated
 
-    def _push_history(self, items: np.ndarray, result: StepResult, season: np.ndarray) -> None:
+    def lifetime_info(self, result: StepResult) -> dict[str, np.ndarray]:
+        """Lifetime worlds, per user [N]: day (the clock after the step), session (index of the session
+        the next step belongs to), session_end (this step ended a session) and gap (days to the next
+        visit where a session ended and the user returns; -1 otherwise: NaN would make two equal
+        infos compare unequal). Empty in session worlds."""
+        if not self.lifetime:
+            return {}
+        s = self.world.state
+        gap = np.where(np.isnan(result.gap), -1.0, result.gap)
+        return dict(day=s.day.copy(), session=s.session.copy(), session_end=result.session_end.copy(), gap=gap)
+
+    def _push_history(
+        self,
+        items: np.ndarray,
+        result: StepResult,
+        season: np.ndarray,
+        day: np.ndarray | None = None,
+        opens_session: np.ndarray | None = None,
+    ) -> None:
         p = self.history_pos
         self.history_pos = (p + 1) % self.config.env.history_len
         self.history_items[:, p] = items
@@ -255,19 +326,41 @@ class RecommenderCore:
         f[:, 3] = np.sin(season)
         f[:, 4] = np.cos(season)
         self.history_mask[:, p] = 1.0
+        if self.history_day is not None:
+            self.history_day[:, p] = day
+            f[:, 6] = opens_session
 
     # ------------------------------------------------------------ observation
     def observations(self) -> dict[str, np.ndarray]:
         """Batched observation dict; each value leads with the user axis N (fresh copies)."""
+        s = self.world.state
         season = season_angle(self.world.calendar, self.config.world.seasonal.period)
-        context = np.stack(
-            [np.sin(season), np.cos(season), self.world.state.step / np.float32(self.config.env.max_steps)], axis=1
-        )
+        if self.lifetime:
+            life = self.config.world.lifetime
+            week = season_angle(self.world.calendar, WEEK_DAYS)
+            columns = [
+                np.sin(season),
+                np.cos(season),
+                np.minimum(s.day / np.float32(life.horizon_days), 1.0),
+                np.sin(week),
+                np.cos(week),
+                log_days(
+                    s.day - s.last_visit
+                ),  # days since the last session ended (since the first visit, in the first)
+                np.minimum(np.log1p(s.session) / np.log1p(SESSIONS_SCALE), 1.0),
+            ]
+        else:
+            columns = [np.sin(season), np.cos(season), s.step / np.float32(self.config.env.max_steps)]
+        context = np.stack(columns, axis=1)
         p = self.history_pos
         unroll = lambda buf: np.concatenate([buf[:, p:], buf[:, :p]], axis=1)  # noqa: E731  oldest first
+        features = unroll(self.history_features)
+        if self.history_day is not None:  # how long ago, as of now
+            ago = s.day.astype(np.float32)[:, None] - unroll(self.history_day)
+            features[..., 5] = log_days(ago) * unroll(self.history_mask)
         return {
             "history_items": unroll(self.history_items),
-            "history_features": unroll(self.history_features),
+            "history_features": features,
             "history_mask": unroll(self.history_mask),
             "candidate_items": self.candidates.copy(),
             "candidate_features": np.take(self.item_features, self.candidates, axis=0),

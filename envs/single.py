@@ -85,6 +85,8 @@ class RecEnv(gym.Env):
        `response.leave_threshold`).
     2. Truncation: `env.max_steps` steps (default 100), unless terminated at that step.
 
+    In lifetime scenarios (see below) the end of a session is not the end of the episode.
+
     `step()` after the end raises `RuntimeError`; call `reset()`.
 
     ## Arguments
@@ -119,6 +121,26 @@ class RecEnv(gym.Env):
     `reset()` returns `{}`. `step()` returns `clicked` (bool), `item` (int, the
     clicked item, -1 for none), `watch_time` (float, equals the reward) and `slate`
     (int32 array `(K,)`, the item ids shown, top first, after deduplication).
+    Lifetime scenarios add `day` (float, the clock after the step), `session` (int, the
+    session the next step belongs to), `session_end` (bool) and `gap` (float, days to the
+    next visit when this step ended a session and the user returns, else -1).
+
+    ## Lifetimes (`DriftRec-Lifetime-v0`, the `lifetime` preset)
+
+    With `lifetime.enabled` an episode is one user's life over `lifetime.horizon_days`
+    days (default 60) instead of one session. A step takes the minutes the user spent;
+    when a session ends (budget spent, or the user left it), the user either churns
+    (the episode terminates) or returns after a gap drawn from the return model
+    (`simulator.lifetime`: sooner after satisfying sessions, later or never after
+    clickbait letdowns), and the step after a session's last step is the first step of
+    the next session. Between visits the drift families act on the days away (seasons by
+    date, social pull and random walk over the gap, satiation fading, dated shocks).
+    Truncation: the first session end on or after the horizon (or `env.max_steps` steps
+    in the episode). The reward stays minutes watched, so the return is the user's
+    lifetime watch time. The history (default `H` = 128) persists across sessions;
+    `history_features` gains days ago (log-scaled, [0, 1]) and session start (0 or 1);
+    `context` gains the day of the week (sin, cos), the days since the last visit
+    (log-scaled) and the sessions so far (log-scaled), and its progress is day / horizon.
 
     ## Ground truth
 
@@ -173,6 +195,7 @@ class RecEnv(gym.Env):
             "watch_time": float(result.watch_time[0]),
             "slate": items[0],
         }
+        info.update({k: v[0].item() for k, v in self.core.lifetime_info(result).items()})
         return self._obs(), float(reward[0]), terminated, trunc, info
 
     def ground_truth(self) -> dict[str, np.ndarray]:

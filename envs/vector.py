@@ -109,6 +109,11 @@ class RecVectorEnv(VectorEnv):
     | `watch_time` | `(N,)`   | float32 | minutes watched (equals the reward)                                 |
     | `completion` | `(N,)`   | float32 | fraction of the clicked item watched, 0 for none                    |
 
+    Lifetime scenarios add `day` `(N,)` float64 (the clock after the step), `session` `(N,)`
+    int32 (the session the next step belongs to), `session_end` `(N,)` bool and `gap` `(N,)`
+    float64 (days to the next visit after a session that ended, -1 otherwise); for a slot
+    reset this step they describe its new user.
+
     ## Ground truth
 
     `ground_truth()` (hidden state after the last step) and `slate_fit(actions)` (true
@@ -174,6 +179,7 @@ class RecVectorEnv(VectorEnv):
             "item": np.where(resetting, -1, result.item),
             "watch_time": reward,
             "completion": np.where(resetting, np.float32(0.0), result.completion),
+            **self.core.lifetime_info(result),
         }
         return self.core.observations(), reward, terminated, truncated, info
 

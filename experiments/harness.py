@@ -65,6 +65,10 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
     catalog recommended at least once), homogenisation (concentration of the whole
     population's consumption over topics, see `concentration`) and
     homogenisation_trend (its change from the first to the second half of the steps).
+    On lifetime scenarios the episode is a user's life, so return_mean is lifetime watch time
+    and session_length the steps of a life; they add sessions_mean (sessions per user),
+    churn_rate (share of users who churned before the horizon) and gap_mean (mean days
+    between two sessions).
     """
     env = RecVectorEnv(num_envs=n_users, scenario=config, seed=seed)
     if hasattr(policy, "bind"):
@@ -82,6 +86,8 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
     timeline = []
     diversity_sum, diversity_n = 0.0, 0
     rows = np.arange(n_users)
+    lifetime = config.world.lifetime.enabled
+    sessions, churned, gap_sum, gaps = np.ones(n_users), np.zeros(n_users, bool), 0.0, 0
     while active.any():
         actions = np.asarray(policy.act(obs))
         # How well the slates suit the users' interests now, before the step (ground truth).
@@ -110,6 +116,11 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
             )
         )
         done = (terminated | truncated) & active
+        if lifetime:
+            back = info["session_end"] & active & ~done  # a session ended and the user returns
+            sessions += back
+            gap_sum, gaps = gap_sum + float(info["gap"][back].sum()), gaps + int(back.sum())
+            churned |= terminated & active
         if done.any():
             satisfaction_end[done] = env.ground_truth()["satisfaction"][done]
         active &= ~done
@@ -124,6 +135,8 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
             consumption_entropy=_entropy(topic_counts),
         )
     )
+    if lifetime:
+        episodes["sessions"], episodes["churned"] = sessions, churned
     share_cols = [f"share_{t}" for t in range(n_topics)]
     steps = pd.DataFrame(
         np.array(timeline), columns=["step", "active_users", "engagement", "clicks", "fit"] + share_cols
@@ -147,4 +160,10 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
             concentration(consumed[half_point:].sum(0)) - concentration(consumed[:half_point].sum(0))
         ),
     )
+    if lifetime:
+        metrics.update(
+            sessions_mean=float(sessions.mean()),
+            churn_rate=float(churned.mean()),
+            gap_mean=gap_sum / gaps if gaps else float("nan"),
+        )
     return Evaluation(episodes=episodes, timeline=steps, metrics=metrics)

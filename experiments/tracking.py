@@ -27,6 +27,9 @@ EVAL_TAGS = (
     "coverage",
     "homogenisation",
     "homogenisation_trend",
+    "sessions_mean",  # lifetime scenarios
+    "churn_rate",
+    "gap_mean",
 )
 
 

@@ -6,6 +6,9 @@ own module as a frozen parameter dataclass plus pure functions over arrays.
 
 from simulator.catalog import Catalog, CatalogParams, make_catalog
 from simulator.cognitive import CognitiveParams
+from simulator.drift import DriftFamily, DriftParams
+from simulator.families import FAMILIES, FAMILY_NAMES, get_family
+from simulator.lifetime import LifetimeParams
 from simulator.response import ResponseParams
 from simulator.seasonal import SeasonalParams
 from simulator.shocks import ShockEvent, ShockParams
@@ -19,6 +22,12 @@ __all__ = [
     "CatalogParams",
     "make_catalog",
     "CognitiveParams",
+    "DriftFamily",
+    "DriftParams",
+    "FAMILIES",
+    "FAMILY_NAMES",
+    "get_family",
+    "LifetimeParams",
     "ResponseParams",
     "SeasonalParams",
     "ShockEvent",

@@ -1,7 +1,8 @@
 """Item catalog: topic mixtures, quality, attractiveness (clickbait), length, popularity.
 
-Items 0..n_items-1 exist from the start; items appended after them arrive later
-(regular arrivals and shock injections), at a step of each user's episode clock.
+Items 0..n_items-1 exist from the start; items appended after them arrive later (regular
+arrivals and shock injections), at a time on the world's clock: an episode step in session
+worlds, a date (days) in lifetime worlds.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ class CatalogParams:
     length_sigma: float = 0.5
     length_max: float = 15.0
     popularity_exponent: float = 1.1  # Zipf exponent of the long-tailed popularity prior
-    n_arrivals: int = 0  # items that arrive during an episode
-    arrival_window: int = 30  # arrivals are spread uniformly over steps [1, arrival_window]
+    popularity_memory: float = 0.0  # per population step, EMA weight of what is watched in the popularity (0: static)
+    n_arrivals: int = 0  # items that arrive after the start
+    arrival_window: float = 30  # arrivals are spread over steps [1, window] (days (0, window] in lifetime worlds)
 
     def __post_init__(self) -> None:
         o = "catalog"
@@ -49,8 +51,9 @@ class CatalogParams:
         check_range(o, "length_sigma", self.length_sigma, 0.0, 3.0)
         check_range(o, "length_max", self.length_max, 0.0, lo_open=True)
         check_range(o, "popularity_exponent", self.popularity_exponent, 0.0, 5.0)
-        check_int(o, "n_arrivals", self.n_arrivals, 0)
-        check_int(o, "arrival_window", self.arrival_window, 1)
+        check_range(o, "popularity_memory", self.popularity_memory, 0.0, 1.0)
+        check_int(o, "n_arrivals", self.n_arrivals, 0, 10_000_000)
+        check_range(o, "arrival_window", self.arrival_window, 0.0, 36_500.0, lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,8 @@ class Catalog:
 
     topics [I, T] rows on the simplex; quality, attractiveness [I] in [0, 1];
     quality_signal [I] the noisy mean rating a recommender can observe (features hold it and a noisy
-    attractiveness); length [I]
-    minutes; popularity [I] sums to 1; arrival_step [I] (0 = there from the start).
+    attractiveness); length [I] minutes; popularity [I] the prior, sums to 1; arrival [I] float64
+    when the item arrives on the world's clock (0 = there from the start).
     """
 
     topics: np.ndarray
@@ -69,7 +72,7 @@ class Catalog:
     quality_signal: np.ndarray
     length: np.ndarray
     popularity: np.ndarray
-    arrival_step: np.ndarray
+    arrival: np.ndarray
     features: np.ndarray  # [I, T + 4] what an agent may observe of an item
 
     @property
@@ -82,7 +85,7 @@ class Catalog:
 
     @property
     def n_initial(self) -> int:
-        return int(np.count_nonzero(self.arrival_step == 0))
+        return int(np.count_nonzero(self.arrival == 0))
 
     @property
     def dominant_topic(self) -> np.ndarray:
@@ -110,10 +113,12 @@ def _sample_items(
 def make_catalog(
     params: CatalogParams,
     rng: np.random.Generator,
-    injections: tuple[tuple[int, int, int], ...] = (),
+    injections: tuple[tuple[float, int, int], ...] = (),
     rating: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    in_days: bool = False,
 ) -> Catalog:
-    """Sample a catalog. `injections` holds (step, n_items, topic) batches (topic -1: random).
+    """Sample a catalog. `injections` holds (time, n_items, topic) batches (topic -1: random).
+    Regular arrivals come at whole steps [1, window], or with `in_days` at any time of (0, window] days.
 
     What a platform observes of an item is not its true quality and attractiveness but noisy
     aggregates: the mean rating its audience would give, `rating(topics [I, T], quality [I])
@@ -121,16 +126,20 @@ def make_catalog(
     None: the quality itself), plus noise; and the attractiveness plus noise (a measured CTR).
     """
     parts = [_sample_items(params, params.n_items, rng)]
-    arrival = [np.zeros(params.n_items, dtype=np.int32)]
+    arrival = [np.zeros(params.n_items)]
     if params.n_arrivals:
         parts.append(_sample_items(params, params.n_arrivals, rng))
-        arrival.append(np.sort(rng.integers(1, params.arrival_window + 1, size=params.n_arrivals)).astype(np.int32))
-    for step, count, topic in injections:
+        if in_days:
+            times = params.arrival_window * (1.0 - rng.random(params.n_arrivals))  # (0, window]
+        else:
+            times = rng.integers(1, int(params.arrival_window) + 1, size=params.n_arrivals)
+        arrival.append(np.sort(times).astype(np.float64))
+    for at, count, topic in injections:
         if count <= 0:
             continue
         topic = int(rng.integers(params.n_topics)) if topic < 0 else topic
         parts.append(_sample_items(params, count, rng, topic=topic, quality_boost=0.15))
-        arrival.append(np.full(count, step, dtype=np.int32))
+        arrival.append(np.full(count, at, dtype=np.float64))
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     n = cols["quality"].shape[0]
     # Popularity: Zipf over a ranking that favours attractive items (clickbait spreads).
@@ -139,7 +148,7 @@ def make_catalog(
     rank[np.argsort(-rank_key)] = np.arange(n)
     popularity = (rank + 1.0) ** -params.popularity_exponent
     popularity /= popularity.sum()
-    arrival_step = np.concatenate(arrival)
+    arrival_times = np.concatenate(arrival)
     mean_rating = cols["quality"] if rating is None else rating(cols["topics"], cols["quality"])
     quality_signal = np.clip(mean_rating + rng.normal(0.0, params.quality_signal_noise, size=n), 0, 1)
     attractiveness_signal = np.clip(
@@ -151,7 +160,7 @@ def make_catalog(
             quality_signal[:, None],
             attractiveness_signal[:, None],
             (cols["length"] / params.length_max)[:, None],
-            (1.0 - np.log1p(rank) / np.log(n))[:, None],  # popularity rank score in (0, 1]
+            (1.0 - np.log1p(rank) / np.log(n))[:, None],  # popularity rank score in (0, 1], as popularity_score
         ],
         axis=1,
     )
@@ -163,6 +172,25 @@ def make_catalog(
         quality_signal=f32(quality_signal),
         length=f32(cols["length"]),
         popularity=popularity.astype(np.float64),
-        arrival_step=arrival_step,
+        arrival=arrival_times,
         features=f32(features),
     )
+
+
+def popularity_score(popularity: np.ndarray) -> np.ndarray:
+    """[I] what a platform shows of an item's popularity [I]: its rank score, 1 - log(1 + rank) / log(I),
+    in (0, 1] (1 = the most popular). Ties keep the item order."""
+    n = popularity.shape[0]
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.argsort(-popularity, kind="stable")] = np.arange(n)
+    return 1.0 - np.log1p(rank) / np.log(n)
+
+
+def update_popularity(popularity: np.ndarray, clicked_items: np.ndarray, params: CatalogParams) -> np.ndarray:
+    """[I] popularity after one population step: an EMA (weight `popularity_memory`) toward the
+    shares of `clicked_items` [M] (this step's clicks); unchanged without clicks or memory."""
+    if not params.popularity_memory or clicked_items.size == 0:
+        return popularity
+    shares = np.bincount(clicked_items, minlength=popularity.shape[0]).astype(np.float64) / clicked_items.size
+    m = params.popularity_memory
+    return (1.0 - m) * popularity + m * shares

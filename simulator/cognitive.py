@@ -1,18 +1,28 @@
-"""Cognitive drift: satiation (boredom) with recovery, reinforcement, novelty seeking, random walk."""
+"""Cognitive drift: satiation (boredom) with recovery, reinforcement, novelty seeking, random walk.
+
+Within a session these act per step. Between two visits of a lifetime world, time acts: satiation
+fades with the days away (`satiation_recovery_per_day`: bored tonight, fresh next week), the
+random walk accumulates over the gap (`random_walk_std_per_day`, growing with the square root of
+the days), and what reinforcement did to interests stays.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from simulator.params import check_bool, check_range
+from simulator.drift import DriftFamily, DriftParams, GapContext, StepContext
+from simulator.params import check_range
+
+if TYPE_CHECKING:
+    from simulator.world import World
 
 
 @dataclass(frozen=True)
-class CognitiveParams:
-    enabled: bool = False
-    magnitude: float = 1.0
+class CognitiveParams(DriftParams):
+    FAMILY_NAME: ClassVar[str] = "cognitive"
     satiation_rate: float = 0.1  # satiation gained per fully watched item of a topic
     satiation_recovery: float = 0.05  # fraction of satiation lost per step (recovery with time)
     satiation_weight: float = 1.0  # fit lost on a fully satiated topic
@@ -20,11 +30,13 @@ class CognitiveParams:
     novelty_weight: float = 1.0  # utility bonus of fresh items / penalty of repeats, x novelty_seeking
     freshness_steps: float = 20.0  # an arrived item stays fresh for about this many steps
     random_walk_std: float = 0.01  # exogenous per-step interest noise
+    satiation_recovery_per_day: float = 0.5  # lifetime worlds: fraction of satiation lost per day away
+    random_walk_std_per_day: float = 0.03  # lifetime worlds: interest noise per sqrt(day) between visits
+    freshness_days: float = 7.0  # lifetime worlds: an arrived item stays fresh for about this many days
 
     def __post_init__(self) -> None:
-        o = "cognitive"
-        check_bool(o, "enabled", self.enabled)
-        check_range(o, "magnitude", self.magnitude, 0.0)
+        super().__post_init__()
+        o = self.FAMILY_NAME
         check_range(o, "satiation_rate", self.satiation_rate, 0.0, 1.0)
         check_range(o, "satiation_recovery", self.satiation_recovery, 0.0, 1.0)
         check_range(o, "satiation_weight", self.satiation_weight, 0.0, 100.0)
@@ -32,10 +44,9 @@ class CognitiveParams:
         check_range(o, "novelty_weight", self.novelty_weight, 0.0, 100.0)
         check_range(o, "freshness_steps", self.freshness_steps, 0.0, lo_open=True)
         check_range(o, "random_walk_std", self.random_walk_std, 0.0, 1.0)
-
-    @property
-    def scale(self) -> float:
-        return self.magnitude if self.enabled else 0.0
+        check_range(o, "satiation_recovery_per_day", self.satiation_recovery_per_day, 0.0, 1.0)
+        check_range(o, "random_walk_std_per_day", self.random_walk_std_per_day, 0.0, 1.0)
+        check_range(o, "freshness_days", self.freshness_days, 0.0, 3650.0, lo_open=True)
 
 
 def satiation_penalty(satiation: np.ndarray, params: CognitiveParams) -> np.ndarray:
@@ -86,14 +97,15 @@ def novelty_bonus(
     return np.float32(weight) * novelty_seeking[:, None] * (freshness - repeat)
 
 
-def freshness(arrival_step: np.ndarray, user_step: np.ndarray, params: CognitiveParams) -> np.ndarray:
-    """[N, K] exp(-age / freshness_steps) for items that arrived during the episode, else 0.
+def freshness(arrival: np.ndarray, now: np.ndarray, lasting: float) -> np.ndarray:
+    """[N, K] exp(-age / lasting) for items that arrived after the start, else 0.
 
-    arrival_step [N, K] of the slate's items; user_step [N].
+    arrival [N, K] of the slate's items and now [N] on the world's clock (episode steps, or days
+    in lifetime worlds); lasting: `freshness_steps` or `freshness_days`.
     """
-    age = user_step[:, None] - arrival_step
-    fresh = np.exp(-np.maximum(age, 0) / np.float32(params.freshness_steps)).astype(np.float32)
-    return np.where(arrival_step > 0, fresh, np.float32(0.0))
+    age = now[:, None] - arrival
+    fresh = np.exp(-np.maximum(age, 0) / np.float32(lasting)).astype(np.float32)
+    return np.where(arrival > 0, fresh, np.float32(0.0))
 
 
 def random_walk(interest: np.ndarray, uniform: np.ndarray, params: CognitiveParams) -> None:
@@ -105,3 +117,41 @@ def random_walk(interest: np.ndarray, uniform: np.ndarray, params: CognitivePara
     std = np.float32(params.random_walk_std * params.scale)
     if std:
         interest += (std * np.float32(2.0 * np.sqrt(3.0))) * (uniform - np.float32(0.5))
+
+
+def uses_walk_noise(params: CognitiveParams) -> bool:
+    return bool(params.scale and params.random_walk_std)
+
+
+def after_response(world: World, ctx: StepContext) -> None:
+    """Per step: satiation decays and grows with what was watched; watching reinforces interests;
+    the random walk moves them."""
+    s, p = world.state, world.config.cognitive
+    update_satiation(s.satiation, ctx.consumed, ctx.completion, p)
+    reinforce(s.interest, ctx.consumed, ctx.completion, p)
+    if ctx.walk_noise is not None:
+        random_walk(s.interest, ctx.walk_noise, p)
+
+
+def between_visits(world: World, gap: GapContext) -> None:
+    """Over the days away: satiation fades, the random walk accumulates (std ~ sqrt(days))."""
+    s, p = world.state, world.config.cognitive
+    idx, days = gap.idx, gap.days
+    s.satiation[idx] *= np.power(1.0 - p.satiation_recovery_per_day, days).astype(np.float32)[:, None]
+    std = p.random_walk_std_per_day * p.scale
+    if std and gap.walk_noise is not None:
+        step = (std * np.sqrt(days) * 2.0 * np.sqrt(3.0)).astype(np.float32)[:, None]
+        s.interest[idx] += step * (gap.walk_noise - np.float32(0.5))
+
+
+def uses_gap_noise(params: CognitiveParams) -> bool:
+    return bool(params.scale and params.random_walk_std_per_day)
+
+
+FAMILY = DriftFamily(
+    "cognitive",
+    CognitiveParams,
+    after_response=after_response,
+    between_visits=between_visits,
+    needs_walk_noise=uses_walk_noise,
+)

@@ -125,12 +125,18 @@ def completion(value: np.ndarray, attractiveness: np.ndarray, params: ResponsePa
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
+def letdown(value: np.ndarray, attractiveness: np.ndarray, params: ResponseParams) -> np.ndarray:
+    """The disappointment of a thumbnail that promised more than the item gave this user:
+    `clickbait_penalty` x (attractiveness - value) where positive, else 0; any shape."""
+    return params.clickbait_penalty * np.maximum(attractiveness - value, 0.0)
+
+
 def experience(
     clicked: np.ndarray, value: np.ndarray, attractiveness: np.ndarray, params: ResponseParams
 ) -> np.ndarray:
     """[N] how good this step felt, in [0, 1]: the item's personal value, less the letdown of a
-    thumbnail that promised more (attractiveness above the value); a skip is meh."""
-    on_click = np.clip(value - params.clickbait_penalty * np.maximum(attractiveness - value, 0.0), 0.0, 1.0)
+    thumbnail that promised more (`letdown`); a skip is meh."""
+    on_click = np.clip(value - letdown(value, attractiveness, params), 0.0, 1.0)
     return np.where(clicked, on_click, np.float32(params.skip_experience)).astype(np.float32)
 
 

@@ -1,59 +1,78 @@
-"""Scheduled shocks: sudden or gradual interest shifts and catalog injections at known steps."""
+"""Scheduled shocks: sudden or gradual interest shifts, population-wide trends and catalog
+injections at known times, logged as change points.
+
+In session worlds an event happens at an episode step (`step`); in lifetime worlds on a calendar
+date (`day`, days since the simulation started), whether the user is in a session or away then:
+a life event for a share of the users, a trend that sweeps the population, items released.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from simulator.params import check_bool, check_int, check_range
+from simulator.drift import DriftFamily, DriftParams, GapContext, StepContext
+from simulator.params import check_int, check_range
 
-SHOCK_KINDS = ("sudden", "gradual", "injection")
+if TYPE_CHECKING:
+    from simulator.world import World
+
+SHOCK_KINDS = ("sudden", "gradual", "trend", "injection")
 
 
 @dataclass(frozen=True)
 class ShockEvent:
-    """One change point at episode step `step`.
+    """One change point, at episode step `step` (session worlds) or on day `day` (lifetime worlds).
 
-    sudden: interests of a `fraction` of users jump `strength` of the way to a target
-    drawn like a new user of another taste community (see users.sample_users).
-    gradual: the same move, spread over `duration` steps.
+    sudden: interests of a `fraction` of users jump `strength` of the way to a target drawn like
+    a new user of another taste community (see users.sample_users): a life event.
+    gradual: the same move, spread over `duration` steps (or days).
+    trend: a `fraction` of users warm to `topic` (-1: one chosen with the catalog), moving their
+    interest in it `strength` of the way to 1 over `duration` steps (or days): a trend that
+    sweeps the population.
     injection: `n_items` new items centred on `topic` (-1: random) arrive in the catalog.
     """
 
     kind: str
-    step: int
+    step: int = 1
+    day: float | None = None
     fraction: float = 1.0
     strength: float = 0.8
-    duration: int = 20
+    duration: float = 20
     n_items: int = 50
     topic: int = -1
 
     def __post_init__(self) -> None:
         if self.kind not in SHOCK_KINDS:
-            raise ValueError(f"shocks.events.kind must be one of {', '.join(SHOCK_KINDS)}, got {self.kind!r}")
-        o = f"shocks.events[{self.kind}]"
-        check_int(o, "step", self.step, 1)
+            raise ValueError(f"shock.events.kind must be one of {', '.join(SHOCK_KINDS)}, got {self.kind!r}")
+        o = f"shock.events[{self.kind}]"
+        check_int(o, "step", self.step, 1, 1_000_000)
+        if self.day is not None:
+            check_range(o, "day", self.day, 0.0, 36_500.0, lo_open=True)
         check_range(o, "fraction", self.fraction, 0.0, 1.0)
         check_range(o, "strength", self.strength, 0.0, 1.0)
-        check_int(o, "duration", self.duration, 1)
-        check_int(o, "n_items", self.n_items, 0)
+        check_range(o, "duration", self.duration, 0.0, 36_500.0, lo_open=True)
+        check_int(o, "n_items", self.n_items, 0, 1_000_000)
         check_int(o, "topic", self.topic, -1)
+
+    @property
+    def at(self) -> float:
+        """When it happens on the world's clock: the day when given, else the step."""
+        return float(self.step) if self.day is None else float(self.day)
 
 
 @dataclass(frozen=True)
-class ShockParams:
-    enabled: bool = False
-    magnitude: float = 1.0
+class ShockParams(DriftParams):
+    FAMILY_NAME: ClassVar[str] = "shock"
     events: tuple[ShockEvent, ...] = (ShockEvent("sudden", step=10),)
 
     def __post_init__(self) -> None:
-        check_bool("shocks", "enabled", self.enabled)
-        check_range("shocks", "magnitude", self.magnitude, 0.0)
+        super().__post_init__()
         if not all(isinstance(e, ShockEvent) for e in self.events):
-            raise ValueError("shocks.events must be ShockEvent entries (or mappings in overrides)")
+            raise ValueError("shock.events must be ShockEvent entries (or mappings in overrides)")
 
     @staticmethod
     def _coerce_events(value: Any, where: str) -> tuple[ShockEvent, ...]:
@@ -75,21 +94,18 @@ class ShockParams:
                 raise ValueError(f"{where}[{i}] must be a mapping, got {type(e).__name__}")
         return tuple(events)
 
-    @property
-    def scale(self) -> float:
-        return self.magnitude if self.enabled else 0.0
-
     def active_events(self) -> tuple[ShockEvent, ...]:
         return self.events if self.scale > 0 else ()
 
-    def injections(self, n_topics: int) -> tuple[tuple[int, int, int], ...]:
-        """(step, n_items, topic) batches the catalog must hold; the magnitude scales their size."""
+    def injections(self, n_topics: int) -> tuple[tuple[float, int, int], ...]:
+        """(time on the world's clock, n_items, topic) batches the catalog must hold; the magnitude
+        scales their size."""
         out = []
         for e in self.active_events():
             if e.kind == "injection":
                 if e.topic >= n_topics:
-                    raise ValueError(f"shocks.events[injection].topic must be < n_topics={n_topics}, got {e.topic}")
-                out.append((e.step, int(round(e.n_items * self.scale)), e.topic))
+                    raise ValueError(f"shock.events[injection].topic must be < n_topics={n_topics}, got {e.topic}")
+                out.append((e.at, int(round(e.n_items * self.scale)), e.topic))
         return tuple(out)
 
 
@@ -98,28 +114,120 @@ def blend(event: ShockEvent, params: ShockParams) -> float:
     return min(1.0, event.strength * params.scale)
 
 
-def apply_shocks(
-    interest: np.ndarray, target: np.ndarray, shock_draw: np.ndarray, user_step: np.ndarray, params: ShockParams
+def _shift(
+    interest: np.ndarray, hit: np.ndarray, share: Any, event: ShockEvent, target: np.ndarray, topic: int
 ) -> None:
-    """In place: move interests [N, T] toward `target` [N, T] for users hit at their current step [N]."""
-    for event in params.active_events():  # a handful of events, each vectorised over users
-        if event.kind == "injection":
-            continue
+    """In place: the users in `hit` [M] move `share` (a number, or [M]) of the way: toward their
+    target [M, T], or, for a trend, toward liking `topic`."""
+    share = np.float32(share) if np.ndim(share) == 0 else np.asarray(share, np.float32)[hit]
+    if event.kind == "trend":
+        interest[hit, topic] += share * (np.float32(1.0) - interest[hit, topic])
+    else:
+        interest[hit] += (share if np.ndim(share) == 0 else share[:, None]) * (target[hit] - interest[hit])
+
+
+def apply_shocks(
+    interest: np.ndarray,
+    target: np.ndarray,
+    shock_draw: np.ndarray,
+    user_step: np.ndarray,
+    params: ShockParams,
+    trend_topics: tuple[int, ...] = (),
+) -> None:
+    """Session worlds, in place: move interests [N, T] toward `target` [N, T] (or toward liking a
+    trend's topic, `trend_topics` holding one topic per non-injection event) for the users hit at
+    their current step [N]."""
+    shifts = [e for e in params.active_events() if e.kind != "injection"]
+    for event, topic in zip(shifts, trend_topics or (-1,) * len(shifts)):  # a handful, vectorised over users
         b = blend(event, params)
         if event.kind == "sudden":
             hit = (user_step == event.step) & (shock_draw < event.fraction)
             rate = b
-        else:  # gradual: equal geometric steps that add up to `b` over the window
+        else:  # gradual, trend: equal geometric steps that add up to `b` over the window
             hit = (user_step >= event.step) & (user_step < event.step + event.duration) & (shock_draw < event.fraction)
             rate = 1.0 - (1.0 - b) ** (1.0 / event.duration)
         if rate and hit.any():
-            interest[hit] += np.float32(rate) * (target[hit] - interest[hit])
+            _shift(interest, hit, rate, event, target, topic)
 
 
-def change_points(params: ShockParams) -> list[dict[str, Any]]:
-    """The ground-truth log of change points: kind, first and last affected episode step, fraction."""
+def apply_dated_shocks(
+    interest: np.ndarray,
+    target: np.ndarray,
+    shock_draw: np.ndarray,
+    day_before: np.ndarray,
+    day_after: np.ndarray,
+    params: ShockParams,
+    trend_topics: tuple[int, ...] = (),
+) -> None:
+    """Lifetime worlds, in place: the events dated inside (day_before, day_after] [M] of each user
+    (a step, or the days between two visits). A sudden event applies once; a gradual one or a
+    trend applies the part of its window the interval covers."""
+    shifts = [e for e in params.active_events() if e.kind != "injection"]
+    for event, topic in zip(shifts, trend_topics or (-1,) * len(shifts)):
+        b = blend(event, params)
+        member = shock_draw < event.fraction
+        if event.kind == "sudden":
+            hit = member & (day_before < event.day) & (event.day <= day_after)
+            rate: Any = b
+        else:
+            start, end = event.day, event.day + event.duration
+            covered = np.clip(np.minimum(day_after, end) - np.maximum(day_before, start), 0.0, None)
+            hit = member & (covered > 0)
+            rate = 1.0 - np.power(1.0 - b, covered / event.duration)
+        if b and hit.any():
+            _shift(interest, hit, rate, event, target, topic)
+
+
+def change_points(params: ShockParams, trend_topics: tuple[int, ...] = ()) -> list[dict[str, Any]]:
+    """The ground-truth log of change points: kind, first and last affected step (session worlds)
+    or day (lifetime worlds), fraction, blend (and topic for trends and injections)."""
     out = []
+    shifts = iter(trend_topics)
     for e in params.active_events():
-        end = e.step + e.duration - 1 if e.kind == "gradual" else e.step
-        out.append(dict(kind=e.kind, step=e.step, end_step=end, fraction=e.fraction, blend=blend(e, params)))
+        extended = e.kind in ("gradual", "trend")
+        point: dict[str, Any] = dict(kind=e.kind, fraction=e.fraction, blend=blend(e, params))
+        if e.day is None:
+            point.update(step=e.step, end_step=e.step + int(e.duration) - 1 if extended else e.step)
+        else:
+            point.update(day=e.day, end_day=e.day + e.duration if extended else e.day)
+        if e.kind != "injection":
+            topic = next(shifts)
+            if e.kind == "trend":
+                point["topic"] = topic
+        else:
+            point["topic"] = e.topic
+        out.append(point)
     return out
+
+
+def before_choice(world: World, ctx: Any) -> None:
+    """Session worlds: the events of this episode step hit before the users choose."""
+    if world.lifetime:
+        return
+    s, p = world.state, world.config.shock
+    apply_shocks(s.interest, s.shock_target, s.shock_draw, s.step, p, world.trend_topics)
+
+
+def after_response(world: World, ctx: StepContext) -> None:
+    """Lifetime worlds: the events dated inside the minutes this step took."""
+    if not world.lifetime or ctx.clock_before is None:
+        return
+    s, p = world.state, world.config.shock
+    apply_dated_shocks(
+        s.interest, s.shock_target, s.shock_draw, ctx.clock_before, ctx.clock_after, p, world.trend_topics
+    )
+
+
+def between_visits(world: World, gap: GapContext) -> None:
+    """Lifetime worlds: the events dated inside the days away."""
+    s, p, idx = world.state, world.config.shock, gap.idx
+    interest = s.interest[idx]
+    apply_dated_shocks(
+        interest, s.shock_target[idx], s.shock_draw[idx], gap.day_before, gap.day_after, p, world.trend_topics
+    )
+    s.interest[idx] = interest
+
+
+FAMILY = DriftFamily(
+    "shock", ShockParams, before_choice=before_choice, after_response=after_response, between_visits=between_visits
+)

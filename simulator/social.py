@@ -1,33 +1,45 @@
-"""Social drift: interests pulled toward graph neighbours' interests and trending topics."""
+"""Social drift: interests pulled toward graph neighbours' interests and trending topics.
+
+Within a session the pull acts per step (`neighbour_rate`, `trend_rate`); between two visits of a
+lifetime world it acts per day over the gap (`*_per_day`, integrated: a user away for a month
+comes back closer to their neighbours than one away for a day).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from simulator.params import check_bool, check_int, check_range
+from simulator.drift import DriftFamily, DriftParams, GapContext, StepContext, geometric_share
+from simulator.params import check_int, check_range
+
+if TYPE_CHECKING:
+    from simulator.world import World
 
 
 @dataclass(frozen=True)
-class SocialParams:
-    enabled: bool = False
-    magnitude: float = 1.0
+class SocialParams(DriftParams):
+    FAMILY_NAME: ClassVar[str] = "social"
     degree: int = 8  # neighbours per user (a constant-degree sparse graph)
     homophily: float = 0.8  # probability a neighbour comes from the user's own community
     neighbour_rate: float = 0.03  # per-step pull toward the neighbours' mean interest
     trend_rate: float = 0.01  # per-step pull toward trending topics
     trend_memory: float = 0.05  # EMA rate of the population's consumption shares
+    neighbour_rate_per_day: float = 0.04  # lifetime worlds: daily pull toward the neighbours, between visits
+    trend_rate_per_day: float = 0.02  # lifetime worlds: daily pull toward trending topics, between visits
 
     def __post_init__(self) -> None:
-        o = "social"
-        check_bool(o, "enabled", self.enabled)
-        check_range(o, "magnitude", self.magnitude, 0.0)
+        super().__post_init__()
+        o = self.FAMILY_NAME
         check_int(o, "degree", self.degree, 1, 256)
         check_range(o, "homophily", self.homophily, 0.0, 1.0)
         check_range(o, "neighbour_rate", self.neighbour_rate, 0.0, 1.0)
         check_range(o, "trend_rate", self.trend_rate, 0.0, 1.0)
         check_range(o, "trend_memory", self.trend_memory, 0.0, 1.0)
+        check_range(o, "neighbour_rate_per_day", self.neighbour_rate_per_day, 0.0, 1.0)
+        check_range(o, "trend_rate_per_day", self.trend_rate_per_day, 0.0, 1.0)
 
     @property
     def scale(self) -> float:
@@ -50,16 +62,21 @@ def make_graph(community: np.ndarray, params: SocialParams, rng: np.random.Gener
     return neighbours.astype(np.int32)
 
 
+def neighbour_mean(interest: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """[M, T] mean interest of each row's neighbours; interest [N, T], neighbours [M, D] indices."""
+    # Sum over the D neighbour columns: D row-gathers of [M, T], no [M, D, T] temporary.
+    total = np.take(interest, neighbours[:, 0], axis=0)
+    for d in range(1, neighbours.shape[1]):
+        total += np.take(interest, neighbours[:, d], axis=0)
+    return total * np.float32(1.0 / neighbours.shape[1])
+
+
 def neighbour_pull(
     interest: np.ndarray, neighbours: np.ndarray, susceptibility: np.ndarray, params: SocialParams
 ) -> np.ndarray:
     """[N, T] change of interests toward the neighbours' mean interest."""
     rate = params.neighbour_rate * params.scale
-    # Sum over the D neighbour columns: D row-gathers of [N, T], no [N, D, T] temporary.
-    total = np.take(interest, neighbours[:, 0], axis=0)
-    for d in range(1, neighbours.shape[1]):
-        total += np.take(interest, neighbours[:, d], axis=0)
-    mean = total * np.float32(1.0 / neighbours.shape[1])
+    mean = neighbour_mean(interest, neighbours)
     return (np.float32(rate) * susceptibility)[:, None] * (mean - interest)
 
 
@@ -83,3 +100,31 @@ def update_trend(
         return trend
     shares = consumed_topics.sum(axis=0) / n_clicks
     return ((1.0 - params.trend_memory) * trend + params.trend_memory * shares).astype(np.float32)
+
+
+def after_response(world: World, ctx: StepContext) -> None:
+    """Per step: the pull toward neighbours and trends; then the trend follows this step's consumption."""
+    s, p = world.state, world.config.social
+    if p.scale:
+        pull = neighbour_pull(s.interest, world.neighbours, s.susceptibility, p)
+        pull += trend_pull(s.interest, s.trend, s.susceptibility, p)
+        s.interest += pull
+    s.trend = update_trend(s.trend, ctx.consumed, ctx.clicked, p)
+
+
+def between_visits(world: World, gap: GapContext) -> None:
+    """Over the days between two visits, the users at `gap.idx` drift toward their neighbours'
+    current interests and the trending topics, at the daily rates, compounded over the gap."""
+    s, p = world.state, world.config.social
+    if not p.scale:
+        return
+    idx = gap.idx
+    sus = s.susceptibility[idx]
+    own = s.interest[idx]
+    to_neighbours = geometric_share(p.neighbour_rate_per_day * p.scale * sus, gap.days)[:, None]
+    to_trend = geometric_share(p.trend_rate_per_day * p.scale * sus, gap.days)[:, None]
+    mean = neighbour_mean(s.interest, world.neighbours[idx])
+    s.interest[idx] = own + to_neighbours * (mean - own) + to_trend * (trend_direction(s.trend) - own)
+
+
+FAMILY = DriftFamily("social", SocialParams, after_response=after_response, between_visits=between_visits)

@@ -13,8 +13,13 @@ class UserState:
     """Everything that changes while users are simulated. Shapes: N users, T topics, R recent items.
 
     interest [N, T] long-term interests in [-1, 1]; initial_interest [N, T] at episode start;
-    satiation [N, T] in [0, 1]; satisfaction [N] in [0, 1]; budget [N] minutes left;
-    step [N] episode step; calendar_offset [N] calendar time at step 0;
+    satiation [N, T] in [0, 1]; satisfaction [N] in [0, 1]; budget [N] minutes left (this session);
+    step [N] step of the session; episode_step [N] step of the episode (the same in session worlds);
+    calendar_offset [N] calendar time at clock 0 (calendar = offset + step, or + day in lifetime worlds);
+    lifetime worlds: day [N] the clock (days since the simulation started), first_day [N] of the first
+    visit, last_visit [N] end of the previous session (first_day before one), session [N] sessions before
+    the current one, activity [N] the return-rate trait, session_watch / session_letdown [N] and
+    session_clicks [N] so far this session (the return model reads them);
     novelty_seeking, susceptibility [N] traits; community [N];
     shock_draw [N] uniform deciding shock membership; shock_target [N, T] where a shock moves interests;
     recent_items [N, R] last consumed items (-1 = none), recent_ptr [N] ring position;
@@ -27,7 +32,16 @@ class UserState:
     satisfaction: np.ndarray
     budget: np.ndarray
     step: np.ndarray
+    episode_step: np.ndarray
     calendar_offset: np.ndarray
+    day: np.ndarray
+    first_day: np.ndarray
+    last_visit: np.ndarray
+    session: np.ndarray
+    activity: np.ndarray
+    session_watch: np.ndarray
+    session_letdown: np.ndarray
+    session_clicks: np.ndarray
     novelty_seeking: np.ndarray
     susceptibility: np.ndarray
     community: np.ndarray

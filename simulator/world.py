@@ -1,7 +1,15 @@
-"""The world: a catalog plus N users, stepped for all users at once."""
+"""The world: a catalog plus N users, stepped for all users at once.
+
+Two time scales. In a session world (the default) an episode is one session: a step is one
+recommendation and the clock counts episode steps. In a lifetime world (`lifetime.enabled`) a
+user lives across sessions on a clock in days: a step takes the minutes the user spent, a session
+that ends is followed by a return visit after a gap (or by churn), and the drift families act on
+the days in between. `World.step` documents the order in which everything happens.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,9 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from simulator import cognitive, response, seasonal, shocks, social
+from simulator import catalog as catalog_mod
+from simulator import cognitive, lifetime, response, seasonal, shocks, social
 from simulator.catalog import Catalog, CatalogParams, make_catalog
 from simulator.cognitive import CognitiveParams
+from simulator.drift import GapContext, StepContext
+from simulator.families import FAMILIES
+from simulator.lifetime import MINUTES_PER_DAY, LifetimeParams
 from simulator.params import check_int
 from simulator.response import ResponseParams
 from simulator.seasonal import SeasonalParams
@@ -20,25 +32,40 @@ from simulator.social import SocialParams
 from simulator.state import UserState
 from simulator.users import UserParams, community_centres, sample_users
 
-DRIFT_FAMILIES = ("seasonal", "social", "cognitive", "shocks")
-
 
 @dataclass(frozen=True)
 class WorldConfig:
+    """Everything the world is built from. The drift families' sections are named as in
+    `simulator.families.FAMILIES` (shock, cognitive, social, seasonal)."""
+
     catalog: CatalogParams = field(default_factory=CatalogParams)
     users: UserParams = field(default_factory=UserParams)
     response: ResponseParams = field(default_factory=ResponseParams)
+    lifetime: LifetimeParams = field(default_factory=LifetimeParams)
     seasonal: SeasonalParams = field(default_factory=SeasonalParams)
     social: SocialParams = field(default_factory=SocialParams)
     cognitive: CognitiveParams = field(default_factory=CognitiveParams)
-    shocks: ShockParams = field(default_factory=ShockParams)
+    shock: ShockParams = field(default_factory=ShockParams)
 
     def __post_init__(self) -> None:
-        for e in self.shocks.active_events():
-            if e.kind == "injection" and e.topic >= self.catalog.n_topics:
+        for family in FAMILIES:  # one field per registered family
+            if not isinstance(getattr(self, family.name, None), family.params):
+                raise ValueError(f"WorldConfig.{family.name} must be {family.params.__name__}")
+        t = self.catalog.n_topics
+        for e in self.shock.active_events():
+            if e.kind in ("injection", "trend") and e.topic >= t:
+                raise ValueError(f"shock.events[{e.kind}].topic must be < catalog.n_topics={t}, got {e.topic}")
+        in_days = self.lifetime.enabled
+        clock = "days (lifetime worlds)" if in_days else "episode steps (session worlds)"
+        for e in self.shock.events:
+            if in_days and e.day is None:
+                raise ValueError(f"shock.events[{e.kind}].day must be set: events happen on dates in {clock}")
+            if not in_days and e.day is not None:
                 raise ValueError(
-                    f"shocks.events[injection].topic must be < catalog.n_topics={self.catalog.n_topics}, got {e.topic}"
+                    f"shock.events[{e.kind}].day is for lifetime worlds: events happen at a step in {clock}"
                 )
+        if self.seasonal.unit != ("day" if in_days else "step"):
+            raise ValueError(f"seasonal.unit must be {'day' if in_days else 'step'}: the calendar counts {clock}")
 
 
 @dataclass
@@ -47,7 +74,11 @@ class StepResult:
 
     position: chosen slate position, -1 for no click; item: clicked item, -1 for none;
     watch_time: minutes watched (the engagement reward); completion: fraction watched;
-    terminated: the session ended (budget spent or the user left);
+    session_end: the session ended (budget spent or the user left);
+    terminated: the user is gone: the session ended (session worlds), or the user churned and
+    will never return (lifetime worlds);
+    gap [N]: lifetime worlds, days until the next visit for users whose session ended and who
+    return (NaN otherwise, and in session worlds);
     fit [N, K]: true topic fit of each served item to the user's interests as felt when
     choosing (after this step's shocks; see `World.slate_fit`). Hidden state: not for agents.
     """
@@ -56,7 +87,9 @@ class StepResult:
     item: np.ndarray
     watch_time: np.ndarray
     completion: np.ndarray
+    session_end: np.ndarray
     terminated: np.ndarray
+    gap: np.ndarray
     fit: np.ndarray
 
     @property
@@ -73,8 +106,9 @@ class World:
     """
 
     def __init__(self, config: WorldConfig, n_users: int, seed: int = 0) -> None:
-        check_int("world", "n_users", n_users, 1)
+        check_int("world", "n_users", n_users, 1, 100_000_000)
         self.config = config
+        self.lifetime = config.lifetime.enabled
         # The catalog and the taste communities are the world's fixed structure: they
         # depend on catalog.seed only, so training and evaluation seeds share them.
         catalog_rng = np.random.default_rng(config.catalog.seed)
@@ -87,18 +121,33 @@ class World:
             return response.personal_value(fit, quality[:, None], config.response).mean(axis=1)
 
         self.catalog: Catalog = make_catalog(
-            config.catalog, catalog_rng, config.shocks.injections(config.catalog.n_topics), rating
+            config.catalog,
+            catalog_rng,
+            config.shock.injections(config.catalog.n_topics),
+            rating,
+            in_days=self.lifetime,
+        )
+        # The topic each interest-shifting shock event acts on (trends; -1 picks one with the catalog).
+        self.trend_topics = tuple(
+            (int(catalog_rng.integers(config.catalog.n_topics)) if e.topic < 0 else e.topic)
+            if e.kind == "trend"
+            else -1
+            for e in config.shock.active_events()
+            if e.kind != "injection"
         )
         self.phases = seasonal.topic_phases(config.catalog.n_topics)
-        # Appeal repeats with the period: one [period, T] table, looked up by calendar time.
+        self.week_phases = seasonal.weekly_phases(config.catalog.n_topics)
+        # Session worlds: appeal repeats with the period, one [period, T] table looked up by calendar step.
         self.season_table = (
-            seasonal.seasonal_appeal(np.arange(config.seasonal.period), self.phases, config.seasonal)
-            if config.seasonal.scale
+            seasonal.seasonal_appeal(np.arange(int(config.seasonal.period)), self.phases, config.seasonal)
+            if config.seasonal.scale and not self.lifetime
             else None
         )
         self._pos_bias: dict[int, np.ndarray] = {}
         self._n_users = n_users
         self.noise_map: np.ndarray | None = None  # [N] row of the step noise each user uses
+        self.tracked: np.ndarray | None = None  # users whose interests are traced day by day (see track)
+        self._needs_walk = any(f.needs_walk_noise(f.config(config)) for f in FAMILIES)
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
@@ -120,7 +169,16 @@ class World:
             satisfaction=z(n),
             budget=z(n),
             step=np.zeros(n, np.int32),
-            calendar_offset=np.zeros(n, np.int32),
+            episode_step=np.zeros(n, np.int32),
+            calendar_offset=np.zeros(n, np.float64),
+            day=np.zeros(n, np.float64),
+            first_day=np.zeros(n, np.float64),
+            last_visit=np.zeros(n, np.float64),
+            session=np.zeros(n, np.int32),
+            activity=np.ones(n, np.float32),
+            session_watch=z(n),
+            session_letdown=z(n),
+            session_clicks=np.zeros(n, np.int32),
             novelty_seeking=z(n),
             susceptibility=z(n),
             community=community,
@@ -130,6 +188,10 @@ class World:
             recent_ptr=np.zeros(n, np.int32),
             trend=np.full(t, 1.0 / t, np.float32),
         )
+        self.popularity = self.catalog.popularity.copy()  # [I] what the population watches (lifetime: it moves)
+        self.item_features = self.catalog.features.copy()  # [I, T + 4] as observed now (popularity column moves)
+        self.trace: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._season_now: np.ndarray | None = None  # lifetime worlds: the season at the users' clock
         self.reset_users()
 
     # ------------------------------------------------------------------ users
@@ -138,11 +200,13 @@ class World:
         return self.state.n_users
 
     def reset_users(self, mask: np.ndarray | None = None) -> None:
-        """Replace the users in `mask` [N] (all if None) by fresh users at episode step 0."""
+        """Replace the users in `mask` [N] (all if None) by fresh users at episode step 0 (in lifetime
+        worlds: at the first visit of their life, some time in the first `first_visit_days`)."""
         s, cfg = self.state, self.config
         idx = np.arange(self.n_users) if mask is None else np.flatnonzero(mask)
         if idx.size == 0:
             return
+        self._season_now = None
         new = sample_users(cfg.users, s.community[idx], self.centres, self.user_rng)
         s.interest[idx] = new["interest"]
         s.initial_interest[idx] = new["interest"]
@@ -154,8 +218,24 @@ class World:
         s.satiation[idx] = 0.0
         s.satisfaction[idx] = cfg.users.satisfaction_init
         s.step[idx] = 0
-        period = cfg.seasonal.period
-        s.calendar_offset[idx] = self.user_rng.integers(0, period, size=idx.size) if cfg.seasonal.random_offset else 0
+        s.episode_step[idx] = 0
+        if self.lifetime:
+            life = cfg.lifetime
+            s.calendar_offset[idx] = life.calendar_start  # one calendar for everyone: dates are shared
+            s.day[idx] = life.first_visit_days * self.user_rng.random(idx.size)
+            s.activity[idx] = lifetime.sample_activity(life, idx.size, self.user_rng)
+        else:
+            period = int(cfg.seasonal.period)
+            s.calendar_offset[idx] = (
+                self.user_rng.integers(0, period, size=idx.size) if cfg.seasonal.random_offset else 0
+            )
+            s.day[idx] = 0.0
+        s.first_day[idx] = s.day[idx]
+        s.last_visit[idx] = s.day[idx]  # no visit before: days away count from the first
+        s.session[idx] = 0
+        s.session_watch[idx] = 0.0
+        s.session_letdown[idx] = 0.0
+        s.session_clicks[idx] = 0
         s.recent_items[idx] = -1
         s.recent_ptr[idx] = 0
 
@@ -180,25 +260,26 @@ class World:
         )
         if p == 0 or m == 0:
             return out
-        state = self.state.take(idx)
+        # All P past visits of all M users at once: rows of [M * P], user-major.
+        state = self.state.take(np.repeat(idx, p))
         state.satiation[:] = 0.0
-        outside = response.no_click_utility(np.full(m, cfg.users.satisfaction_init, np.float32), cfg.response)
+        rows = m * p
+        pool = rng.integers(0, self.catalog.n_initial, size=(rows, cfg.users.past_pool))
+        uniform = rng.random(rows, dtype=np.float32)
+        outside = response.no_click_utility(np.full(rows, cfg.users.satisfaction_init, np.float32), cfg.response)
+        utility, fit = self.slate_utility(pool, state, positions=False)
+        choice = response.sample_choice(response.choice_probabilities(utility, outside), uniform)
+        clicked = choice >= 0
+        pick = np.maximum(choice, 0)
+        at = np.arange(rows)
+        item = pool[at, pick]
         c = self.catalog
-        for j in range(p):  # P past visits (a handful), each vectorised over users
-            pool = rng.integers(0, c.n_initial, size=(m, cfg.users.past_pool))
-            utility, fit = self.slate_utility(pool, state, positions=False)
-            choice = response.sample_choice(
-                response.choice_probabilities(utility, outside), rng.random(m, dtype=np.float32)
-            )
-            clicked = choice >= 0
-            pick = np.maximum(choice, 0)
-            item = pool[np.arange(m), pick]
-            value = response.personal_value(fit[np.arange(m), pick], c.quality[item], cfg.response)
-            done = np.where(clicked, response.completion(value, c.attractiveness[item], cfg.response), 0.0)
-            out["item"][:, j] = item
-            out["clicked"][:, j] = clicked
-            out["completion"][:, j] = done
-            out["watch_time"][:, j] = c.length[item] * done
+        value = response.personal_value(fit[at, pick], c.quality[item], cfg.response)
+        done = np.where(clicked, response.completion(value, c.attractiveness[item], cfg.response), np.float32(0.0))
+        out["item"][:] = item.reshape(m, p)
+        out["clicked"][:] = clicked.reshape(m, p)
+        out["completion"][:] = done.reshape(m, p)
+        out["watch_time"][:] = (c.length[item] * done).reshape(m, p)
         return out
 
     @property
@@ -207,17 +288,43 @@ class World:
         return self.n_users if self.noise_map is None else int(self.noise_map.max()) + 1
 
     @property
+    def clock(self) -> np.ndarray:
+        """[N] each user's time on the world's clock: the episode step (session worlds) or the day
+        (lifetime worlds). Item arrivals, freshness and scheduled shocks are on this clock."""
+        return self.state.day if self.lifetime else self.state.step
+
+    @property
     def calendar(self) -> np.ndarray:
-        """[N] each user's calendar time (drives seasons)."""
-        return self.state.calendar_offset + self.state.step
+        """[N] each user's calendar time (drives seasons): steps, or the day of the year in lifetime worlds."""
+        return self.state.calendar_offset + (self.state.day if self.lifetime else self.state.step)
 
     # ------------------------------------------------------------- responses
-    def effective_interest(self, state: UserState | None = None) -> np.ndarray:
-        """[N, T] interests as felt now: long-term interests plus the season."""
+    def season(self, state: UserState | None = None) -> np.ndarray | None:
+        """[N, T] the seasons' additive appeal at the users' calendar time (None when seasons are off)."""
         s = self.state if state is None else state
-        if self.season_table is None:
+        cfg = self.config.seasonal
+        if not cfg.scale:
+            return None
+        if not self.lifetime:
+            at = (s.calendar_offset + s.step).astype(np.int64) % int(cfg.period)
+            return self.season_table[at]
+        current = state is None or state is self.state
+        if current and self._season_now is not None:
+            return self._season_now
+        date = s.calendar_offset + s.day
+        appeal = seasonal.seasonal_appeal(date, self.phases, cfg)
+        if cfg.weekly_amplitude:
+            appeal += seasonal.weekly_appeal(date, self.week_phases, cfg)
+        if current:  # computed once per clock change: every step scores several slates
+            self._season_now = appeal
+        return appeal
+
+    def effective_interest(self, state: UserState | None = None) -> np.ndarray:
+        """[N, T] interests as felt now: long-term interests plus the season, as the user feels it."""
+        s = self.state if state is None else state
+        season = self.season(s)
+        if season is None:
             return s.interest
-        season = self.season_table[(s.calendar_offset + s.step) % self.config.seasonal.period]
         return s.interest + seasonal.personal_season(season, s.interest)
 
     def felt_interest(self, state: UserState | None = None) -> np.ndarray:
@@ -258,7 +365,9 @@ class World:
                 self._pos_bias[k] = response.position_log_bias(k, cfg.response)
             utility += self._pos_bias[k]
         if cfg.cognitive.scale and cfg.cognitive.novelty_weight:
-            fresh = cognitive.freshness(c.arrival_step[slates], s.step, cfg.cognitive)
+            now = s.day if self.lifetime else s.step
+            lasting = cfg.cognitive.freshness_days if self.lifetime else cfg.cognitive.freshness_steps
+            fresh = cognitive.freshness(c.arrival[slates], now, lasting)
             utility += cognitive.novelty_bonus(slates, s.recent_items, fresh, s.novelty_seeking, cfg.cognitive)
         return utility, fit
 
@@ -305,9 +414,29 @@ class World:
         watch = self.expected_engagement(items, state)
         return watch / self.expected_budget_cost(items, watch, state)
 
+    def expected_experience(self, items: np.ndarray, state: UserState | None = None) -> np.ndarray:
+        """[N, C] expected experience (`response.experience`) of showing each item of `items` [N, C]
+        alone at the top: what it does to satisfaction, hence to the return visit (lifetime worlds)."""
+        cfg = self.config.response
+        s = self.state if state is None else state
+        utility, fit = self.slate_utility(items, s, positions=False)
+        p_click = 1.0 / (1.0 + np.exp(response.no_click_utility(s.satisfaction, cfg)[:, None] - utility))
+        value = response.personal_value(fit, self.catalog.quality[items], cfg)
+        on_click = response.experience(np.ones_like(value, bool), value, self.catalog.attractiveness[items], cfg)
+        return (p_click * on_click + (1.0 - p_click) * np.float32(cfg.skip_experience)).astype(np.float32)
+
     # ------------------------------------------------------------------ step
     def step(self, slates: np.ndarray) -> StepResult:
-        """Advance all users by one step; `slates` [N, K] holds item ids shown top to bottom."""
+        """Advance all users by one step; `slates` [N, K] holds item ids shown top to bottom.
+
+        In order: draw this step's noise (fixed shapes); the families' `before_choice` hooks
+        (scheduled shocks of session worlds); choice over the slate, watch time, experience,
+        satisfaction and budget; the clock advances by the minutes spent (lifetime worlds); the
+        families' `after_response` hooks (satiation, reinforcement and random walk; social pull
+        and trends; dated shocks of lifetime worlds); interests clipped to [-1, 1]; the leave
+        decision. Lifetime worlds then end the sessions that are over: churn, or a return gap,
+        the families' `between_visits` hooks over it, and a new session.
+        """
         cfg, c, s = self.config, self.catalog, self.state
         n = self.n_users
         if slates.ndim != 2 or slates.shape[0] != n:
@@ -317,16 +446,17 @@ class World:
         n_draw, t = self.noise_rows, s.interest.shape[1]
         uniforms = self.step_rng.random((2, n_draw), dtype=np.float32)
         watch_noise = self.step_rng.standard_normal(n_draw, dtype=np.float32)
-        walk_noise = (
-            self.step_rng.random((n_draw, t), dtype=np.float32)
-            if cfg.cognitive.scale and cfg.cognitive.random_walk_std
-            else None
-        )
+        walk_noise = self.step_rng.random((n_draw, t), dtype=np.float32) if self._needs_walk else None
+        visit_noise = self._visit_noise(n_draw, t) if self.lifetime else None
         if self.noise_map is not None:  # rows sharing a noise row see the same draws
             uniforms, watch_noise = uniforms[:, self.noise_map], watch_noise[self.noise_map]
             walk_noise = None if walk_noise is None else walk_noise[self.noise_map]
+            if visit_noise is not None:
+                visit_noise = {k: None if v is None else v[self.noise_map] for k, v in visit_noise.items()}
 
-        shocks.apply_shocks(s.interest, s.shock_target, s.shock_draw, s.step, cfg.shocks)
+        for family in FAMILIES:
+            if family.before_choice is not None:
+                family.before_choice(self, None)
 
         utility, fit = self.slate_utility(slates)
         outside = response.no_click_utility(s.satisfaction, cfg.response)
@@ -346,61 +476,164 @@ class World:
         response.update_satisfaction(s.satisfaction, felt, cfg.response)
         s.budget -= response.budget_cost(watch, value, cfg.response)
 
-        consumed = c.topics[chosen] * clicked[:, None]  # [N, T], zero rows without a click
-        cognitive.update_satiation(s.satiation, consumed, done_frac, cfg.cognitive)
-        cognitive.reinforce(s.interest, consumed, done_frac, cfg.cognitive)
-        if walk_noise is not None:
-            cognitive.random_walk(s.interest, walk_noise, cfg.cognitive)
-        if cfg.social.scale:
-            pull = social.neighbour_pull(s.interest, self.neighbours, s.susceptibility, cfg.social)
-            pull += social.trend_pull(s.interest, s.trend, s.susceptibility, cfg.social)
-            s.interest += pull
-        s.trend = social.update_trend(s.trend, consumed, clicked, cfg.social)
+        ctx = StepContext(
+            consumed=c.topics[chosen] * clicked[:, None],  # [N, T], zero rows without a click
+            completion=done_frac,
+            clicked=clicked,
+            walk_noise=walk_noise,
+        )
+        if self.lifetime:
+            ctx.clock_before = s.day.copy()
+            s.day += (np.float64(cfg.response.browse_cost) + watch) / MINUTES_PER_DAY
+            self._season_now = None
+            ctx.clock_after = s.day
+            s.session_watch += watch
+            s.session_letdown += np.where(clicked, response.letdown(value, c.attractiveness[chosen], cfg.response), 0.0)
+            s.session_clicks += clicked
+        for family in FAMILIES:
+            if family.after_response is not None:
+                family.after_response(self, ctx)
         np.clip(s.interest, -1.0, 1.0, out=s.interest)
 
         hit = np.flatnonzero(clicked)
         s.recent_items[hit, s.recent_ptr[hit]] = item[hit]
         s.recent_ptr[hit] = (s.recent_ptr[hit] + 1) % s.recent_items.shape[1]
         s.step += 1
+        s.episode_step += 1
+        if cfg.catalog.popularity_memory:
+            self.popularity = catalog_mod.update_popularity(self.popularity, item[hit], cfg.catalog)
+            self.item_features[:, -1] = catalog_mod.popularity_score(self.popularity)
 
         leave = uniforms[1] < response.leave_probability(s.satisfaction, cfg.response)
-        terminated = (s.budget <= 0.0) | leave
+        session_end = (s.budget <= 0.0) | leave
+        gap = np.full(n, np.nan)
+        terminated = session_end
+        if self.lifetime:
+            terminated, gap = self._end_sessions(session_end, visit_noise)
+        if self.tracked is not None:
+            self._record_trace()
         return StepResult(
             position=position,
             item=item,
             watch_time=watch.astype(np.float32),
             completion=done_frac,
+            session_end=session_end,
             terminated=terminated,
+            gap=gap,
             fit=fit,
         )
+
+    # ------------------------------------------------------------- lifetimes
+    def _visit_noise(self, n_draw: int, t: int) -> dict[str, np.ndarray | None]:
+        """Lifetime worlds: this step's draws for the session ends (every row, used by the rows whose
+        session ends): churn and gap uniforms, the next budget's normal, the gap's random walk."""
+        gap_walk = cognitive.uses_gap_noise(self.config.cognitive)
+        return dict(
+            churn=self.step_rng.random(n_draw, dtype=np.float32),
+            gap=self.step_rng.random(n_draw, dtype=np.float32),
+            budget=self.step_rng.standard_normal(n_draw, dtype=np.float32),
+            walk=self.step_rng.random((n_draw, t), dtype=np.float32) if gap_walk else None,
+        )
+
+    def _end_sessions(self, session_end: np.ndarray, noise: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Lifetime worlds: the users whose session is over churn, or come back after a gap; the
+        families act on the days away and a new session starts. Returns (churned [N], gap [N])."""
+        cfg, s = self.config, self.state
+        life, n = cfg.lifetime, self.n_users
+        churned = np.zeros(n, bool)
+        gap = np.full(n, np.nan)
+        idx = np.flatnonzero(session_end)
+        if idx.size == 0:
+            return churned, gap
+        sat = s.satisfaction[idx]
+        letdown = s.session_letdown[idx] / np.maximum(s.session_clicks[idx], 1)
+        watch_share = np.minimum(s.session_watch[idx] / np.float32(cfg.users.budget_mean), 2.0)
+        gone = noise["churn"][idx] < lifetime.churn_probability(sat, letdown, life)
+        churned[idx[gone]] = True
+        back = idx[~gone]
+        if back.size == 0:
+            return churned, gap
+        rate = lifetime.return_rate(sat[~gone], letdown[~gone], watch_share[~gone], s.activity[back], life)
+        days = lifetime.sample_gap(rate, noise["gap"][back], life)
+        gap[back] = days
+        before = s.day[back].copy()
+        s.last_visit[back] = before
+        s.day[back] = before + days
+        self._season_now = None
+        walk = None if noise["walk"] is None else noise["walk"][back]
+        ctx = GapContext(idx=back, day_before=before, day_after=s.day[back], walk_noise=walk)
+        for family in FAMILIES:
+            if family.between_visits is not None:
+                family.between_visits(self, ctx)
+        np.clip(s.interest, -1.0, 1.0, out=s.interest)
+        # A new session: a fresh budget, part of the satisfaction the last one ended with.
+        u = cfg.users
+        s.budget[back] = np.maximum(u.budget_mean + u.budget_std * noise["budget"][back], 1.0)
+        s.satisfaction[back] = lifetime.next_satisfaction(s.satisfaction[back], u.satisfaction_init, life)
+        s.session[back] += 1
+        s.step[back] = 0
+        s.session_watch[back] = 0.0
+        s.session_letdown[back] = 0.0
+        s.session_clicks[back] = 0
+        return churned, gap
+
+    def track(self, users: np.ndarray | None) -> None:
+        """Trace the true interests of `users` (indices; None: stop) at every whole day their clock
+        passes (lifetime worlds), for plots: `interest_trace()`."""
+        self.tracked = None if users is None else np.asarray(users, dtype=np.int64)
+        self.trace = []
+        self._traced_day = None if users is None else np.floor(self.state.day[self.tracked])
+
+    def _record_trace(self) -> None:
+        day = np.floor(self.state.day[self.tracked])
+        moved = day > self._traced_day
+        if moved.any():
+            who = self.tracked[moved]
+            self.trace.append((who.copy(), day[moved].copy(), self.state.interest[who].copy()))
+            self._traced_day = np.where(moved, day, self._traced_day)
+
+    def interest_trace(self) -> dict[str, np.ndarray]:
+        """The daily trace of `track`: user [R], day [R] (whole days), interest [R, T], one row per
+        user and day their clock passed (a user away for a week gives one row at their return)."""
+        if not self.trace:
+            t = self.config.catalog.n_topics
+            return dict(user=np.zeros(0, np.int64), day=np.zeros(0), interest=np.zeros((0, t), np.float32))
+        users, days, interests = zip(*self.trace)
+        return dict(user=np.concatenate(users), day=np.concatenate(days), interest=np.concatenate(interests))
 
     def state_at_start(self) -> UserState:
         """The users' tastes as they were at the start of their episodes, the rest as now.
 
         Interests back to `initial_interest`, satiation to none and the season to the episode's
-        first step (drift undone); satisfaction, budget, recent items and the episode step (item
-        freshness) stay current. What a recommender that stopped updating its picture of the
-        user would believe: the stale-state reference plans with it.
+        first step (the first visit in lifetime worlds: drift undone); satisfaction, budget,
+        recent items and the clock (item freshness) stay current. What a recommender that stopped
+        updating its picture of the user would believe: the stale-state reference plans with it.
         """
         s = self.state.copy()
         s.interest = s.initial_interest.copy()
         s.satiation[:] = 0.0
-        s.calendar_offset = s.calendar_offset - s.step  # calendar = offset + step: frozen at its start
+        elapsed = (s.day - s.first_day) if self.lifetime else s.step
+        s.calendar_offset = s.calendar_offset - elapsed  # calendar = offset + clock: frozen at its start
         return s
 
     # ---------------------------------------------------------- ground truth
     def change_points(self) -> list[dict[str, Any]]:
-        """Scheduled change points (episode steps) and, per event, which users they hit [N]."""
+        """Scheduled change points (episode steps, or days in lifetime worlds) and, per event, which
+        users they hit [N] (None for injections)."""
         out = []
-        for cp in shocks.change_points(self.config.shocks):
+        for cp in shocks.change_points(self.config.shock, self.trend_topics):
             cp["affected"] = self.state.shock_draw < cp["fraction"] if cp["kind"] != "injection" else None
             out.append(cp)
         return out
 
     def ground_truth(self) -> dict[str, np.ndarray]:
-        """Copies of the hidden state for analysis and oracles (never part of an observation)."""
+        """Copies of the hidden state for analysis and oracles (never part of an observation).
+
+        Lifetime worlds add day (the clock), session (sessions started before the current one),
+        first_day, last_visit (end of the previous session; the first visit's start before one) and
+        activity."""
         s = self.state
-        return dict(
+        truth = dict(
             interest=s.interest.copy(),
             effective_interest=np.array(self.effective_interest()),
             satiation=s.satiation.copy(),
@@ -410,6 +643,10 @@ class World:
             calendar=self.calendar.copy(),
             trend=s.trend.copy(),
         )
+        if self.lifetime:
+            for name in ("day", "session", "first_day", "last_visit", "activity"):
+                truth[name] = getattr(s, name).copy()
+        return truth
 
     # ------------------------------------------------------- copy, save, load
     def copy(self, seed: int | None = None) -> World:
@@ -420,6 +657,9 @@ class World:
         other._pos_bias = dict(self._pos_bias)
         other.user_rng = _copy_rng(self.user_rng)
         other.step_rng = np.random.default_rng(seed) if seed is not None else _copy_rng(self.step_rng)
+        other.popularity = self.popularity.copy()
+        other.item_features = self.item_features.copy()
+        other.tracked, other.trace, other._season_now = None, [], None
         return other
 
     def tile(self, m: int, seed: int | None = None, noise_groups: int | None = None) -> World:
@@ -445,10 +685,17 @@ class World:
         return other
 
     def save(self, path: str | Path) -> None:
-        """Save the user state and random streams (the catalog is rebuilt from config and seed)."""
+        """Save the user state, the population's popularity and the random streams (the catalog is
+        rebuilt from config and seed)."""
         rng = json.dumps(dict(user=self.user_rng.bit_generator.state, step=self.step_rng.bit_generator.state))
         with open(path, "wb") as f:  # a file object: np.savez would append '.npz' to a bare path
-            np.savez(f, rng_state=np.array(rng), neighbours=self.neighbours, **self.state.arrays())
+            np.savez(
+                f,
+                rng_state=np.array(rng),
+                neighbours=self.neighbours,
+                popularity=self.popularity,
+                **self.state.arrays(),
+            )
 
     def load(self, path: str | Path) -> None:
         """Restore a state saved by `save` from a world built with the same config and seed."""
@@ -456,14 +703,26 @@ class World:
             arrays = {k: data[k] for k in data.files}
         rng = json.loads(str(arrays.pop("rng_state")))
         neighbours = arrays.pop("neighbours")
+        popularity = arrays.pop("popularity", None)
         if arrays["interest"].shape[1] != self.config.catalog.n_topics:
             raise ValueError(
                 f"saved state has {arrays['interest'].shape[1]} topics, this world has {self.config.catalog.n_topics}"
             )
+        missing = sorted({f.name for f in dataclasses.fields(UserState)} - set(arrays))
+        if missing:
+            raise ValueError(f"saved state lacks {', '.join(missing)} (saved by an older version?)")
         self.state = UserState(**arrays)
         self.neighbours = neighbours
         self._n_users = self.state.n_users
         self.noise_map = None
+        self._season_now = None
+        if popularity is not None:
+            self.popularity = popularity
+            self.item_features[:, -1] = (
+                catalog_mod.popularity_score(popularity)
+                if self.config.catalog.popularity_memory
+                else self.catalog.features[:, -1]
+            )
         self.user_rng.bit_generator.state = rng["user"]
         self.step_rng.bit_generator.state = rng["step"]
 

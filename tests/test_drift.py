@@ -294,11 +294,10 @@ def test_repeat_penalty_fades_once_the_item_leaves_memory(make_world):
 
 
 def test_fresh_arrivals_get_a_decaying_bonus():
-    params = cognitive.CognitiveParams(enabled=True, freshness_steps=10.0)
     arrival = np.array([[0, 5, 5, 5]])
-    f = cognitive.freshness(arrival, np.array([5]), params)[0]
+    f = cognitive.freshness(arrival, np.array([5]), 10.0)[0]
     assert f[0] == 0.0 and f[1] == pytest.approx(1.0)
-    later = cognitive.freshness(arrival, np.array([15]), params)[0]
+    later = cognitive.freshness(arrival, np.array([15]), 10.0)[0]
     assert later[1] == pytest.approx(np.exp(-1.0), rel=1e-5)
 
 
@@ -316,9 +315,7 @@ def _interest_trace(world: World, steps: int) -> np.ndarray:
 @pytest.mark.parametrize("enabled", [True, False])
 def test_sudden_shock_jumps_affected_users_at_its_step(make_world, enabled):
     s = 5
-    extra = {
-        "shocks": {"enabled": enabled, "events": [{"kind": "sudden", "step": s, "fraction": 0.5, "strength": 0.8}]}
-    }
+    extra = {"shock": {"enabled": enabled, "events": [{"kind": "sudden", "step": s, "fraction": 0.5, "strength": 0.8}]}}
     w = make_world("shock", extra, n_users=64, seed=6)
     cps = w.change_points()
     target = w.state.shock_target.copy()
@@ -356,7 +353,7 @@ def test_shock_targets_are_another_communitys_tastes(make_world):
 def test_gradual_shock_spreads_over_its_window(make_world):
     s, d = 4, 5
     extra = {
-        "shocks": {
+        "shock": {
             "enabled": True,
             "events": [{"kind": "gradual", "step": s, "duration": d, "fraction": 1.0, "strength": 0.8}],
         }
@@ -377,25 +374,23 @@ def test_gradual_shock_spreads_over_its_window(make_world):
 
 
 def test_shock_magnitude_scales_the_blend(make_world):
-    extra = {"shocks": {"magnitude": 0.5, "events": [{"kind": "sudden", "step": 2, "strength": 0.8}]}}
+    extra = {"shock": {"magnitude": 0.5, "events": [{"kind": "sudden", "step": 2, "strength": 0.8}]}}
     w = make_world("shock", extra, n_users=8, seed=8)
     assert w.change_points()[0]["blend"] == pytest.approx(0.4)
     target = w.state.shock_target.copy()
     trace = _interest_trace(w, 3)
     np.testing.assert_allclose(trace[3], trace[2] + 0.4 * (target - trace[2]), atol=1e-5)
-    zero = make_world("shock", {"shocks": {"magnitude": 0.0}}, n_users=8, seed=8)
+    zero = make_world("shock", {"shock": {"magnitude": 0.0}}, n_users=8, seed=8)
     assert zero.change_points() == []
 
 
 @pytest.mark.parametrize("magnitude, count", [(1.0, 20), (0.5, 10)])
 def test_injection_adds_items_at_its_step(make_world, magnitude, count):
-    extra = {
-        "shocks": {"magnitude": magnitude, "events": [{"kind": "injection", "step": 7, "n_items": 20, "topic": 2}]}
-    }
+    extra = {"shock": {"magnitude": magnitude, "events": [{"kind": "injection", "step": 7, "n_items": 20, "topic": 2}]}}
     w = make_world("shock", extra, n_users=2)
     cat = w.catalog
     assert cat.n_items == 100 + count and cat.n_initial == 100
-    injected = np.flatnonzero(cat.arrival_step == 7)
+    injected = np.flatnonzero(cat.arrival == 7)
     assert injected.size == count and injected.min() == 100
     assert np.mean(cat.dominant_topic[injected] == 2) > 0.8
     cp = w.change_points()[0]
@@ -405,13 +400,13 @@ def test_injection_adds_items_at_its_step(make_world, magnitude, count):
 def test_candidates_never_include_items_before_arrival(make_cfg):
     extra = {
         "catalog": {"n_arrivals": 40, "arrival_window": 10},
-        "shocks": {"events": [{"kind": "injection", "step": 6, "n_items": 40}]},
+        "shock": {"events": [{"kind": "injection", "step": 6, "n_items": 40}]},
         "env": {"max_steps": 12},
     }
     cfg = make_cfg("shock", extra)
     env = RecVectorEnv(num_envs=16, scenario=cfg, seed=0)
     obs, _ = env.reset(seed=1)
-    arrival = env.world.catalog.arrival_step
+    arrival = env.world.catalog.arrival
     injected = set(np.flatnonzero(arrival == 6).tolist())
     rng = np.random.default_rng(0)
     saw_injected = saw_reset = False

@@ -263,7 +263,7 @@ def test_unknown_scenario_lists_valid_names():
         ({"bogus": 1}, ["bogus", "allowed", "catalog", "env"]),
         ({"cognitive": {"satiation_rat": 0.1}}, ["cognitive.satiation_rat", "satiation_rate"]),
         ({"env": {"slates": 2}}, ["env.slates", "slate_size"]),
-        ({"shocks": {"events": [{"kind": "sudden", "step": 3, "when": 2}]}}, ["when", "allowed"]),
+        ({"shock": {"events": [{"kind": "sudden", "step": 3, "when": 2}]}}, ["when", "allowed"]),
     ],
 )
 def test_unknown_config_key_is_named_with_the_allowed_ones(overrides, names):
@@ -283,7 +283,7 @@ def test_unknown_config_key_is_named_with_the_allowed_ones(overrides, names):
         ({"env": {"popular_fraction": 0.8, "topic_fraction": 0.8}}, "env.popular_fraction"),
         ({"cognitive": {"enabled": "yes"}}, "cognitive.enabled"),
         ({"cognitive": 3}, "cognitive"),
-        ({"shocks": {"events": [{"kind": "sudden", "step": 0}]}}, "step"),
+        ({"shock": {"events": [{"kind": "sudden", "step": 0}]}}, "step"),
     ],
 )
 def test_out_of_range_parameter_names_the_field(overrides, field):
@@ -293,7 +293,7 @@ def test_out_of_range_parameter_names_the_field(overrides, field):
 
 def test_bad_shock_kind_lists_the_kinds():
     with pytest.raises(ValueError) as err:
-        make_scenario("shock", {"shocks": {"events": [{"kind": "meteor", "step": 3}]}})
+        make_scenario("shock", {"shock": {"events": [{"kind": "meteor", "step": 3}]}})
     msg = str(err.value)
     assert "meteor" in msg and all(k in msg for k in ("sudden", "gradual", "injection"))
 
@@ -398,11 +398,11 @@ def test_presets_enable_their_family():
     assert make_scenario("seasonal").world.seasonal.enabled
     assert make_scenario("social").world.social.enabled
     assert make_scenario("cognitive").world.cognitive.enabled
-    assert make_scenario("shock").world.shocks.enabled
+    assert make_scenario("shock").world.shock.enabled
     s = make_scenario("stationary").world
-    assert not (s.seasonal.enabled or s.social.enabled or s.cognitive.enabled or s.shocks.enabled)
+    assert not (s.seasonal.enabled or s.social.enabled or s.cognitive.enabled or s.shock.enabled)
     m = make_scenario("mixed").world
-    assert m.seasonal.enabled and m.social.enabled and m.cognitive.enabled and m.shocks.enabled
+    assert m.seasonal.enabled and m.social.enabled and m.cognitive.enabled and m.shock.enabled
 
 
 # -------------------------------------------------------------- dedupe
@@ -579,7 +579,7 @@ def test_slate_fit_is_taken_before_the_steps_shock(tiny_overrides):
         scenario="shock",
         overrides=tiny_overrides(
             {
-                "shocks": {"events": [{"kind": "sudden", "step": 2, "fraction": 0.5}]},
+                "shock": {"events": [{"kind": "sudden", "step": 2, "fraction": 0.5}]},
                 "users": {"budget_mean": 1e4},
                 "response": {"leave_max": 0.0},
             }

@@ -120,8 +120,8 @@ def test_catalog_arrays_are_well_formed():
         assert arr.min() >= 0.0 and arr.max() <= 1.0, name
     assert cat.length.max() <= params.length_max and cat.length.min() > 0
     assert cat.popularity.sum() == pytest.approx(1.0)
-    assert np.all(cat.arrival_step[:80] == 0)
-    late = cat.arrival_step[80:]
+    assert np.all(cat.arrival[:80] == 0)
+    late = cat.arrival[80:]
     assert np.all((late >= 1) & (late <= 15)) and np.all(np.diff(late) >= 0)
     assert cat.features.shape == (100, 6 + 4)
     assert cat.features.min() >= 0.0 and cat.features.max() <= 1.0
@@ -156,7 +156,7 @@ def test_world_step_result_is_consistent(make_world, random_slates):
 
 def test_step_result_fit_is_the_served_items_fit(make_cfg, random_slates):
     """StepResult.fit [N, K] is `slate_fit` of the served slate, after that step's shocks."""
-    cfg = make_cfg("mixed", {"shocks": {"events": [{"kind": "sudden", "step": 3, "fraction": 0.5}]}}).world
+    cfg = make_cfg("mixed", {"shock": {"events": [{"kind": "sudden", "step": 3, "fraction": 0.5}]}}).world
     w = World(cfg, 16, seed=2)
     rng = np.random.default_rng(0)
     for t in range(6):
@@ -279,7 +279,7 @@ def test_world_with_extreme_parameters_stays_finite_and_in_range(make_cfg, rando
             },
             "seasonal": {"magnitude": m, "amplitude": 10.0, "period": 4},
             "social": {"magnitude": m, "neighbour_rate": p["neighbour_rate"], "trend_rate": 1.0},
-            "shocks": {
+            "shock": {
                 "magnitude": m,
                 "events": [
                     {"kind": "sudden", "step": 2, "strength": 1.0},
@@ -472,6 +472,6 @@ def test_injection_topic_must_exist():
             "stationary",
             {
                 "catalog": {"n_topics": 3},
-                "shocks": {"enabled": True, "events": [{"kind": "injection", "step": 2, "topic": 5}]},
+                "shock": {"enabled": True, "events": [{"kind": "injection", "step": 2, "topic": 5}]},
             },
         )

@@ -108,7 +108,10 @@ def test_relative_return_and_regret_against_the_reference():
 @pytest.mark.parametrize(
     "kw, message",
     [
-        (dict(families=("weather",)), "unknown drift family 'weather'; valid families: seasonal, social"),
+        (
+            dict(families=("weather",)),
+            "unknown drift family 'weather'; valid families: shock, cognitive, social, seasonal",
+        ),
         (dict(magnitudes=(0.0, -1.0)), "magnitude"),
         (dict(agents=("nope",)), "unknown agent 'nope'"),
         (dict(agents=("bandit-retrain",)), "only sasrec and gru4rec retrain"),
@@ -140,7 +143,7 @@ def test_magnitude_zero_is_the_training_regime_or_turns_the_family_off():
     drifted = {(f, m) for f in stresstest.FAMILIES for m in (1.0, 2.0)}
     assert {(f, m) for f, m, _ in regimes} == {("none", 0.0)} | drifted
     shock = {m: cfg for f, m, cfg in regimes if f == "shock"}
-    assert shock[2.0].world.shocks.magnitude == 2.0 and shock[2.0].world.shocks.events[0].step == 4
+    assert shock[2.0].world.shock.magnitude == 2.0 and shock[2.0].world.shock.events[0].step == 4
     # On mixed, magnitude 0 switches the family off.
     mixed = tiny_settings(train_scenario="mixed", magnitudes=(0.0,), families=("cognitive",))
     (_, train), (_, off) = [(f, cfg) for f, _, cfg in mixed.regimes()]

@@ -16,12 +16,14 @@ CONFIGS = {
     "default": ("mixed", {}),
     # Like RecSim interest_evolution: interests evolve with consumption; 20 topics, 10 candidates, slate of 2.
     "recsim": ("cognitive", {"catalog": {"n_topics": 20}, "env": {"num_candidates": 10, "slate_size": 2}}),
+    # Users with lifetimes: sessions, return visits and churn over 60 days, drift on calendar time.
+    "lifetime": ("lifetime", {}),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", type=int, nargs="+", default=[1, 256, 4096, 65536], help="N values")
-    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["default", "recsim"])
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["default", "recsim", "lifetime"])
     parser.add_argument("--paths", nargs="+", choices=("raw", "vector"), default=["raw", "vector"])
     parser.add_argument("--seconds", type=float, default=1.5, help="timed seconds per measurement (at least)")
     parser.add_argument(
@@ -48,10 +50,13 @@ def measure(path: str, config: str, n_users: int, seconds: float, seed: int = 0)
         world = World(scenario.world, n_users, seed)
         slates = rng.integers(0, world.catalog.n_initial, size=(8, n_users, k))
 
+        horizon = scenario.world.lifetime.horizon_days if scenario.world.lifetime.enabled else np.inf
+
         def step(i: int) -> None:
             result = world.step(slates[i % 8])
-            if result.terminated.any():
-                world.reset_users(result.terminated)
+            done = result.terminated | (result.session_end & (world.state.day >= horizon))
+            if done.any():
+                world.reset_users(done)
     else:
         env = RecVectorEnv(n_users, scenario, seed=seed)
         env.reset(seed=seed)
@@ -102,9 +107,10 @@ def run(args: argparse.Namespace) -> list[dict]:
                 records.append(measure(path, config, n, args.seconds))
                 print(_line(records[-1]), file=sys.stderr, flush=True)
     if args.memory_users:
-        for path in args.paths:
-            records.append(peak_memory(path, "default", args.memory_users))
-            print(_line(records[-1]), file=sys.stderr, flush=True)
+        for config in [c for c in ("default", "lifetime") if c in args.configs]:
+            for path in args.paths:
+                records.append(peak_memory(path, config, args.memory_users))
+                print(_line(records[-1]), file=sys.stderr, flush=True)
     return records
 
 

@@ -10,11 +10,12 @@ from typing import Any
 from agents.registry import RETRAIN_SUFFIX, get_agent, parse_variant
 from envs.config import PRESETS, ScenarioConfig, make_scenario
 from experiments.runs import DEVICES
+from simulator.families import FAMILY_NAMES
 from simulator.params import check_int, check_range, merge_overrides
 
 NO_DRIFT = "none"  # the family name of the training regime itself
 
-FAMILIES = {"seasonal": "seasonal", "social": "social", "cognitive": "cognitive", "shock": "shocks"}
+FAMILIES = FAMILY_NAMES  # simulator.families: a family's name is its config section too
 DEFAULT_AGENTS = ("ppo", "sasrec", "sasrec-retrain", "bandit")
 # --smoke: the grid at toy sizes (with runs.SMOKE_SCENARIO/SMOKE_MODEL and each agent's smoke settings).
 STRESS_SMOKE = dict(seeds=(0, 1), magnitudes=(0.0, 1.0, 2.0), eval_users=32, shock_step=5, steps=512)
@@ -111,13 +112,12 @@ class StressSettings:
 
     def drift(self, family: str, magnitude: float) -> dict[str, Any]:
         """Scenario overrides that set one drift family to `magnitude` (0: off)."""
-        section = FAMILIES[family]
         if magnitude == 0:
-            return {section: {"enabled": False}}
+            return {family: {"enabled": False}}
         over: dict[str, Any] = {"enabled": True, "magnitude": float(magnitude)}
         if family == "shock":
             over["events"] = [dict(kind="sudden", step=self.shock_step, fraction=1.0, strength=self.shock_strength)]
-        return {section: over}
+        return {family: over}
 
 
 def same_regime(a: ScenarioConfig, b: ScenarioConfig) -> bool:
