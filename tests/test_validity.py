@@ -143,3 +143,19 @@ def test_validity_settings_fail_before_any_work():
         gates.ValiditySettings(seeds=(0, 0))
     with pytest.raises(ValueError, match="algo.top"):
         gates.ValiditySettings(algo={"oracle-lookahead": {"top": 0}})
+
+
+def test_validity_report_covers_lifetimes_with_their_own_reference(tmp_path):
+    out = tmp_path / "report"
+    code = validity.main(["--smoke", "--presets", "mixed", "lifetime", "--history-agents", "--out", str(out)])
+    assert code in (0, 1)
+    table = pd.read_csv(out / "gates.csv")
+    lifetime = table[table["where"] == "lifetime"]
+    assert {"personalisation", "soundness", "long-term value", "drift: days bite harder than a session"} <= set(
+        lifetime.name
+    )
+    assert "min +25%" in lifetime[lifetime.name == "long-term value"].figures.iloc[0]  # the lifetime floor
+    policies = pd.read_csv(out / "policies.csv")
+    assert "oracle-lifetime" in set(policies[policies.preset == "lifetime"].policy)
+    assert "oracle-lookahead" not in set(policies[policies.preset == "lifetime"].policy)
+    assert {"sessions_mean", "churn_rate"} <= set(policies.columns)
