@@ -101,19 +101,9 @@ def build_bandit(scenario: ScenarioConfig, params: BanditParams, ctx: RunContext
 def _build_supervised(kind: str):
     def build(scenario: ScenarioConfig, params: Any, ctx: RunContext) -> Policy:
         from agents.supervised import SupervisedRecommender
-        from envs.core import RecommenderCore
 
-        probe = RecommenderCore(scenario, 1, ctx.seed)
-        rec = SupervisedRecommender(
-            kind,
-            probe.single_observation_space,
-            probe.item_features,
-            probe.n_items,
-            params,
-            model=ctx.model,
-            seed=ctx.seed,
-            device=ctx.device,
-            length_mean=scenario.world.catalog.length_mean,
+        rec = SupervisedRecommender.for_scenario(
+            kind, scenario, params, model=ctx.model, seed=ctx.seed, device=ctx.device
         )
         rec.fit(logged_data(scenario, params, ctx.seed, ctx.run_dir))
         return rec

@@ -93,6 +93,8 @@ AGENTS: dict[str, AgentSpec] = {
                 "train_batch_size": 256,
                 "minibatch_size": 128,
                 "num_epochs": 1,
+                "pretrain_epochs": 1,
+                **_SMOKE_LOGS,
             },
         ),
         AgentSpec(

@@ -221,22 +221,13 @@ class RLlibPPOAgent(TrainableAgent):
 
         from agents.factory import logged_data
         from agents.supervised import SupervisedParams, SupervisedRecommender
-        from envs.core import RecommenderCore
 
         p = self.params
         supervised = SupervisedParams(
             log_users=p.log_users, log_steps=p.log_steps, epsilon=p.epsilon, epochs=p.pretrain_epochs
         )
-        probe = RecommenderCore(self.scenario, 1, self.seed)
-        rec = SupervisedRecommender(
-            "sasrec",
-            probe.single_observation_space,
-            probe.item_features,
-            probe.n_items,
-            supervised,
-            model=self.model_overrides,
-            seed=self.seed,
-            length_mean=self.scenario.world.catalog.length_mean,
+        rec = SupervisedRecommender.for_scenario(
+            "sasrec", self.scenario, supervised, model=self.model_overrides, seed=self.seed
         )
         rec.fit(logged_data(self.scenario, supervised, self.seed, run_dir=None))
         state = {k: v.detach().cpu() for k, v in rec.net.encoder.state_dict().items()}

@@ -375,6 +375,18 @@ class SupervisedRecommender:
         kwargs.setdefault("length_mean", env.unwrapped.config.world.catalog.length_mean)
         return cls(kind, core.single_observation_space, core.item_features, core.n_items, params, **kwargs)
 
+    @classmethod
+    def for_scenario(
+        cls, kind: str, scenario: Any, params: SupervisedParams = SupervisedParams(), **kwargs: Any
+    ) -> SupervisedRecommender:
+        """Sizes, item features and length_mean read from a ScenarioConfig (an env of it is built to
+        read them); `kwargs`: model, seed, device."""
+        from envs.core import RecommenderCore
+
+        probe = RecommenderCore(scenario, 1, kwargs.get("seed", 0))
+        kwargs.setdefault("length_mean", scenario.world.catalog.length_mean)
+        return cls(kind, probe.single_observation_space, probe.item_features, probe.n_items, params, **kwargs)
+
     def _build(self) -> None:
         """Fresh weights, optimizer, shuffling RNG and empty replay, all from the seed."""
         with _seeded(self.seed, self.device):

@@ -55,6 +55,7 @@ RLLIB_ALGO = {
     "minibatch_size": 128,
     "num_epochs": 4,
     "lr": 1e-3,
+    "pretrain_epochs": 0,  # learning from rewards alone (the supervised warm start has its own test)
 }  # num_env_runners 0: no extra processes
 EVAL_USERS = 256
 Z = 3.0  # standard errors of the paired difference
@@ -117,3 +118,41 @@ def test_rllib_ppo_beats_random(ray_session, random_returns):
 def test_sb3_ppo_beats_random(random_returns):
     agent = SB3PPOAgent(SCENARIO, SB3PPOParams(**SB3_ALGO), seed=SEED, device="cpu", model=MODEL)
     assert_learns(agent, random_returns)
+
+
+def test_rllib_ppo_warm_starts_its_encoder_from_sasrec_on_logs(ray_session, monkeypatch):
+    from agents.factory import logged_data
+    from agents.supervised import SupervisedParams, SupervisedRecommender
+
+    logs = {"log_users": 16, "log_steps": 40}
+    params = PPOParams(**{**RLLIB_ALGO, "pretrain_epochs": 1, **logs})
+    agent = RLlibPPOAgent(SCENARIO, params, seed=SEED, device="cpu", model=MODEL)
+    try:
+        before = {k: v.clone() for k, v in agent.policy().model.encoder.state_dict().items()}
+        agent.pretrain()
+        rec = SupervisedRecommender.for_scenario(
+            "sasrec", SCENARIO, SupervisedParams(epochs=1, **logs), model=MODEL, seed=SEED
+        )
+        rec.fit(logged_data(SCENARIO, rec.params, SEED, None))
+        # The policy that samples (the env runners') now holds sasrec's encoder, weight for weight.
+        after = agent.policy().model.encoder.state_dict()
+        for key, value in rec.net.encoder.state_dict().items():
+            torch.testing.assert_close(after[key], value, rtol=0, atol=0, msg=key)
+        assert any(not torch.equal(before[k], after[k]) for k in before)
+    finally:
+        agent.close()
+    # A fresh run pretrains once, before its first iteration; a resumed one (env steps > 0) never.
+    calls = []
+    monkeypatch.setattr(
+        RLlibPPOAgent, "pretrain", lambda self: calls.append(self._env_steps) or setattr(self, "_pretrained", True)
+    )
+    agent = RLlibPPOAgent(SCENARIO, params, seed=SEED, device="cpu", model=MODEL)
+    try:
+        agent.train_iteration()
+        agent.train_iteration()
+        assert calls == [0]
+        agent._pretrained, agent._env_steps, calls[:] = False, 512, []
+        agent.train_iteration()
+        assert calls == []
+    finally:
+        agent.close()
