@@ -344,9 +344,7 @@ class RecommenderCore:
                 np.minimum(s.day / np.float32(life.horizon_days), 1.0),
                 np.sin(week),
                 np.cos(week),
-                log_days(
-                    s.day - s.last_visit
-                ),  # days since the last session ended (since the first visit, in the first)
+                log_days(s.day - s.last_visit),  # days since the last session ended (the first visit, at first)
                 np.minimum(np.log1p(s.session) / np.log1p(SESSIONS_SCALE), 1.0),
             ]
         else:
@@ -354,14 +352,20 @@ class RecommenderCore:
         context = np.stack(columns, axis=1)
         p = self.history_pos
         unroll = lambda buf: np.concatenate([buf[:, p:], buf[:, :p]], axis=1)  # noqa: E731  oldest first
-        features = unroll(self.history_features)
-        if self.history_day is not None:  # how long ago, as of now
-            ago = s.day.astype(np.float32)[:, None] - unroll(self.history_day)
-            features[..., 5] = log_days(ago) * unroll(self.history_mask)
+        features, mask = unroll(self.history_features), unroll(self.history_mask)
+        if self.history_day is not None:  # how long ago, as of now: log_days, in place (a hot path)
+            ago = unroll(self.history_day)
+            np.subtract(s.day.astype(np.float32)[:, None], ago, out=ago)
+            np.maximum(ago, 0.0, out=ago)
+            np.log1p(ago, out=ago)
+            ago *= np.float32(1.0 / np.log1p(DAYS_SCALE))
+            np.minimum(ago, 1.0, out=ago)
+            ago *= mask
+            features[..., 5] = ago
         return {
             "history_items": unroll(self.history_items),
             "history_features": features,
-            "history_mask": unroll(self.history_mask),
+            "history_mask": mask,
             "candidate_items": self.candidates.copy(),
             "candidate_features": np.take(self.item_features, self.candidates, axis=0),
             "context": context.astype(np.float32),

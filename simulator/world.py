@@ -260,14 +260,18 @@ class World:
         )
         if p == 0 or m == 0:
             return out
-        # All P past visits of all M users at once: rows of [M * P], user-major.
-        state = self.state.take(np.repeat(idx, p))
+        # All P past visits of all M users at once: each user scores its P x pool items in one row
+        # (no copy of the state per visit), then rows of [M * P] visits, user-major.
+        state = self.state.take(idx)
         state.satiation[:] = 0.0
+        k = cfg.users.past_pool
         rows = m * p
-        pool = rng.integers(0, self.catalog.n_initial, size=(rows, cfg.users.past_pool))
+        pool = rng.integers(0, self.catalog.n_initial, size=(m, p * k))
         uniform = rng.random(rows, dtype=np.float32)
         outside = response.no_click_utility(np.full(rows, cfg.users.satisfaction_init, np.float32), cfg.response)
-        utility, fit = self.slate_utility(pool, state, positions=False)
+        # Initial items to new users: never fresh, never repeats, so no novelty term.
+        utility, fit = self.slate_utility(pool, state, positions=False, novelty=False)  # [M, P * pool]
+        utility, fit, pool = utility.reshape(rows, k), fit.reshape(rows, k), pool.reshape(rows, k)
         choice = response.sample_choice(response.choice_probabilities(utility, outside), uniform)
         clicked = choice >= 0
         pick = np.maximum(choice, 0)
@@ -346,11 +350,12 @@ class World:
         return np.einsum("nkt,nt->nk", self.catalog.topics[slates], self.felt_interest(state))  # no [N, K, T] temporary
 
     def slate_utility(
-        self, slates: np.ndarray, state: UserState | None = None, positions: bool = True
+        self, slates: np.ndarray, state: UserState | None = None, positions: bool = True, novelty: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """Utilities [N, K] of the items in `slates` [N, K], and their fit [N, K] (see `slate_fit`).
 
-        With positions=False every item is scored as if shown alone at the top.
+        With positions=False every item is scored as if shown alone at the top; with novelty=False
+        without the novelty bonus (for items that can be neither fresh arrivals nor recent repeats).
         """
         cfg, c = self.config, self.catalog
         s = self.state if state is None else state
@@ -364,7 +369,7 @@ class World:
             if k not in self._pos_bias:
                 self._pos_bias[k] = response.position_log_bias(k, cfg.response)
             utility += self._pos_bias[k]
-        if cfg.cognitive.scale and cfg.cognitive.novelty_weight:
+        if novelty and cfg.cognitive.scale and cfg.cognitive.novelty_weight:
             now = s.day if self.lifetime else s.step
             lasting = cfg.cognitive.freshness_days if self.lifetime else cfg.cognitive.freshness_steps
             fresh = cognitive.freshness(c.arrival[slates], now, lasting)
