@@ -8,6 +8,7 @@ is, so the experiment drivers never keep lists of names:
   online    it learns while it serves (observe()), so a stress test warms it up first;
   retrains  it refits on the data its own serving produced (`retrain_every`): NAME-retrain;
   uses_ray  it takes a Ray address and env-runner processes;
+  uses_device  it trains torch models (--device applies);
   smoke     its `algo:` settings at the toy sizes of --smoke.
 
 Adding an agent: write its module (a Policy, or a TrainableAgent, with a Params dataclass
@@ -55,6 +56,7 @@ class AgentSpec:
     online: bool = False
     retrains: bool = False
     uses_ray: bool = False
+    uses_device: bool = False
     smoke: Mapping[str, Any] = field(default_factory=dict)
 
     def make_params(self, algo: Mapping[str, Any] | None = None) -> Any:
@@ -87,6 +89,7 @@ AGENTS: dict[str, AgentSpec] = {
             "agents.rllib_agent:PPOParams",
             trains=True,
             uses_ray=True,
+            uses_device=True,
             smoke={
                 "num_envs_per_env_runner": 16,
                 "rollout_fragment_length": 16,
@@ -103,6 +106,7 @@ AGENTS: dict[str, AgentSpec] = {
             f"{_F}:build_sb3_ppo",
             "agents.sb3_agent:SB3PPOParams",
             trains=True,
+            uses_device=True,
             smoke={"num_envs": 16, "n_steps": 16, "batch_size": 128, "n_epochs": 1},
         ),
         AgentSpec("random", "uniformly random candidates", f"{_F}:build_random"),
@@ -133,6 +137,7 @@ AGENTS: dict[str, AgentSpec] = {
             f"{_F}:build_sasrec",
             "agents.supervised:SupervisedParams",
             retrains=True,
+            uses_device=True,
             smoke=_SMOKE_SUPERVISED,
         ),
         AgentSpec(
@@ -141,6 +146,7 @@ AGENTS: dict[str, AgentSpec] = {
             f"{_F}:build_gru4rec",
             "agents.supervised:SupervisedParams",
             retrains=True,
+            uses_device=True,
             smoke=_SMOKE_SUPERVISED,
         ),
         AgentSpec(

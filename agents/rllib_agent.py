@@ -278,14 +278,24 @@ class RLlibPPOAgent(TrainableAgent):
         meta = path / "agent.json"
         if not meta.is_file() or not (path / "algorithm").is_dir():
             raise ValueError(f"no PPO checkpoint at {path} (expected agent.json and algorithm/)")
-        saved = json.loads(meta.read_text())
+        try:
+            saved = json.loads(meta.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{meta} is not valid JSON ({err}): a truncated or corrupted checkpoint") from None
+        if not isinstance(saved, dict) or not isinstance(saved.get("env_steps"), int):
+            raise ValueError(f"{meta} lacks env_steps: not a driftrec PPO checkpoint")
         mismatch = {k: (saved.get(k), v) for k, v in self._signature().items() if saved.get(k) != v}
         if mismatch:
             raise ValueError(
                 f"checkpoint at {path} is incompatible with this run: "
                 + ", ".join(f"{k} saved={a!r} now={b!r}" for k, (a, b) in mismatch.items())
             )
-        self.algo.restore_from_path(str(path / "algorithm"))
+        try:
+            self.algo.restore_from_path(str(path / "algorithm"))
+        except Exception as err:  # a truncated pickle or foreign files: RLlib's errors name no file
+            raise ValueError(
+                f"cannot restore the PPO checkpoint in {path / 'algorithm'}: {type(err).__name__}: {err}"
+            ) from None
         self._env_steps = int(saved["env_steps"])
 
     def _signature(self) -> dict[str, Any]:

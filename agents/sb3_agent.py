@@ -285,7 +285,10 @@ class SB3PPOAgent(TrainableAgent):
         file = Path(path) / CHECKPOINT_FILE
         if not file.is_file():
             raise ValueError(f"no SB3 PPO checkpoint at {file}")
-        data, params, _ = load_from_zip_file(file, device=self.model.device)
+        try:
+            data, params, _ = load_from_zip_file(file, device=self.model.device)
+        except Exception as err:  # a truncated zip or foreign file: SB3's errors name no file
+            raise ValueError(f"cannot read the SB3 PPO checkpoint {file}: {type(err).__name__}: {err}") from None
         if not data or not params:
             raise ValueError(f"SB3 PPO checkpoint at {file} holds no data or parameters")
         problems = []

@@ -112,7 +112,11 @@ def load_overrides(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"config file {path} is not valid YAML: {first}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
     return data
@@ -140,6 +144,11 @@ def make_scenario(
         env = apply_overrides(env, env_over, "env")
     # Re-run the cross-field checks after all layers.
     world = dataclasses.replace(world)
+    if env.num_candidates > world.catalog.n_items:
+        raise ValueError(
+            f"env.num_candidates ({env.num_candidates}) must be <= catalog.n_items ({world.catalog.n_items}): "
+            "the retriever cannot supply more candidates than the catalog holds"
+        )
     return ScenarioConfig(name=name, world=world, env=env)
 
 

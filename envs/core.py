@@ -15,6 +15,7 @@ from gymnasium import spaces
 
 from envs.candidates import CandidateIndex, sample_candidates, source_sizes, with_popularity
 from envs.config import ScenarioConfig
+from simulator.params import check_memory
 from simulator.seasonal import WEEK_DAYS, season_angle
 from simulator.world import StepResult, World
 
@@ -107,6 +108,14 @@ class RecommenderCore:
     def __init__(self, config: ScenarioConfig, n_users: int, seed: int | None = None) -> None:
         self.config = config
         seed = int(np.random.SeedSequence().entropy % (2**31)) if seed is None else int(seed)
+        e = config.env
+        f_hist, f_item = len(history_features(config)), config.world.catalog.n_topics + 4
+        # History buffers, their unrolled copies in an observation, and the candidate features.
+        per_user = 3 * e.history_len * (4 * f_hist + 16) + 2 * e.num_candidates * (4 * f_item + 8)
+        check_memory(
+            f"env: {n_users:,} users x env.history_len = {e.history_len}, env.num_candidates = {e.num_candidates}",
+            n_users * per_user,
+        )
         self.world = World(config.world, n_users, seed)
         cat = self.world.catalog
         self.n_users = n_users

@@ -6,17 +6,26 @@ seeds) in markdown and CSV, and a plot of return with intervals.
 Reads every results.csv under the given directories (one run each) and uses each run's
 final evaluation. Regret is measured against the reference agent (default oracle-lookahead)
 evaluated on the same users; it is left out where no reference run exists.
+
+What is averaged is what the table says: a row is one agent in one configuration (where one
+agent ran with different scenario overrides, model, algo settings or step budgets, each
+non-default configuration carries a label, `ppo [3fa2c1]`, and is never pooled), over distinct
+seeds (a seed run twice counts once: its latest finished run). Runs that did not finish
+(status.json: running, interrupted, failed) and unreadable results are skipped, each with a
+line that names it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from experiments.runs import config_label, run_status, writable_dir
 from experiments.stats import mean_interval
 
 METRICS = (
@@ -32,20 +41,46 @@ METRICS = (
 )
 
 
+def _skip(path: Path, why: str) -> None:
+    print(f"skipped {path}: {why}", file=sys.stderr)
+
+
+def _config(run_dir: Path) -> str:
+    try:
+        return config_label(json.loads((run_dir / "run.json").read_text()))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return ""
+
+
 def load_runs(roots: list[Path]) -> pd.DataFrame:
-    """One row per run: the final evaluation of its agent."""
+    """One row per agent, configuration and seed: the final evaluation of its latest finished run."""
     frames = []
     for root in roots:
         if not root.exists():
             raise ValueError(f"no such directory: {root}")
         for path in sorted(root.rglob("results.csv")):
-            df = pd.read_csv(path)
-            final = df[df.phase == "final"].tail(1)  # a resumed run keeps its latest final
+            status = run_status(path.parent)
+            if status not in ("finished", "unknown"):
+                _skip(path.parent, f"the run is {status}")
+                continue
+            try:
+                df = pd.read_csv(path)
+                final = df[df.phase == "final"].tail(1)  # a resumed run keeps its latest final
+                final = final.assign(return_mean=pd.to_numeric(final.return_mean, errors="raise"))
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, AttributeError, ValueError):
+                _skip(path, "not a readable results table (truncated or corrupted?)")
+                continue
             if len(final):
-                frames.append(final.assign(run_dir=str(path.parent)))
+                frames.append(final.assign(config=_config(path.parent), run_dir=str(path.parent)))
     if not frames:
         raise ValueError(f"no finished runs (results.csv with a final evaluation) under {', '.join(map(str, roots))}")
-    return pd.concat(frames, ignore_index=True)
+    runs = pd.concat(frames, ignore_index=True)
+    # Where one agent ran in several configurations, each gets its label: never pooled.
+    mixed = runs.groupby(["scenario", "agent"]).config.transform("nunique") > 1
+    labelled = mixed & (runs.config != "")
+    runs.loc[labelled, "agent"] = runs.agent[labelled].astype(str) + " [" + runs.config[labelled] + "]"
+    # A seed run twice counts once: its latest run (run directories sort by time within a seed).
+    return runs.sort_values("run_dir").drop_duplicates(["scenario", "agent", "seed"], keep="last")
 
 
 def add_regret(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
@@ -129,12 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", default="oracle-lookahead", help="agent that regret is measured against")
     args = parser.parse_args(argv)
     try:
+        writable_dir(args.out, "--out")
         runs = add_regret(load_runs(args.roots), args.reference)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     summary = summarise(runs)
-    args.out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(args.out / "comparison.csv", index=False)
     text = markdown(summary)
     (args.out / "comparison.md").write_text(text + "\n")

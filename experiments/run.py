@@ -13,12 +13,22 @@ environment steps), results.csv, run.json, checkpoint/. A thin front end over ex
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from pathlib import Path
 
 from agents.registry import AGENTS, get_agent
 from envs.config import PRESETS
 from experiments.harness import EVAL_SEED
-from experiments.runs import RunSettings, load_config_sections, load_run, run_one, run_seeds, with_smoke_sizes
+from experiments.runs import (
+    Interrupted,
+    RunSettings,
+    load_config_sections,
+    load_run,
+    run_one,
+    run_seeds,
+    with_smoke_sizes,
+)
 
 DEFAULTS = RunSettings()
 
@@ -154,13 +164,34 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     return with_smoke_sizes(settings, **given) if args.smoke else settings
 
 
+RESUME_FLAGS = ("steps", "device", "logdir")  # what --resume may change (--logdir: where new runs go, unused)
+
+
+def check_resume_flags(args: argparse.Namespace) -> None:
+    """--resume takes the run's saved settings: a flag that would be ignored is an error."""
+    defaults = parse_args([])
+    ignored = [
+        "--" + name.replace("_", "-")
+        for name, value in vars(args).items()
+        if name not in (*RESUME_FLAGS, "resume") and value != getattr(defaults, name)
+    ]
+    if ignored:
+        raise ValueError(
+            f"--resume continues a run with its saved settings; {', '.join(ignored)} would be ignored "
+            "(only --steps and --device may change)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logdir = args.logdir
     try:
         if args.resume:
+            check_resume_flags(args)
             settings = load_run(args.resume)
             changes = {k: v for k, v in dict(steps=args.steps, device=args.device).items() if v is not None}
-            run_one(settings.replace(**changes), args.logdir, resume=args.resume)
+            run_dir, _ = run_one(settings.replace(**changes), args.logdir, resume=args.resume)
+            logdir = str(Path(run_dir).parent.parent.parent)  # runs/<scenario>/<agent>/<run>: its root
         elif args.seeds:
             settings = settings_from_args(args)
             results = run_seeds(settings, args.seeds, args.logdir, args.parallel)
@@ -174,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"tensorboard --logdir '{args.logdir}'")
+    except Interrupted as stop:  # checkpointed: the conventional exit status of a signal
+        return 128 + int(stop.signum)
+    print(f"tensorboard --logdir {shlex.quote(str(logdir))}")
     return 0
 
 

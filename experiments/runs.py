@@ -17,9 +17,14 @@ checkpoint/ (trainable agents).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+import shlex
 import shutil
+import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -187,6 +192,121 @@ def load_config_sections(path: str | Path | None) -> dict[str, dict[str, Any]]:
     return data
 
 
+# ------------------------------------------------------------------------- files
+def writable_dir(path: str | Path, flag: str) -> Path:
+    """`path` as a directory this process can write into (created when missing); else a ValueError
+    naming the flag and the reason, before any work starts."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{flag} {path} cannot be written: {err.strerror or err}") from None
+    return path
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from `path`; a missing, truncated or foreign file is a ValueError naming it."""
+    if not path.is_file():
+        raise ValueError(f"no {what} at {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): a truncated or corrupted {what}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not the JSON object a {what} is")
+    return data
+
+
+STATUS_FILE = "status.json"  # running / finished / failed / interrupted, with the reason
+
+
+def write_status(run_dir: Path, status: str, **details: Any) -> None:
+    """Mark a run directory (atomically: a kill mid-write leaves the previous status)."""
+    tmp = run_dir / (STATUS_FILE + ".tmp")
+    tmp.write_text(json.dumps(dict(status=status, time=time.strftime("%Y-%m-%d %H:%M:%S"), **details)))
+    os.replace(tmp, run_dir / STATUS_FILE)
+
+
+def run_status(run_dir: str | Path) -> str:
+    """The status a run directory was last marked with ('unknown' for runs older than the marks)."""
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        return str(json.loads(path.read_text()).get("status", "unknown"))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return "unknown"
+
+
+def config_label(settings_dict: Mapping[str, Any]) -> str:
+    """A short label of everything but the seed that makes runs of one agent and scenario differ
+    (scenario overrides, model, algo, steps): runs with different labels are different
+    configurations and are never averaged together. "" for the defaults."""
+    keys = ("scenario_overrides", "model", "algo", "steps")
+    defaults = dataclasses.asdict(RunSettings())
+    if all(settings_dict.get(k, defaults[k]) == defaults[k] for k in keys):
+        return ""
+    blob = json.dumps({k: settings_dict.get(k, defaults[k]) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:6]
+
+
+def truncate_results(run_dir: Path, env_steps: int) -> None:
+    """On resume: drop the rows results.csv gained after the checkpoint (training evaluations past
+    its step count, and any final evaluation), so that the resumed run appends to what the
+    checkpoint had seen, never twice."""
+    path = run_dir / "results.csv"
+    if not path.is_file():
+        return
+    import pandas as pd
+
+    try:
+        rows = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        raise ValueError(f"{path} is corrupted: cannot resume a run whose results cannot be read") from None
+    keep = (rows.get("phase") == "train") & (rows.get("env_steps", 0) <= env_steps)
+    tmp = path.with_name(path.name + ".tmp")
+    rows[keep].to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------- stop signals
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal (Ctrl-C, a scheduler's SIGTERM or SIGHUP) after checkpointing."""
+
+    def __init__(self, signum: int, run_dir: Path) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum, self.run_dir = signum, run_dir
+
+
+class StopSignals:
+    """While active, SIGINT, SIGTERM and SIGHUP only ask the training loop to stop: it finishes the
+    iteration under way, checkpoints and raises Interrupted. The previous handlers come back after."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in STOP_SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                break
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            print(f"\n{signal.Signals(signum).name}: stopping after this iteration (checkpointing)", file=sys.stderr)
+        self.received = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 # ------------------------------------------------------------------------- devices
 def cuda_available() -> bool:
     import torch
@@ -256,7 +376,7 @@ def train(
     """The training loop: iterate, log train/*, evaluate on schedule, checkpoint."""
     progress = Progress(settings.steps, agent.env_steps)
     ckpt = run_dir / "checkpoint"
-    try:
+    with StopSignals() as stop:
         while agent.env_steps < settings.steps:
             metrics = agent.train_iteration()
             state["iteration"] += 1
@@ -276,13 +396,12 @@ def train(
                 state["next_eval"] = steps + settings.interval
                 note = f"eval {ev.metrics['return_mean']:.1f}"
             progress.update(steps, metrics, note)
+            if stop.received is not None:
+                save_checkpoint(agent, ckpt, state)
+                progress.close()
+                raise Interrupted(stop.received, run_dir)
             if state["iteration"] % settings.checkpoint_every == 0:
                 save_checkpoint(agent, ckpt, state)
-    except KeyboardInterrupt:
-        save_checkpoint(agent, ckpt, state)
-        progress.close()
-        print(f"\ninterrupted: checkpoint saved; continue with --resume {run_dir}", file=sys.stderr)
-        raise
     progress.close()
     save_checkpoint(agent, ckpt, state)
 
@@ -318,17 +437,25 @@ def run_one(
     Returns (run directory, final metrics). Bad settings or a bad checkpoint raise ValueError
     before any work is lost, and a new run that fails to build leaves no directory behind.
     """
-    device = resolve_device(settings.device)
+    if not resume:
+        writable_dir(logdir, "--logdir")  # first: a location that cannot be written costs nothing
+    device = resolve_device(settings.device) if settings.spec.uses_device else "cpu"
     settings = settings.replace(device=device)  # run.json records where it really trained
     scenario = settings.scenario_config()
+    state: dict[str, Any] = dict(iteration=0, next_eval=0)
     if resume:
-        run_dir = Path(resume)
+        run_dir = writable_dir(resume, "--resume")
+        # The checkpoint's own record first: a truncated or foreign one fails before the expensive setup.
+        state = read_json(run_dir / "checkpoint" / "state.json", "checkpoint state")
+        if not isinstance(state.get("env_steps"), int) or not isinstance(state.get("iteration"), int):
+            raise ValueError(f"{run_dir / 'checkpoint' / 'state.json'} lacks env_steps or iteration: not a checkpoint")
+        for record in sorted((run_dir / "checkpoint").glob("*.json")):  # the agent's own records too
+            read_json(record, "checkpoint record")
     else:
         run_dir = new_run_dir(logdir, settings.scenario, settings.name, settings.seed)
         (run_dir / "run.json").write_text(json.dumps(settings.to_dict(), indent=2))
     print(f"run directory: {run_dir}", file=sys.stderr)
 
-    state: dict[str, Any] = dict(iteration=0, next_eval=0)
     agent = policy = None
     try:
         built = build_agent(settings, device, run_dir)
@@ -336,7 +463,6 @@ def run_one(
             agent = built
             if resume:
                 agent.restore(run_dir / "checkpoint")
-                state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
         else:
             policy = built
     except ValueError:  # bad settings or checkpoint: nothing was run, leave no half-made run behind
@@ -345,6 +471,9 @@ def run_one(
         if not resume:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    if resume:  # what was logged after the checkpoint is gone with it (TensorBoard: purge_step)
+        truncate_results(run_dir, state["env_steps"])
+    write_status(run_dir, "running", env_steps=state.get("env_steps", 0))
     logger = RunLogger(run_dir, purge_step=state.get("env_steps") if resume else None)
     try:
         if agent is not None:
@@ -364,10 +493,18 @@ def run_one(
         if agent is not None:
             hp.update(agent.hparams())
         logger.hparams(hp, final.metrics)
+    except Interrupted as stop:
+        write_status(run_dir, "interrupted", reason=str(stop), env_steps=agent.env_steps if agent else 0)
+        print(f"\n{stop}: checkpoint saved; continue with --resume {shlex.quote(str(run_dir))}", file=sys.stderr)
+        raise
+    except BaseException as err:  # a crash, or Ctrl-C outside training: say so next to the results
+        write_status(run_dir, "interrupted" if isinstance(err, KeyboardInterrupt) else "failed", reason=repr(err))
+        raise
     finally:
         logger.close()
         if agent is not None:
             agent.close()
+    write_status(run_dir, "finished", env_steps=steps, return_mean=final.metrics["return_mean"])
     print("\n" + format_metrics({settings.name: final.metrics, "random": baseline.metrics}))
     print(f"\nresults: {run_dir / 'results.csv'}")
     return run_dir, final.metrics
@@ -384,11 +521,8 @@ def load_run(run_dir: str | Path) -> RunSettings:
         raise ValueError(f"no run.json in {run_dir} (is it a run directory?)")
     if not (run_dir / "checkpoint" / "state.json").is_file():
         raise ValueError(f"no checkpoint in {run_dir / 'checkpoint'}")
-    try:
-        data = json.loads(meta.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{meta} is not valid JSON ({err})") from err
-    settings = RunSettings.from_dict(data, where=str(meta))
+    settings = RunSettings.from_dict(read_json(meta, "run record"), where=str(meta))
+    read_json(run_dir / "checkpoint" / "state.json", "checkpoint state")
     if not settings.spec.trains:
         raise ValueError(f"{run_dir} holds a run of '{settings.agent}', which has no checkpoint to load")
     return settings

@@ -17,6 +17,7 @@ timelines.csv, PNG plots and TensorBoard events (tb/). A thin front end over exp
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     print(robustness_markdown(res.table, "relative_return"))
     if len(res.recovery_summary):
         print(recovery_markdown(res.recovery_summary))
-    print(f"\nreport: {out / 'report.md'}\ntensorboard --logdir '{out / 'tb'}'")
+    print(f"\nreport: {out / 'report.md'}\ntensorboard --logdir {shlex.quote(str(out / 'tb'))}")
     return 0
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 from agents.registry import get_agent
 from envs.config import PRESETS
 from experiments import gates as g
-from experiments.runs import SMOKE_MODEL, SMOKE_SCENARIO
+from experiments.runs import SMOKE_MODEL, SMOKE_SCENARIO, writable_dir
 
 SMOKE = dict(seeds=(0, 1), users=32, steps=512, history_seeds=(0,), magnitudes=(1.0, 2.0))
 
@@ -128,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         settings = settings_from_args(args)
-        out = Path(args.out or Path("runs") / "validity" / time.strftime("%Y%m%d-%H%M%S"))
-        out.mkdir(parents=True, exist_ok=True)
+        out = writable_dir(args.out or Path("runs") / "validity" / time.strftime("%Y%m%d-%H%M%S"), "--out")
         started = time.perf_counter()
         tables = dict(
             policies=g.measure_policies(settings),

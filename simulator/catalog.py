@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.params import check_int, check_range
+from simulator.params import check_int, check_memory, check_range
 
 
 @dataclass(frozen=True)
@@ -38,22 +38,28 @@ class CatalogParams:
     def __post_init__(self) -> None:
         o = "catalog"
         check_int(o, "seed", self.seed, 0)
-        check_int(o, "n_items", self.n_items, 2)
+        check_int(o, "n_items", self.n_items, 2, 10_000_000)
         check_int(o, "n_topics", self.n_topics, 1, 1024)
-        check_range(o, "topic_concentration", self.topic_concentration, 0.0, lo_open=True)
-        check_range(o, "quality_alpha", self.quality_alpha, 0.0, lo_open=True)
-        check_range(o, "quality_beta", self.quality_beta, 0.0, lo_open=True)
+        # Below 0.01 the Dirichlet/Beta draws degenerate (one-topic items, quality all 0 or 1).
+        check_range(o, "topic_concentration", self.topic_concentration, 0.01, 100.0)
+        check_range(o, "quality_alpha", self.quality_alpha, 0.01, 100.0)
+        check_range(o, "quality_beta", self.quality_beta, 0.01, 100.0)
         check_range(o, "clickbait_fraction", self.clickbait_fraction, 0.0, 1.0)
         check_range(o, "attractiveness_noise", self.attractiveness_noise, 0.0, 1.0)
         check_range(o, "quality_signal_noise", self.quality_signal_noise, 0.0, 1.0)
         check_range(o, "attractiveness_signal_noise", self.attractiveness_signal_noise, 0.0, 1.0)
-        check_range(o, "length_mean", self.length_mean, 0.0, lo_open=True)
+        check_range(o, "length_mean", self.length_mean, 0.01, 1440.0)
         check_range(o, "length_sigma", self.length_sigma, 0.0, 3.0)
-        check_range(o, "length_max", self.length_max, 0.0, lo_open=True)
+        check_range(o, "length_max", self.length_max, 0.01, 1440.0)
         check_range(o, "popularity_exponent", self.popularity_exponent, 0.0, 5.0)
         check_range(o, "popularity_memory", self.popularity_memory, 0.0, 1.0)
         check_int(o, "n_arrivals", self.n_arrivals, 0, 10_000_000)
         check_range(o, "arrival_window", self.arrival_window, 0.0, 36_500.0, lo_open=True)
+        items = self.n_items + self.n_arrivals
+        check_memory(
+            f"catalog.n_items + n_arrivals = {items:,} items x catalog.n_topics = {self.n_topics}",
+            4.0 * items * (2 * self.n_topics + 12),
+        )
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ class CognitiveParams(DriftParams):
         check_range(o, "satiation_weight", self.satiation_weight, 0.0, 100.0)
         check_range(o, "reinforcement_rate", self.reinforcement_rate, 0.0, 1.0)
         check_range(o, "novelty_weight", self.novelty_weight, 0.0, 100.0)
-        check_range(o, "freshness_steps", self.freshness_steps, 0.0, lo_open=True)
+        check_range(o, "freshness_steps", self.freshness_steps, 0.0, 1e6, lo_open=True)
         check_range(o, "random_walk_std", self.random_walk_std, 0.0, 1.0)
         check_range(o, "satiation_recovery_per_day", self.satiation_recovery_per_day, 0.0, 1.0)
         check_range(o, "random_walk_std_per_day", self.random_walk_std_per_day, 0.0, 1.0)

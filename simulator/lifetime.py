@@ -36,6 +36,7 @@ import numpy as np
 from simulator.params import check_bool, check_range
 
 GAP_DISTRIBUTIONS = ("exponential", "weibull")
+MAX_GAP_DAYS = 36_500.0  # a century: longer gaps (a vanishing rate) are capped here, past any horizon
 MINUTES_PER_DAY = 1440.0
 
 
@@ -64,9 +65,13 @@ class LifetimeParams:
         o = "lifetime"
         check_bool(o, "enabled", self.enabled)
         check_range(o, "horizon_days", self.horizon_days, 0.0, 3650.0, lo_open=True)
-        check_range(o, "first_visit_days", self.first_visit_days, 0.0, self.horizon_days)
+        check_range(o, "first_visit_days", self.first_visit_days, 0.0, 3650.0)
+        if self.first_visit_days > self.horizon_days:
+            raise ValueError(
+                f"{o}.first_visit_days ({self.first_visit_days}) must be <= {o}.horizon_days ({self.horizon_days})"
+            )
         check_range(o, "calendar_start", self.calendar_start, 0.0, 366.0)
-        check_range(o, "return_rate", self.return_rate, 0.0, 100.0, lo_open=True)
+        check_range(o, "return_rate", self.return_rate, 0.001, 100.0)
         check_range(o, "activity_sigma", self.activity_sigma, 0.0, 3.0)
         for name in ("satisfaction_weight", "letdown_weight", "watch_weight"):
             check_range(o, name, getattr(self, name), 0.0, 50.0)
@@ -124,7 +129,7 @@ def sample_gap(rate: np.ndarray, uniform: np.ndarray, params: LifetimeParams) ->
     else:  # weibull of the given shape, scaled to mean 1 / rate
         k = params.gap_shape
         gap = tail ** (1.0 / k) / (rate * math.gamma(1.0 + 1.0 / k))
-    return np.maximum(gap, params.min_gap_days)
+    return np.clip(gap, params.min_gap_days, MAX_GAP_DAYS)
 
 
 def next_satisfaction(satisfaction_end: np.ndarray, initial: float, params: LifetimeParams) -> np.ndarray:

@@ -42,6 +42,27 @@ def check_int(owner: str, name: str, value: int, lo: int | None = None, hi: int 
     check_range(owner, name, value, lo, hi)
 
 
+def physical_memory() -> float:
+    """Bytes of physical memory on this machine (inf where the platform does not say)."""
+    import os
+
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
+
+
+def check_memory(what: str, nbytes: float, share: float = 0.8) -> None:
+    """Raise ValueError before allocating `nbytes` for `what` if that exceeds `share` of this
+    machine's memory: a clear message instead of a MemoryError (or the OOM killer) later."""
+    limit = share * physical_memory()
+    if nbytes > limit:
+        raise ValueError(
+            f"{what} needs about {nbytes / 2**30:,.1f} GiB, more than {limit / 2**30:,.1f} GiB "
+            f"({share:.0%} of this machine's memory)"
+        )
+
+
 def check_bool(owner: str, name: str, value: bool) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{owner}.{name} must be true or false, got {value!r}")

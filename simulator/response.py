@@ -50,17 +50,13 @@ class ResponseParams:
 
     def __post_init__(self) -> None:
         o = "response"
-        for name in (
-            "fit_weight",
-            "attractiveness_weight",
-            "dissatisfaction_weight",
-            "position_decay",
-            "appeal_sharpness",
-            "completion_weight",
-            "attractiveness_hook",
-        ):
+        for name in ("fit_weight", "attractiveness_weight", "position_decay", "appeal_sharpness"):
             check_range(o, name, getattr(self, name), 0.0, 100.0)
-        check_range(o, "no_click_utility", self.no_click_utility, -100.0, 100.0)
+        for name in ("completion_weight", "attractiveness_hook"):
+            check_range(o, name, getattr(self, name), 0.0, 50.0)
+        # Past these the outside option drowns every item: users (the dissatisfied ones) stop clicking.
+        check_range(o, "dissatisfaction_weight", self.dissatisfaction_weight, 0.0, 10.0)
+        check_range(o, "no_click_utility", self.no_click_utility, -100.0, 8.0)
         check_range(o, "completion_bias", self.completion_bias, -100.0, 100.0)
         check_range(o, "appeal_centre", self.appeal_centre, -10.0, 10.0)
         check_range(o, "quality_floor", self.quality_floor, 0.0, 1.0)
@@ -68,7 +64,7 @@ class ResponseParams:
         check_range(o, "satisfaction_rate", self.satisfaction_rate, 0.0, 1.0)
         check_range(o, "clickbait_penalty", self.clickbait_penalty, 0.0, 10.0)
         check_range(o, "skip_experience", self.skip_experience, 0.0, 1.0)
-        check_range(o, "browse_cost", self.browse_cost, 0.0)
+        check_range(o, "browse_cost", self.browse_cost, 0.0, 1440.0)
         check_range(o, "quality_refund", self.quality_refund, 0.0, 1.0)
         check_range(o, "leave_threshold", self.leave_threshold, 0.0, 1.0)
         check_range(o, "leave_max", self.leave_max, 0.0, 1.0)

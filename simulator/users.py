@@ -23,12 +23,12 @@ class UserParams:
 
     def __post_init__(self) -> None:
         o = "users"
-        check_range(o, "budget_mean", self.budget_mean, 0.0, lo_open=True)
-        check_range(o, "budget_std", self.budget_std, 0.0)
+        check_range(o, "budget_mean", self.budget_mean, 0.0, 1e6, lo_open=True)
+        check_range(o, "budget_std", self.budget_std, 0.0, 1e6)
         check_range(o, "satisfaction_init", self.satisfaction_init, 0.0, 1.0)
-        check_int(o, "n_communities", self.n_communities, 1)
+        check_int(o, "n_communities", self.n_communities, 1, 10_000)
         check_range(o, "community_strength", self.community_strength, 0.0, 1.0)
-        check_range(o, "novelty_seeking_max", self.novelty_seeking_max, 0.0)
+        check_range(o, "novelty_seeking_max", self.novelty_seeking_max, 0.0, 100.0)
         check_int(o, "recent_items", self.recent_items, 1, 1024)
         check_int(o, "past_interactions", self.past_interactions, 0, 4096)
         check_int(o, "past_pool", self.past_pool, 1, 1024)

@@ -24,7 +24,7 @@ from simulator.cognitive import CognitiveParams
 from simulator.drift import GapContext, StepContext
 from simulator.families import FAMILIES
 from simulator.lifetime import MINUTES_PER_DAY, LifetimeParams
-from simulator.params import check_int
+from simulator.params import check_int, check_memory
 from simulator.response import ResponseParams
 from simulator.seasonal import SeasonalParams
 from simulator.shocks import ShockParams
@@ -64,6 +64,9 @@ class WorldConfig:
                 raise ValueError(
                     f"shock.events[{e.kind}].day is for lifetime worlds: events happen at a step in {clock}"
                 )
+        window = self.catalog.arrival_window
+        if not in_days and (window < 1 or window != int(window)):
+            raise ValueError(f"catalog.arrival_window must be a whole number of steps >= 1 in {clock}, got {window}")
         if self.seasonal.unit != ("day" if in_days else "step"):
             raise ValueError(f"seasonal.unit must be {'day' if in_days else 'step'}: the calendar counts {clock}")
 
@@ -97,6 +100,9 @@ class StepResult:
         return self.position >= 0
 
 
+PAST_ROWS_PER_CHUNK = 20_000_000  # past visits x items on offer scored at once (bounds the memory of resets)
+
+
 class World:
     """N users and a catalog. `step(slates)` advances every user by one recommendation.
 
@@ -107,6 +113,9 @@ class World:
 
     def __init__(self, config: WorldConfig, n_users: int, seed: int = 0) -> None:
         check_int("world", "n_users", n_users, 1, 100_000_000)
+        t = config.catalog.n_topics
+        per_user = 4 * (4 * t + config.users.recent_items + config.social.degree + 16) + 8 * 4
+        check_memory(f"world: {n_users:,} users x catalog.n_topics = {t}", float(n_users) * per_user)
         self.config = config
         self.lifetime = config.lifetime.enabled
         # The catalog and the taste communities are the world's fixed structure: they
@@ -259,6 +268,13 @@ class World:
             watch_time=np.zeros((m, p), np.float32),
         )
         if p == 0 or m == 0:
+            return out
+        chunk = max(1, PAST_ROWS_PER_CHUNK // (p * cfg.users.past_pool))
+        if m > chunk:  # huge configs only: bounded memory, user block by user block
+            for start in range(0, m, chunk):
+                part = self.past_interactions(idx[start : start + chunk], rng)
+                for key, value in part.items():
+                    out[key][start : start + chunk] = value
             return out
         # All P past visits of all M users at once: each user scores its P x pool items in one row
         # (no copy of the state per visit), then rows of [M * P] visits, user-major.

@@ -86,7 +86,9 @@ def test_single_env_episode_semantics(tiny_overrides):
 
 
 def test_single_env_history_records_top_item_without_click(tiny_overrides):
-    env = RecEnv("stationary", tiny_overrides({"response": {"no_click_utility": 100.0}}))
+    # Items worth nothing to choose, and the outside option at its top: no click.
+    no_pull = {"no_click_utility": 8.0, "fit_weight": 0.0, "attractiveness_weight": 0.0}
+    env = RecEnv("stationary", tiny_overrides({"response": no_pull}))
     obs, _ = env.reset(seed=1)
     top = obs["candidate_items"][3]
     obs, reward, *_, info = env.step(3)

@@ -81,7 +81,9 @@ def test_ppo_smoke_writes_checkpoint_and_eval_and_resumes(tmp_path):
     assert run.main(["--resume", str(run_dir), "--steps", str(steps_before + 256)]) == 0
     steps_after = json.loads((ckpt / "state.json").read_text())["env_steps"]
     assert steps_after > steps_before
-    assert (pd.read_csv(run_dir / "results.csv").phase == "final").sum() == 2
+    # The resumed run's final evaluation replaces the first one (rows past the checkpoint are dropped).
+    after = pd.read_csv(run_dir / "results.csv")
+    assert (after.phase == "final").sum() == 1 and after[after.phase == "final"].env_steps.item() == steps_after
 
 
 def test_resume_with_an_incompatible_checkpoint_is_an_error(tmp_path, capsys):

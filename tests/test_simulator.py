@@ -238,7 +238,7 @@ def test_ground_truth_is_a_copy(make_world):
 EXTREMES = dict(
     fit_weight=st.sampled_from([0.0, 100.0]),
     attractiveness_weight=st.sampled_from([0.0, 100.0]),
-    no_click_utility=st.sampled_from([-100.0, 0.0, 100.0]),
+    no_click_utility=st.sampled_from([-100.0, 0.0, 8.0]),
     satiation_rate=st.sampled_from([0.0, 1.0]),
     satiation_recovery=st.sampled_from([0.0, 1.0]),
     satiation_weight=st.sampled_from([0.0, 100.0]),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.runs import writable_dir
 from experiments.stresstest.analysis import StressResult
 from experiments.stresstest.jobs import run_job, run_jobs
 from experiments.stresstest.report import load_outputs, write_outputs
@@ -32,7 +33,7 @@ def stress(
 ) -> StressResult:
     """Run the grid, then analyse it and write every output into `out`."""
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    writable_dir(out, "--out")
     (out / "settings.json").write_text(json.dumps(asdict(settings), indent=2, default=list))
     results = run_jobs(settings, out, parallel, ray_address)
     # The raw evaluations: --report-only redoes the analysis, tables and plots from them.
