@@ -19,6 +19,7 @@ from envs.config import ScenarioConfig
 from envs.vector import RecVectorEnv
 
 EVAL_SEED = 10_000  # evaluation users are disjoint from training seeds (0, 1, 2, ...)
+RETENTION_DAYS = (1, 7, 30)  # lifetime scenarios: retention_d1, retention_d7, retention_d30
 
 
 @dataclass
@@ -29,12 +30,79 @@ class Evaluation:
     (active users, mean engagement (minutes watched) of active users, clicks, fit
     (mean true topic fit of the served items to the active users' current interests,
     which only the simulator knows), the population's consumed topic shares
-    share_0..share_{T-1}); metrics: the summary numbers.
+    share_0..share_{T-1}); metrics: the summary numbers; by_day (lifetime scenarios, else
+    None): one row per calendar day (active_users, watch_per_active_user, retention: the share
+    of users still active on or after that many days since their first visit).
     """
 
     episodes: pd.DataFrame
     timeline: pd.DataFrame
     metrics: dict[str, float]
+    by_day: pd.DataFrame | None = None
+
+
+def retention(first_day: np.ndarray, last_day: np.ndarray, days: np.ndarray, observed: float) -> np.ndarray:
+    """[D] share of users active on or after each of `days` [D] since their first visit, from each
+    user's first and last active day [N]; NaN for a day past what the evaluation could observe
+    (`observed`: the days every user was followed for)."""
+    since = np.asarray(last_day, np.float64) - np.asarray(first_day, np.float64)
+    days = np.asarray(days, np.float64)
+    share = (since[None, :] >= days[:, None]).mean(axis=1)
+    return np.where(days <= observed, share, np.nan)
+
+
+class _Lifetimes:
+    """Tally of a lifetime evaluation: sessions, churn, gaps, and who was active on which day."""
+
+    def __init__(self, n_users: int, horizon: float) -> None:
+        self.horizon = horizon
+        self.sessions, self.churned = np.ones(n_users), np.zeros(n_users, bool)
+        self.gap_sum, self.gaps = 0.0, 0
+        self.first_day = np.full(n_users, np.nan)
+        self.last_day = np.full(n_users, np.nan)
+        self.counted_day = np.full(n_users, -1, np.int64)
+        self.active_days = np.zeros(n_users)
+        days = int(np.ceil(horizon)) + 2
+        self.watch_by_day, self.users_by_day = np.zeros(days), np.zeros(days)
+
+    def before_step(self, day: np.ndarray, active: np.ndarray) -> None:
+        self.first_day = np.where(active & np.isnan(self.first_day), day, self.first_day)
+        self.last_day = np.where(active, day, self.last_day)
+        whole = np.minimum(np.floor(day).astype(np.int64), len(self.users_by_day) - 1)
+        new_day = active & (whole != self.counted_day)
+        self.active_days += new_day
+        np.add.at(self.users_by_day, whole[new_day], 1)
+        self.counted_day = np.where(new_day, whole, self.counted_day)
+        self._whole = whole
+
+    def after_step(self, info: dict, reward: np.ndarray, active: np.ndarray, done: np.ndarray, terminated) -> None:
+        np.add.at(self.watch_by_day, self._whole[active], reward[active])
+        back = info["session_end"] & active & ~done  # a session ended and the user returns
+        self.sessions += back
+        self.gap_sum, self.gaps = self.gap_sum + float(info["gap"][back].sum()), self.gaps + int(back.sum())
+        self.churned |= terminated & active
+
+    def results(self, returns: np.ndarray) -> tuple[dict[str, float], pd.DataFrame]:
+        observed = self.horizon - np.nanmax(self.first_day)  # every user could be followed this long
+        share = retention(self.first_day, self.last_day, np.array(RETENTION_DAYS), observed)
+        metrics = dict(
+            sessions_mean=float(self.sessions.mean()),
+            churn_rate=float(self.churned.mean()),
+            gap_mean=self.gap_sum / self.gaps if self.gaps else float("nan"),
+            watch_per_active_day=float((returns / np.maximum(self.active_days, 1)).mean()),
+            **{f"retention_d{d}": float(r) for d, r in zip(RETENTION_DAYS, share)},
+        )
+        days = np.arange(int(np.floor(self.horizon)) + 1)
+        users = self.users_by_day[: len(days)]
+        by_day = pd.DataFrame(
+            dict(
+                day=days,
+                active_users=users.astype(int),
+                watch_per_active_user=np.divide(self.watch_by_day[: len(days)], np.maximum(users, 1)),
+                retention=retention(self.first_day, self.last_day, days, observed),
+            )
+        )
+        return metrics, by_day
 
 
 def shares(counts: np.ndarray) -> np.ndarray:
@@ -67,8 +135,10 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
     homogenisation_trend (its change from the first to the second half of the steps).
     On lifetime scenarios the episode is a user's life, so return_mean is lifetime watch time
     and session_length the steps of a life; they add sessions_mean (sessions per user),
-    churn_rate (share of users who churned before the horizon) and gap_mean (mean days
-    between two sessions).
+    churn_rate (share of users who churned before the horizon), gap_mean (mean days between
+    two sessions), watch_per_active_day (minutes per user per day with a session) and
+    retention_d1/d7/d30 (share of users active on or after that day since their first visit;
+    NaN past what the horizon lets every user show), and the per-day curves of `by_day`.
     """
     env = RecVectorEnv(num_envs=n_users, scenario=config, seed=seed)
     if hasattr(policy, "bind"):
@@ -86,10 +156,11 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
     timeline = []
     diversity_sum, diversity_n = 0.0, 0
     rows = np.arange(n_users)
-    lifetime = config.world.lifetime.enabled
-    sessions, churned, gap_sum, gaps = np.ones(n_users), np.zeros(n_users, bool), 0.0, 0
+    life = _Lifetimes(n_users, config.world.lifetime.horizon_days) if config.world.lifetime.enabled else None
     while active.any():
         actions = np.asarray(policy.act(obs))
+        if life is not None:
+            life.before_step(env.world.state.day, active)
         # How well the slates suit the users' interests now, before the step (ground truth).
         fit = env.slate_fit(actions)[active].mean()
         next_obs, reward, terminated, truncated, info = env.step(actions)
@@ -116,11 +187,8 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
             )
         )
         done = (terminated | truncated) & active
-        if lifetime:
-            back = info["session_end"] & active & ~done  # a session ended and the user returns
-            sessions += back
-            gap_sum, gaps = gap_sum + float(info["gap"][back].sum()), gaps + int(back.sum())
-            churned |= terminated & active
+        if life is not None:
+            life.after_step(info, reward, active, done, terminated)
         if done.any():
             satisfaction_end[done] = env.ground_truth()["satisfaction"][done]
         active &= ~done
@@ -135,8 +203,12 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
             consumption_entropy=_entropy(topic_counts),
         )
     )
-    if lifetime:
-        episodes["sessions"], episodes["churned"] = sessions, churned
+    if life is not None:
+        episodes["sessions"], episodes["churned"], episodes["active_days"] = (
+            life.sessions,
+            life.churned,
+            life.active_days,
+        )
     share_cols = [f"share_{t}" for t in range(n_topics)]
     steps = pd.DataFrame(
         np.array(timeline), columns=["step", "active_users", "engagement", "clicks", "fit"] + share_cols
@@ -160,10 +232,8 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
             concentration(consumed[half_point:].sum(0)) - concentration(consumed[:half_point].sum(0))
         ),
     )
-    if lifetime:
-        metrics.update(
-            sessions_mean=float(sessions.mean()),
-            churn_rate=float(churned.mean()),
-            gap_mean=gap_sum / gaps if gaps else float("nan"),
-        )
-    return Evaluation(episodes=episodes, timeline=steps, metrics=metrics)
+    by_day = None
+    if life is not None:
+        extra, by_day = life.results(ret)
+        metrics.update(extra)
+    return Evaluation(episodes=episodes, timeline=steps, metrics=metrics, by_day=by_day)

@@ -489,6 +489,8 @@ def run_one(
         logger.evaluation(baseline.metrics, steps, tensorboard=False, agent="random", phase="baseline", **common)
         final.episodes.to_csv(run_dir / "episodes.csv", index=False)
         final.timeline.to_csv(run_dir / "timeline.csv", index=False)
+        if final.by_day is not None:  # lifetime scenarios: per-day curves (eval/by_day/*, eval_by_day.csv)
+            logger.curves("eval/by_day", final.by_day, step="day")
         hp = dict(agent=settings.name, scenario=settings.scenario, seed=settings.seed, steps=steps)
         if agent is not None:
             hp.update(agent.hparams())

@@ -30,6 +30,10 @@ EVAL_TAGS = (
     "sessions_mean",  # lifetime scenarios
     "churn_rate",
     "gap_mean",
+    "watch_per_active_day",
+    "retention_d1",
+    "retention_d7",
+    "retention_d30",
 )
 
 
@@ -71,6 +75,18 @@ class RunLogger:
         frame = pd.DataFrame([record], columns=columns)
         header = not self.results_path.exists()
         frame.to_csv(self.results_path, mode="a", header=header, index=False)
+
+    def curves(self, prefix: str, frame: pd.DataFrame, step: str) -> None:
+        """One TensorBoard curve per column of `frame` against its column `step` (e.g. eval/by_day/*
+        against the day), and the frame as <prefix with / as _>.csv in the run directory."""
+        for column in frame.columns:
+            if column == step:
+                continue
+            for x, value in zip(frame[step], frame[column]):
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(f"{prefix}/{column}", float(value), global_step=int(x))
+        self.writer.flush()
+        frame.to_csv(self.run_dir / f"{prefix.replace('/', '_')}.csv", index=False)
 
     def hparams(self, hparams: Mapping[str, Any], final_metrics: Mapping[str, float]) -> None:
         flat = {

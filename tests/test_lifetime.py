@@ -318,3 +318,23 @@ def test_gap_hooks_are_pure_state_updates_on_the_users_away():
     changed = np.abs(w.state.interest - before).sum(axis=1) > 0
     assert changed[idx].all() and not changed[1::2].any()  # the users at home are untouched
     assert seasonal.FAMILY.between_visits is None
+
+
+# ------------------------------------------------------------ metrics over days
+def test_retention_has_a_known_answer():
+    from experiments.harness import retention
+
+    first = np.array([0.0, 0.5, 0.2, 0.9])
+    last = np.array([0.1, 8.0, 31.0, 3.0])  # active since first for 0.1, 7.5, 30.8, 2.1 days
+    np.testing.assert_allclose(retention(first, last, np.array([0, 1, 7, 30]), observed=40.0), [1.0, 0.75, 0.5, 0.25])
+    assert np.isnan(retention(first, last, np.array([30]), observed=20.0)[0])  # not observable: NaN, not 0
+
+
+def test_lifetime_evaluations_report_retention_and_per_day_curves():
+    cfg = life_cfg({"lifetime": {"horizon_days": 10.0}})
+    ev = evaluate(SessionOracle(), cfg, 64, seed=3)
+    m = ev.metrics
+    assert 0 <= m["retention_d7"] <= m["retention_d1"] <= 1 and np.isnan(m["retention_d30"])
+    assert m["watch_per_active_day"] > 0 and (ev.episodes.active_days >= 1).all()
+    assert list(ev.by_day.columns) == ["day", "active_users", "watch_per_active_user", "retention"]
+    assert ev.by_day.active_users.iloc[0] == 64 and np.all(np.diff(ev.by_day.retention.dropna()) <= 0)
