@@ -94,6 +94,7 @@ class LinUCBPolicy:
         params: BanditParams = BanditParams(),
         item_features: np.ndarray | None = None,
         n_topics: int | None = None,
+        context_dim: int = 3,
     ) -> None:
         self.params = params
         self.alpha = float(params.alpha)
@@ -102,10 +103,10 @@ class LinUCBPolicy:
         self.item_topics: np.ndarray | None = None
         self.dim: int | None = None
         if item_features is not None:
-            self._set_catalog(np.asarray(item_features), n_topics)
+            self._set_catalog(np.asarray(item_features), n_topics, context_dim)
 
     # ---------------------------------------------------------------- set-up
-    def _set_catalog(self, item_features: np.ndarray, n_topics: int | None) -> None:
+    def _set_catalog(self, item_features: np.ndarray, n_topics: int | None, context_dim: int = 3) -> None:
         if item_features.ndim != 2:
             raise ValueError(f"item_features must be [n_items, T + 4], got shape {item_features.shape}")
         f = item_features.shape[1]
@@ -113,7 +114,7 @@ class LinUCBPolicy:
         if not 1 <= t <= f:
             raise ValueError(f"n_topics must be in [1, {f}], got {t}")
         self.item_topics = np.asarray(item_features[:, :t], dtype=np.float64)
-        dim = f + t + 3 + 1
+        dim = f + t + context_dim + 1
         if dim != self.dim:  # a different feature layout invalidates the model
             self.dim = dim
             self.reset()
@@ -121,7 +122,8 @@ class LinUCBPolicy:
     def bind(self, env: Any) -> None:
         self.slate_size = env.config.env.slate_size
         # The catalog table can grow (arrivals) between evaluations: always take the current one.
-        self._set_catalog(np.asarray(env.core.item_features), env.world.catalog.n_topics)
+        context_dim = int(env.single_observation_space["context"].shape[-1])  # 7 on lifetimes
+        self._set_catalog(np.asarray(env.core.item_features), env.world.catalog.n_topics, context_dim)
 
     def reset(self) -> None:
         """Forget everything learned: A = ridge * I, b = 0."""
@@ -148,7 +150,7 @@ class LinUCBPolicy:
         weight = mask * clicked
         profile = np.einsum("nh,nht->nt", weight, self.item_topics[hist])
         profile /= np.maximum(mask.sum(axis=1, keepdims=True), 1.0)  # [N, T]
-        context = np.asarray(obs["context"], dtype=np.float64)  # [N, 3]
+        context = np.asarray(obs["context"], dtype=np.float64)  # [N, F_ctx]
         return np.concatenate(
             [
                 cand,

@@ -40,7 +40,15 @@ from agents.encoder import EncoderConfig, HistoryEncoder, RecommenderEncoder
 from agents.logs import LogParams, validate_logs
 from agents.model import encoder_config, serve
 from agents.policy import slate_from_scores
-from envs.core import HISTORY_FEATURES, WATCH_TIME_CAP, dedupe_slates
+from envs.core import (
+    CONTEXT_FEATURES,
+    HISTORY_FEATURES,
+    LIFETIME_CONTEXT_FEATURES,
+    LIFETIME_HISTORY_FEATURES,
+    WATCH_TIME_CAP,
+    days_ago,
+    dedupe_slates,
+)
 from simulator.params import check_int, check_range
 
 __all__ = [
@@ -143,7 +151,7 @@ class _Examples:
         )
 
 
-def _build_examples(logs: pd.DataFrame, history_len: int, length_mean: float) -> _Examples:
+def _build_examples(logs: pd.DataFrame, history_len: int, length_mean: float, lifetime: bool = False) -> _Examples:
     """Vectorised core of :func:`examples_from_logs` (rows stay in the logs' order)."""
     if history_len < 1:
         raise ValueError(f"history_len must be >= 1, got {history_len}")
@@ -154,7 +162,9 @@ def _build_examples(logs: pd.DataFrame, history_len: int, length_mean: float) ->
     item, position, click = col("item", np.int64), col("position", np.int64), col("click", np.float32)
     # float32 as the env computes: the history then matches its observations bit for bit.
     watch, completion = col("watch_time", np.float32), col("completion", np.float32)
-    time = np.stack([col("season_sin", np.float32), col("season_cos", np.float32), col("progress", np.float32)], axis=1)
+    context_names = LIFETIME_CONTEXT_FEATURES if lifetime else CONTEXT_FEATURES
+    time = np.stack([col(name, np.float32) for name in context_names], axis=1)
+    n_features = len(LIFETIME_HISTORY_FEATURES if lifetime else HISTORY_FEATURES)
 
     # Sort rows by (seed, user, step, position); a user-step starts where (seed, user, step) changes.
     order = np.lexsort((position, step, user, seed))
@@ -170,11 +180,14 @@ def _build_examples(logs: pd.DataFrame, history_len: int, length_mean: float) ->
     hit_step = step_of_sorted[click[order] > 0]
     entry_item = item[order[start]].copy()
     entry_item[hit_step] = item[hit]
-    entry = np.zeros((n_steps, len(HISTORY_FEATURES)), np.float32)
+    entry = np.zeros((n_steps, n_features), np.float32)
     entry[hit_step, 0] = 1.0
     entry[hit_step, 1] = completion[hit]
     entry[hit_step, 2] = np.minimum(watch[hit] / np.float32(length_mean), np.float32(WATCH_TIME_CAP))
     entry[:, 3:5] = time[order[start], :2]
+    if lifetime:  # when each step was served (days ago is set per example below) and whether it opened a session
+        day = col("day", np.float64)[order[start]].astype(np.float32)
+        entry[:, 6] = col("session_start", np.float32)[order[start]]
 
     # Rank of each step within its user's sequence; step s sees entries s-H .. s-1 (newest last).
     step_user = key[start, :2]
@@ -183,13 +196,15 @@ def _build_examples(logs: pd.DataFrame, history_len: int, length_mean: float) ->
     rank = np.arange(n_steps) - np.maximum.accumulate(np.where(first_of_user, np.arange(n_steps), 0))
     h = history_len
     history_items = np.zeros((n_steps, h), np.int32)
-    history_features = np.zeros((n_steps, h, len(HISTORY_FEATURES)), np.float32)
+    history_features = np.zeros((n_steps, h, n_features), np.float32)
     history_mask = np.zeros((n_steps, h), np.float32)
     for back in range(1, h + 1):  # offset 1 = the newest entry, last slot
         dst = np.flatnonzero(rank >= back)
         history_items[dst, h - back] = entry_item[dst - back]
         history_features[dst, h - back] = entry[dst - back]
         history_mask[dst, h - back] = 1.0
+        if lifetime:  # as the env computes it when it shows step dst: days from that entry to now
+            history_features[dst, h - back, 5] = days_ago(day[dst], day[dst - back])
 
     step_index = np.empty(len(order), np.int64)
     step_index[order] = step_of_sorted  # back to the logs' row order
@@ -206,7 +221,9 @@ def _build_examples(logs: pd.DataFrame, history_len: int, length_mean: float) ->
     )
 
 
-def examples_from_logs(logs: pd.DataFrame, history_len: int, length_mean: float) -> dict[str, np.ndarray]:
+def examples_from_logs(
+    logs: pd.DataFrame, history_len: int, length_mean: float, lifetime: bool = False
+) -> dict[str, np.ndarray]:
     """Turn impression logs (``agents.logs.LOG_COLUMNS``) into per-impression training examples.
 
     Example ``m`` is log row ``m``. Its history is the user's previous ``history_len``
@@ -222,9 +239,11 @@ def examples_from_logs(logs: pd.DataFrame, history_len: int, length_mean: float)
       target_item [M] int64, target_position [M] int64, click [M] float32,
       watch_time [M] float32 (minutes).
     Steps missing from the logs are skipped, not padded: the history is the user's
-    previous *logged* steps (logs from ``collect_logs`` have no gaps).
+    previous *logged* steps (logs from ``collect_logs`` have no gaps). With ``lifetime`` (logs
+    of a lifetime scenario, with LIFETIME_LOG_COLUMNS) the history features add days ago and
+    session start, and the context the lifetime columns [M, 7], as the lifetime env shows them.
     """
-    return _build_examples(logs, history_len, length_mean).expand()
+    return _build_examples(logs, history_len, length_mean, lifetime).expand()
 
 
 # --------------------------------------------------------------------------- models
@@ -346,6 +365,8 @@ class SupervisedRecommender:
         except (RuntimeError, TypeError) as err:
             raise ValueError(f"SupervisedRecommender.device is not a torch device: {device!r}") from err
         self.config = encoder_config(observation_space, self.n_items, model)
+        # A lifetime scenario's observations: histories with days ago and session starts.
+        self.lifetime = self.config.history_feature_dim == len(LIFETIME_HISTORY_FEATURES)
         self.n_positions = int(observation_space["candidate_items"].shape[-1])
         if item_features is not None:
             item_features = np.asarray(item_features, dtype=np.float32)
@@ -440,14 +461,14 @@ class SupervisedRecommender:
         Loss = BCE(click logit, click) + squared error of the watch time (in mean lengths) on
         clicked rows. Empty logs, missing columns or ids outside the catalog are a ValueError.
         """
-        logs = validate_logs(logs, self.n_items)
+        logs = validate_logs(logs, self.n_items, lifetime=self.lifetime)
         if logs["position"].max() >= self.n_positions or logs["position"].min() < 0:
             raise ValueError(
                 f"logs hold slate positions outside 0..{self.n_positions - 1} "
                 f"(the observation has {self.n_positions} candidates)"
             )
         self._build()
-        self._logged = _build_examples(logs, self.config.history_len, self.length_mean)
+        self._logged = _build_examples(logs, self.config.history_len, self.length_mean, self.lifetime)
         self.losses = [self._train_epoch(self._logged) for _ in range(self.params.epochs)]
         return list(self.losses)
 

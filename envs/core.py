@@ -46,6 +46,17 @@ def log_days(days: np.ndarray, scale: float = DAYS_SCALE) -> np.ndarray:
     return np.minimum(out, 1.0).astype(np.float32)
 
 
+def days_ago(now: np.ndarray, then: np.ndarray) -> np.ndarray:
+    """float32 `log_days(now - then)` of history entries: now [N, 1] (or [N]) and then [N, H] as
+    float32 days; in place on a fresh array, since it runs at every step (and logs rebuild it)."""
+    ago = np.subtract(now, then, dtype=np.float32)
+    np.maximum(ago, 0.0, out=ago)
+    np.log1p(ago, out=ago)
+    ago *= np.float32(1.0 / np.log1p(DAYS_SCALE))
+    np.minimum(ago, 1.0, out=ago)
+    return ago
+
+
 def observation_space(config: ScenarioConfig, n_items: int, item_feature_dim: int) -> spaces.Dict:
     """The single-user observation space: a Dict of Box arrays (no Discrete: SB3 would one-hot it).
 
@@ -362,15 +373,8 @@ class RecommenderCore:
         p = self.history_pos
         unroll = lambda buf: np.concatenate([buf[:, p:], buf[:, :p]], axis=1)  # noqa: E731  oldest first
         features, mask = unroll(self.history_features), unroll(self.history_mask)
-        if self.history_day is not None:  # how long ago, as of now: log_days, in place (a hot path)
-            ago = unroll(self.history_day)
-            np.subtract(s.day.astype(np.float32)[:, None], ago, out=ago)
-            np.maximum(ago, 0.0, out=ago)
-            np.log1p(ago, out=ago)
-            ago *= np.float32(1.0 / np.log1p(DAYS_SCALE))
-            np.minimum(ago, 1.0, out=ago)
-            ago *= mask
-            features[..., 5] = ago
+        if self.history_day is not None:  # how long ago, as of now
+            features[..., 5] = days_ago(s.day.astype(np.float32)[:, None], unroll(self.history_day)) * mask
         return {
             "history_items": unroll(self.history_items),
             "history_features": features,

@@ -338,3 +338,17 @@ def test_lifetime_evaluations_report_retention_and_per_day_curves():
     assert m["watch_per_active_day"] > 0 and (ev.episodes.active_days >= 1).all()
     assert list(ev.by_day.columns) == ["day", "active_users", "watch_per_active_user", "retention"]
     assert ev.by_day.active_users.iloc[0] == 64 and np.all(np.diff(ev.by_day.retention.dropna()) <= 0)
+
+
+# ------------------------------------------------------------ every agent on lifetimes
+@pytest.mark.parametrize("agent", sorted(__import__("agents.registry", fromlist=["AGENTS"]).AGENTS))
+def test_every_agent_runs_a_smoke_lifetime_through_the_harness(agent, tmp_path):
+    import pandas as pd
+
+    from experiments import run
+
+    assert run.main(["--agent", agent, "--scenario", "lifetime", "--smoke", "--logdir", str(tmp_path)]) == 0
+    (results,) = list(tmp_path.glob("lifetime/*/*/results.csv"))
+    final = pd.read_csv(results).query("phase == 'final'")
+    assert final.return_mean.notna().all() and {"retention_d1", "sessions_mean", "churn_rate"} <= set(final.columns)
+    assert (results.parent / "eval_by_day.csv").is_file()
