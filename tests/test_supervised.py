@@ -80,6 +80,21 @@ class Recorder:
         return self.policy.act(obs)
 
 
+def assert_examples_match(logs, ex, recorder) -> int:
+    """Every served row's example holds the observation the env showed at that step (bit for bit);
+    returns how many rows were checked (rows of the past a user arrived with aside)."""
+    checked = 0
+    for i, (user, step) in enumerate(zip(logs.user.to_numpy(), logs.step.to_numpy())):
+        if step < 0:
+            continue
+        obs = recorder.seen[(int(user), int(step))]
+        for key in ("history_items", "history_features", "history_mask", "context"):
+            np.testing.assert_array_equal(ex[key][i], obs[key], err_msg=f"{key} of row {i}")
+        assert ex["target_item"][i] in obs["candidate_items"]
+        checked += 1
+    return checked
+
+
 @pytest.mark.parametrize("slate_size", [1, 2])
 def test_examples_match_env_observations(slate_size):
     cfg = config(slate_size)
@@ -96,13 +111,7 @@ def test_examples_match_env_observations(slate_size):
     np.testing.assert_array_equal(ex["target_item"], logs.item)
     np.testing.assert_array_equal(ex["click"], logs.click)
     assert (logs.step < 0).any()  # the interactions users arrived with are logged before step 0
-    for i, (user, step) in enumerate(zip(logs.user.to_numpy(), logs.step.to_numpy())):
-        if step < 0:
-            continue
-        obs = recorder.seen[(int(user), int(step))]
-        for key in ("history_items", "history_features", "history_mask", "context"):
-            np.testing.assert_array_equal(ex[key][i], obs[key], err_msg=f"{key} of row {i}")
-        assert ex["target_item"][i] in obs["candidate_items"]
+    assert assert_examples_match(logs, ex, recorder) > 0
 
 
 def test_examples_ignore_row_order(logs):
@@ -271,15 +280,7 @@ def test_lifetime_examples_match_the_lifetime_env_bit_for_bit():
     assert logs.session_start.sum() > logs.user.nunique()  # return visits were logged
     ex = examples_from_logs(logs, history_len=12, length_mean=cfg.world.catalog.length_mean, lifetime=True)
     assert ex["history_features"].shape[-1] == 7 and ex["context"].shape[-1] == 7
-    checked = 0
-    for i, (user, step) in enumerate(zip(logs.user.to_numpy(), logs.step.to_numpy())):
-        if step < 0:
-            continue
-        obs = recorder.seen[(int(user), int(step))]
-        for key in ("history_items", "history_features", "history_mask", "context"):
-            np.testing.assert_array_equal(ex[key][i], obs[key], err_msg=f"{key} of row {i}")
-        checked += 1
-    assert checked > 300
+    assert assert_examples_match(logs, ex, recorder) > 300
 
 
 def test_a_lifetime_model_refuses_session_logs():
