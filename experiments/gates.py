@@ -47,7 +47,7 @@ from agents.policy import RandomPolicy
 from agents.registry import get_agent
 from envs.config import PRESETS, ScenarioConfig, make_scenario
 from experiments.harness import EVAL_SEED, evaluate
-from experiments.runs import RunSettings, load_run, restore_policy, run_one
+from experiments.runs import RunSettings, load_run, restore_policy, run_one, run_status
 from experiments.stats import mean_interval
 from simulator.families import FAMILY_NAMES
 from simulator.params import check_int, merge_overrides
@@ -112,6 +112,11 @@ class ValiditySettings:
         for agent, algo in self.algo.items():
             get_agent(agent).make_params(algo)
         self.scenario("stationary")  # bad overrides fail here, before any work
+        for run_dir in self.history_runs:  # a run still training would be measured half-trained
+            load_run(run_dir)
+            status = run_status(run_dir)
+            if status not in ("finished", "unknown"):
+                raise ValueError(f"--history-runs {run_dir} is {status}, not finished (finish it with run.py --resume)")
 
     def scenario(self, preset: str, extra: Mapping[str, Any] | None = None) -> ScenarioConfig:
         return make_scenario(preset, merge_overrides(self.scenario_overrides, extra))

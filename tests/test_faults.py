@@ -231,3 +231,16 @@ def test_validity_and_compare_refuse_unwritable_outputs(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
     assert compare.main([str(tmp_path), "--out", str(blocker / "c")]) == 2
     assert "cannot be written" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------- memory
+def test_users_that_would_not_fit_in_memory_are_refused_before_allocating(monkeypatch):
+    from envs.config import make_scenario
+    from envs.core import RecommenderCore
+    from simulator import params
+
+    monkeypatch.setattr(params, "physical_memory", lambda: float(2**30))  # a 1 GiB machine
+    # 100,000 lifetime users need about 2 GiB (measured 20.6 KB per user through the vector env).
+    with pytest.raises(ValueError, match=r"env: 100,000 users x env.history_len = 128.*GiB.*of this machine's memory"):
+        RecommenderCore(make_scenario("lifetime"), 100_000, seed=0)
+    RecommenderCore(make_scenario("lifetime", {"catalog": {"n_items": 200}}), 8, seed=0)  # small ones still build

@@ -3,6 +3,8 @@ on tiny configs (the full report is a benchmark: experiments/validity.py)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,8 +13,9 @@ from agents.item_score import QUALITY, FeatureModelPolicy, ItemScoreParams, Item
 from agents.oracles import SessionOracle, StaleStateOracle
 from agents.registry import get_agent
 from envs import RecVectorEnv
-from experiments import gates, validity
+from experiments import gates, runs, validity
 from experiments.harness import evaluate
+from experiments.runs import RunSettings
 from simulator import response
 from simulator.response import ResponseParams
 
@@ -143,6 +146,18 @@ def test_validity_settings_fail_before_any_work():
         gates.ValiditySettings(seeds=(0, 0))
     with pytest.raises(ValueError, match="algo.top"):
         gates.ValiditySettings(algo={"oracle-lookahead": {"top": 0}})
+
+
+def test_validity_refuses_a_history_run_that_has_not_finished(tmp_path):
+    run_dir = tmp_path / "0-20260101-000000"
+    (run_dir / "checkpoint").mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps(RunSettings(agent="ppo", scenario="mixed").to_dict()))
+    (run_dir / "checkpoint" / "state.json").write_text(json.dumps({"env_steps": 4096}))
+    runs.write_status(run_dir, "running")  # still training: its checkpoint is a half-trained policy
+    with pytest.raises(ValueError, match=f"--history-runs {run_dir} is running, not finished"):
+        gates.ValiditySettings(history_runs=(str(run_dir),))
+    with pytest.raises(ValueError, match="no run directory"):
+        gates.ValiditySettings(history_runs=(str(tmp_path / "missing"),))
 
 
 def test_validity_report_covers_lifetimes_with_their_own_reference(tmp_path):

@@ -91,8 +91,12 @@ def peak_memory(path: str, config: str, n_users: int) -> dict:
         f"from experiments.benchmarks.sim import measure, _peak_rss_mb; "
         f"measure({path!r}, {config!r}, {n_users}, 0.0); print(_peak_rss_mb())"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return dict(path=path, config=config, n_users=n_users, peak_rss_mb=float(out.stdout.strip().splitlines()[-1]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    record = dict(path=path, config=config, n_users=n_users)
+    if out.returncode != 0:  # refused by the memory check (or killed): say why instead of a number
+        lines = out.stderr.strip().splitlines()
+        return dict(record, peak_rss_mb=float("nan"), error=lines[-1] if lines else f"exit {out.returncode}")
+    return dict(record, peak_rss_mb=float(out.stdout.strip().splitlines()[-1]))
 
 
 def _peak_rss_mb() -> float:
@@ -115,6 +119,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def _line(r: dict) -> str:
+    if "error" in r:
+        return f"{r['path']:>6} {r['config']:>8} N={r['n_users']:>8,d}  not built: {r['error']}"
     if "peak_rss_mb" in r:
         return f"{r['path']:>6} {r['config']:>8} N={r['n_users']:>8,d}  peak memory {r['peak_rss_mb']:,.0f} MB"
     return f"{r['path']:>6} {r['config']:>8} N={r['n_users']:>8,d}  {r['user_steps_per_s']:>12,.0f} user-steps/s"
