@@ -1,6 +1,6 @@
 """Train (if the agent trains) and evaluate one agent on one scenario.
 
-  python experiments/run.py --agent ppo                      # PPO on `mixed`, ~5 min on 2 CPU cores
+  python experiments/run.py --agent ppo                      # PPO on `mixed`, ~7 min on 2 CPU cores
   python experiments/run.py --agent sb3-ppo --scenario cognitive --steps 200000
   python experiments/run.py --agent oracle-session           # evaluate a reference policy
   python experiments/run.py --agent ppo --seeds 0 1 2 --parallel 2
