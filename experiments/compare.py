@@ -18,14 +18,13 @@ line that names it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from experiments.runs import config_label, run_status, writable_dir
+from experiments.runs import config_label, read_json, run_status, writable_dir
 from experiments.stats import mean_interval
 
 METRICS = (
@@ -47,8 +46,8 @@ def _skip(path: Path, why: str) -> None:
 
 def _config(run_dir: Path) -> str:
     try:
-        return config_label(json.loads((run_dir / "run.json").read_text()))
-    except (OSError, json.JSONDecodeError, AttributeError):
+        return config_label(read_json(run_dir / "run.json", "run record"))
+    except ValueError:  # no readable record (runs older than run.json): the defaults
         return ""
 
 

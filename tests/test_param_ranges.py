@@ -81,12 +81,18 @@ def simulate(cfg) -> None:
     assert clicks > 0, "users stopped clicking"
 
 
+def _typed(value: object, is_int: bool) -> object:
+    """A whole float drawn for an int field, as the int a config file would give."""
+    if is_int and isinstance(value, float) and np.isfinite(value) and value == int(value):
+        return int(value)
+    return value
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(field=st.sampled_from(FIELDS), value=VALUES)
 def test_any_value_is_refused_by_name_or_simulates_meaningfully(field, value):
     section, name, is_int = field
-    if is_int and isinstance(value, float) and np.isfinite(value) and value == int(value):
-        value = int(value)
+    value = _typed(value, is_int)
     preset = "lifetime" if section == "lifetime" else "mixed"
     try:
         cfg = make_scenario(preset, overrides(section, name, value))
@@ -107,8 +113,7 @@ def test_any_value_is_refused_by_name_or_simulates_meaningfully(field, value):
 @given(field=st.sampled_from(EVENT_FIELDS), value=VALUES)
 def test_any_shock_event_value_is_refused_by_name_or_simulates_meaningfully(field, value):
     kind, name, is_int = field
-    if is_int and isinstance(value, float) and np.isfinite(value) and value == int(value):
-        value = int(value)
+    value = _typed(value, is_int)
     event = {"kind": kind, "step": 3, name: value}
     try:
         cfg = make_scenario("mixed", {**TINY, "shock": {"enabled": True, "events": [event]}})
