@@ -3,6 +3,7 @@
   python experiments/validity.py --smoke                 # the whole report at toy sizes (seconds)
   python experiments/validity.py --out docs/validity     # every preset, 3 seeds x 1,024 users
   python experiments/validity.py --history-runs runs/validity/*/*/ppo/*   # reuse trained PPO runs
+  python experiments/validity.py --presets mixed --update docs/validity   # re-measure what a change moved
 
 Measures, on the same users for every policy (common random numbers): random, the user-blind
 policies (highest rating, most popular, the feature model, logged popularity, the linear item
@@ -10,7 +11,9 @@ score tuned on a separate seed), the myopic, session, stale-state and lookahead 
 stale-state oracle under each drift preset's magnitudes, and a history ablation (PPO and sasrec
 with the full history and with history_len 1). Prints the gates (experiments/gates.py) as
 pass/fail with their figures and writes report.md, gates.csv, policies.csv, drift.csv and
-history.csv to --out. Exits 1 when a gate fails. The headroom of long-term reasoning (random,
+history.csv to --out. With --update DIR, the presets measured now replace theirs in the report
+already in DIR (the rest is kept, and commands.csv says which command measured what); the gates
+are evaluated on the merged tables. Exits 1 when a gate fails. The headroom of long-term reasoning (random,
 myopic, session, lookahead) is part of the policy table.
 """
 
@@ -55,6 +58,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--steps", type=int, default=None, help=f"PPO training budget (default: {d.steps})")
     p.add_argument("--out", default=None, help="output directory (default: runs/validity/<time>)")
+    p.add_argument(
+        "--update",
+        default=None,
+        metavar="DIR",
+        help="merge into the report in DIR: the presets measured now replace theirs, the rest is kept",
+    )
     p.add_argument("--smoke", action="store_true", help="toy sizes end to end (seconds)")
     return p.parse_args(argv)
 
@@ -80,19 +89,83 @@ def settings_from_args(args: argparse.Namespace) -> g.ValiditySettings:
     return g.ValiditySettings(**kw)
 
 
+TABLES = ("policies", "drift", "history")
+
+
+def read_previous(
+    directory: str | Path, settings: g.ValiditySettings
+) -> tuple[Path, dict[str, pd.DataFrame], pd.DataFrame]:
+    """The report in `directory` to update: its tables and commands.csv (a report written before
+    commands.csv existed counts as one earlier, unnamed command). A ValueError names what is missing,
+    or a report measured on other evaluation seeds (its rows and the new ones would not share users)."""
+    directory = Path(directory)
+    tables = {}
+    for name in TABLES:
+        path = directory / f"{name}.csv"
+        if not path.is_file():
+            raise ValueError(f"--update {directory}: no {name}.csv there (is it a validity report?)")
+        try:
+            tables[name] = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            tables[name] = pd.DataFrame()
+        except (pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise ValueError(f"--update {directory}: {name}.csv is unreadable: {err}") from None
+        if len(tables[name]) and "preset" not in tables[name]:
+            raise ValueError(f"--update {directory}: {name}.csv has no preset column")
+    seeds = sorted(set(tables["policies"].get("seed", pd.Series(dtype=int))))
+    if seeds and seeds != sorted(settings.seeds):
+        raise ValueError(
+            f"--update {directory}: its report was measured on seeds {seeds}, this run on {sorted(settings.seeds)}"
+        )
+    commands_path = directory / "commands.csv"
+    if commands_path.is_file():
+        commands = pd.read_csv(commands_path)
+    else:
+        measured = sorted(set(tables["policies"].get("preset", pd.Series(dtype=str))))
+        commands = pd.DataFrame([dict(command="(an earlier run)", presets=" ".join(measured), minutes=float("nan"))])
+    return writable_dir(directory, "--update"), tables, commands
+
+
+def merge_tables(
+    previous: dict[str, pd.DataFrame], new: dict[str, pd.DataFrame], settings: g.ValiditySettings
+) -> dict[str, pd.DataFrame]:
+    """`previous` with the rows measured now replaced: policies and drift by preset, the history
+    ablation by (preset, agent) when it ran."""
+    merged = {}
+    for name in TABLES:
+        old, fresh = previous[name], new[name]
+        if not len(old):
+            merged[name] = fresh
+            continue
+        if name == "history":
+            ran = settings.history_agents and len(fresh)
+            replaced = old.preset.isin(settings.history_presets) & old.agent.isin(settings.history_agents) & bool(ran)
+        else:
+            replaced = old.preset.isin(settings.presets)
+        merged[name] = pd.concat([old[~replaced], fresh], ignore_index=True)
+    return merged
+
+
 def write_report(
     settings: g.ValiditySettings,
     tables: dict[str, pd.DataFrame],
     gates: list[g.Gate],
     out: Path,
-    command: str,
-    seconds: float,
+    commands: pd.DataFrame,
 ) -> Path:
     summary = g.summary_table(tables["policies"])
+    measured_by = [
+        f"- `{c.command}` ({c.minutes:.1f} min on this machine): {c.presets}"
+        if pd.notna(c.minutes)
+        else f"- {c.command}: {c.presets}"
+        for c in commands.itertuples()
+    ]
     lines = [
         "# Validity report",
         "",
-        f"`{command}` ({seconds / 60:.1f} min on this machine)",
+        "Measured by (a later command's presets replace an earlier one's):",
+        "",
+        *measured_by,
         "",
         f"Every policy meets the same users: seeds {', '.join(map(str, settings.seeds))} x {settings.users} users "
         "per preset (common random numbers). Return in minutes watched per session, mean over seeds "
@@ -128,7 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         settings = settings_from_args(args)
-        out = writable_dir(args.out or Path("runs") / "validity" / time.strftime("%Y%m%d-%H%M%S"), "--out")
+        if args.update and args.out:
+            raise ValueError("--update DIR writes into DIR: give --update or --out, not both")
+        if args.update:
+            out, previous, commands = read_previous(args.update, settings)
+        else:
+            out = writable_dir(args.out or Path("runs") / "validity" / time.strftime("%Y%m%d-%H%M%S"), "--out")
+            previous, commands = None, pd.DataFrame(columns=["command", "presets", "minutes"])
         started = time.perf_counter()
         tables = dict(
             policies=g.measure_policies(settings),
@@ -138,12 +217,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if previous is not None:
+        tables = merge_tables(previous, tables, settings)
+    command = "python experiments/validity.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    measured = " ".join(settings.presets)
+    if settings.history_agents:
+        measured += f" (history: {' '.join(settings.history_agents)} on {' '.join(settings.history_presets)})"
+    now = dict(command=command.strip(), presets=measured, minutes=(time.perf_counter() - started) / 60)
+    commands = pd.concat([commands, pd.DataFrame([now])], ignore_index=True)
     gates = g.evaluate_gates(tables["policies"], tables["drift"], tables["history"])
     for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False)
     pd.DataFrame([vars(x) for x in gates]).to_csv(out / "gates.csv", index=False)
-    command = "python experiments/validity.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = write_report(settings, tables, gates, out, command.strip(), time.perf_counter() - started)
+    commands.to_csv(out / "commands.csv", index=False)
+    report = write_report(settings, tables, gates, out, commands)
     print(g.gates_markdown(gates))
     print(f"\nreport: {report}")
     failed = [x for x in gates if not x.passed]

@@ -174,3 +174,35 @@ def test_validity_report_covers_lifetimes_with_their_own_reference(tmp_path):
     assert "oracle-lifetime" in set(policies[policies.preset == "lifetime"].policy)
     assert "oracle-lookahead" not in set(policies[policies.preset == "lifetime"].policy)
     assert {"sessions_mean", "churn_rate"} <= set(policies.columns)
+
+
+def test_validity_update_replaces_the_remeasured_presets_and_keeps_the_rest(tmp_path):
+    out = tmp_path / "report"
+    base = ["--smoke", "--history-agents", "--presets"]
+    assert validity.main([*base, "stationary", "shock", "--out", str(out)]) in (0, 1)
+    before = pd.read_csv(out / "policies.csv")
+    # Re-measure one preset: its rows are replaced (reproduced: same seeds), the other preset's are kept.
+    assert validity.main([*base, "shock", "--update", str(out)]) in (0, 1)
+    after = pd.read_csv(out / "policies.csv")
+    assert len(after) == len(before)
+    pd.testing.assert_frame_equal(
+        before[before.preset == "stationary"].reset_index(drop=True),
+        after[after.preset == "stationary"].reset_index(drop=True),
+    )
+    pd.testing.assert_frame_equal(  # same settings, same seeds: the re-measured rows reproduce
+        before[before.preset == "shock"].reset_index(drop=True), after[after.preset == "shock"].reset_index(drop=True)
+    )
+    assert set(pd.read_csv(out / "gates.csv")["where"]) >= {"stationary", "shock"}
+    commands = pd.read_csv(out / "commands.csv")
+    assert list(commands.presets) == ["stationary shock", "shock"]
+    assert "--update" in (out / "report.md").read_text()
+
+
+def test_validity_update_refuses_a_foreign_directory_before_any_work(tmp_path, capsys):
+    assert validity.main(["--smoke", "--presets", "shock", "--update", str(tmp_path)]) == 2
+    assert "no policies.csv there" in capsys.readouterr().err
+    (tmp_path / "policies.csv").write_text("preset,seed,policy,return_mean\nshock,7,random,1.0\n")
+    (tmp_path / "drift.csv").write_text("")
+    (tmp_path / "history.csv").write_text("")
+    assert validity.main(["--smoke", "--presets", "shock", "--update", str(tmp_path)]) == 2
+    assert "measured on seeds [7]" in capsys.readouterr().err
