@@ -4,8 +4,12 @@ seeds) in markdown and CSV, and a plot of return with intervals.
   python experiments/compare.py runs/ --out reports/compare
 
 Reads every results.csv under the given directories (one run each) and uses each run's
-final evaluation. Regret is measured against the reference agent (default oracle-lookahead)
-evaluated on the same users; it is left out where no reference run exists.
+final evaluation. Lifetime scenarios add their calendar-time columns (sessions per user, churn,
+retention on days 1, 7 and 30, watch time per active day) and, from each run's eval_by_day.csv,
+a plot per scenario of retention and watch time per active user against the day, per agent with
+95% t intervals over seeds (by_day_<scenario>.png). Regret is measured against the reference
+agent (default oracle-lookahead) evaluated on the same users; it is left out where no reference
+run exists.
 
 What is averaged is what the table says: a row is one agent in one configuration (where one
 agent ran with different scenario overrides, model, algo settings or step budgets, each
@@ -37,7 +41,16 @@ METRICS = (
     "coverage",
     "homogenisation",
     "homogenisation_trend",
+    # Lifetime scenarios (absent elsewhere): calendar-time outcomes.
+    "sessions_mean",
+    "churn_rate",
+    "retention_d1",
+    "retention_d7",
+    "retention_d30",
+    "watch_per_active_day",
 )
+BY_DAY_FILE = "eval_by_day.csv"  # written by lifetime runs (experiments.tracking.Tracker.curves)
+BY_DAY_PANELS = (("retention", "share of users still active"), ("watch_per_active_user", "minutes per active user"))
 
 
 def _skip(path: Path, why: str) -> None:
@@ -156,6 +169,73 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def load_by_day(runs: pd.DataFrame) -> pd.DataFrame:
+    """The per-day curves of the runs that have them: scenario, agent, seed, day and the curves."""
+    frames = []
+    for r in runs.itertuples():
+        path = Path(r.run_dir) / BY_DAY_FILE
+        if not path.is_file():
+            continue
+        try:
+            curves = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            _skip(path, "not a readable per-day table")
+            continue
+        if not {"day", *(c for c, _ in BY_DAY_PANELS)} <= set(curves.columns):
+            _skip(path, "not a per-day table (columns missing)")
+            continue
+        frames.append(curves.assign(scenario=r.scenario, agent=r.agent, seed=r.seed))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def by_day_summary(by_day: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% t interval over seeds of each per-day curve: scenario, agent, day, curve, mean, ci_low, ci_high."""
+    rows = []
+    for (scenario, agent, day), g in by_day.groupby(["scenario", "agent", "day"], sort=True):
+        for curve, _ in BY_DAY_PANELS:
+            lo, hi = mean_interval(g[curve].to_numpy())
+            rows.append(
+                dict(
+                    scenario=scenario,
+                    agent=agent,
+                    day=day,
+                    curve=curve,
+                    mean=float(g[curve].mean()),
+                    ci_low=lo,
+                    ci_high=hi,
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def plot_by_day(summary: pd.DataFrame, out: Path) -> list[Path]:
+    """One PNG per scenario: retention and watch time per active user against the day, per agent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for scenario, g in summary.groupby("scenario", sort=True):
+        fig, axes = plt.subplots(1, len(BY_DAY_PANELS), figsize=(6 * len(BY_DAY_PANELS), 4), squeeze=False)
+        for ax, (curve, label) in zip(axes[0], BY_DAY_PANELS):
+            for agent, a in g[g.curve == curve].groupby("agent", sort=True):
+                style = "--" if str(agent).startswith("oracle") else "-"  # oracles read the true state
+                (line,) = ax.plot(a.day, a["mean"], style, label=agent)
+                if a.ci_low.notna().any():
+                    ax.fill_between(a.day, a.ci_low, a.ci_high, color=line.get_color(), alpha=0.15)
+            ax.set_xlabel("days since the first visit")
+            ax.set_ylabel(label)
+            ax.set_title(f"{scenario}: {curve.replace('_', ' ')}")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"by_day_{scenario}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", type=Path, help="run directories or roots (e.g. runs/)")
@@ -173,8 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(summary)
     (args.out / "comparison.md").write_text(text + "\n")
     plot(summary, args.out / "return.png")
+    written = [args.out / "comparison.md", args.out / "comparison.csv", args.out / "return.png"]
+    by_day = load_by_day(runs)
+    if len(by_day):
+        curves = by_day_summary(by_day)
+        curves.to_csv(args.out / "by_day.csv", index=False)
+        written += [args.out / "by_day.csv", *plot_by_day(curves, args.out)]
     print(text)
-    print(f"\nwrote {args.out / 'comparison.md'}, {args.out / 'comparison.csv'}, {args.out / 'return.png'}")
+    print(f"\nwrote {', '.join(map(str, written))}")
     return 0
 
 

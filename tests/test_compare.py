@@ -120,3 +120,22 @@ def test_compare_builds_its_table_from_tiny_runs(tmp_path, capsys):
 def test_compare_without_runs_is_an_error(tmp_path, capsys):
     assert compare.main([str(tmp_path)]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_compare_shows_retention_and_plots_per_day_curves_on_lifetimes(tmp_path, capsys):
+    for agent in ("random", "oracle-session"):
+        argv = ["--agent", agent, "--scenario", "lifetime", "--smoke", "--seeds", "0", "1"]
+        assert run.main([*argv, "--logdir", str(tmp_path / "runs")]) == 0
+    out = tmp_path / "report"
+    assert compare.main([str(tmp_path / "runs"), "--out", str(out), "--reference", "oracle-session"]) == 0
+    table = pd.read_csv(out / "comparison.csv")
+    assert {"retention_d1", "churn_rate", "sessions_mean", "watch_per_active_day"} <= set(table.metric)
+    assert "retention_d1" in (out / "comparison.md").read_text()
+    curves = pd.read_csv(out / "by_day.csv")
+    assert set(curves.agent) == {"random", "oracle-session"} and set(curves.curve) == {
+        "retention",
+        "watch_per_active_user",
+    }
+    day0 = curves[(curves.day == 0) & (curves.curve == "retention")]
+    assert np.allclose(day0["mean"], 1.0)  # every user is active on the day of their first visit
+    assert (out / "by_day_lifetime.png").stat().st_size > 1000
