@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.runs import config_label, read_json, run_status, writable_dir
+from experiments.runs import changed_dynamics, config_label, read_json, run_status, writable_dir
 from experiments.stats import mean_interval
 
 METRICS = (
@@ -59,9 +59,12 @@ def _skip(path: Path, why: str) -> None:
 
 def _config(run_dir: Path) -> str:
     try:
-        return config_label(read_json(run_dir / "run.json", "run record"))
+        record = read_json(run_dir / "run.json", "run record")
     except ValueError:  # no readable record (runs older than run.json): the defaults
         return ""
+    label = config_label(record)
+    # A run of a preset as it was before a change to it is another configuration, never pooled.
+    return f"{label} earlier dynamics".strip() if changed_dynamics(record) else label
 
 
 def load_runs(roots: list[Path]) -> pd.DataFrame:

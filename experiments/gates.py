@@ -113,10 +113,23 @@ class ValiditySettings:
             get_agent(agent).make_params(algo)
         self.scenario("stationary")  # bad overrides fail here, before any work
         for run_dir in self.history_runs:  # a run still training would be measured half-trained
-            load_run(run_dir)
+            saved = load_run(run_dir)
             status = run_status(run_dir)
             if status not in ("finished", "unknown"):
                 raise ValueError(f"--history-runs {run_dir} is {status}, not finished (finish it with run.py --resume)")
+            if saved.scenario in PRESETS:  # a run of other dynamics would be measured as if of these
+                trained = saved.scenario_config()
+                measured = self.scenario(saved.scenario, {"env": {"history_len": trained.env.history_len}})
+                if trained != measured:
+                    differ = [
+                        f.name
+                        for f in dataclasses.fields(trained.world)
+                        if getattr(trained.world, f.name) != getattr(measured.world, f.name)
+                    ] + (["env"] if trained.env != measured.env else [])
+                    raise ValueError(
+                        f"--history-runs {run_dir} was trained on another '{saved.scenario}' than this report measures "
+                        f"(differs in: {', '.join(differ)}); retrain it, or leave it out to train here"
+                    )
 
     def scenario(self, preset: str, extra: Mapping[str, Any] | None = None) -> ScenarioConfig:
         return make_scenario(preset, merge_overrides(self.scenario_overrides, extra))

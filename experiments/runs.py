@@ -151,14 +151,20 @@ class RunSettings:
 
     # --------------------------------------------------------------- run.json
     def to_dict(self) -> dict[str, Any]:
-        """Plain settings plus the derived name (what compare and stress read)."""
-        return dict(dataclasses.asdict(self), name=self.name, trainable=self.spec.trains)
+        """Plain settings plus the derived name (what compare and stress read) and the scenario as
+        resolved today (`scenario_config`: presets change; a run must not be re-read as another)."""
+        return dict(
+            dataclasses.asdict(self),
+            name=self.name,
+            trainable=self.spec.trains,
+            scenario_config=_plain(self.scenario_config().to_dict()),
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "run.json") -> RunSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        unknown = sorted(set(data) - known - {"name", "trainable"})
+        unknown = sorted(set(data) - known - {"name", "trainable", "scenario_config"})
         if unknown:
             raise ValueError(f"{where}: unknown setting '{unknown[0]}'")
         if values.get("eval_interval") is None:
@@ -236,6 +242,29 @@ def run_status(run_dir: str | Path) -> str:
         return str(json.loads(path.read_text()).get("status", "unknown"))
     except (OSError, json.JSONDecodeError, AttributeError):
         return "unknown"
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON reads it back (tuples become lists), so that records compare equal."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def changed_dynamics(record: Mapping[str, Any]) -> list[str]:
+    """The scenario sections (`world.users`, `env`, ...) where the scenario a run recorded in its
+    run.json differs from what its preset and overrides resolve to today; [] when they agree or the
+    run predates the record."""
+    saved = record.get("scenario_config")
+    if not isinstance(saved, Mapping):
+        return []
+    now = _plain(RunSettings.from_dict(record).scenario_config().to_dict())
+    changed = []
+    for key in sorted(set(saved) | set(now)):
+        if isinstance(now.get(key), Mapping) and isinstance(saved.get(key), Mapping):
+            inner = set(saved[key]) | set(now[key])
+            changed += [f"{key}.{k}" for k in sorted(inner) if saved[key].get(k) != now[key].get(k)]
+        elif saved.get(key) != now.get(key):
+            changed.append(key)
+    return changed
 
 
 def config_label(settings_dict: Mapping[str, Any]) -> str:
@@ -523,7 +552,14 @@ def load_run(run_dir: str | Path) -> RunSettings:
         raise ValueError(f"no run.json in {run_dir} (is it a run directory?)")
     if not (run_dir / "checkpoint" / "state.json").is_file():
         raise ValueError(f"no checkpoint in {run_dir / 'checkpoint'}")
-    settings = RunSettings.from_dict(read_json(meta, "run record"), where=str(meta))
+    record = read_json(meta, "run record")
+    settings = RunSettings.from_dict(record, where=str(meta))
+    changed = changed_dynamics(record)
+    if changed:
+        raise ValueError(
+            f"{run_dir} was trained on '{settings.scenario}' as it was then; the scenario has changed since "
+            f"(in {', '.join(changed)}), so it cannot be resumed or measured as a run of today's: retrain it"
+        )
     read_json(run_dir / "checkpoint" / "state.json", "checkpoint state")
     if not settings.spec.trains:
         raise ValueError(f"{run_dir} holds a run of '{settings.agent}', which has no checkpoint to load")

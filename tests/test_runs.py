@@ -121,3 +121,30 @@ def test_cuda_is_resolved_in_the_driver_before_any_job(monkeypatch):
     assert runs.resolve_device("auto") == "cpu"
     monkeypatch.setattr(runs, "cuda_available", lambda: True)
     assert runs.resolve_device("auto") == "cuda" and runs.ray_device("auto", None) == "cuda"
+
+
+def _recorded_run(tmp_path, record):
+    import json
+
+    run_dir = tmp_path / "0-20260101-000000"
+    (run_dir / "checkpoint").mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps(record))
+    (run_dir / "checkpoint" / "state.json").write_text(json.dumps({"env_steps": 4096, "iteration": 1}))
+    return run_dir
+
+
+def test_a_run_of_a_preset_as_it_was_before_a_change_is_never_read_as_todays(tmp_path):
+    from experiments import compare
+
+    record = RunSettings(agent="ppo", scenario="mixed").to_dict()
+    assert record["scenario_config"]["world"]["users"]["n_communities"] == 16  # what mixed resolves to today
+    assert runs.changed_dynamics(record) == [] and runs.load_run(_recorded_run(tmp_path / "now", record))
+    # The same run.json as written before `mixed` moved to 16 taste communities.
+    record["scenario_config"]["world"]["users"]["n_communities"] = 4
+    assert runs.changed_dynamics(record) == ["world.users"]
+    old = _recorded_run(tmp_path / "then", record)
+    with pytest.raises(ValueError, match=r"trained on 'mixed' as it was then.*\(in world.users\)"):
+        runs.load_run(old)
+    assert compare._config(old) == "earlier dynamics"  # a separate row in every comparison, never pooled
+    del record["scenario_config"]  # runs from before the record: nothing to compare, read as today's
+    assert runs.changed_dynamics(record) == []

@@ -206,3 +206,14 @@ def test_validity_update_refuses_a_foreign_directory_before_any_work(tmp_path, c
     (tmp_path / "history.csv").write_text("")
     assert validity.main(["--smoke", "--presets", "shock", "--update", str(tmp_path)]) == 2
     assert "measured on seeds [7]" in capsys.readouterr().err
+
+
+def test_validity_refuses_a_history_run_trained_on_other_dynamics(tmp_path):
+    settings = RunSettings(agent="ppo", scenario="mixed", scenario_overrides={"users": {"n_communities": 4}})
+    run_dir = tmp_path / "0-20260101-000000"
+    (run_dir / "checkpoint").mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps(settings.to_dict()))
+    (run_dir / "checkpoint" / "state.json").write_text(json.dumps({"env_steps": 4096}))
+    runs.write_status(run_dir, "finished")
+    with pytest.raises(ValueError, match=r"trained on another 'mixed' than this report measures \(differs in: users"):
+        gates.ValiditySettings(history_runs=(str(run_dir),))
