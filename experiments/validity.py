@@ -47,6 +47,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"agents of the history ablation (default: {' '.join(d.history_agents)}; none: skip it)",
     )
     p.add_argument(
+        "--history-presets",
+        nargs="+",
+        default=None,
+        help=f"presets of the history ablation (default: {' '.join(d.history_presets)})",
+    )
+    p.add_argument(
         "--history-seeds", nargs="+", type=int, default=None, help="training seeds of the history ablation (default: 0)"
     )
     p.add_argument(
@@ -79,7 +85,7 @@ def settings_from_args(args: argparse.Namespace) -> g.ValiditySettings:
                 a: dict(get_agent(a).smoke) for a in ("ppo", "sasrec", "popularity", "item-score", "oracle-lookahead")
             },
         )
-    for name in ("presets", "seeds", "history_agents", "history_seeds"):
+    for name in ("presets", "seeds", "history_agents", "history_presets", "history_seeds"):
         if getattr(args, name) is not None:
             kw[name] = tuple(getattr(args, name))
     for name in ("users", "steps"):

@@ -116,6 +116,8 @@ def test_validity_report_end_to_end_at_smoke_sizes(tmp_path, capsys):
             "shock",
             "--history-agents",
             "sasrec",
+            "--history-presets",
+            "cognitive",
             "--history-seeds",
             "0",
             "--out",
@@ -134,6 +136,7 @@ def test_validity_report_end_to_end_at_smoke_sizes(tmp_path, capsys):
         "drift: shortfall grows with magnitude",
         "drift: stale-state falls short",
     } <= names
+    assert set(pd.read_csv(out / "history.csv").preset) == {"cognitive"}
     report = (out / "report.md").read_text()
     assert "## Gates" in report and "oracle-stale" in report and "item-score" in report
     assert ("FAIL" in capsys.readouterr().out) == (code == 1)
