@@ -59,6 +59,7 @@ _INT_FIELDS_MIN = {  # field -> smallest allowed value
     "n_layers": 1,
     "n_heads": 1,
     "ff_mult": 1,
+    "attention_window": 0,
 }
 
 
@@ -71,6 +72,11 @@ class EncoderConfig:
     the inputs are on CUDA. ``compile`` wraps the Transformer block stack with
     ``torch.compile``. ``target_attention`` adds a per-candidate read of the
     history (see :class:`TargetAttention`) to the state each candidate is scored with.
+    ``attention_window`` W bounds the cost of long histories: in every layer but the last,
+    a history token attends to the CLS token and to the tokens of its own block of W and of
+    the block before it, instead of to all H (0: always all). With the last layer computing
+    only the CLS row (which reads all H), a decision then costs O(H * W) instead of O(H^2):
+    linear in the history length. Histories of at most W tokens are encoded exactly as with 0.
     """
 
     n_items: int
@@ -86,6 +92,7 @@ class EncoderConfig:
     compile: bool = False
     autocast_bf16: bool = True
     target_attention: bool = True
+    attention_window: int = 32
 
     def __post_init__(self) -> None:
         for name, low in _INT_FIELDS_MIN.items():
@@ -225,20 +232,56 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, x: Tensor, attn_mask: Tensor, first_query_only: bool = False) -> Tensor:
-        """x: [B, L, d]; attn_mask: bool [B, 1, 1, L], True = may be attended.
+    def forward(self, x: Tensor, attn_mask: Tensor, first_query_only: bool = False, window: int = 0) -> Tensor:
+        """x: [B, L, d] (CLS first); attn_mask: bool [B, 1, 1, L], True = may be attended.
 
-        Returns [B, L, d], or [B, 1, d] for ``first_query_only``.
+        Returns [B, L, d], or [B, 1, d] for ``first_query_only``. With ``window`` W > 0 and more
+        than W history tokens, history rows attend block-locally (see ``EncoderConfig``).
         """
         b, length, d = x.shape
         q, k, v = self.qkv(x).view(b, length, 3, self.n_heads, d // self.n_heads).unbind(2)
         if first_query_only:
             q = q[:, :1]
+        elif window and length - 1 > window:
+            return self.out(self._block_local(q, k, v, attn_mask.view(b, length), window).reshape(b, length, d))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, L, d_head]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
         return self.out(y.transpose(1, 2).reshape(b, q.shape[2], d))
+
+    def _block_local(self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor, window: int) -> Tensor:
+        """q, k, v [B, L, heads, d_head] (CLS first), keep bool [B, L] -> [B, L, heads, d_head].
+
+        The CLS row attends to everything (one row: O(L)); history rows in blocks of `window`,
+        each block to the CLS and to itself and the block before: O(L * window) in all.
+        """
+        b, length, heads, dh = q.shape
+        drop = self.dropout if self.training else 0.0
+        full = lambda t: t.transpose(1, 2)  # noqa: E731  [B, heads, L, d_head]
+        cls = F.scaled_dot_product_attention(
+            full(q[:, :1]), full(k), full(v), attn_mask=keep[:, None, None, :], dropout_p=drop
+        )  # [B, heads, 1, d_head]
+        n = length - 1
+        pad = -n % window
+        m = (n + pad) // window
+
+        def blocks(t: Tensor) -> Tensor:  # [B, 1 + n, ...] history rows -> [B, m, window, ...], padded at the end
+            t = t[:, 1:]
+            t = F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
+            return t.reshape(b, m, window, *t.shape[2:])
+
+        qb, kb, vb, okb = blocks(q), blocks(k), blocks(v), blocks(keep)
+        before = lambda t: F.pad(t[:, :-1], (0, 0) * (t.dim() - 2) + (1, 0))  # noqa: E731  block j-1 (none for 0)
+        ctx = lambda t, c: torch.cat([c.unsqueeze(1).expand(b, m, *c.shape[1:]), before(t), t], dim=2)  # noqa: E731
+        keys, values = ctx(kb, k[:, :1]), ctx(vb, v[:, :1])  # [B, m, 1 + 2 window, heads, d_head]
+        ok = ctx(okb, keep[:, :1])  # [B, m, 1 + 2 window]: the CLS is always there, so no row is empty
+        rows = lambda t: t.reshape(b * m, t.shape[2], heads, dh).transpose(1, 2)  # noqa: E731
+        y = F.scaled_dot_product_attention(
+            rows(qb), rows(keys), rows(values), attn_mask=ok.reshape(b * m, 1, 1, -1), dropout_p=drop
+        )  # [B m, heads, window, d_head]
+        y = y.transpose(1, 2).reshape(b, m * window, heads, dh)[:, :n]
+        return torch.cat([cls.transpose(1, 2), y], dim=1)
 
 
 class Block(nn.Module):
@@ -257,9 +300,9 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, attn_mask: Tensor, first_query_only: bool = False) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor, first_query_only: bool = False, window: int = 0) -> Tensor:
         """x: [B, L, d] -> [B, L, d] (or [B, 1, d] for ``first_query_only``)."""
-        h = self.attn(self.ln1(x), attn_mask, first_query_only)
+        h = self.attn(self.ln1(x), attn_mask, first_query_only, window)
         x = (x[:, :1] if first_query_only else x) + self.drop(h)
         return x + self.ff(self.ln2(x))
 
@@ -269,6 +312,7 @@ class BlockStack(nn.Module):
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
+        self.window = config.attention_window
         self.blocks = nn.ModuleList(
             Block(config.d_model, config.n_heads, config.ff_mult, config.dropout) for _ in range(config.n_layers)
         )
@@ -278,7 +322,7 @@ class BlockStack(nn.Module):
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             # Nothing reads the other rows of the last layer: skip their query/FF work.
-            x = block(x, attn_mask, first_query_only=i == last)
+            x = block(x, attn_mask, first_query_only=i == last, window=self.window)
         return x[:, 0]
 
 

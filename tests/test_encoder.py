@@ -227,6 +227,7 @@ def test_standalone_parts_and_zero_feature_dims():
         ("n_layers", True),
         ("compile", "yes"),
         ("autocast_bf16", 1),
+        ("attention_window", -1),
     ],
 )
 def test_config_rejects_bad_values(field, value):
@@ -302,3 +303,52 @@ def test_blocks_match_torch_transformer_encoder():
         tokens, key_mask = encoder.embed(make_obs([H, 3, 0]))
         expected = reference(tokens, src_key_padding_mask=~key_mask)[:, 0]
         torch.testing.assert_close(encoder.encode_tokens(tokens, key_mask), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("window, length", [(2, 7), (3, 9), (4, 5), (5, 5)])
+def test_block_local_attention_is_dense_attention_under_the_block_mask(window, length):
+    """The O(L * W) path equals dense attention restricted to the CLS plus the own and previous
+    block of W history tokens (padding masked), including a ragged last block."""
+    torch.manual_seed(0)
+    attn = HistoryEncoder(make_config(), item_features=ITEM_FEATURES).stack.blocks[0].attn.eval()
+    b, total = 3, 1 + length
+    x = torch.randn(b, total, D)
+    keep = torch.ones(b, total, dtype=torch.bool)
+    keep[1, 1:4] = False  # a left-padded (right-aligned) history
+    keep[2, 1:] = False  # an empty one
+    block = (torch.arange(length) // window)[None]
+    local = (block.T - block >= 0) & (block.T - block <= 1)  # query block i sees key blocks i-1, i
+    allowed = torch.ones(total, total, dtype=torch.bool)
+    allowed[1:, 1:] = local
+    with torch.no_grad():
+        ours = attn(x, keep[:, None, None, :], window=window)
+        dense = attn(x, (keep[:, None, :] & allowed[None])[:, None], window=0)
+    if length <= window:  # short histories take the dense path unchanged
+        torch.testing.assert_close(ours, attn(x, keep[:, None, None, :]))
+    torch.testing.assert_close(ours, dense, rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(ours).all()
+
+
+def test_a_long_history_is_read_whole_by_the_state_with_a_window():
+    """With a window far shorter than the history, the oldest interaction still moves the state
+    (the CLS reads every token), and the window changes nothing for histories that fit in it."""
+    torch.manual_seed(0)
+    windowed = HistoryEncoder(make_config(attention_window=2), item_features=ITEM_FEATURES).eval()
+    dense = HistoryEncoder(make_config(attention_window=0), item_features=ITEM_FEATURES).eval()
+    dense.load_state_dict(windowed.state_dict())
+    obs = make_obs([H, 2])
+    changed = {k: v.clone() for k, v in obs.items()}
+    changed["history_items"][0, 0] = (obs["history_items"][0, 0] + 1) % N_ITEMS  # the oldest of row 0
+    with torch.no_grad():
+        assert not torch.allclose(windowed(obs)[0], windowed(changed)[0])
+        torch.testing.assert_close(windowed(obs)[1], dense(obs)[1])  # 2 interactions fit in the window
+        assert not torch.allclose(windowed(obs)[0], dense(obs)[0])  # 6 do not: block-local reading
+
+
+def test_serving_benchmark_reports_decisions_per_second_per_history_and_window():
+    from experiments import bench
+
+    argv = ["encoder", "--serving", "--batch", "4", "--histories", "8", "12", "--window", "4", "--iters", "1"]
+    records = bench.main([*argv, "--warmup", "0", "--d-model", "16", "--heads", "2", "--json"])
+    assert [(r["history_len"], r["window"]) for r in records] == [(8, 4), (8, 0), (12, 4), (12, 0)]
+    assert all(r["decisions_per_s"] > 0 and r["impl"] == "driftrec-serving" for r in records)

@@ -9,6 +9,12 @@ tokens (embeddings, item-feature lookups in a random ``[N_ITEMS, F_ITEM]``
 catalog table by history id, projections) from the observation, which, as
 the envs emit it, carries history item ids only.
 
+With ``--serving``: decisions/s at serving time instead (a decision = one user's state and the
+scores of its candidates: the whole ``RecommenderEncoder`` forward under ``torch.inference_mode``),
+for each history length in ``--histories`` (default 128 and 512), with the block-local attention
+window ``--window`` and with dense attention (window 0): how the cost per decision grows with the
+history length.
+
 Called as ``experiments/bench.py encoder [flags]`` or on its own:
 ``python -m experiments.benchmarks.encoder --batch 64 --history 16 --iters 2``.
 """
@@ -22,7 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from agents.encoder import EncoderConfig, HistoryEncoder
+from agents.encoder import EncoderConfig, HistoryEncoder, RecommenderEncoder
 
 F_ITEM, F_HIST, F_CTX, N_ITEMS = 16, 4, 4, 10_000
 
@@ -47,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the driftrec block stack")
     parser.add_argument("--no-reference", action="store_true", help="skip nn.TransformerEncoder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--serving", action="store_true", help="decisions/s at serving time instead (see above)")
+    parser.add_argument("--histories", type=int, nargs="+", default=[128, 512], help="--serving: history lengths")
+    parser.add_argument("--window", type=int, default=32, help="--serving: attention window (also timed: 0, dense)")
+    parser.add_argument("--candidates", type=int, default=20, help="--serving: candidates per decision")
 
 
 def make_item_features(seed: int = 0) -> torch.Tensor:
@@ -104,14 +114,71 @@ def _record(impl: str, dtype: str, seconds: float, model: nn.Module, args, devic
     return rec
 
 
-def run(args: argparse.Namespace) -> list[dict]:
-    """Run the benchmark; returns one record per (impl, dtype)."""
+def _device(args: argparse.Namespace) -> torch.device:
     if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but CUDA is not available")
+    return torch.device(args.device)
+
+
+def run_serving(args: argparse.Namespace) -> list[dict]:
+    """Decisions/s of the full encoder forward (state, target attention, candidate scores) under
+    inference mode, per history length and attention window; one record each."""
+    device = _device(args)
+    if args.window < 1 or min(args.histories) < 1 or args.candidates < 1 or args.batch < 1:
+        raise SystemExit("--window, --histories, --candidates and --batch must be >= 1")
+    records = []
+    for history in args.histories:
+        obs = make_obs(args.batch, history, device, args.seed)
+        g = torch.Generator().manual_seed(args.seed + 2)
+        obs["candidate_items"] = torch.randint(0, N_ITEMS, (args.batch, args.candidates), generator=g).to(device)
+        obs["candidate_features"] = torch.rand(args.batch, args.candidates, F_ITEM, generator=g).to(device)
+        for window in (args.window, 0):
+            torch.manual_seed(args.seed)
+            cfg = EncoderConfig(
+                n_items=N_ITEMS,
+                history_len=history,
+                item_feature_dim=F_ITEM,
+                history_feature_dim=F_HIST,
+                context_dim=F_CTX,
+                d_model=args.d_model,
+                n_layers=args.layers,
+                n_heads=args.heads,
+                ff_mult=args.ff_mult,
+                attention_window=window,
+            )
+            model = RecommenderEncoder(cfg, item_features=make_item_features(args.seed)).to(device).eval()
+
+            def step(model=model, obs=obs) -> None:  # bound now: the loops rebind both
+                with torch.inference_mode():
+                    model(obs)
+
+            seconds = _time(step, args.iters, args.warmup, device)
+            records.append(
+                dict(
+                    impl="driftrec-serving",
+                    device=device.type,
+                    device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                    threads=torch.get_num_threads(),
+                    batch=args.batch,
+                    history_len=history,
+                    window=window,
+                    candidates=args.candidates,
+                    d_model=args.d_model,
+                    layers=args.layers,
+                    decisions_per_s=args.batch / seconds,
+                    ms_per_batch=1e3 * seconds,
+                )
+            )
+    return records
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Run the benchmark; returns one record per (impl, dtype), or per (history, window) with --serving."""
+    if getattr(args, "serving", False):
+        return run_serving(args)
+    device = _device(args)
     if args.dtype == "auto":
         dtypes = ["bf16", "fp32"] if device.type == "cuda" else ["fp32"]
     else:
@@ -187,6 +254,17 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def format_records(records: list[dict]) -> str:
+    if records and records[0]["impl"] == "driftrec-serving":
+        cols = ("device", "threads", "batch", "history_len", "window", "candidates", "decisions_per_s", "ms_per_batch")
+        rows = [cols] + [
+            tuple(
+                f"{r[c]:,.0f}" if c == "decisions_per_s" else f"{r[c]:.1f}" if c == "ms_per_batch" else str(r[c])
+                for c in cols
+            )
+            for r in records
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+        return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in rows)
     cols = (
         "impl",
         "device",
