@@ -57,13 +57,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "social": {"social": {"enabled": True}},
     "cognitive": {"cognitive": {"enabled": True}},
     "shock": {"shock": {"enabled": True, "events": [_SUDDEN]}},
-    # Every family at once, catalog arrivals, an injection, and a finer-grained population: with 16
-    # taste communities over 10 topics, each loved topic is shared by several communities, so one
-    # click does not name a user's community (and with it the rest of their tastes); only the
-    # history tells which of them the user belongs to. With 4, one click did, and a policy that read
-    # the last interaction alone got 88% of one that read 32 (docs/validity, the history gate).
     "mixed": {
-        "users": {"n_communities": 16},
         "catalog": {"n_arrivals": 100},
         "seasonal": {"enabled": True},
         "social": {"enabled": True},

@@ -137,10 +137,10 @@ def test_a_run_of_a_preset_as_it_was_before_a_change_is_never_read_as_todays(tmp
     from experiments import compare
 
     record = RunSettings(agent="ppo", scenario="mixed").to_dict()
-    assert record["scenario_config"]["world"]["users"]["n_communities"] == 16  # what mixed resolves to today
+    assert record["scenario_config"]["world"]["users"]["n_communities"] == 4  # what mixed resolves to today
     assert runs.changed_dynamics(record) == [] and runs.load_run(_recorded_run(tmp_path / "now", record))
-    # The same run.json as written before `mixed` moved to 16 taste communities.
-    record["scenario_config"]["world"]["users"]["n_communities"] = 4
+    # The same run.json as if written before a change of the population in `mixed`.
+    record["scenario_config"]["world"]["users"]["n_communities"] = 16
     assert runs.changed_dynamics(record) == ["world.users"]
     old = _recorded_run(tmp_path / "then", record)
     with pytest.raises(ValueError, match=r"trained on 'mixed' as it was then.*\(in world.users\)"):

@@ -212,7 +212,7 @@ def test_validity_update_refuses_a_foreign_directory_before_any_work(tmp_path, c
 
 
 def test_validity_refuses_a_history_run_trained_on_other_dynamics(tmp_path):
-    settings = RunSettings(agent="ppo", scenario="mixed", scenario_overrides={"users": {"n_communities": 4}})
+    settings = RunSettings(agent="ppo", scenario="mixed", scenario_overrides={"users": {"n_communities": 16}})
     run_dir = tmp_path / "0-20260101-000000"
     (run_dir / "checkpoint").mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps(settings.to_dict()))
