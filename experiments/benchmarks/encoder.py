@@ -55,7 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--serving", action="store_true", help="decisions/s at serving time instead (see above)")
     parser.add_argument("--histories", type=int, nargs="+", default=[128, 512], help="--serving: history lengths")
-    parser.add_argument("--window", type=int, default=32, help="--serving: attention window (also timed: 0, dense)")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=EncoderConfig.attention_window,
+        help="attention window W (0: dense; default: the encoder's); --serving times it and dense",
+    )
     parser.add_argument("--candidates", type=int, default=20, help="--serving: candidates per decision")
 
 
@@ -114,6 +119,22 @@ def _record(impl: str, dtype: str, seconds: float, model: nn.Module, args, devic
     return rec
 
 
+def encoder_config(args: argparse.Namespace, history: int, **switches) -> EncoderConfig:
+    """The benchmarked encoder's sizes (from the flags) for histories of `history`."""
+    return EncoderConfig(
+        n_items=N_ITEMS,
+        history_len=history,
+        item_feature_dim=F_ITEM,
+        history_feature_dim=F_HIST,
+        context_dim=F_CTX,
+        d_model=args.d_model,
+        n_layers=args.layers,
+        n_heads=args.heads,
+        ff_mult=args.ff_mult,
+        **switches,
+    )
+
+
 def _device(args: argparse.Namespace) -> torch.device:
     if args.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -126,28 +147,17 @@ def run_serving(args: argparse.Namespace) -> list[dict]:
     """Decisions/s of the full encoder forward (state, target attention, candidate scores) under
     inference mode, per history length and attention window; one record each."""
     device = _device(args)
-    if args.window < 1 or min(args.histories) < 1 or args.candidates < 1 or args.batch < 1:
-        raise SystemExit("--window, --histories, --candidates and --batch must be >= 1")
+    if args.window < 0 or min(args.histories) < 1 or args.candidates < 1 or args.batch < 1:
+        raise SystemExit("--histories, --candidates and --batch must be >= 1, --window >= 0")
     records = []
     for history in args.histories:
         obs = make_obs(args.batch, history, device, args.seed)
         g = torch.Generator().manual_seed(args.seed + 2)
         obs["candidate_items"] = torch.randint(0, N_ITEMS, (args.batch, args.candidates), generator=g).to(device)
         obs["candidate_features"] = torch.rand(args.batch, args.candidates, F_ITEM, generator=g).to(device)
-        for window in (args.window, 0):
+        for window in dict.fromkeys((args.window, 0)):  # the window, then dense (once if the window is 0)
             torch.manual_seed(args.seed)
-            cfg = EncoderConfig(
-                n_items=N_ITEMS,
-                history_len=history,
-                item_feature_dim=F_ITEM,
-                history_feature_dim=F_HIST,
-                context_dim=F_CTX,
-                d_model=args.d_model,
-                n_layers=args.layers,
-                n_heads=args.heads,
-                ff_mult=args.ff_mult,
-                attention_window=window,
-            )
+            cfg = encoder_config(args, history, attention_window=window)
             model = RecommenderEncoder(cfg, item_features=make_item_features(args.seed)).to(device).eval()
 
             def step(model=model, obs=obs) -> None:  # bound now: the loops rebind both
@@ -185,18 +195,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         dtypes = [args.dtype]
 
     torch.manual_seed(args.seed)
-    cfg = EncoderConfig(
-        n_items=N_ITEMS,
-        history_len=args.history,
-        item_feature_dim=F_ITEM,
-        history_feature_dim=F_HIST,
-        context_dim=F_CTX,
-        d_model=args.d_model,
-        n_layers=args.layers,
-        n_heads=args.heads,
-        ff_mult=args.ff_mult,
-        compile=args.compile,
-    )
+    cfg = encoder_config(args, args.history, compile=args.compile, attention_window=args.window)
     obs = make_obs(args.batch, args.history, device, args.seed)
     item_features = make_item_features(args.seed)
     records = []
