@@ -13,7 +13,8 @@ class Policy(Protocol):
 
     act(obs) -> actions: obs is the vector env's dict (leading user axis N);
     actions are candidate indices [N] (or [N, K] for slates).
-    Optional hooks, called by the evaluation harness when present:
+    Optional: scores(obs) -> [N, C], the candidate scores a ranking policy serves by (offline
+    ranking metrics read them). Optional hooks, called by the evaluation harness when present:
     bind(env) before an evaluation (oracles read the true state through it), and
     observe(obs, actions, rewards, info) after each step (online learners): obs is what act()
     saw, rewards [N], info the vector env's step info: info["position"] [N] the clicked slate
@@ -48,7 +49,10 @@ class RandomPolicy:
     def bind(self, env: Any) -> None:
         self.slate_size = env.config.env.slate_size
 
+    def scores(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """[N, C] iid uniform scores (fresh at each call)."""
+        return self.rng.random(obs["candidate_items"].shape)
+
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        n, c = obs["candidate_items"].shape
         # Random scores, then the top-K: distinct items in the slate.
-        return slate_from_scores(self.rng.random((n, c)), self.slate_size)
+        return slate_from_scores(self.scores(obs), self.slate_size)
