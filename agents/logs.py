@@ -326,7 +326,12 @@ def load_logs(path: str | Path, n_items: int | None = None) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"log file not found: {path}")
-    logs = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    kind = "Parquet" if path.suffix == ".parquet" else "CSV"
+    try:
+        logs = pd.read_parquet(path) if kind == "Parquet" else pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as err:  # pyarrow's errors derive from these
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"log file {path} is not readable {kind}: {first}") from None
     return validate_logs(logs, n_items)
 
 

@@ -103,6 +103,21 @@ class LoggedSteps:
             **fields,
         )
 
+    @staticmethod
+    def concat(parts: list[LoggedSteps]) -> LoggedSteps:
+        """One LoggedSteps of several, in order (episodes renumbered after the previous parts')."""
+        offsets = np.cumsum([0] + [p.n_episodes for p in parts[:-1]])
+        fields: dict = {}
+        for f in dataclasses.fields(LoggedSteps):
+            values = [getattr(p, f.name) for p in parts]
+            if f.name in ("obs", "final_obs"):
+                fields[f.name] = {k: np.concatenate([v[k] for v in values]) for k in OBS_KEYS}
+            elif f.name == "episode":
+                fields[f.name] = np.concatenate([v + o for v, o in zip(values, offsets)])
+            else:
+                fields[f.name] = np.concatenate(values)
+        return LoggedSteps(**fields)
+
     def episode_bounds(self) -> Iterator[tuple[int, int]]:
         """(start, stop) step ranges of each episode, in order."""
         stops = np.flatnonzero(np.diff(self.episode)) + 1
