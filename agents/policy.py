@@ -53,6 +53,17 @@ class RandomPolicy:
         """[N, C] iid uniform scores (fresh at each call)."""
         return self.rng.random(obs["candidate_items"].shape)
 
+    def position_probabilities(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """[N, K, C] 1 / C: a uniformly random ordered K-subset puts each candidate at each position
+        with probability 1 / C (off-policy estimators read it)."""
+        n, c = obs["candidate_items"].shape
+        return np.full((n, self.slate_size, c), 1.0 / c)
+
+    def slate_probability(self, obs: dict[str, np.ndarray], slates: np.ndarray) -> np.ndarray:
+        """[N] (C - K)! / C! for any slate [N, K] of distinct candidates."""
+        n, c = obs["candidate_items"].shape
+        return np.full(n, 1.0 / np.prod(np.arange(c - self.slate_size + 1, c + 1, dtype=np.float64)))
+
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         # Random scores, then the top-K: distinct items in the slate.
         return slate_from_scores(self.scores(obs), self.slate_size)

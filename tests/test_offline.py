@@ -199,3 +199,13 @@ def test_new_users_and_sessions_are_marked():
     assert (np.diff(steps.session)[np.diff(steps.episode) == 0] >= 0).all()
     returning = logged_steps(collect_logs(tiny("stationary"), EpsilonPopularity(seed=0), 4, 10), tiny("stationary"))
     assert not returning.new_user.any() and (returning.session == 0).all()
+
+
+def test_random_policy_reports_its_uniform_distribution():
+    from agents.policy import RandomPolicy
+
+    cfg = tiny("stationary", slate_size=2)
+    logs = collect_logs(cfg, RandomPolicy(seed=0), n_users=4, n_steps=5)
+    steps = logged_steps(logs, cfg)
+    np.testing.assert_allclose(steps.position_propensities, 1 / 6)
+    np.testing.assert_allclose(steps.slate_propensity, 1 / 30)
