@@ -3,7 +3,7 @@
   python experiments/offline.py --smoke                           # the whole study at toy sizes (seconds)
   python experiments/offline.py --out docs/offline/mixed          # mixed: 3 seeds x 512 users
   python experiments/offline.py --scenario stationary --out docs/offline/stationary
-  python experiments/offline.py --logs-before 8 --out docs/offline/mixed-before-drift   # logs from before the drift
+  python experiments/offline.py --scenario shock --logs-scenario stationary --out docs/offline/shock-from-stationary
   python experiments/offline.py --export-minari DIR [--logs FILE]  # the logs as a Minari dataset, nothing else
 
 The study (experiments/offline_eval.py): per agent, offline ranking metrics on held-out logs and
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-steps", type=int, default=None, help=f"training logs: steps (default {d.log_steps})")
     p.add_argument("--epsilon", type=float, default=None, help=f"logging exploration (default {d.epsilon})")
     p.add_argument("--k", type=int, nargs="+", default=None, help="ranking cutoffs (default: 5 10)")
-    p.add_argument("--logs-before", type=float, default=None, help="keep logged steps before this step (or day)")
+    p.add_argument("--logs-scenario", default=None, help="the preset the logs come from (default: --scenario)")
     p.add_argument("--eval-steps", type=int, default=None, help="steps logged per evaluation seed")
     p.add_argument("--epochs", type=int, default=None, help="training epochs of sasrec and gru4rec")
     p.add_argument("--ppo-run", default=None, metavar="DIR", help="a trained PPO run (run.py) to add as agent ppo")
@@ -67,7 +67,7 @@ def settings_from_args(args: argparse.Namespace) -> oe.OfflineSettings:
             kw[name] = tuple(getattr(args, name))
     if args.k is not None:
         kw["cutoffs"] = tuple(args.k)
-    for name in ("eval_users", "log_users", "log_steps", "epsilon", "logs_before", "eval_steps"):
+    for name in ("eval_users", "log_users", "log_steps", "epsilon", "logs_scenario", "eval_steps"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     return oe.OfflineSettings(**kw)

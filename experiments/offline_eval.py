@@ -19,15 +19,15 @@ most online? The simulator knows the answer, so every offline number sits next t
    one-step truth against the online return: longer or shorter sessions, drift).
 4. Kendall's tau between the agents' order by each offline number and by their true return.
 
-`logs_before` keeps only logged steps before an episode step (session scenarios) or a day
-(lifetimes), for both training and held-out logs: offline evaluation with logs from before a
-drift, judged against the return with the drift.
+`logs_scenario` names the world the logs (training and held-out) come from, when it is not the
+one the truth is measured in: logs of `stationary` judged against the return under `shock` (every
+user's tastes jump at step 10) is offline evaluation with logs from before the drift. The two
+must share their catalog (same items, same features).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +48,10 @@ from experiments import ope
 from experiments import ranking as rk
 from experiments.gates import frame_markdown
 from experiments.harness import EVAL_SEED, evaluate
+from experiments.runs import load_run, restore_policy
 from experiments.stats import mean_interval
 from simulator.params import check_int, check_range, merge_overrides
+from simulator.world import World
 
 DEFAULT_AGENTS = (
     "random",
@@ -79,7 +81,7 @@ class OfflineSettings:
     epsilon: float = 0.3  # the logging policy's exploration
     cutoffs: tuple[int, ...] = rk.DEFAULT_CUTOFFS
     cold_interactions: int = 5  # fewer interactions than this in the history: a cold-start step
-    logs_before: float | None = None  # keep logged steps before this episode step (or day, on lifetimes)
+    logs_scenario: str | None = None  # the world the logs come from (None: `scenario`), e.g. before a drift
     train_seed: int = 0
     eval_steps: int | None = None  # steps logged per evaluation seed (None: until every first episode ends)
     scenario_overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -111,15 +113,31 @@ class OfflineSettings:
         for k in self.cutoffs:
             rk.check_cutoff(k)
         check_int(o, "cold_interactions", self.cold_interactions, 1)
-        if self.logs_before is not None:
-            check_range(o, "logs_before", self.logs_before, 0.0, lo_open=True)
+        if self.logs_scenario is not None and self.logs_scenario not in PRESETS:
+            raise ValueError(f"unknown logs scenario '{self.logs_scenario}'; valid scenarios: {', '.join(PRESETS)}")
         check_int(o, "train_seed", self.train_seed, 0)
         if self.eval_steps is not None:
             check_int(o, "eval_steps", self.eval_steps, 1)
-        self.config()  # bad overrides fail here, before any work
+        if self.ppo_run is not None:  # an unreadable run or one of another scenario fails before any work
+            run = load_run(self.ppo_run)
+            if run.scenario != self.scenario:
+                raise ValueError(f"--ppo-run {self.ppo_run} was trained on '{run.scenario}', not '{self.scenario}'")
+        truth, logged = self.config(), self.logs_config()  # bad overrides fail here, before any work
+        if logged.name != truth.name:
+            a, b = (World(c.world, 1, 0).catalog.features for c in (truth, logged))
+            if a.shape != b.shape or not np.array_equal(a, b):
+                raise ValueError(
+                    f"logs scenario '{logged.name}' and scenario '{truth.name}' have different catalogs "
+                    f"({b.shape[0]} and {a.shape[0]} items): agents trained on one cannot serve the other"
+                )
 
     def config(self, extra: Mapping[str, Any] | None = None) -> ScenarioConfig:
+        """The scenario the true returns are measured in."""
         return make_scenario(self.scenario, merge_overrides(self.scenario_overrides, extra))
+
+    def logs_config(self, extra: Mapping[str, Any] | None = None) -> ScenarioConfig:
+        """The scenario the logs come from."""
+        return make_scenario(self.logs_scenario or self.scenario, merge_overrides(self.scenario_overrides, extra))
 
     def replace(self, **changes: Any) -> OfflineSettings:
         return dataclasses.replace(self, **changes)
@@ -144,15 +162,6 @@ class StudyResult:
 
 
 # ----------------------------------------------------------------------------- logs and agents
-def before(logs: pd.DataFrame, cutoff: float | None, lifetime: bool) -> pd.DataFrame:
-    """The rows of logs before `cutoff` (episode step, or day on lifetimes); the interactions users
-    arrived with are kept (they happened before the episode). No cutoff: the logs as they are."""
-    if cutoff is None:
-        return logs
-    when = logs["day"] if lifetime else logs["step"]
-    return logs[(logs["step"] < 0) | (when < cutoff)].reset_index(drop=True)
-
-
 class Frozen:
     """A policy served as it is: everything but observe(), so it stops learning (an online learner
     fitted on logs is then the same policy offline and online)."""
@@ -209,12 +218,7 @@ def build_agents(
         else:
             agents[name] = spec.build(config, algo, seed=settings.train_seed)
     if settings.ppo_run is not None:
-        from experiments.runs import restore_policy
-
-        run, policy = restore_policy(settings.ppo_run)
-        if run.scenario != settings.scenario:
-            raise ValueError(f"--ppo-run {settings.ppo_run} was trained on '{run.scenario}', not '{settings.scenario}'")
-        agents["ppo"] = policy
+        agents["ppo"] = restore_policy(settings.ppo_run)[1]
     for policy in agents.values():
         if hasattr(policy, "bind"):
             policy.bind(probe)
@@ -230,29 +234,25 @@ def reward_model(config: ScenarioConfig, steps: LoggedSteps) -> LinUCBPolicy:
 
 
 def held_out(settings: OfflineSettings, config: ScenarioConfig, seed: int) -> LoggedSteps:
-    """The logging policy's steps on the harness's users of seed EVAL_SEED + seed (one episode each)."""
-    lifetime = config.world.lifetime.enabled
+    """The logging policy's steps in `config` on the harness's users of seed EVAL_SEED + seed (one
+    episode each: the first of each slot)."""
     n_steps = settings.eval_steps or config.env.max_steps + 1
-    if settings.logs_before is not None and not lifetime:
-        n_steps = min(n_steps, math.ceil(settings.logs_before))
     logs = collect_logs(
         config, EpsilonPopularity(settings.epsilon, seed), settings.eval_users, n_steps, EVAL_SEED + seed
     )
-    logs = before(logs[logs["user"] < settings.eval_users], settings.logs_before, lifetime)
-    return logged_steps(logs, config)
+    return logged_steps(logs[logs["user"] < settings.eval_users], config)
 
 
-def training_logs(settings: OfflineSettings, config: ScenarioConfig) -> pd.DataFrame:
-    """The logging policy's logs the agents learn from (seed LOG_SEED_OFFSET + train_seed, as the
-    agents' factories log), cut at `logs_before`."""
-    logs = collect_logs(
-        config,
+def training_logs(settings: OfflineSettings) -> pd.DataFrame:
+    """The logging policy's logs the agents learn from, in the logs' scenario (seed LOG_SEED_OFFSET +
+    train_seed, as the agents' factories log)."""
+    return collect_logs(
+        settings.logs_config(),
         EpsilonPopularity(settings.epsilon, settings.train_seed),
         settings.log_users,
         settings.log_steps,
         seed=LOG_SEED_OFFSET + settings.train_seed,
     )
-    return before(logs, settings.logs_before, config.world.lifetime.enabled)
 
 
 def export_logs(
@@ -260,11 +260,11 @@ def export_logs(
 ) -> tuple[LoggedSteps, Path]:
     """The training logs (also saved as root/<scenario>-logs.parquet), or the Parquet logs at
     `logs_file`, as the Minari dataset `dataset_id` under `root`: (the steps, the dataset's directory)."""
-    config = settings.config()
+    config = settings.logs_config()
     if logs_file is not None:
         logs = load_logs(logs_file)
     else:
-        logs = training_logs(settings, config)
+        logs = training_logs(settings)
         save_logs(logs, Path(root) / f"{settings.scenario}-logs.parquet")
     steps = logged_steps(logs, config)
     return steps, export_minari(steps, config, dataset_id, root)
@@ -347,10 +347,10 @@ def ope_rows(target: np.ndarray, steps: LoggedSteps, q_model: LinUCBPolicy, n_us
 
 def run_study(settings: OfflineSettings, progress: Callable[[str], None] = print) -> StudyResult:
     """Measure everything (see the module docstring); `progress` gets one line per stage."""
-    config = settings.config()
-    new_users = settings.config({"users": {"past_interactions": 0}})
-    train_logs = training_logs(settings, config)
-    train_steps = logged_steps(train_logs, config)
+    config, logged = settings.config(), settings.logs_config()
+    new_users = settings.logs_config({"users": {"past_interactions": 0}})
+    train_logs = training_logs(settings)
+    train_steps = logged_steps(train_logs, logged)
     progress(f"training logs: {len(train_steps):,} steps of {train_steps.n_episodes:,} episodes")
     agents = build_agents(settings, config, train_logs, train_steps)
     q_model = reward_model(config, train_steps)
@@ -364,7 +364,7 @@ def run_study(settings: OfflineSettings, progress: Callable[[str], None] = print
     }
     online, ranking, estimates = [], [], []
     for seed in settings.seeds:
-        steps = held_out(settings, config, seed)
+        steps = held_out(settings, logged, seed)
         fresh = held_out(settings, new_users, seed)
         merged_cold = [
             rk.cold_start(
@@ -509,7 +509,8 @@ def plot(table: pd.DataFrame, errors: pd.DataFrame, taus: pd.DataFrame, out: Pat
 
     paths = []
     agents = table.drop(index=LOGGING, errors="ignore")
-    metrics = [m for m in offline_measures(agents) if m.split("@")[0] in rk.ACCURACY or m == "mrr"]
+    overall = [m for m in offline_measures(agents) if " " not in m]  # not the cold / warm or OPE columns
+    metrics = [m for m in overall if m.split("@")[0] in rk.ACCURACY or m == "mrr"]
     largest = {m.split("@")[0]: m for m in metrics}  # the largest cutoff of each metric (cutoffs ascend)
     if largest:
         fig, axes = plt.subplots(1, len(largest), figsize=(4 * len(largest), 3.6), squeeze=False)
@@ -570,7 +571,8 @@ def write_report(settings: OfflineSettings, result: StudyResult, out: Path, comm
         k: get_agent(k).make_params(settings.algo.get(k, {})) for k in ("sasrec", "gru4rec") if k in settings.agents
     }
     budget = "; ".join(f"{k}: {p.epochs} epochs, batch {p.batch_size}, lr {p.lr}" for k, p in supervised.items())
-    cutoff = "" if settings.logs_before is None else f", logged steps before {settings.logs_before:g} only"
+    logs_from = settings.logs_config().name
+    cutoff = "" if logs_from == settings.scenario else f", logs from `{logs_from}` (before the drift)"
     main_cols = ["true return"] + [c for c in table.columns if c.startswith(("ndcg@", "hit_rate@", "mrr", "IPS", "DR"))]
     lines = [
         f"# Offline evaluation against the truth: `{settings.scenario}`{cutoff}",
