@@ -50,13 +50,16 @@ class PopularityPolicy:
     def bind(self, env: Any) -> None:
         self.slate_size = env.config.env.slate_size
 
-    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+    def scores(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """[N, C] the logged score of each candidate."""
         items = np.asarray(obs["candidate_items"], dtype=np.int64)  # [N, C]
         # Items that arrived after the logs were collected (catalog injection) have no
         # logged evidence: score 0, like logged items nobody watched.
         known = (items >= 0) & (items < self.item_scores.size)
-        scores = np.where(known, self.item_scores[np.where(known, items, 0)], 0.0)
-        return slate_from_scores(scores, self.slate_size)
+        return np.where(known, self.item_scores[np.where(known, items, 0)], 0.0)
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return slate_from_scores(self.scores(obs), self.slate_size)
 
 
 @dataclass(frozen=True)

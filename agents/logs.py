@@ -1,14 +1,50 @@
 """Logged interaction data: a logging policy runs in the simulator and writes one row per
-impression. Supervised baselines train on such logs only.
+impression. Supervised baselines train on such logs; offline evaluation and offline RL read the
+same rows (agents/offline.py turns them into observations, propensities and episodes).
 
-Schema (LOG_COLUMNS): user (episode id, unique per logged session or life), step (episode step; the
-interactions a user arrived with, `users.past_interactions`, at steps -n .. -1),
-item, position (slate position, 0 = top), click (0/1), watch_time (minutes), completion
-(fraction watched), season_sin, season_cos, progress (time features at that step),
-scenario, seed. Rows of one user are in step order; within a step, in slate order.
-Logs of lifetime scenarios add LIFETIME_LOG_COLUMNS: day (the clock when the step was served),
+This docstring is the one description of the log schema.
+
+LOG_COLUMNS, on every row (what the supervised baselines need):
+  user          episode id, unique per logged session (or life, on lifetime scenarios)
+  step          episode step; the interactions a user arrived with (`users.past_interactions`)
+                are rows at steps -n .. -1 ("past rows"), the served steps are 0, 1, ...
+  item          item id shown; position: slate position (0 = top)
+  click         0/1; watch_time (minutes, 0 without a click); completion (fraction watched)
+  season_sin, season_cos, progress   the observation's context at that step
+  scenario, seed                     the preset name and the env seed of the collection
+Rows of one user are in step order; within a step, in slate order (K rows per served step).
+
+LIFETIME_LOG_COLUMNS, lifetime scenarios only: day (the clock when the step was served),
 session_start (the step opened a session), and the context's week_sin, week_cos, days_away and
 sessions.
+
+OFFLINE_LOG_COLUMNS, what offline evaluation and offline RL need (on served rows; past rows hold
+candidate -1, NaN propensities and reward, 0 flags and null lists):
+  candidate             the row's candidate index in the step's candidates (the action entry at
+                        this position, after the env's deduplication)
+  propensity            the logging policy's probability of putting this candidate at this
+                        position (position-wise marginal); NaN when the policy does not report one
+  slate_propensity      its probability of the whole ordered slate (candidate indices); NaN likewise
+  reward                the step's reward (minutes watched: the clicked slot's watch_time, 0
+                        without a click), the same on the K rows of a step
+  terminated, truncated 0/1: the episode ended after this step (the same on the step's rows); an
+                        episode the collection cut off before its end has neither set
+  history_items         list[H] int32: the observation's history ids (oldest first, newest last;
+                        0 where the history mask is 0)
+  candidate_items       list[C] int32: the observation's candidate ids
+  candidate_popularity  list[C] float32: the candidates' observed popularity (the last column of
+                        candidate_features; it moves on lifetime scenarios, the rest of an item's
+                        features is the catalog's fixed table)
+  position_propensities list[K * C] float64: the logging probability of each candidate at each
+                        position, row-major [K, C] (each position's row sums to 1); NaN when unknown
+  true_expected_reward  list[C] float32: GROUND TRUTH, never observed by a real platform: the
+                        expected watch time of each candidate shown alone at the top under the
+                        user's true state before the step (`World.expected_engagement`); for
+                        analysing estimators (their one-step truth), never read by them
+OFFLINE_LIFETIME_COLUMNS, lifetime scenarios: session_end (0/1, the step ended a session).
+The list columns (LIST_COLUMNS) repeat on the K rows of a step (K = 1 on every preset); they need
+Parquet (save_logs leaves them out of a CSV). Logs written before the offline columns existed still train
+the supervised baselines; offline use names the missing columns (`validate_offline_logs`).
 """
 
 from __future__ import annotations
@@ -22,7 +58,7 @@ import pandas as pd
 
 from agents.policy import slate_from_scores
 from envs.config import ScenarioConfig
-from envs.core import context_features
+from envs.core import context_features, dedupe_slates
 from envs.vector import RecVectorEnv
 from simulator.params import check_int, check_range
 
@@ -41,6 +77,27 @@ LOG_COLUMNS = (
     "seed",
 )
 LIFETIME_LOG_COLUMNS = ("day", "session_start", "week_sin", "week_cos", "days_away", "sessions")
+OFFLINE_LOG_COLUMNS = (
+    "candidate",
+    "propensity",
+    "slate_propensity",
+    "reward",
+    "terminated",
+    "truncated",
+    "history_items",
+    "candidate_items",
+    "candidate_popularity",
+    "position_propensities",
+    "true_expected_reward",
+)
+OFFLINE_LIFETIME_COLUMNS = ("session_end",)
+LIST_COLUMNS = (
+    "history_items",
+    "candidate_items",
+    "candidate_popularity",
+    "position_propensities",
+    "true_expected_reward",
+)  # one array per row
 
 
 @dataclass(frozen=True)
@@ -58,7 +115,13 @@ class LogParams:
 
 
 class EpsilonPopularity:
-    """Logging policy: the most popular candidates, or with probability epsilon random ones."""
+    """Logging policy: with probability 1 - epsilon the K most popular candidates (ties to the lower
+    index), with probability epsilon a uniformly random ordered K-subset of the C candidates.
+
+    Its propensities are exact, in closed form (`position_probabilities`, `slate_probability`):
+    every candidate gets at least epsilon / C at every position, so any target policy has
+    support when epsilon > 0.
+    """
 
     name = "epsilon-popularity"
 
@@ -71,24 +134,59 @@ class EpsilonPopularity:
     def bind(self, env: Any) -> None:
         self.slate_size = env.config.env.slate_size
 
+    def greedy(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """[N, K] the exploiting slate: candidates by observed popularity, best first."""
+        popularity = obs["candidate_features"][..., -1]  # popularity rank score [N, C]
+        return slate_from_scores(popularity, self.slate_size).reshape(popularity.shape[0], -1)
+
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         popularity = obs["candidate_features"][..., -1]  # popularity rank score [N, C]
         explore = self.rng.random(popularity.shape[0]) < self.epsilon
+        # The top K of iid uniform scores is a uniformly random ordered K-subset.
         scores = np.where(explore[:, None], self.rng.random(popularity.shape), popularity)
         return slate_from_scores(scores, self.slate_size)
+
+    def position_probabilities(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """[N, K, C] probability that candidate c is served at position k: (1 - epsilon) on the
+        greedy slate's candidate, plus epsilon / C everywhere (a random ordered subset puts each
+        candidate at each position with probability 1 / C)."""
+        greedy = self.greedy(obs)  # [N, K]
+        n, k = greedy.shape
+        c = obs["candidate_features"].shape[1]
+        probs = np.full((n, k, c), self.epsilon / c)
+        probs[np.arange(n)[:, None], np.arange(k)[None, :], greedy] += 1.0 - self.epsilon
+        return probs
+
+    def slate_probability(self, obs: dict[str, np.ndarray], slates: np.ndarray) -> np.ndarray:
+        """[N] probability of serving the ordered slates `slates` [N, K] (distinct candidate indices):
+        (1 - epsilon) if it is the greedy slate, plus epsilon (C - K)! / C! (one ordered K-subset)."""
+        greedy = self.greedy(obs)
+        n, k = greedy.shape
+        c = obs["candidate_features"].shape[1]
+        uniform = 1.0 / np.prod(np.arange(c - k + 1, c + 1, dtype=np.float64))
+        same = (np.asarray(slates).reshape(n, k) == greedy).all(axis=1)
+        return np.where(same, 1.0 - self.epsilon, 0.0) + self.epsilon * uniform
 
 
 def collect_logs(
     config: ScenarioConfig, policy: Any, n_users: int = 256, n_steps: int = 2000, seed: int = 1
 ) -> pd.DataFrame:
     """Run `policy` on `n_users` parallel sessions for `n_steps` steps (sessions restart as they
-    end) and return the impressions as a DataFrame with LOG_COLUMNS."""
+    end) and return the impressions as a DataFrame with the module's schema (LOG_COLUMNS, the
+    offline columns, and the lifetime ones on lifetime scenarios).
+
+    Propensities come from the policy's `position_probabilities(obs)` [N, K, C] and
+    `slate_probability(obs, slates)` [N] when it has them (NaN otherwise). The first episode of
+    slot i is user i; with the same seed and `n_users`, those are the users the evaluation
+    harness shows the same policy (common random numbers)."""
     env = RecVectorEnv(num_envs=n_users, scenario=config, seed=seed)
     if hasattr(policy, "bind"):
         policy.bind(env)
     obs, _ = env.reset(seed=seed)
     lifetime = config.world.lifetime.enabled
     names = context_features(config)  # the context columns, by name (season_sin, season_cos, progress, ...)
+    n_candidates, slate_size = config.env.num_candidates, config.env.slate_size
+    reports = hasattr(policy, "position_probabilities") and hasattr(policy, "slate_probability")
     episode = np.arange(n_users)  # session (or life) id of each slot
     next_episode = n_users
     step = np.zeros(n_users, dtype=np.int64)  # episode step of each slot
@@ -97,13 +195,34 @@ def collect_logs(
     chunks = [_past_rows(obs, np.arange(n_users), episode, length_mean, env, names)]
     for _ in range(n_steps):
         actions = np.asarray(policy.act(obs))
+        slate_index = dedupe_slates(actions.reshape(n_users, -1).astype(np.int64), n_candidates)  # as the env serves
+        if reports:
+            by_position = np.asarray(policy.position_probabilities(obs), dtype=np.float64)  # [N, K, C]
+            slate_p = np.asarray(policy.slate_probability(obs, slate_index), dtype=np.float64)  # [N]
+        else:
+            by_position = np.full((n_users, slate_size, n_candidates), np.nan)
+            slate_p = np.full(n_users, np.nan)
+        truth = env.world.expected_engagement(obs["candidate_items"].astype(np.int64))  # [N, C] hidden state
         context = obs["context"]
         state = env.world.state
         when = dict(day=state.day.copy(), session_start=(state.step == 0).astype(np.int8)) if lifetime else {}
+        seen = obs
         obs, reward, terminated, truncated, info = env.step(actions)
         live, slates = info["served"], info["slate"]  # what was shown; slots being reset showed nothing
+        if lifetime:
+            when["session_end"] = info["session_end"].astype(np.int8)
+        # Per-step lists, shared by the step's K rows (views: no copies).
+        lists = dict(
+            history_items=list(seen["history_items"][live]),
+            candidate_items=list(seen["candidate_items"][live]),
+            candidate_popularity=list(seen["candidate_features"][live, :, -1]),
+            position_propensities=list(by_position[live].reshape(int(live.sum()), slate_size * n_candidates)),
+            true_expected_reward=list(truth[live]),
+        )
+        rows = np.flatnonzero(live)
         for pos in range(slates.shape[1]):  # K slate positions (few), vectorised over users
             clicked = (info["position"] == pos)[live]
+            chosen = slate_index[live, pos]
             chunks.append(
                 pd.DataFrame(
                     dict(
@@ -116,6 +235,13 @@ def collect_logs(
                         completion=np.where(clicked, info["completion"][live], 0.0).astype(np.float32),
                         **{name: context[live, i] for i, name in enumerate(names)},
                         **{k: v[live] for k, v in when.items()},
+                        candidate=chosen.astype(np.int16),
+                        propensity=by_position[rows, pos, chosen],
+                        slate_propensity=slate_p[live],
+                        reward=reward[live].astype(np.float32),
+                        terminated=terminated[live].astype(np.int8),
+                        truncated=truncated[live].astype(np.int8),
+                        **lists,
                     )
                 )
             )
@@ -128,8 +254,15 @@ def collect_logs(
     logs = pd.concat(chunks, ignore_index=True)
     logs["scenario"] = config.name
     logs["seed"] = seed
+    return logs.sort_values(["user", "step", "position"], kind="stable", ignore_index=True)[log_columns(lifetime)]
+
+
+def log_columns(lifetime: bool, offline: bool = True) -> list[str]:
+    """The columns of logs collected now, in order (`offline=False`: those a supervised model needs)."""
     columns = list(LOG_COLUMNS) + (list(LIFETIME_LOG_COLUMNS) if lifetime else [])
-    return logs.sort_values(["user", "step", "position"], kind="stable", ignore_index=True)[columns]
+    if offline:
+        columns += list(OFFLINE_LOG_COLUMNS) + (list(OFFLINE_LIFETIME_COLUMNS) if lifetime else [])
+    return columns
 
 
 def _past_rows(
@@ -165,17 +298,26 @@ def _past_rows(
         rows.update({name: context[:, i] for i, name in enumerate(names) if name not in rows})
         rows["day"] = env.world.state.day[slots][user_row] - back
         rows["session_start"] = np.int8(1)
-    return pd.DataFrame(rows)
+        rows["session_end"] = np.int8(0)
+    # Not a served step: no action, propensity, reward or observation of its own.
+    rows.update(candidate=np.int16(-1), propensity=np.nan, slate_propensity=np.nan, reward=np.float32(np.nan))
+    rows.update(terminated=np.int8(0), truncated=np.int8(0))
+    frame = pd.DataFrame(rows)
+    for name in ("history_items", "candidate_items", "candidate_popularity", "position_propensities"):
+        frame[name] = None
+    frame["true_expected_reward"] = None
+    return frame
 
 
 def save_logs(logs: pd.DataFrame, path: str | Path) -> Path:
-    """Write logs as Parquet (.parquet) or CSV (any other suffix)."""
+    """Write logs as Parquet (.parquet), or CSV (any other suffix) without the list columns (a CSV
+    cell cannot hold an array: CSV logs train the supervised baselines, offline evaluation needs Parquet)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
         logs.to_parquet(path, index=False)
     else:
-        logs.to_csv(path, index=False)
+        logs.drop(columns=[c for c in LIST_COLUMNS if c in logs.columns]).to_csv(path, index=False)
     return path
 
 
@@ -184,7 +326,12 @@ def load_logs(path: str | Path, n_items: int | None = None) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"log file not found: {path}")
-    logs = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    kind = "Parquet" if path.suffix == ".parquet" else "CSV"
+    try:
+        logs = pd.read_parquet(path) if kind == "Parquet" else pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as err:  # pyarrow's errors derive from these
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"log file {path} is not readable {kind}: {first}") from None
     return validate_logs(logs, n_items)
 
 
@@ -205,4 +352,44 @@ def validate_logs(logs: pd.DataFrame, n_items: int | None = None, lifetime: bool
             f"logs reference item {int(logs['item'].max())} but the catalog has {n_items} items "
             "(logs from another catalog?)"
         )
+    return logs
+
+
+def validate_offline_logs(logs: pd.DataFrame, config: ScenarioConfig) -> pd.DataFrame:
+    """Raise ValueError, in one line, for logs offline evaluation cannot read: what `validate_logs`
+    refuses, missing offline columns (logs written before they existed), no served step, list
+    columns that are not arrays (read from CSV) or of the wrong length for `config`'s sizes."""
+    lifetime = config.world.lifetime.enabled
+    offline = [c for c in log_columns(lifetime) if c not in log_columns(lifetime, offline=False)]
+    missing = [c for c in offline if c not in logs.columns]
+    if missing:
+        raise ValueError(
+            f"logs are missing the offline columns {missing} (written before agents.logs recorded them?); "
+            "collect them again with agents.logs.collect_logs"
+        )
+    validate_logs(logs, lifetime=lifetime)
+    served = logs[logs["step"] >= 0]
+    if served.empty:
+        raise ValueError("logs hold no served step (only the interactions users arrived with)")
+    e = config.env
+    sizes = dict(
+        history_items=e.history_len,
+        candidate_items=e.num_candidates,
+        candidate_popularity=e.num_candidates,
+        position_propensities=e.slate_size * e.num_candidates,
+        true_expected_reward=e.num_candidates,
+    )
+    for name, size in sizes.items():  # the LIST_COLUMNS
+        first = served[name].iloc[0]
+        if not isinstance(first, (np.ndarray, list)):
+            raise ValueError(
+                f"logs column {name!r} holds {type(first).__name__}, not arrays (save offline logs as .parquet)"
+            )
+        if len(first) != size:
+            raise ValueError(
+                f"logs column {name!r} holds {len(first)} values per step but scenario {config.name!r} needs {size} "
+                "(logs of another configuration?)"
+            )
+    if served["position"].max() >= e.slate_size:
+        raise ValueError(f"logs hold slate position {int(served['position'].max())} but slate_size is {e.slate_size}")
     return logs

@@ -85,6 +85,11 @@ class GreedyPolicy:
     def __init__(self, model: ActorCritic, name: str, device: str = "cpu") -> None:
         self.model, self.name, self.device = model, name, device
 
+    def scores(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """[N, C] the top slot's candidate logits (how the policy ranks candidates for its first slot)."""
+        logits, _ = serve(self.model, obs, self.device)
+        return logits.float().cpu().numpy()[:, : logits.shape[1] // self.model.slate_size]
+
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         logits, _ = serve(self.model, obs, self.device)
         k = self.model.slate_size

@@ -13,7 +13,8 @@ class Policy(Protocol):
 
     act(obs) -> actions: obs is the vector env's dict (leading user axis N);
     actions are candidate indices [N] (or [N, K] for slates).
-    Optional hooks, called by the evaluation harness when present:
+    Optional: scores(obs) -> [N, C], the candidate scores a ranking policy serves by (offline
+    ranking metrics read them). Optional hooks, called by the evaluation harness when present:
     bind(env) before an evaluation (oracles read the true state through it), and
     observe(obs, actions, rewards, info) after each step (online learners): obs is what act()
     saw, rewards [N], info the vector env's step info: info["position"] [N] the clicked slate
@@ -48,7 +49,21 @@ class RandomPolicy:
     def bind(self, env: Any) -> None:
         self.slate_size = env.config.env.slate_size
 
-    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+    def scores(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """[N, C] iid uniform scores (fresh at each call)."""
+        return self.rng.random(obs["candidate_items"].shape)
+
+    def position_probabilities(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """[N, K, C] 1 / C: a uniformly random ordered K-subset puts each candidate at each position
+        with probability 1 / C (off-policy estimators read it)."""
         n, c = obs["candidate_items"].shape
+        return np.full((n, self.slate_size, c), 1.0 / c)
+
+    def slate_probability(self, obs: dict[str, np.ndarray], slates: np.ndarray) -> np.ndarray:
+        """[N] (C - K)! / C! for any slate [N, K] of distinct candidates."""
+        n, c = obs["candidate_items"].shape
+        return np.full(n, 1.0 / np.prod(np.arange(c - self.slate_size + 1, c + 1, dtype=np.float64)))
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         # Random scores, then the top-K: distinct items in the slate.
-        return slate_from_scores(self.rng.random((n, c)), self.slate_size)
+        return slate_from_scores(self.scores(obs), self.slate_size)

@@ -55,6 +55,7 @@ __all__ = [
     "KINDS",
     "SupervisedParams",
     "examples_from_logs",
+    "step_examples",
     "GRUHistoryEncoder",
     "EngagementModel",
     "SupervisedRecommender",
@@ -151,8 +152,10 @@ class _Examples:
         )
 
 
-def _build_examples(logs: pd.DataFrame, history_len: int, length_mean: float, lifetime: bool = False) -> _Examples:
-    """Vectorised core of :func:`examples_from_logs` (rows stay in the logs' order)."""
+def step_examples(logs: pd.DataFrame, history_len: int, length_mean: float, lifetime: bool = False) -> _Examples:
+    """The examples of :func:`examples_from_logs` with the histories stored once per user-step
+    (`_Examples`: row m of the logs is `step_index[m]`'s user-step; rows stay in the logs' order).
+    Offline evaluation rebuilds the logged observations from it (agents/offline.py)."""
     if history_len < 1:
         raise ValueError(f"history_len must be >= 1, got {history_len}")
     if not length_mean > 0:
@@ -243,7 +246,7 @@ def examples_from_logs(
     of a lifetime scenario, with LIFETIME_LOG_COLUMNS) the history features add days ago and
     session start, and the context the lifetime columns [M, 7], as the lifetime env shows them.
     """
-    return _build_examples(logs, history_len, length_mean, lifetime).expand()
+    return step_examples(logs, history_len, length_mean, lifetime).expand()
 
 
 # --------------------------------------------------------------------------- models
@@ -468,7 +471,7 @@ class SupervisedRecommender:
                 f"(the observation has {self.n_positions} candidates)"
             )
         self._build()
-        self._logged = _build_examples(logs, self.config.history_len, self.length_mean, self.lifetime)
+        self._logged = step_examples(logs, self.config.history_len, self.length_mean, self.lifetime)
         self.losses = [self._train_epoch(self._logged) for _ in range(self.params.epochs)]
         return list(self.losses)
 
