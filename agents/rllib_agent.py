@@ -205,6 +205,18 @@ class RLlibPPOAgent(TrainableAgent):
             .debugging(seed=seed, log_level="ERROR")
         )
         self.algo = config.build_algo()
+        # Learning timed apart from sampling: RLlib's own timers are smoothed (EMA), not per-iteration sums.
+        self._learn_s = 0.0
+        update = self.algo.learner_group.update
+
+        def timed_update(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return update(*args, **kwargs)
+            finally:
+                self._learn_s += time.perf_counter() - start
+
+        self.algo.learner_group.update = timed_update
         self._env_steps = 0
         self._pretrained = False
         self._eval_net = ActorCritic(self.encoder_config, scenario.env.slate_size, self.item_features)
@@ -240,8 +252,14 @@ class RLlibPPOAgent(TrainableAgent):
         self._pretrained = True
 
     def train_iteration(self) -> dict[str, float]:
+        """One PPO iteration (sampling, then the learner's update); the first of a fresh run warm-starts
+        the encoder first (pretrain_s). iteration_s excludes the warm start; learn_s is the update."""
+        pretrain_s = np.nan
         if self.params.pretrain_epochs and self._env_steps == 0 and not self._pretrained:
+            start = time.perf_counter()
             self.pretrain()
+            pretrain_s = time.perf_counter() - start
+        self._learn_s = 0.0
         start = time.perf_counter()
         result = self.algo.train()
         elapsed = time.perf_counter() - start
@@ -259,6 +277,10 @@ class RLlibPPOAgent(TrainableAgent):
             entropy=get(learner, "entropy"),
             env_steps_per_s=steps / elapsed if elapsed > 0 else np.nan,
             env_steps=float(self._env_steps),
+            iteration_s=elapsed,
+            sample_s=elapsed - self._learn_s,  # sampling, plus RLlib's bookkeeping and the weight sync
+            learn_s=self._learn_s,
+            pretrain_s=pretrain_s,
         )
 
     def policy(self) -> GreedyPolicy:
