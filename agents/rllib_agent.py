@@ -72,6 +72,7 @@ class PPOParams(LogParams):
 
 def _rl_module_class():
     """Defined lazily: importing ray is slow and only RLlib users need it."""
+    import torch
     from ray.rllib.core.columns import Columns
     from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
     from ray.rllib.core.rl_module.apis import ValueFunctionAPI
@@ -89,7 +90,9 @@ def _rl_module_class():
                 )
 
         def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-            logits, _ = self.net(batch[Columns.OBS])
+            # Sampling and serving only (training goes through _forward_train): no autograd bookkeeping.
+            with torch.inference_mode():
+                logits, _ = self.net(batch[Columns.OBS])
             return {Columns.ACTION_DIST_INPUTS: logits}
 
         def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
@@ -99,7 +102,11 @@ def _rl_module_class():
 
         def compute_values(self, batch: dict[str, Any], embeddings: Any = None):
             if embeddings is None:
-                _, embeddings = self.net(batch[Columns.OBS])
+                # The GAE connector's call over the whole train batch: value targets are never
+                # differentiated (the loss passes the embeddings of _forward_train), and the value
+                # reads the state only, so no candidate tower, target attention or autograd graph.
+                with torch.no_grad():
+                    return self.net.value(self.net.encoder.encode_state(batch[Columns.OBS]))
             return self.net.value(embeddings)
 
     return DriftRecRLModule
