@@ -45,7 +45,7 @@ from simulator.params import check_int, merge_overrides
 
 SCHEDULERS = ("asha", "fifo")
 METRIC = "return_mean"  # the harness's mean return per evaluation user (minutes watched)
-# Domain name -> (Tune constructor name, what its argument must be).
+# Domain (the name of Tune's constructor) -> what its argument must be.
 DOMAINS = {
     "loguniform": "[low, high], 0 < low < high",
     "uniform": "[low, high], low < high",
@@ -109,20 +109,23 @@ def tune_domains(space: Mapping[str, Any]) -> dict[str, Any]:
     """The space as Tune search domains (fixed values stay as they are)."""
     from ray import tune
 
-    return {
-        name: getattr(tune, check_domain(name, spec)[0])(*_arguments(spec)) if isinstance(spec, Mapping) else spec
-        for name, spec in space.items()
-    }
-
-
-def _arguments(spec: Mapping[str, Any]) -> tuple:
-    kind, args = next(iter(spec.items()))
-    return (list(args),) if kind == "choice" else tuple(args)
+    domains = {}
+    for name, spec in space.items():
+        if not isinstance(spec, Mapping):
+            domains[name] = spec
+            continue
+        kind, args = check_domain(name, spec)
+        domains[name] = tune.choice(list(args)) if kind == "choice" else getattr(tune, kind)(*args)
+    return domains
 
 
 def _plain(value: Any) -> Any:
-    """numpy scalars as Python numbers (for YAML, JSON and the run record)."""
-    return value.item() if hasattr(value, "item") and not isinstance(value, (list, dict)) else value
+    """`value` with numpy scalars as Python numbers, nested (for YAML, JSON and the run record)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") else value
 
 
 def sample_configs(space: Mapping[str, Any], num_samples: int, seed: int) -> list[dict[str, Any]]:
@@ -165,15 +168,7 @@ def trial_settings(base: RunSettings, config: Mapping[str, Any]) -> RunSettings:
 def config_file(settings: RunSettings) -> dict[str, dict[str, Any]]:
     """The `--config` file of a run: its non-empty scenario:, model: and algo: sections."""
     parts = dict(scenario=settings.scenario_overrides, model=settings.model, algo=settings.algo)
-    return {k: _plain_tree(v) for k, v in parts.items() if v}
-
-
-def _plain_tree(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain_tree(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_tree(v) for v in value]
-    return _plain(value)
+    return {k: _plain(v) for k, v in parts.items() if v}
 
 
 @dataclass(frozen=True)
@@ -291,8 +286,8 @@ def sweep(settings: SweepSettings, out: str | Path) -> tuple[pd.DataFrame, Path]
     """Run the sweep; write results.csv, results.md and best.yaml (a run.py --config file) into `out`.
 
     Returns (the results table, best trial first; the path of best.yaml)."""
-    out = writable_dir(out, "--out").resolve()
     configs = settings.configs()  # every trial checked before Ray starts
+    out = writable_dir(out, "--out").resolve()
     start_ray(settings)
     device = ray_device(settings.base.device, settings.base.ray_address)
     # Trials train where the driver decided (a cluster's GPU), never on a guess of their own.
