@@ -9,7 +9,8 @@ loop, evaluations and final evaluation as `run.py`), with a TrainingObserver for
   sample_s, learn_s the iterations' time spent sampling and learning (summed over iterations)
   pretrain_s        PPO's supervised warm start of the encoder (0 when none)
   eval_s            evaluations during training
-  train_wall_s      from the start of training to the end of the last iteration (all of the above)
+  train_wall_s      from the start of training to the end of its last iteration or evaluation (all of the
+                    above, and checkpoints)
   final_return      the final evaluation (final_eval_users users, seed EVAL_SEED, as run.py)
   target, time_to_target_s  the first evaluation during training at or above `target` minutes, as
                     wall time from the start of training; None (and `target_note` says so) when the
@@ -89,9 +90,10 @@ class TrainingClock(TrainingObserver):
         return self.last_steps - self.first_steps
 
     def on_evaluation(self, env_steps: int, metrics: Mapping[str, float], seconds: float) -> None:
+        self.end = time.perf_counter()
         self.eval_s += seconds
         if self.time_to_target_s is None and metrics["return_mean"] >= self.target:
-            self.time_to_target_s = time.perf_counter() - self.start
+            self.time_to_target_s = self.end - self.start
             self.steps_to_target = env_steps
 
 
