@@ -13,6 +13,10 @@ from typing import Any
 
 from agents.policy import Policy
 
+# Wall-clock scalars of train_iteration(): they differ between two runs of the same seed (everything else
+# must not). sample_s and learn_s split iteration_s; pretrain_s is a warm start before the first iteration.
+TIMING_KEYS = ("env_steps_per_s", "iteration_s", "sample_s", "learn_s", "pretrain_s")
+
 
 class TrainableAgent(ABC):
     name: str = "agent"
@@ -24,7 +28,7 @@ class TrainableAgent(ABC):
 
     @abstractmethod
     def train_iteration(self) -> dict[str, float]:
-        """Run one training iteration; return scalars (e.g. policy_loss, episode_return_mean, env_steps_per_s)."""
+        """Run one training iteration; return scalars (e.g. policy_loss, episode_return_mean, and TIMING_KEYS)."""
 
     @abstractmethod
     def policy(self) -> Policy:

@@ -72,6 +72,7 @@ class PPOParams(LogParams):
 
 def _rl_module_class():
     """Defined lazily: importing ray is slow and only RLlib users need it."""
+    import torch
     from ray.rllib.core.columns import Columns
     from ray.rllib.core.distribution.torch.torch_distribution import TorchMultiCategorical
     from ray.rllib.core.rl_module.apis import ValueFunctionAPI
@@ -89,7 +90,9 @@ def _rl_module_class():
                 )
 
         def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-            logits, _ = self.net(batch[Columns.OBS])
+            # Sampling and serving only (training goes through _forward_train): no autograd bookkeeping.
+            with torch.inference_mode():
+                logits, _ = self.net(batch[Columns.OBS])
             return {Columns.ACTION_DIST_INPUTS: logits}
 
         def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
@@ -99,7 +102,11 @@ def _rl_module_class():
 
         def compute_values(self, batch: dict[str, Any], embeddings: Any = None):
             if embeddings is None:
-                _, embeddings = self.net(batch[Columns.OBS])
+                # The GAE connector's call over the whole train batch: value targets are never
+                # differentiated (the loss passes the embeddings of _forward_train), and the value
+                # reads the state only, so no candidate tower, target attention or autograd graph.
+                with torch.no_grad():
+                    return self.net.value(self.net.encoder.encode_state(batch[Columns.OBS]))
             return self.net.value(embeddings)
 
     return DriftRecRLModule
@@ -205,6 +212,18 @@ class RLlibPPOAgent(TrainableAgent):
             .debugging(seed=seed, log_level="ERROR")
         )
         self.algo = config.build_algo()
+        # Learning timed apart from sampling: RLlib's own timers are smoothed (EMA), not per-iteration sums.
+        self._learn_s = 0.0
+        update = self.algo.learner_group.update
+
+        def timed_update(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return update(*args, **kwargs)
+            finally:
+                self._learn_s += time.perf_counter() - start
+
+        self.algo.learner_group.update = timed_update
         self._env_steps = 0
         self._pretrained = False
         self._eval_net = ActorCritic(self.encoder_config, scenario.env.slate_size, self.item_features)
@@ -240,8 +259,14 @@ class RLlibPPOAgent(TrainableAgent):
         self._pretrained = True
 
     def train_iteration(self) -> dict[str, float]:
+        """One PPO iteration (sampling, then the learner's update); the first of a fresh run warm-starts
+        the encoder first (pretrain_s). iteration_s excludes the warm start; learn_s is the update."""
+        pretrain_s = np.nan
         if self.params.pretrain_epochs and self._env_steps == 0 and not self._pretrained:
+            start = time.perf_counter()
             self.pretrain()
+            pretrain_s = time.perf_counter() - start
+        self._learn_s = 0.0
         start = time.perf_counter()
         result = self.algo.train()
         elapsed = time.perf_counter() - start
@@ -259,6 +284,10 @@ class RLlibPPOAgent(TrainableAgent):
             entropy=get(learner, "entropy"),
             env_steps_per_s=steps / elapsed if elapsed > 0 else np.nan,
             env_steps=float(self._env_steps),
+            iteration_s=elapsed,
+            sample_s=elapsed - self._learn_s,  # sampling, plus RLlib's bookkeeping and the weight sync
+            learn_s=self._learn_s,
+            pretrain_s=pretrain_s,
         )
 
     def policy(self) -> GreedyPolicy:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.policies import ActorCriticPolicy
@@ -184,6 +185,23 @@ class CandidateScoringPolicy(ActorCriticPolicy):
         return self.get_distribution(observation).get_actions(deterministic=deterministic)
 
 
+class RolloutClock(BaseCallback):
+    """Times SB3's rollout collection within learn(), so that sampling and learning are timed apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sample_s, self._start = 0.0, 0.0
+
+    def _on_rollout_start(self) -> None:
+        self._start = time.perf_counter()
+
+    def _on_rollout_end(self) -> None:
+        self.sample_s = time.perf_counter() - self._start
+
+    def _on_step(self) -> bool:
+        return True
+
+
 class SB3PPOAgent(TrainableAgent):
     """stable-baselines3 PPO over SB3VecEnv; `device` is where the policy trains ('cpu' or 'cuda')."""
 
@@ -236,6 +254,7 @@ class SB3PPOAgent(TrainableAgent):
         # still creates an empty /tmp/SB3-<timestamp> folder. One output-less logger instead.
         self.model.set_logger(Logger(folder=None, output_formats=[]))
         self._eval_net = ActorCritic(self.encoder_config, scenario.env.slate_size, self.item_features)
+        self._clock = RolloutClock()
 
     @property
     def env_steps(self) -> int:
@@ -251,7 +270,7 @@ class SB3PPOAgent(TrainableAgent):
         # With reset_num_timesteps=False, learn() runs until num_timesteps grows by this much:
         # exactly one collect_rollouts + train. Inside learn(), SB3 dumps (clears) the logger
         # after collecting and before train(), so train/* below are this update's values.
-        self.model.learn(total_timesteps=p.num_envs * p.n_steps, reset_num_timesteps=False)
+        self.model.learn(total_timesteps=p.num_envs * p.n_steps, reset_num_timesteps=False, callback=self._clock)
         elapsed = time.perf_counter() - start
         values = dict(logger.name_to_value)  # a defaultdict(float): .get avoids silent zeros
         get = lambda key: float(values.get(key, np.nan))  # noqa: E731
@@ -267,6 +286,9 @@ class SB3PPOAgent(TrainableAgent):
             clip_fraction=get("train/clip_fraction"),
             env_steps_per_s=steps / elapsed if elapsed > 0 else np.nan,
             env_steps=float(self.model.num_timesteps),
+            iteration_s=elapsed,
+            sample_s=self._clock.sample_s,  # collect_rollouts (with the advantages)
+            learn_s=elapsed - self._clock.sample_s,  # the PPO update
         )
 
     def policy(self) -> GreedyPolicy:

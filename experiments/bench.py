@@ -2,6 +2,7 @@
 
 python experiments/bench.py sim [--json]       simulator and VectorEnv user-steps/s
 python experiments/bench.py encoder [--json]   encoder forward+backward tokens/s vs nn.TransformerEncoder
+python experiments/bench.py train [--json]     PPO env-steps/s (RLlib, SB3), sampling and learning apart
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ import argparse
 import json
 import sys
 
-from experiments.benchmarks import encoder, sim
+from experiments.benchmarks import encoder, sim, train
 
-BENCHMARKS = {"sim": sim, "encoder": encoder}
+BENCHMARKS = {"sim": sim, "encoder": encoder, "train": train}
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def main(argv: list[str] | None = None) -> list[dict] | None:
     parser = argparse.ArgumentParser(description="driftrec benchmarks (numbers, not tests)")
     sub = parser.add_subparsers(dest="name", required=True)
     for name, module in BENCHMARKS.items():
@@ -24,10 +25,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         p.add_argument("--json", action="store_true", help="print a JSON list of records instead of a table")
     args = parser.parse_args(argv)
     module = BENCHMARKS[args.name]
-    records = module.run(args)
+    try:
+        records = module.run(args)
+    except ValueError as err:  # bad settings: one line, before any work
+        print(f"error: {err}", file=sys.stderr)
+        return None
     print(json.dumps(records, indent=None) if args.json else module.format_records(records))
     return records
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    sys.exit(0 if main() is not None else 2)

@@ -399,21 +399,46 @@ def save_checkpoint(agent: Any, path: Path, state: Mapping[str, Any]) -> None:
         shutil.rmtree(old)
 
 
+class TrainingObserver:
+    """What the training loop tells an onlooker (the training benchmark's clocks, a sweep's reports to
+    Ray Tune); every hook is a no-op here. Hooks run in the loop: keep them cheap."""
+
+    def on_start(self, run_dir: Path, env_steps: int) -> None:
+        """Training of the run in `run_dir` starts (before the first iteration, and so before a warm start)."""
+
+    def on_iteration(self, env_steps: int, metrics: Mapping[str, float]) -> None:
+        """An iteration ended: the agent's train_iteration() scalars."""
+
+    def on_evaluation(self, env_steps: int, metrics: Mapping[str, float], seconds: float) -> None:
+        """An evaluation during training ended (the harness's metrics; `seconds` it took)."""
+
+
 def train(
-    agent: Any, settings: RunSettings, scenario: ScenarioConfig, logger: RunLogger, run_dir: Path, state: dict[str, Any]
+    agent: Any,
+    settings: RunSettings,
+    scenario: ScenarioConfig,
+    logger: RunLogger,
+    run_dir: Path,
+    state: dict[str, Any],
+    observer: TrainingObserver | None = None,
 ) -> None:
     """The training loop: iterate, log train/*, evaluate on schedule, checkpoint."""
+    observer = observer or TrainingObserver()
     progress = Progress(settings.steps, agent.env_steps)
     ckpt = run_dir / "checkpoint"
+    observer.on_start(run_dir, agent.env_steps)
     with StopSignals() as stop:
         while agent.env_steps < settings.steps:
             metrics = agent.train_iteration()
             state["iteration"] += 1
             steps = agent.env_steps
             logger.scalars("train", metrics, steps)
+            observer.on_iteration(steps, metrics)
             note = ""
             if steps >= state["next_eval"]:
+                started = time.perf_counter()
                 ev = evaluate(agent.policy(), scenario, settings.eval_users, EVAL_SEED)
+                seconds = time.perf_counter() - started
                 logger.evaluation(
                     ev.metrics,
                     steps,
@@ -422,6 +447,7 @@ def train(
                     seed=settings.seed,
                     phase="train",
                 )
+                observer.on_evaluation(steps, ev.metrics, seconds)
                 state["next_eval"] = steps + settings.interval
                 note = f"eval {ev.metrics['return_mean']:.1f}"
             progress.update(steps, metrics, note)
@@ -459,12 +485,16 @@ def build_agent(settings: RunSettings, device: str, run_dir: Path | None = None)
 
 
 def run_one(
-    settings: RunSettings, logdir: str | Path, resume: str | Path | None = None
+    settings: RunSettings,
+    logdir: str | Path,
+    resume: str | Path | None = None,
+    observer: TrainingObserver | None = None,
 ) -> tuple[Path, dict[str, float]]:
     """One run: build the agent, train it if it trains, evaluate it and random on the same users.
 
-    Returns (run directory, final metrics). Bad settings or a bad checkpoint raise ValueError
-    before any work is lost, and a new run that fails to build leaves no directory behind.
+    Returns (run directory, final metrics); `observer` hears the training loop's events. Bad settings or a
+    bad checkpoint raise ValueError before any work is lost, and a new run that fails to build leaves no
+    directory behind.
     """
     if not resume:
         writable_dir(logdir, "--logdir")  # first: a location that cannot be written costs nothing
@@ -506,7 +536,7 @@ def run_one(
     logger = RunLogger(run_dir, purge_step=state.get("env_steps") if resume else None)
     try:
         if agent is not None:
-            train(agent, settings, scenario, logger, run_dir, state)
+            train(agent, settings, scenario, logger, run_dir, state, observer)
             policy, steps = agent.policy(), agent.env_steps
         else:
             steps = 0
