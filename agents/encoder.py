@@ -92,7 +92,7 @@ class EncoderConfig:
     compile: bool = False
     autocast_bf16: bool = True
     target_attention: bool = True
-    attention_window: int = 32
+    attention_window: int = 128
 
     def __post_init__(self) -> None:
         for name, low in _INT_FIELDS_MIN.items():
