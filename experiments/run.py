@@ -23,11 +23,10 @@ from experiments.harness import EVAL_SEED
 from experiments.runs import (
     Interrupted,
     RunSettings,
-    load_config_sections,
     load_run,
     run_one,
     run_seeds,
-    with_smoke_sizes,
+    settings_from_config,
 )
 
 DEFAULTS = RunSettings()
@@ -128,8 +127,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
     """RunSettings from the flags and the config file; explicit flags win over --smoke sizes."""
     spec = get_agent(args.agent)
-    sections = load_config_sections(args.config)
-    algo = dict(sections.get("algo", {}))
+    algo = {}
     if args.num_env_runners is not None:
         if not spec.uses_ray:
             users = [a for a, s in AGENTS.items() if s.uses_ray]
@@ -142,26 +140,21 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         algo["retrain_every"] = args.retrain_every
     if args.parallel < 1:
         raise ValueError("--parallel must be >= 1")
-    flags = dict(
+    return settings_from_config(
+        args.agent,
+        args.scenario,
+        args.config,
+        smoke=args.smoke,
+        algo=algo,
+        seed=args.seed,
+        device=args.device or DEFAULTS.device,
+        ray_address=args.ray_address,
         steps=args.steps,
         eval_users=args.eval_users,
         final_eval_users=args.final_eval_users,
         eval_interval=args.eval_interval,
         checkpoint_every=args.checkpoint_every,
     )
-    given = {k: v for k, v in flags.items() if v is not None}
-    settings = RunSettings(
-        agent=args.agent,
-        scenario=args.scenario,
-        scenario_overrides=sections.get("scenario", {}),
-        model=sections.get("model", {}),
-        algo=algo,
-        seed=args.seed,
-        device=args.device or DEFAULTS.device,
-        ray_address=args.ray_address,
-        **given,
-    )
-    return with_smoke_sizes(settings, **given) if args.smoke else settings
 
 
 RESUME_FLAGS = ("steps", "device", "logdir")  # what --resume may change (--logdir: where new runs go, unused)

@@ -198,6 +198,32 @@ def load_config_sections(path: str | Path | None) -> dict[str, dict[str, Any]]:
     return data
 
 
+def settings_from_config(
+    agent: str,
+    scenario: str,
+    config: str | Path | None,
+    *,
+    smoke: bool = False,
+    algo: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> RunSettings:
+    """RunSettings of a CLI: the config file's sections, `algo` entries from flags on top of its
+    algo: section, and the other RunSettings `fields` that were given (None: not given, the
+    default); with `smoke`, the toy sizes under them (explicit fields win)."""
+    sections = load_config_sections(config)
+    given = {k: v for k, v in fields.items() if v is not None}
+    settings = RunSettings(
+        agent=agent,
+        scenario=scenario,
+        scenario_overrides=sections.get("scenario", {}),
+        model=sections.get("model", {}),
+        algo={**sections.get("algo", {}), **(algo or {})},
+        **given,
+    )
+    sizes = {k: given[k] for k in SMOKE_SIZES if k in given}
+    return with_smoke_sizes(settings, **sizes) if smoke else settings
+
+
 # ------------------------------------------------------------------------- files
 def writable_dir(path: str | Path, flag: str) -> Path:
     """`path` as a directory this process can write into (created when missing); else a ValueError

@@ -24,7 +24,7 @@ import time
 
 from agents.registry import AGENTS
 from envs.config import PRESETS
-from experiments.runs import RunSettings, load_config_sections, with_smoke_sizes
+from experiments.runs import RunSettings, settings_from_config
 from experiments.sweeps import SCHEDULERS, SweepSettings, load_space, print_table, sweep
 
 DEFAULTS = RunSettings()
@@ -53,27 +53,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def settings_from_args(args: argparse.Namespace) -> SweepSettings:
-    sections = load_config_sections(args.config)
-    flags = dict(
+    base = settings_from_config(
+        args.agent,
+        args.scenario,
+        args.config,
+        smoke=args.smoke,
+        seed=args.seed,
+        device=args.device,
+        ray_address=args.ray_address,
         steps=args.steps,
         eval_users=args.eval_users,
         final_eval_users=args.final_eval_users,
         eval_interval=args.eval_interval,
     )
-    given = {k: v for k, v in flags.items() if v is not None}
-    base = RunSettings(
-        agent=args.agent,
-        scenario=args.scenario,
-        scenario_overrides=sections.get("scenario", {}),
-        model=sections.get("model", {}),
-        algo=sections.get("algo", {}),
-        seed=args.seed,
-        device=args.device,
-        ray_address=args.ray_address,
-        **given,
-    )
-    if args.smoke:
-        base = with_smoke_sizes(base, **given)
     return SweepSettings(
         base=base,
         space=load_space(args.space),
