@@ -112,19 +112,14 @@ def summarise(runs: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
         for m in metrics:
             if m not in g or g[m].isna().all():
                 continue
-            lo, hi = mean_interval(g[m].to_numpy())
-            rows.append(
-                dict(
-                    scenario=scenario,
-                    agent=agent,
-                    metric=m,
-                    seeds=int(g[m].notna().sum()),
-                    mean=float(g[m].mean()),
-                    ci_low=lo,
-                    ci_high=hi,
-                )
-            )
+            rows.append(dict(scenario=scenario, agent=agent, metric=m, **over_seeds(g[m])))
     return pd.DataFrame(rows)
+
+
+def over_seeds(values: pd.Series) -> dict[str, float]:
+    """seeds (non-missing values), mean and 95% t interval (ci_low, ci_high) of one number per seed."""
+    lo, hi = mean_interval(values.to_numpy())
+    return dict(seeds=int(values.notna().sum()), mean=float(values.mean()), ci_low=lo, ci_high=hi)
 
 
 def markdown(summary: pd.DataFrame) -> str:
@@ -192,22 +187,11 @@ def load_by_day(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def by_day_summary(by_day: pd.DataFrame) -> pd.DataFrame:
-    """Mean and 95% t interval over seeds of each per-day curve: scenario, agent, day, curve, mean, ci_low, ci_high."""
+    """Each per-day curve over seeds: scenario, agent, day, curve, seeds, mean, ci_low, ci_high."""
     rows = []
     for (scenario, agent, day), g in by_day.groupby(["scenario", "agent", "day"], sort=True):
         for curve, _ in BY_DAY_PANELS:
-            lo, hi = mean_interval(g[curve].to_numpy())
-            rows.append(
-                dict(
-                    scenario=scenario,
-                    agent=agent,
-                    day=day,
-                    curve=curve,
-                    mean=float(g[curve].mean()),
-                    ci_low=lo,
-                    ci_high=hi,
-                )
-            )
+            rows.append(dict(scenario=scenario, agent=agent, day=day, curve=curve, **over_seeds(g[curve])))
     return pd.DataFrame(rows)
 
 
