@@ -47,7 +47,7 @@ from agents.policy import RandomPolicy
 from agents.registry import get_agent
 from envs.config import PRESETS, ScenarioConfig, make_scenario
 from experiments.harness import EVAL_SEED, evaluate
-from experiments.runs import RunSettings, load_run, restore_policy, run_one, run_status
+from experiments.runs import RunSettings, load_run, restore_policy, run_one, run_status, scenario_differences
 from experiments.stats import mean_interval
 from simulator.families import FAMILY_NAMES
 from simulator.params import check_int, merge_overrides
@@ -120,12 +120,8 @@ class ValiditySettings:
             if saved.scenario in PRESETS:  # a run of other dynamics would be measured as if of these
                 trained = saved.scenario_config()
                 measured = self.scenario(saved.scenario, {"env": {"history_len": trained.env.history_len}})
-                if trained != measured:
-                    differ = [
-                        f.name
-                        for f in dataclasses.fields(trained.world)
-                        if getattr(trained.world, f.name) != getattr(measured.world, f.name)
-                    ] + (["env"] if trained.env != measured.env else [])
+                differ = scenario_differences(trained, measured)
+                if differ:
                     raise ValueError(
                         f"--history-runs {run_dir} was trained on another '{saved.scenario}' than this report measures "
                         f"(differs in: {', '.join(differ)}); retrain it, or leave it out to train here"

@@ -282,13 +282,19 @@ def changed_dynamics(record: Mapping[str, Any]) -> list[str]:
     saved = record.get("scenario_config")
     if not isinstance(saved, Mapping):
         return []
-    now = _plain(RunSettings.from_dict(record).scenario_config().to_dict())
+    return scenario_differences(saved, RunSettings.from_dict(record).scenario_config())
+
+
+def scenario_differences(a: ScenarioConfig | Mapping[str, Any], b: ScenarioConfig | Mapping[str, Any]) -> list[str]:
+    """The sections (`world.users`, `env`, `name`, ...) where two scenarios, as configs or as their
+    JSON records, differ; [] when they agree."""
+    a, b = (_plain(x.to_dict() if isinstance(x, ScenarioConfig) else x) for x in (a, b))
     changed = []
-    for key in sorted(set(saved) | set(now)):
-        if isinstance(now.get(key), Mapping) and isinstance(saved.get(key), Mapping):
-            inner = set(saved[key]) | set(now[key])
-            changed += [f"{key}.{k}" for k in sorted(inner) if saved[key].get(k) != now[key].get(k)]
-        elif saved.get(key) != now.get(key):
+    for key in sorted(set(a) | set(b)):
+        if isinstance(a.get(key), Mapping) and isinstance(b.get(key), Mapping):
+            inner = set(a[key]) | set(b[key])
+            changed += [f"{key}.{k}" for k in sorted(inner) if a[key].get(k) != b[key].get(k)]
+        elif a.get(key) != b.get(key):
             changed.append(key)
     return changed
 

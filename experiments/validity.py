@@ -143,9 +143,8 @@ def merge_tables(
         if not len(old):
             merged[name] = fresh
             continue
-        if name == "history":
-            ran = settings.history_agents and len(fresh)
-            replaced = old.preset.isin(settings.history_presets) & old.agent.isin(settings.history_agents) & bool(ran)
+        if name == "history":  # no history agents: nothing replaced
+            replaced = old.preset.isin(settings.history_presets) & old.agent.isin(settings.history_agents)
         else:
             replaced = old.preset.isin(settings.presets)
         merged[name] = pd.concat([old[~replaced], fresh], ignore_index=True)

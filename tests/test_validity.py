@@ -218,5 +218,7 @@ def test_validity_refuses_a_history_run_trained_on_other_dynamics(tmp_path):
     (run_dir / "run.json").write_text(json.dumps(settings.to_dict()))
     (run_dir / "checkpoint" / "state.json").write_text(json.dumps({"env_steps": 4096}))
     runs.write_status(run_dir, "finished")
-    with pytest.raises(ValueError, match=r"trained on another 'mixed' than this report measures \(differs in: users"):
+    with pytest.raises(
+        ValueError, match=r"trained on another 'mixed' than this report measures \(differs in: world.users\)"
+    ):
         gates.ValiditySettings(history_runs=(str(run_dir),))
