@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--history-agents",
         nargs="*",
         default=None,
-        help=f"agents of the history ablation (default: {' '.join(d.history_agents)}; none: skip it)",
+        help=f"agents of the history ablation (default: {' '.join(d.history_agents)}; the flag with no names skips it)",
     )
     p.add_argument(
         "--history-presets",
@@ -219,11 +219,12 @@ def main(argv: list[str] | None = None) -> int:
             drift=g.measure_drift(settings),
             history=g.measure_history(settings, out) if settings.history_agents else pd.DataFrame(),
         )
+        if previous is not None:  # read again: an update that finished meanwhile keeps its rows
+            out, previous, commands = read_previous(args.update, settings)
+            tables = merge_tables(previous, tables, settings)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if previous is not None:
-        tables = merge_tables(previous, tables, settings)
     command = "python experiments/validity.py " + " ".join(argv if argv is not None else sys.argv[1:])
     measured = " ".join(settings.presets)
     if settings.history_agents:

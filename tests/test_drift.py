@@ -123,20 +123,27 @@ def test_social_contagion_pulls_neighbours_together(make_world):
     assert ratios[True] < 0.8 * ratios[False]
 
 
-def test_trend_pull_moves_interests_toward_trending_topics(make_world):
-    """Trend pull alone (neighbour pull off): interests move toward the trend direction."""
+def test_trend_pull_warms_users_to_trending_topics_only(make_world):
+    """Trend pull alone (neighbour pull off): interest rises in the topics the population consumes
+    above their fair share, and stays put in the others (against a control without social drift)."""
     extra = {"social": {"neighbour_rate": 0.0, "trend_rate": 0.2}}
     w = make_world("social", extra, n_users=32, seed=1)
     control = make_world("social", {"social": {"enabled": False}}, n_users=32, seed=1)
     rng = np.random.default_rng(0)
+    # Everyone is shown items of one topic, so that topic trends.
+    topic0 = np.flatnonzero(w.catalog.dominant_topic[: w.catalog.n_initial] == 0)
     for _ in range(10):
-        slates = rng.integers(0, w.catalog.n_initial, size=(32, 1))
+        slates = rng.choice(topic0, size=(32, 1))
         w.step(slates)
         control.step(slates)
     np.testing.assert_array_equal(control.state.interest, control.state.initial_interest)
-    direction = social.trend_direction(w.state.trend)
-    gap0 = np.abs(w.state.initial_interest - direction).mean()
-    assert np.abs(w.state.interest - direction).mean() < 0.8 * gap0
+    strength = social.trend_strength(w.state.trend)
+    change = w.state.interest - w.state.initial_interest
+    trending, fading = strength > 0, strength == 0
+    assert trending.any() and fading.any()
+    assert change[:, trending].mean() > 0.05
+    assert np.abs(change[:, fading]).mean() < 0.05 * change[:, trending].mean()
+    assert change.min() >= -1e-6  # the trend never turns anyone against a topic
 
 
 def test_social_graph_has_no_self_loops_and_follows_homophily():
@@ -156,7 +163,7 @@ def test_trend_moves_toward_consumed_topics():
     clicked = np.ones(3, dtype=bool)
     new = social.update_trend(trend, consumed, clicked, params)
     assert new[2] > trend[2] and new.sum() == pytest.approx(1.0)
-    assert social.trend_direction(new)[2] > 0 and social.trend_direction(new)[0] < 0
+    assert social.trend_strength(new)[2] > 0 and social.trend_strength(new)[0] == 0
     # Nobody clicked: no news.
     assert social.update_trend(trend, consumed, np.zeros(3, dtype=bool), params) is trend
 

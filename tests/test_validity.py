@@ -201,6 +201,27 @@ def test_validity_update_replaces_the_remeasured_presets_and_keeps_the_rest(tmp_
     assert "--update" in (out / "report.md").read_text()
 
 
+def test_two_updates_of_one_report_running_side_by_side_keep_each_others_rows(tmp_path, monkeypatch):
+    """An update that finishes while another is measuring: the later one merges into the report as
+    it is when it finishes, not as it was when it started."""
+    out = tmp_path / "report"
+    base = ["--smoke", "--history-agents", "--presets"]
+    assert validity.main([*base, "stationary", "shock", "--out", str(out)]) in (0, 1)
+    measure_drift = gates.measure_drift
+
+    def drift_while_another_update_lands(settings):
+        other = pd.read_csv(out / "policies.csv")
+        other.loc[other.preset == "stationary", "return_mean"] = 123.0  # the other update's new rows
+        other.to_csv(out / "policies.csv", index=False)
+        return measure_drift(settings)
+
+    monkeypatch.setattr(gates, "measure_drift", drift_while_another_update_lands)
+    assert validity.main([*base, "shock", "--update", str(out)]) in (0, 1)
+    after = pd.read_csv(out / "policies.csv")
+    assert (after[after.preset == "stationary"].return_mean == 123.0).all()
+    assert (after[after.preset == "shock"].return_mean != 123.0).all()
+
+
 def test_validity_update_refuses_a_foreign_directory_before_any_work(tmp_path, capsys):
     assert validity.main(["--smoke", "--presets", "shock", "--update", str(tmp_path)]) == 2
     assert "no policies.csv there" in capsys.readouterr().err
