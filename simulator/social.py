@@ -136,7 +136,8 @@ def between_visits(world: World, gap: GapContext) -> None:
     own = s.interest[idx]
     to_neighbours = geometric_share(p.neighbour_rate_per_day * p.scale * sus, gap.days)[:, None]
     # Per topic: warming toward +1 at the daily rate times how strongly the topic trends.
-    to_trend = geometric_share((p.trend_rate_per_day * p.scale * sus)[:, None] * trend_strength(s.trend), gap.days[:, None])
+    daily = (p.trend_rate_per_day * p.scale * sus)[:, None] * trend_strength(s.trend)
+    to_trend = geometric_share(daily, gap.days[:, None])
     mean = neighbour_mean(s.interest, world.neighbours[idx])
     s.interest[idx] = own + to_neighbours * (mean - own) + to_trend * (1.0 - own)
 
