@@ -19,6 +19,31 @@ into examples by :func:`examples_from_logs`. With ``retrain_every = k > 0`` the
 recommender also learns from what it serves, as deployed recommenders do:
 ``observe()`` (called by the evaluation harness after every step) buffers the
 served impressions and every k steps fine-tunes on logs + fresh data (see ``refit_batches``).
+
+Deployed on a calendar (lifetime scenarios). With ``train_days = T`` (default: half the horizon,
+30 days on the `lifetime` preset) the model is trained on the logging policy's logs of days [0, T) (``collect_logs``
+with ``until_day``) and serves from day T: it carries the logging policy as its ``warmup`` and
+``serves_from_day = T``, so the evaluation harness serves each user with the logging policy until
+their own clock reaches T, then with the model (the harness measures whole lives, and the
+minutes from T on as ``return_served_mean``). With ``retrain_every_days = D`` it is refitted on
+days T + D, T + 2D, ... on the logs + what its own serving produced before that day.
+
+Causality at a refit. In the batched env users' clocks diverge: in one step, a heavy user in a
+long session may be on day 31 while a light one, back from a gap, is on day 50. A refit dated
+day c may use only rows served before c, and every user it then serves must be on day >= c.
+Two ways keep that: hold the users who are ahead back until the slowest one reaches c, or refit
+lazily. Holding back cannot be done in this env without breaking it: every slot steps in every
+call (one history write position for all users, common random numbers drawn per step), so a
+paused user is not expressible. The refit is therefore lazy: the one served model is refitted for
+day c at the first step where every user still in the evaluation (warm-up users included: their
+rows before c are still to come) is on day >= c, on the rows dated before c only (rows of faster
+users dated c or later stay in the buffer for later refits). No model ever serves a user on a
+day before its data's cutoff, and no refit sees a row from on or after its day. The price is
+staleness: users ahead of the slowest one are served a model older than a calendar-synchronous
+platform would serve them; ``serving_stats()`` reports it (``serving_lag_days``: mean days from
+the serving model's data cutoff to the day of each served step), with the refit count and time.
+Slots the harness restarts with a new user (after a life ended) leave the deployment: their
+new users, arriving on day ~0, neither hold back refits nor enter the training data.
 """
 
 from __future__ import annotations
@@ -26,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.encoder import EncoderConfig, HistoryEncoder, RecommenderEncoder
-from agents.logs import LogParams, validate_logs
+from agents.logs import EpsilonPopularity, LogParams, validate_logs
 from agents.model import encoder_config, serve
 from agents.policy import slate_from_scores
 from envs.core import (
@@ -62,7 +88,9 @@ __all__ = [
 ]
 
 KINDS = ("sasrec", "gru4rec")
+MAX_DAYS = 3650.0
 _HISTORY_KEYS = ("history_items", "history_features", "history_mask", "context")
+_ROW_KEYS = ("target_item", "target_position", "click", "watch_time")
 
 
 @dataclass(frozen=True)
@@ -76,6 +104,10 @@ class SupervisedParams(LogParams):
     retrain_every: int = 0  # refit on logs + fresh interactions every k served steps (0: never)
     refit_batches: int = 32  # minibatches per refit, half fresh and half logged (0: a whole epoch)
     replay_capacity: int = 50_000  # most recent served user-steps kept for refitting
+    # Lifetime scenarios only (days mean nothing in a session scenario: set there, an error):
+    retrain_every_days: float = 0.0  # refit on days T + D, T + 2D, ... (0: never)
+    train_days: float | None = None  # T: trained on logs of days [0, T), served from day T (None: half
+    # the horizon, 30 days on `lifetime`; 0: trained on `log_steps` steps of logs of whole lives, served from day 0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,6 +117,45 @@ class SupervisedParams(LogParams):
         check_int("algo", "retrain_every", self.retrain_every, 0)
         check_int("algo", "refit_batches", self.refit_batches, 0)
         check_int("algo", "replay_capacity", self.replay_capacity, 1)
+        check_range("algo", "retrain_every_days", self.retrain_every_days, 0.0, MAX_DAYS)
+        if self.train_days is not None:
+            check_range("algo", "train_days", self.train_days, 0.0, MAX_DAYS)
+        if self.retrain_every and self.retrain_every_days:
+            raise ValueError(
+                "algo.retrain_every (served steps) and algo.retrain_every_days (days) are two cadences: set one"
+            )
+
+    @property
+    def name_suffix(self) -> str:
+        """What the refitting variant adds to the agent's name: -retrain (every k steps), -retrain-7d (days)."""
+        if self.retrain_every:
+            return "-retrain"
+        return f"-retrain-{self.retrain_every_days:g}d" if self.retrain_every_days else ""
+
+    def deployment_day(self, horizon_days: float | None) -> float:
+        """T, the day the model starts serving: train_days (half of `horizon_days` when None) on a
+        lifetime scenario of that horizon, 0 in session scenarios (`horizon_days` None)."""
+        if horizon_days is None:
+            return 0.0
+        return 0.5 * float(horizon_days) if self.train_days is None else float(self.train_days)
+
+    def check_scenario(self, scenario: Any) -> None:
+        """ValueError, in one line, for settings the scenario cannot take: a cadence in days or a
+        train_days in a session scenario (no calendar), a train_days at or past the horizon."""
+        life = scenario.world.lifetime
+        if not life.enabled:
+            for name in ("retrain_every_days", "train_days"):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"algo.{name} is for lifetime scenarios: {scenario.name!r} has no calendar "
+                        "(days mean nothing there; refit every k served steps with algo.retrain_every)"
+                    )
+            return
+        day = self.deployment_day(life.horizon_days)
+        if day >= life.horizon_days:
+            raise ValueError(
+                f"algo.train_days must be in [0, {life.horizon_days:g}) (lifetime.horizon_days), got {day:g}"
+            )
 
 
 # --------------------------------------------------------------------------- examples
@@ -98,7 +169,8 @@ class _Examples:
     float32, history_mask [S, H] float32, context [S, 3] float32.
     Row level (M impressions): step_index [M] (row -> its user-step), target_item [M],
     target_position [M] (slate position, 0 = top), click [M] float32 (0/1),
-    watch_time [M] float32 (minutes; 0 without a click).
+    watch_time [M] float32 (minutes; 0 without a click); day [S] float64 (when each step was
+    served; served rows of a recommender refitting in days, else None).
     A slate of K items is K rows sharing one history, so this is K times smaller than
     the per-row arrays of :func:`examples_from_logs`.
     """
@@ -112,6 +184,7 @@ class _Examples:
     target_position: np.ndarray
     click: np.ndarray
     watch_time: np.ndarray
+    day: np.ndarray | None = None
 
     @property
     def n_steps(self) -> int:
@@ -136,19 +209,29 @@ class _Examples:
         cut = max(self.n_steps - n_steps, 0)
         if cut == 0:
             return self
-        keep = self.step_index >= cut
-        steps = {k: getattr(self, k)[cut:] for k in _HISTORY_KEYS}
-        rows = {k: getattr(self, k)[keep] for k in ("target_item", "target_position", "click", "watch_time")}
-        return _Examples(**steps, **rows, step_index=self.step_index[keep] - cut)
+        keep = np.zeros(self.n_steps, dtype=bool)
+        keep[cut:] = True
+        return self.steps_where(keep)
+
+    def steps_where(self, keep: np.ndarray) -> _Examples:
+        """The user-steps where `keep` [S] bool holds, and their rows, in their order."""
+        new_index = np.cumsum(keep) - 1  # old step -> new step
+        rows = keep[self.step_index]
+        fields = {k: getattr(self, k)[keep] for k in _HISTORY_KEYS}
+        fields.update({k: getattr(self, k)[rows] for k in _ROW_KEYS})
+        day = None if self.day is None else self.day[keep]
+        return _Examples(**fields, step_index=new_index[self.step_index[rows]], day=day)
 
     @staticmethod
     def concat(parts: list[_Examples]) -> _Examples:
+        """One set of examples from several (`day` kept only when every part has it)."""
         offsets = np.cumsum([0] + [p.n_steps for p in parts[:-1]])
         cat = lambda key: np.concatenate([getattr(p, key) for p in parts])  # noqa: E731
         return _Examples(
             **{k: cat(k) for k in _HISTORY_KEYS},
             step_index=np.concatenate([p.step_index + o for p, o in zip(parts, offsets)]),
-            **{k: cat(k) for k in ("target_item", "target_position", "click", "watch_time")},
+            **{k: cat(k) for k in _ROW_KEYS},
+            day=cat("day") if all(p.day is not None for p in parts) else None,
         )
 
 
@@ -335,9 +418,16 @@ class SupervisedRecommender:
                        same scores.
     length_mean:       the catalog's ``length_mean`` (history watch times are in its units);
                        ``bind(env)`` checks it. ``from_env`` fills it and the sizes in.
+    horizon_days:      lifetime scenarios: ``lifetime.horizon_days`` (the default day T of
+                       ``train_days`` is half of it); required there, checked by ``bind(env)``;
+                       filled in by ``from_env`` and ``for_scenario``.
 
-    ``name`` is the kind, with "-retrain" when retrain_every > 0. ``losses`` holds the
-    per-epoch mean losses of the last ``fit``; ``refit_losses`` one loss per refit.
+    ``name`` is the kind, with "-retrain" when retrain_every > 0 ("-retrain-7d" for a cadence in
+    days). ``losses`` holds the per-epoch mean losses of the last ``fit``; ``refit_losses`` one loss
+    per refit; ``refits`` one record per refit in days (cutoff day, slowest user's day, fresh steps
+    used and the latest day among them, logged steps, the evaluation step it ran at).
+    On lifetime scenarios, ``serves_from_day`` (T) and ``warmup`` (the logging policy, seeded with
+    `seed`; None when T = 0) tell the harness when the model takes over (see the module docstring).
     """
 
     def __init__(
@@ -351,6 +441,7 @@ class SupervisedRecommender:
         seed: int = 0,
         device: str = "cpu",
         length_mean: float = 4.0,
+        horizon_days: float | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"SupervisedRecommender.kind must be one of {KINDS}, got {kind!r}")
@@ -385,8 +476,21 @@ class SupervisedRecommender:
                 "history ids only (pass env.core.item_features)"
             )
         self.item_features = item_features
-        self.name = kind + ("-retrain" if params.retrain_every else "")
+        self.name = kind + params.name_suffix
         self.slate_size = 1
+        if params.retrain_every_days and not self.lifetime:
+            raise ValueError("algo.retrain_every_days is for lifetime scenarios: this env has no calendar")
+        if self.lifetime and horizon_days is None:
+            raise ValueError(
+                "SupervisedRecommender.horizon_days is required on a lifetime scenario (use from_env or for_scenario)"
+            )
+        if self.lifetime:
+            check_range("supervised", "horizon_days", horizon_days, 0.0, MAX_DAYS, lo_open=True)
+        self.horizon_days = float(horizon_days) if self.lifetime else None
+        self.serves_from_day = params.deployment_day(self.horizon_days)
+        self.warmup = EpsilonPopularity(params.epsilon, self.seed) if self.serves_from_day > 0 else None
+        self._dated = self.lifetime and (self.serves_from_day > 0 or params.retrain_every_days > 0)
+        self._start_serving()
         self._build()
 
     @classmethod
@@ -396,7 +500,11 @@ class SupervisedRecommender:
         """Sizes, item features and length_mean read from a RecVectorEnv or RecEnv; `kwargs`: model,
         seed, device."""
         core = env.unwrapped.core if hasattr(env, "unwrapped") else env.core
-        kwargs.setdefault("length_mean", env.unwrapped.config.world.catalog.length_mean)
+        config = env.unwrapped.config
+        params.check_scenario(config)
+        kwargs.setdefault("length_mean", config.world.catalog.length_mean)
+        if config.world.lifetime.enabled:
+            kwargs.setdefault("horizon_days", config.world.lifetime.horizon_days)
         return cls(kind, core.single_observation_space, core.item_features, core.n_items, params, **kwargs)
 
     @classmethod
@@ -407,8 +515,11 @@ class SupervisedRecommender:
         read them); `kwargs`: model, seed, device."""
         from envs.core import RecommenderCore
 
+        params.check_scenario(scenario)
         probe = RecommenderCore(scenario, 1, kwargs.get("seed", 0))
         kwargs.setdefault("length_mean", scenario.world.catalog.length_mean)
+        if scenario.world.lifetime.enabled:
+            kwargs.setdefault("horizon_days", scenario.world.lifetime.horizon_days)
         return cls(kind, probe.single_observation_space, probe.item_features, probe.n_items, params, **kwargs)
 
     def _build(self) -> None:
@@ -424,6 +535,7 @@ class SupervisedRecommender:
         self._fresh_steps = 0
         self.losses: list[float] = []
         self.refit_losses: list[float] = []
+        self.refits: list[dict[str, float]] = []
         self.n_observed = 0
         self.n_refits = 0
 
@@ -432,7 +544,7 @@ class SupervisedRecommender:
         check_int("algo", "retrain_every", retrain_every, 1)
         other = copy.deepcopy(self)
         other.params = dataclasses.replace(self.params, retrain_every=retrain_every)
-        other.name = self.kind + "-retrain"
+        other.name = self.kind + other.params.name_suffix
         return other
 
     # ------------------------------------------------------------------ Policy
@@ -446,6 +558,31 @@ class SupervisedRecommender:
                 f"length_mean={self.length_mean} (use SupervisedRecommender.from_env)"
             )
         self.slate_size = int(config.env.slate_size)
+        if self.lifetime and not np.isclose(config.world.lifetime.horizon_days, self.horizon_days):
+            raise ValueError(
+                f"env lifetime.horizon_days={config.world.lifetime.horizon_days} but the recommender was built "
+                f"with horizon_days={self.horizon_days} (use SupervisedRecommender.from_env)"
+            )
+        self._start_serving()
+
+    def _start_serving(self) -> None:
+        """Forget the previous evaluation's clocks and slots (a cadence in days restarts at T + D);
+        the model and its refits so far stay."""
+        self._clock: np.ndarray | None = None  # [N] each slot's day, as of the next step
+        self._live: np.ndarray | None = None  # [N] the slot still holds its first user
+        self._cutoff = self.serves_from_day  # the serving model's data cutoff (day)
+        self._next_refit = self.serves_from_day + self.params.retrain_every_days
+        self._lag_sum, self._lag_n, self._refit_seconds = 0.0, 0, 0.0
+
+    def serving_stats(self) -> dict[str, float]:
+        """Scalars of the last evaluation for results.csv: refits (all so far), refit_seconds and,
+        deployed on a calendar, serving_lag_days (mean days from the serving model's data cutoff to
+        each step it served) and served_from_day (T)."""
+        stats = dict(refits=float(self.n_refits), refit_seconds=self._refit_seconds)
+        if self._dated:
+            lag = self._lag_sum / self._lag_n if self._lag_n else float("nan")
+            stats.update(serving_lag_days=lag, served_from_day=self.serves_from_day)
+        return stats
 
     def scores(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Expected engagement (minutes) of showing each candidate at the top: [N, C] float32."""
@@ -525,8 +662,11 @@ class SupervisedRecommender:
         obs is what act() saw; rewards [N]; info["served"] [N] marks slots whose action was
         shown (False while autoresetting), info["position"] [N] the clicked slot (-1: none).
         Each slate item becomes an impression with its position, as in the logs. No-op when
-        retrain_every is 0.
+        retrain_every is 0. Deployed on a calendar, see `_observe_dated`.
         """
+        if self._dated:
+            self._observe_dated(obs, actions, rewards, info)
+            return
         if not self.params.retrain_every:
             return
         rows = np.flatnonzero(np.asarray(info["served"], dtype=bool))
@@ -535,6 +675,39 @@ class SupervisedRecommender:
         self.n_observed += 1
         if self.n_observed % self.params.retrain_every == 0:
             self._refit()
+
+    def _observe_dated(
+        self, obs: Mapping[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray, info: Mapping[str, np.ndarray]
+    ) -> None:
+        """The calendar deployment's bookkeeping after a step (lifetime scenarios; obs, actions as
+        act() saw them, rewards [N], info with `day` [N] (clock after the step), `served` [N] and
+        the harness's `evaluated` [N] (this model's own action, in a counted life; `served` when
+        absent)). Buffers the model's own served steps with the day they were served on (when
+        refitting in days), then runs every refit that has become due: the one for day c once every
+        slot still on its first user is on day >= c, on the rows dated before c (module docstring).
+        """
+        served = np.asarray(info["served"], dtype=bool)
+        own = np.asarray(info.get("evaluated", served), dtype=bool) & served
+        if self._clock is None:  # the first step: its day, from the context's progress (day / horizon)
+            self._clock = np.asarray(obs["context"])[:, 2].astype(np.float64) * self.horizon_days
+            self._live = np.ones(len(served), dtype=bool)
+        day = self._clock  # [N] when this step was served
+        rows = np.flatnonzero(own)
+        if rows.size:
+            self._lag_sum += float((day[rows] - self._cutoff).sum())
+            self._lag_n += rows.size
+            if self.params.retrain_every_days:
+                examples = self._served_examples(obs, actions, rewards, np.asarray(info["position"]), rows)
+                examples.day = day[rows].copy()
+                self._push(examples)
+        self._live &= served  # a slot restarted with a new user has left the deployment
+        self._clock = np.asarray(info["day"], dtype=np.float64).copy()
+        self.n_observed += 1
+        cadence = self.params.retrain_every_days
+        while cadence and self._live.any() and self._clock[self._live].min() >= self._next_refit:
+            self._refit(cutoff=self._next_refit, slowest=float(self._clock[self._live].min()))
+            self._cutoff = self._next_refit
+            self._next_refit += cadence
 
     def _served_examples(
         self,
@@ -568,12 +741,31 @@ class SupervisedRecommender:
         while self._fresh_steps - self._fresh[0].n_steps >= self.params.replay_capacity:  # drop whole old chunks
             self._fresh_steps -= self._fresh.pop(0).n_steps
 
-    def _refit(self) -> None:
-        """Fine-tune on the original logs + the fresh data (newest replay_capacity steps): a whole
-        epoch, or `refit_batches` minibatches drawn half from each."""
+    def _refit(self, cutoff: float | None = None, slowest: float = float("nan")) -> None:
+        """Fine-tune on the original logs + the fresh data (newest replay_capacity steps; with a
+        `cutoff` day, of the steps served before it): a whole epoch, or `refit_batches` minibatches
+        drawn half from each. `slowest`: the slowest live user's day, for the record."""
+        started = time.perf_counter()
         parts = [self._logged] if self._logged is not None else []
-        if self._fresh:
-            parts.append(_Examples.concat(self._fresh).tail(self.params.replay_capacity))
+        fresh = _Examples.concat(self._fresh) if self._fresh else None
+        if fresh is not None and cutoff is not None:
+            fresh = fresh.steps_where(fresh.day < cutoff)
+        if fresh is not None:
+            fresh = fresh.tail(self.params.replay_capacity)
+            if fresh.n_steps:
+                parts.append(fresh)
+        if cutoff is not None:
+            n_fresh = fresh.n_steps if fresh is not None else 0
+            self.refits.append(
+                dict(
+                    cutoff=float(cutoff),
+                    slowest_day=slowest,
+                    fresh_steps=float(n_fresh),
+                    fresh_max_day=float(fresh.day.max()) if n_fresh else float("nan"),
+                    logged_steps=float(self._logged.n_steps if self._logged is not None else 0),
+                    at_step=float(self.n_observed),
+                )
+            )
         if not parts:
             return
         data = _Examples.concat(parts)
@@ -586,3 +778,4 @@ class SupervisedRecommender:
             batches = [self._rng.choice(len(data), size=size, p=p) for _ in range(self.params.refit_batches)]
             self.refit_losses.append(self._train_on(data, batches))
         self.n_refits += 1
+        self._refit_seconds += time.perf_counter() - started

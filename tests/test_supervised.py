@@ -294,9 +294,131 @@ def test_a_lifetime_model_refuses_session_logs():
 def test_sasrec_learns_on_lifetimes():
     cfg = make_scenario("lifetime", LIFE)
     env = RecVectorEnv(num_envs=1, scenario=cfg, seed=0)
-    rec = SupervisedRecommender.from_env("sasrec", env, SupervisedParams(epochs=3, batch_size=256), model=MODEL)
+    params = SupervisedParams(epochs=3, batch_size=256, train_days=0)  # served from day 0, as the logs' lives
+    rec = SupervisedRecommender.from_env("sasrec", env, params, model=MODEL)
     losses = rec.fit(collect_logs(cfg, EpsilonPopularity(seed=0), n_users=32, n_steps=200))
     assert losses[-1] < losses[0]
     learned = evaluate(rec, cfg, 64, seed=5).metrics["return_mean"]
     blind = evaluate(RandomPolicy(0), cfg, 64, seed=5).metrics["return_mean"]
     assert learned > blind
+
+
+# --------------------------------------------------------------------------- deployed on a calendar
+
+DEPLOY = {"log_users": 32, "epochs": 1, "batch_size": 128, "refit_batches": 4, "train_days": 1.0}
+
+
+def deployed(retrain_every_days: float, **algo):
+    """sasrec as run.py builds it on the tiny lifetime world (horizon 4 days): trained on the logs of
+    days [0, 1), served from day 1, refitted every `retrain_every_days` days."""
+    from agents.factory import build_sasrec
+    from agents.registry import RunContext
+
+    params = SupervisedParams(**{**DEPLOY, "retrain_every_days": retrain_every_days, **algo})
+    return build_sasrec(make_scenario("lifetime", LIFE), params, RunContext(seed=0, model=MODEL))
+
+
+class TrainingSpy:
+    """Records, for every refit, the latest day among the steps it trained on (from their context's
+    progress = day / horizon: the data itself, not the refit's own record)."""
+
+    def __init__(self, rec: SupervisedRecommender) -> None:
+        self.latest: list[float] = []
+        train_on = rec._train_on
+
+        def spy(data, batches):
+            rows = np.unique(np.concatenate(batches))
+            self.latest.append(float(data.context[data.step_index[rows], 2].max()) * rec.horizon_days)
+            return train_on(data, batches)
+
+        rec._train_on = spy
+
+
+def test_logs_of_the_first_days_stop_at_that_day():
+    cfg = make_scenario("lifetime", LIFE)
+    logs = collect_logs(cfg, EpsilonPopularity(seed=0), n_users=16, n_steps=400, until_day=1.0)
+    served = logs[logs.step >= 0]
+    assert served.day.max() < 1.0 and len(served) > 100
+    whole = collect_logs(cfg, EpsilonPopularity(seed=0), n_users=16, n_steps=400)
+    assert (whole.day >= 1.0).any()  # the same collection, not cut, goes past it
+    with pytest.raises(ValueError, match="until_day is for lifetime scenarios"):
+        collect_logs(config(), EpsilonPopularity(seed=0), n_users=4, n_steps=5, until_day=1.0)
+
+
+def test_a_cadence_in_days_refits_on_rows_before_each_refit_day_only():
+    rec = deployed(0.5)
+    assert rec.name == "sasrec-retrain-0.5d" and rec.serves_from_day == 1.0
+    spy = TrainingSpy(rec)
+    ev = evaluate(rec, make_scenario("lifetime", LIFE), n_users=32, seed=5)
+    # Refits on days 1.5, 2, 2.5, ...: each once every live user had passed it, on data from before it.
+    cutoffs = [r["cutoff"] for r in rec.refits]
+    assert rec.n_refits == len(rec.refits) == len(spy.latest) >= 3
+    np.testing.assert_allclose(cutoffs, 1.0 + 0.5 * np.arange(1, len(cutoffs) + 1))
+    for record, latest in zip(rec.refits, spy.latest):
+        assert latest < record["cutoff"] + 1e-4, (record, latest)  # the data trained on: all before the day
+        assert record["fresh_max_day"] < record["cutoff"] <= record["slowest_day"]
+    assert max(r["fresh_steps"] for r in rec.refits) > 0  # it did learn from its own serving
+    stats = rec.serving_stats()
+    assert stats["refits"] == rec.n_refits and stats["serving_lag_days"] >= 0
+    assert 0 < ev.metrics["return_served_mean"] < ev.metrics["return_mean"] and ev.metrics["served_users"] > 0
+
+
+def test_never_refits_and_the_warm_up_is_the_logging_policys_for_every_cadence():
+    cfg = make_scenario("lifetime", LIFE)
+    never, weekly = deployed(0.0), deployed(0.5)
+    assert never.name == "sasrec" and isinstance(never.warmup, EpsilonPopularity)
+    a, b = evaluate(never, cfg, n_users=32, seed=5).metrics, evaluate(weekly, cfg, n_users=32, seed=5).metrics
+    assert never.n_refits == 0 and never.refits == [] and not never._fresh
+    assert weekly.n_refits > 0
+    # Before day 1 both users' lives are the logging policy's: the same minutes.
+    assert a["return_mean"] - a["return_served_mean"] == pytest.approx(b["return_mean"] - b["return_served_mean"])
+
+
+def test_a_deployed_model_gives_the_same_numbers_for_the_same_seed():
+    cfg = make_scenario("lifetime", LIFE)
+    runs = []
+    for _ in range(2):
+        rec = deployed(0.5)
+        runs.append((evaluate(rec, cfg, n_users=32, seed=5).metrics, rec.refits, rec.refit_losses))
+    assert runs[0][1:] == runs[1][1:]
+    assert {k: v for k, v in runs[0][0].items()} == pytest.approx(runs[1][0], nan_ok=True)
+
+
+@pytest.mark.parametrize(
+    "algo, match",
+    [
+        ({"retrain_every_days": -1}, r"algo.retrain_every_days must be in \[0, 3650\]"),
+        ({"retrain_every_days": "7"}, "algo.retrain_every_days must be a number"),
+        ({"train_days": -2}, r"algo.train_days must be in \[0, 3650\]"),
+        ({"retrain_every": 5, "retrain_every_days": 7}, "two cadences: set one"),
+    ],
+)
+def test_bad_cadences_in_days_name_the_field(algo, match):
+    with pytest.raises(ValueError, match=match):
+        SupervisedParams(**algo)
+
+
+def test_days_are_refused_without_a_calendar_and_past_the_horizon():
+    from experiments.runs import RunSettings
+
+    with pytest.raises(ValueError, match="algo.retrain_every_days is for lifetime scenarios: 'mixed' has no calendar"):
+        RunSettings(agent="sasrec", scenario="mixed", algo={"retrain_every_days": 7})
+    with pytest.raises(ValueError, match="algo.train_days is for lifetime scenarios"):
+        RunSettings(agent="gru4rec", scenario="cognitive", algo={"train_days": 10})
+    with pytest.raises(ValueError, match=r"algo.train_days must be in \[0, 60\) \(lifetime.horizon_days\), got 60"):
+        RunSettings(agent="sasrec", scenario="lifetime", algo={"train_days": 60})
+    assert RunSettings(agent="sasrec", scenario="lifetime", algo={"retrain_every_days": 7}).name == "sasrec-retrain-7d"
+
+
+def test_run_py_refuses_bad_days_in_one_line_before_any_work(tmp_path, capsys):
+    from experiments import run
+
+    for argv, match in (
+        (["--agent", "sasrec", "--scenario", "mixed", "--retrain-every-days", "7"], "has no calendar"),
+        (["--agent", "sasrec", "--scenario", "lifetime", "--retrain-every-days", "-1"], "algo.retrain_every_days"),
+        (["--agent", "bandit", "--scenario", "lifetime", "--retrain-every-days", "7"], "applies to --agent sasrec"),
+    ):
+        assert run.main([*argv, "--smoke", "--logdir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0], err
+    assert not list(tmp_path.rglob("run.json"))  # nothing was started
