@@ -422,3 +422,20 @@ def test_run_py_refuses_bad_days_in_one_line_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0], err
     assert not list(tmp_path.rglob("run.json"))  # nothing was started
+
+
+def test_results_rows_with_different_columns_line_up(tmp_path):
+    """A final row with a policy's serving stats, then a baseline row without them (and back)."""
+    import pandas as pd
+
+    from experiments.tracking import RunLogger
+
+    logger = RunLogger(tmp_path)
+    logger.evaluation({"return_mean": 1.0}, 0, tensorboard=False, agent="a", phase="train")
+    logger.evaluation({"return_mean": 2.0, "refits": 3.0}, 5, tensorboard=False, agent="a", phase="final")
+    logger.evaluation({"return_mean": 4.0, "churn_rate": 0.5}, 5, tensorboard=False, agent="r", phase="baseline")
+    logger.close()
+    rows = pd.read_csv(tmp_path / "results.csv")
+    assert rows.return_mean.tolist() == [1.0, 2.0, 4.0]
+    assert rows.refits.tolist()[1] == 3.0 and rows.refits.isna().tolist() == [True, False, True]
+    assert rows.churn_rate.tolist()[2] == 0.5 and rows.churn_rate.isna().sum() == 2
