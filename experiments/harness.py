@@ -147,7 +147,8 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
     whole, and the metrics add return_served_mean (minutes per user watched from T on, under
     `policy`; 0 for users gone before T) and served_users (share of users `policy` served at all).
     `observe` gets the step info plus info["evaluated"] [N]: the slot counts in this evaluation
-    and was served `policy`'s own action (False for a warm-up step or a slot past its user's life).
+    and was served `policy`'s own action (False for a warm-up step or a slot past its user's life),
+    and info["done"] [N]: the slot's user ended at this step (terminated or truncated).
     """
     env = RecVectorEnv(num_envs=n_users, scenario=config, seed=seed)
     if hasattr(policy, "bind"):
@@ -197,7 +198,7 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
             diversity_sum += dist.sum() / (k * (k - 1))
             diversity_n += int(active.sum())
         if hasattr(policy, "observe"):
-            policy.observe(obs, actions, reward, dict(info, evaluated=own))
+            policy.observe(obs, actions, reward, dict(info, evaluated=own, done=terminated | truncated))
         clicked = info["clicked"] & active
         ret += np.where(active, reward, 0.0)
         served_return += np.where(own, reward, 0.0)
