@@ -31,14 +31,19 @@ LOG_SEED_OFFSET = 1_000  # logs come from other users than training (seed) and e
 TUNE_SEED_OFFSET = 2_000  # so do the users the item score is tuned on
 
 
-def logged_data(scenario: ScenarioConfig, params: LogParams, seed: int, run_dir: Path | None):
-    """Logs of the epsilon-popularity logging policy on users of seed LOG_SEED_OFFSET + seed."""
+def logged_data(
+    scenario: ScenarioConfig, params: LogParams, seed: int, run_dir: Path | None, until_day: float | None = None
+):
+    """Logs of the epsilon-popularity logging policy on users of seed LOG_SEED_OFFSET + seed:
+    `log_steps` steps, or with `until_day` (lifetime scenarios) the days [0, until_day) of
+    `log_users` lives (at most `env.max_steps` steps, a life's longest)."""
     logs = collect_logs(
         scenario,
         EpsilonPopularity(params.epsilon, seed),
         params.log_users,
-        params.log_steps,
+        params.log_steps if until_day is None else scenario.env.max_steps,
         seed=LOG_SEED_OFFSET + seed,
+        until_day=until_day,
     )
     if run_dir is not None:
         save_logs(logs, Path(run_dir) / "logs.parquet")
@@ -105,7 +110,8 @@ def _build_supervised(kind: str):
         rec = SupervisedRecommender.for_scenario(
             kind, scenario, params, model=ctx.model, seed=ctx.seed, device=ctx.device
         )
-        rec.fit(logged_data(scenario, params, ctx.seed, ctx.run_dir))
+        # Deployed on day T (lifetime scenarios): the logs a platform holds on day T.
+        rec.fit(logged_data(scenario, params, ctx.seed, ctx.run_dir, until_day=rec.serves_from_day or None))
         return rec
 
     build.__name__ = f"build_{kind}"

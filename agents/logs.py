@@ -169,11 +169,22 @@ class EpsilonPopularity:
 
 
 def collect_logs(
-    config: ScenarioConfig, policy: Any, n_users: int = 256, n_steps: int = 2000, seed: int = 1
+    config: ScenarioConfig,
+    policy: Any,
+    n_users: int = 256,
+    n_steps: int = 2000,
+    seed: int = 1,
+    until_day: float | None = None,
 ) -> pd.DataFrame:
     """Run `policy` on `n_users` parallel sessions for `n_steps` steps (sessions restart as they
     end) and return the impressions as a DataFrame with the module's schema (LOG_COLUMNS, the
     offline columns, and the lifetime ones on lifetime scenarios).
+
+    `until_day` (lifetime scenarios): the logs of days [0, until_day), as a platform holds them
+    on that day. The collection stops once every slot's first user has left or passed
+    `until_day` on their own clock (users' clocks diverge; `n_steps` still caps it), and only rows
+    served before `until_day` are kept (the past rows users arrived with, dated before their first
+    visit, included). Slots restarted with new users log too, up to the same day.
 
     Propensities come from the policy's `position_probabilities(obs)` [N, K, C] and
     `slate_probability(obs, slates)` [N] when it has them (NaN otherwise). The first episode of
@@ -192,8 +203,15 @@ def collect_logs(
     step = np.zeros(n_users, dtype=np.int64)  # episode step of each slot
     resetting = np.zeros(n_users, dtype=bool)  # slots whose next step is an autoreset
     length_mean = config.world.catalog.length_mean
+    if until_day is not None:
+        if not lifetime:
+            raise ValueError(f"until_day is for lifetime scenarios: {config.name!r} has no calendar")
+        check_range("logs", "until_day", until_day, 0.0, lo_open=True)
+    first_life = np.ones(n_users, dtype=bool)  # slots still on their first user
     chunks = [_past_rows(obs, np.arange(n_users), episode, length_mean, env, names)]
     for _ in range(n_steps):
+        if until_day is not None and not (first_life & (env.world.state.day < until_day)).any():
+            break
         actions = np.asarray(policy.act(obs))
         slate_index = dedupe_slates(actions.reshape(n_users, -1).astype(np.int64), n_candidates)  # as the env serves
         if reports:
@@ -251,7 +269,10 @@ def collect_logs(
             next_episode += int(resetting.sum())
             chunks.append(_past_rows(obs, np.flatnonzero(resetting), episode, length_mean, env, names))
         resetting = terminated | truncated
+        first_life &= ~resetting
     logs = pd.concat(chunks, ignore_index=True)
+    if until_day is not None:
+        logs = logs[logs["day"].to_numpy() < until_day].reset_index(drop=True)
     logs["scenario"] = config.name
     logs["seed"] = seed
     return logs.sort_values(["user", "step", "position"], kind="stable", ignore_index=True)[log_columns(lifetime)]

@@ -19,6 +19,43 @@ into examples by :func:`examples_from_logs`. With ``retrain_every = k > 0`` the
 recommender also learns from what it serves, as deployed recommenders do:
 ``observe()`` (called by the evaluation harness after every step) buffers the
 served impressions and every k steps fine-tunes on logs + fresh data (see ``refit_batches``).
+
+Deployed on a calendar (lifetime scenarios). With ``train_days = T`` (default: half the horizon,
+30 days on the `lifetime` preset) the model is trained on the logging policy's logs of days [0, T)
+(``collect_logs`` with ``until_day``) and serves from day T: it carries the logging policy as its
+``warmup`` and ``serves_from_day = T``, so the evaluation harness serves each user with the logging
+policy until their own clock reaches T, then with the model (the harness measures whole lives, and
+the minutes from T on as ``return_served_mean``). With ``retrain_every_days = D`` new model
+versions are fitted for the refit days c = T + D, T + 2D, ...
+
+Versioned refits, and why they are causal. In the batched env users' clocks diverge: in one step a
+heavy user in a long session may be on day 31 while a light one, back from a gap, is on day 50. A
+user on day d may only be served a model trained on rows dated before some cutoff c <= d. The
+deployment keeps model versions, each labelled with its cutoff: version 0 is the fit on the logs
+of [0, T) (cutoff T); the version for refit day c is fitted at the first step after which the
+*fastest* user still in the deployment has reached c, by fine-tuning the newest version on every
+row that exists at that moment: the logs of [0, T) plus the rows the deployment's own serving
+produced (every version's, the older ones included: they are its serving; the warm-up's are not:
+they are the logging policy's, which the logs of [0, T) already stand for). Every such row is
+dated before c: it was served at a step where its user's clock, checked after the step before,
+was below c, or that refit would have run then (asserted at every fit). Each user is then served,
+step by step, by the newest kept version whose cutoff is <= their own clock
+(:func:`serving_versions`; one batched forward pass per version among the step's users), so no
+user is ever served a version trained on rows from their own future, and a user on day d is
+served the version of the last refit day <= d, fitted by then since that user had reached the day
+too: the serving lag (day - cutoff) is in [0, D), about D / 2. The price of not waiting for the
+slowest user: rows of slower users dated before c that arrive after the version for c was fitted
+go into later versions only (``past_cutoff`` in a version's record: the share of live users past
+its day when it was fitted).
+Memory: a version older than the newest one every live user has reached can serve no one again
+(clocks only move forward) and is dropped, so the versions kept span the live users' clocks.
+``serving_stats()`` reports the refits, their fit seconds, the serving lag (mean over served steps
+of day - the serving version's cutoff) and the most versions kept at once; ``versions`` holds one
+record per version (VERSION_RECORD). Each evaluation (``bind``) is a fresh deployment: it starts again from
+version 0 with no served rows (a previous evaluation's rows would be from the new users' future).
+A user leaves the deployment at the step their life ends (the harness's info["done"]; their clock
+then is a next visit that will not come), and so does a slot the harness restarts with a new user:
+neither moves its calendar nor enters the training data again.
 """
 
 from __future__ import annotations
@@ -26,6 +63,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +75,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.encoder import EncoderConfig, HistoryEncoder, RecommenderEncoder
-from agents.logs import LogParams, validate_logs
+from agents.logs import EpsilonPopularity, LogParams, validate_logs
 from agents.model import encoder_config, serve
 from agents.policy import slate_from_scores
 from envs.core import (
@@ -59,10 +97,34 @@ __all__ = [
     "GRUHistoryEncoder",
     "EngagementModel",
     "SupervisedRecommender",
+    "VERSION_RECORD",
+    "serving_versions",
 ]
 
 KINDS = ("sasrec", "gru4rec")
+MAX_DAYS = 3650.0
 _HISTORY_KEYS = ("history_items", "history_features", "history_mask", "context")
+_ROW_KEYS = ("target_item", "target_position", "click", "watch_time")
+# One record per model version of a calendar deployment (all floats; NaN where it has no value):
+# its number (0: the fit on the logs), cutoff day (trained on rows dated before it), the fastest and
+# slowest live users' days when it was fitted and the share of live users then past its cutoff (the
+# others' rows dated before it were still to come), the logged and served user-steps (and served rows)
+# it was trained on, the latest day among the served ones, its fit seconds, the evaluation step it
+# was fitted at, and the served user-steps it served.
+VERSION_RECORD = (
+    "version",
+    "cutoff",
+    "fastest_day",
+    "slowest_day",
+    "past_cutoff",
+    "logged_steps",
+    "fresh_steps",
+    "fresh_rows",
+    "fresh_max_day",
+    "fit_seconds",
+    "at_step",
+    "served_steps",
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +138,10 @@ class SupervisedParams(LogParams):
     retrain_every: int = 0  # refit on logs + fresh interactions every k served steps (0: never)
     refit_batches: int = 32  # minibatches per refit, half fresh and half logged (0: a whole epoch)
     replay_capacity: int = 50_000  # most recent served user-steps kept for refitting
+    # Lifetime scenarios only (days mean nothing in a session scenario: set there, an error):
+    retrain_every_days: float = 0.0  # refit on days T + D, T + 2D, ... (0: never)
+    train_days: float | None = None  # T: trained on logs of days [0, T), served from day T (None: half
+    # the horizon, 30 days on `lifetime`; 0: trained on `log_steps` steps of logs of whole lives, served from day 0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,6 +151,45 @@ class SupervisedParams(LogParams):
         check_int("algo", "retrain_every", self.retrain_every, 0)
         check_int("algo", "refit_batches", self.refit_batches, 0)
         check_int("algo", "replay_capacity", self.replay_capacity, 1)
+        check_range("algo", "retrain_every_days", self.retrain_every_days, 0.0, MAX_DAYS)
+        if self.train_days is not None:
+            check_range("algo", "train_days", self.train_days, 0.0, MAX_DAYS)
+        if self.retrain_every and self.retrain_every_days:
+            raise ValueError(
+                "algo.retrain_every (served steps) and algo.retrain_every_days (days) are two cadences: set one"
+            )
+
+    @property
+    def name_suffix(self) -> str:
+        """What the refitting variant adds to the agent's name: -retrain (every k steps), -retrain-7d (days)."""
+        if self.retrain_every:
+            return "-retrain"
+        return f"-retrain-{self.retrain_every_days:g}d" if self.retrain_every_days else ""
+
+    def deployment_day(self, horizon_days: float | None) -> float:
+        """T, the day the model starts serving: train_days (half of `horizon_days` when None) on a
+        lifetime scenario of that horizon, 0 in session scenarios (`horizon_days` None)."""
+        if horizon_days is None:
+            return 0.0
+        return 0.5 * float(horizon_days) if self.train_days is None else float(self.train_days)
+
+    def check_scenario(self, scenario: Any) -> None:
+        """ValueError, in one line, for settings the scenario cannot take: a cadence in days or a
+        train_days in a session scenario (no calendar), a train_days at or past the horizon."""
+        life = scenario.world.lifetime
+        if not life.enabled:
+            for name in ("retrain_every_days", "train_days"):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"algo.{name} is for lifetime scenarios: {scenario.name!r} has no calendar "
+                        "(days mean nothing there; refit every k served steps with algo.retrain_every)"
+                    )
+            return
+        day = self.deployment_day(life.horizon_days)
+        if day >= life.horizon_days:
+            raise ValueError(
+                f"algo.train_days must be in [0, {life.horizon_days:g}) (lifetime.horizon_days), got {day:g}"
+            )
 
 
 # --------------------------------------------------------------------------- examples
@@ -98,7 +203,8 @@ class _Examples:
     float32, history_mask [S, H] float32, context [S, 3] float32.
     Row level (M impressions): step_index [M] (row -> its user-step), target_item [M],
     target_position [M] (slate position, 0 = top), click [M] float32 (0/1),
-    watch_time [M] float32 (minutes; 0 without a click).
+    watch_time [M] float32 (minutes; 0 without a click); day [S] float64 (when each step was
+    served; served rows of a recommender refitting in days, else None).
     A slate of K items is K rows sharing one history, so this is K times smaller than
     the per-row arrays of :func:`examples_from_logs`.
     """
@@ -112,6 +218,7 @@ class _Examples:
     target_position: np.ndarray
     click: np.ndarray
     watch_time: np.ndarray
+    day: np.ndarray | None = None
 
     @property
     def n_steps(self) -> int:
@@ -136,19 +243,29 @@ class _Examples:
         cut = max(self.n_steps - n_steps, 0)
         if cut == 0:
             return self
-        keep = self.step_index >= cut
-        steps = {k: getattr(self, k)[cut:] for k in _HISTORY_KEYS}
-        rows = {k: getattr(self, k)[keep] for k in ("target_item", "target_position", "click", "watch_time")}
-        return _Examples(**steps, **rows, step_index=self.step_index[keep] - cut)
+        keep = np.zeros(self.n_steps, dtype=bool)
+        keep[cut:] = True
+        return self.steps_where(keep)
+
+    def steps_where(self, keep: np.ndarray) -> _Examples:
+        """The user-steps where `keep` [S] bool holds, and their rows, in their order."""
+        new_index = np.cumsum(keep) - 1  # old step -> new step
+        rows = keep[self.step_index]
+        fields = {k: getattr(self, k)[keep] for k in _HISTORY_KEYS}
+        fields.update({k: getattr(self, k)[rows] for k in _ROW_KEYS})
+        day = None if self.day is None else self.day[keep]
+        return _Examples(**fields, step_index=new_index[self.step_index[rows]], day=day)
 
     @staticmethod
     def concat(parts: list[_Examples]) -> _Examples:
+        """One set of examples from several (`day` kept only when every part has it)."""
         offsets = np.cumsum([0] + [p.n_steps for p in parts[:-1]])
         cat = lambda key: np.concatenate([getattr(p, key) for p in parts])  # noqa: E731
         return _Examples(
             **{k: cat(k) for k in _HISTORY_KEYS},
             step_index=np.concatenate([p.step_index + o for p, o in zip(parts, offsets)]),
-            **{k: cat(k) for k in ("target_item", "target_position", "click", "watch_time")},
+            **{k: cat(k) for k in _ROW_KEYS},
+            day=cat("day") if all(p.day is not None for p in parts) else None,
         )
 
 
@@ -320,6 +437,21 @@ def _seeded(seed: int, device: torch.device):
 # --------------------------------------------------------------------------- the policy
 
 
+@dataclass(frozen=True)
+class _Version:
+    """A model version of a calendar deployment: its number, its cutoff day, its serving weights."""
+
+    index: int
+    cutoff: float
+    net: EngagementModel
+
+
+def serving_versions(cutoffs: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """[N] int: for each day of `days` [N], the newest of the model versions of `cutoffs` [V]
+    (increasing) whose cutoff is <= that day, as an index into `cutoffs`; -1 before the first."""
+    return np.searchsorted(np.asarray(cutoffs, dtype=np.float64), np.asarray(days, dtype=np.float64), side="right") - 1
+
+
 class SupervisedRecommender:
     """A supervised sequence recommender behind the Policy protocol (greedy by expected engagement).
 
@@ -335,9 +467,17 @@ class SupervisedRecommender:
                        same scores.
     length_mean:       the catalog's ``length_mean`` (history watch times are in its units);
                        ``bind(env)`` checks it. ``from_env`` fills it and the sizes in.
+    horizon_days:      lifetime scenarios: ``lifetime.horizon_days`` (the default day T of
+                       ``train_days`` is half of it); required there, checked by ``bind(env)``;
+                       filled in by ``from_env`` and ``for_scenario``.
 
-    ``name`` is the kind, with "-retrain" when retrain_every > 0. ``losses`` holds the
-    per-epoch mean losses of the last ``fit``; ``refit_losses`` one loss per refit.
+    ``name`` is the kind, with "-retrain" when retrain_every > 0 ("-retrain-7d" for a cadence in
+    days). ``losses`` holds the per-epoch mean losses of the last ``fit``; ``refit_losses`` one loss
+    per refit. On lifetime scenarios, ``serves_from_day`` (T) and ``warmup`` (the logging policy,
+    seeded with `seed`; None when T = 0) tell the harness when the model takes over, and the
+    deployment serves model versions (module docstring): ``versions`` holds one record per version
+    fitted in the current evaluation (VERSION_RECORD keys: version 0 is the fit on the logs),
+    ``refits`` the refit versions' records (``versions[1:]``).
     """
 
     def __init__(
@@ -351,6 +491,7 @@ class SupervisedRecommender:
         seed: int = 0,
         device: str = "cpu",
         length_mean: float = 4.0,
+        horizon_days: float | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"SupervisedRecommender.kind must be one of {KINDS}, got {kind!r}")
@@ -385,9 +526,21 @@ class SupervisedRecommender:
                 "history ids only (pass env.core.item_features)"
             )
         self.item_features = item_features
-        self.name = kind + ("-retrain" if params.retrain_every else "")
+        self.name = kind + params.name_suffix
         self.slate_size = 1
+        if params.retrain_every_days and not self.lifetime:
+            raise ValueError("algo.retrain_every_days is for lifetime scenarios: this env has no calendar")
+        if self.lifetime and horizon_days is None:
+            raise ValueError(
+                "SupervisedRecommender.horizon_days is required on a lifetime scenario (use from_env or for_scenario)"
+            )
+        if self.lifetime:
+            check_range("supervised", "horizon_days", horizon_days, 0.0, MAX_DAYS, lo_open=True)
+        self.horizon_days = float(horizon_days) if self.lifetime else None
+        self.serves_from_day = params.deployment_day(self.horizon_days)
+        self._dated = self.lifetime and (self.serves_from_day > 0 or params.retrain_every_days > 0)
         self._build()
+        self._start_serving()
 
     @classmethod
     def from_env(
@@ -396,7 +549,11 @@ class SupervisedRecommender:
         """Sizes, item features and length_mean read from a RecVectorEnv or RecEnv; `kwargs`: model,
         seed, device."""
         core = env.unwrapped.core if hasattr(env, "unwrapped") else env.core
-        kwargs.setdefault("length_mean", env.unwrapped.config.world.catalog.length_mean)
+        config = env.unwrapped.config
+        params.check_scenario(config)
+        kwargs.setdefault("length_mean", config.world.catalog.length_mean)
+        if config.world.lifetime.enabled:
+            kwargs.setdefault("horizon_days", config.world.lifetime.horizon_days)
         return cls(kind, core.single_observation_space, core.item_features, core.n_items, params, **kwargs)
 
     @classmethod
@@ -407,8 +564,11 @@ class SupervisedRecommender:
         read them); `kwargs`: model, seed, device."""
         from envs.core import RecommenderCore
 
+        params.check_scenario(scenario)
         probe = RecommenderCore(scenario, 1, kwargs.get("seed", 0))
         kwargs.setdefault("length_mean", scenario.world.catalog.length_mean)
+        if scenario.world.lifetime.enabled:
+            kwargs.setdefault("horizon_days", scenario.world.lifetime.horizon_days)
         return cls(kind, probe.single_observation_space, probe.item_features, probe.n_items, params, **kwargs)
 
     def _build(self) -> None:
@@ -424,15 +584,36 @@ class SupervisedRecommender:
         self._fresh_steps = 0
         self.losses: list[float] = []
         self.refit_losses: list[float] = []
+        self.versions = []
         self.n_observed = 0
         self.n_refits = 0
+        self._base: dict[str, Any] | None = None  # a calendar deployment's version 0 (see _snapshot)
+        self._fit_seconds = 0.0
+
+    def _snapshot(self) -> dict[str, Any]:
+        """Copies of the weights, the optimizer's state and the shuffling RNG's state."""
+        return copy.deepcopy(
+            dict(net=self.net.state_dict(), optimizer=self.optimizer.state_dict(), rng=self._rng.bit_generator.state)
+        )
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        """Back to a `_snapshot` (copied again: the snapshot stays as it was)."""
+        snapshot = copy.deepcopy(snapshot)
+        self.net.load_state_dict(snapshot["net"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self._rng.bit_generator.state = snapshot["rng"]
+
+    def _frozen_copy(self) -> EngagementModel:
+        """A serving copy of the current weights (eval mode, no gradients): a model version."""
+        net = copy.deepcopy(self.net).eval()
+        return net.requires_grad_(False)
 
     def with_retraining(self, retrain_every: int) -> SupervisedRecommender:
         """A copy of this (fitted) recommender that refits every `retrain_every` served steps."""
         check_int("algo", "retrain_every", retrain_every, 1)
         other = copy.deepcopy(self)
         other.params = dataclasses.replace(self.params, retrain_every=retrain_every)
-        other.name = self.kind + "-retrain"
+        other.name = self.kind + other.params.name_suffix
         return other
 
     # ------------------------------------------------------------------ Policy
@@ -446,12 +627,87 @@ class SupervisedRecommender:
                 f"length_mean={self.length_mean} (use SupervisedRecommender.from_env)"
             )
         self.slate_size = int(config.env.slate_size)
+        if self.lifetime and not np.isclose(config.world.lifetime.horizon_days, self.horizon_days):
+            raise ValueError(
+                f"env lifetime.horizon_days={config.world.lifetime.horizon_days} but the recommender was built "
+                f"with horizon_days={self.horizon_days} (use SupervisedRecommender.from_env)"
+            )
+        self._start_serving()
+
+    def _start_serving(self) -> None:
+        """Start a new evaluation. Step cadence (or none): forget the clocks; the model and its refits
+        so far stay. Calendar deployment: a fresh one from version 0 (the weights, optimizer and
+        shuffling RNG as ``fit`` left them, the warm-up reseeded), no served rows, the version
+        records restarted."""
+        self._clock: np.ndarray | None = None  # [N] each slot's day, as of the next step (calendar)
+        self._live: np.ndarray | None = None  # [N] the slot still holds its first user
+        self._serving: tuple[np.ndarray, np.ndarray] | None = None  # ([N] version, [N] its cutoff) at act()
+        self._lag_sum, self._lag_n, self._refit_seconds = 0.0, 0, 0.0
+        # The platform's policy before T: the logging policy, seeded afresh for every evaluation.
+        self.warmup = EpsilonPopularity(self.params.epsilon, self.seed) if self.serves_from_day > 0 else None
+        if not self._dated:
+            return
+        if self._base is None:  # not fitted: version 0 is the initial weights
+            self._base = self._snapshot()
+        self._restore(self._base)
+        self._fresh, self._fresh_steps, self.n_refits, self.n_observed = [], 0, 0, 0
+        record = dict.fromkeys(VERSION_RECORD, float("nan"))
+        logged = float(self._logged.n_steps if self._logged is not None else 0)
+        record.update(version=0.0, cutoff=self.serves_from_day, logged_steps=logged, fresh_steps=0.0)
+        record.update(fresh_rows=0.0, fit_seconds=self._fit_seconds, at_step=0.0, served_steps=0.0)
+        self.versions: list[dict[str, float]] = [record]
+        self._kept = [_Version(0, self.serves_from_day, self._frozen_copy())]  # oldest first
+        self._kept_max = 1
+
+    @property
+    def refits(self) -> list[dict[str, float]]:
+        """The records of the refit versions of the current calendar deployment (VERSION_RECORD keys)."""
+        return self.versions[1:]
+
+    def serving_stats(self) -> dict[str, float]:
+        """Scalars of the last evaluation for results.csv: refits and refit_seconds (their fit time)
+        and, deployed on a calendar, serving_lag_days (mean over the steps the model served of
+        the user's day - the cutoff of the version that served it), versions_kept_max (most model
+        versions held at once), refit_past_cutoff (mean over refits of the share of live users past
+        the version's cutoff when it was fitted) and served_from_day (T)."""
+        if not self._dated:
+            return dict(refits=float(self.n_refits), refit_seconds=self._refit_seconds)
+        lag = self._lag_sum / self._lag_n if self._lag_n else float("nan")
+        return dict(
+            refits=float(self.n_refits),
+            refit_seconds=float(sum(r["fit_seconds"] for r in self.refits)),
+            serving_lag_days=lag,
+            versions_kept_max=float(self._kept_max),
+            refit_past_cutoff=float(np.mean([r["past_cutoff"] for r in self.refits])) if self.refits else float("nan"),
+            served_from_day=self.serves_from_day,
+        )
 
     def scores(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Expected engagement (minutes) of showing each candidate at the top: [N, C] float32."""
-        click_logit, watch = serve(self.net, obs, self.device)
-        engagement = torch.sigmoid(click_logit) * watch * self.length_mean
-        return engagement.float().cpu().numpy()
+        """Expected engagement (minutes) of showing each candidate at the top: [N, C] float32.
+        Deployed on a calendar: each user's by the newest kept version whose cutoff is <= their
+        day (the oldest kept one for users before T, whose slates the warm-up serves), one forward
+        pass per version among them."""
+        if not self._dated:
+            return self._engagement(self.net, obs)
+        day = self._sync_clock(obs)
+        cutoffs = np.array([v.cutoff for v in self._kept])
+        index = np.maximum(serving_versions(cutoffs, day), 0)  # [N] into self._kept
+        self._serving = (np.array([v.index for v in self._kept])[index], cutoffs[index])
+        if len(self._kept) == 1:
+            return self._engagement(self._kept[0].net, obs)
+        out = None
+        for k in np.unique(index):
+            rows = np.flatnonzero(index == k)
+            part = self._engagement(self._kept[k].net, {key: np.asarray(v)[rows] for key, v in obs.items()})
+            if out is None:
+                out = np.empty((len(index), *part.shape[1:]), part.dtype)
+            out[rows] = part
+        return out
+
+    def _engagement(self, net: EngagementModel, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """[n, C] float32 expected engagement (minutes) of `net` on a batch of observations."""
+        click_logit, watch = serve(net, obs, self.device)
+        return (torch.sigmoid(click_logit) * watch * self.length_mean).float().cpu().numpy()
 
     def act(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Greedy: the candidate with the highest expected engagement [N], or the top-K [N, K]."""
@@ -470,9 +726,12 @@ class SupervisedRecommender:
                 f"logs hold slate positions outside 0..{self.n_positions - 1} "
                 f"(the observation has {self.n_positions} candidates)"
             )
+        started = time.perf_counter()
         self._build()
         self._logged = step_examples(logs, self.config.history_len, self.length_mean, self.lifetime)
         self.losses = [self._train_epoch(self._logged) for _ in range(self.params.epochs)]
+        self._fit_seconds = time.perf_counter() - started
+        self._start_serving()  # a calendar deployment starts from these weights (version 0)
         return list(self.losses)
 
     def _batch(self, data: _Examples, rows: np.ndarray) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
@@ -525,8 +784,11 @@ class SupervisedRecommender:
         obs is what act() saw; rewards [N]; info["served"] [N] marks slots whose action was
         shown (False while autoresetting), info["position"] [N] the clicked slot (-1: none).
         Each slate item becomes an impression with its position, as in the logs. No-op when
-        retrain_every is 0.
+        retrain_every is 0. Deployed on a calendar, see `_observe_dated`.
         """
+        if self._dated:
+            self._observe_dated(obs, actions, rewards, info)
+            return
         if not self.params.retrain_every:
             return
         rows = np.flatnonzero(np.asarray(info["served"], dtype=bool))
@@ -535,6 +797,113 @@ class SupervisedRecommender:
         self.n_observed += 1
         if self.n_observed % self.params.retrain_every == 0:
             self._refit()
+
+    def _observe_dated(
+        self, obs: Mapping[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray, info: Mapping[str, np.ndarray]
+    ) -> None:
+        """The calendar deployment's bookkeeping after a step (lifetime scenarios; obs, actions as
+        act() saw them, rewards [N], info with `day` [N] (clock after the step), `served` [N] and
+        the harness's `evaluated` [N] (this model's own action, in a counted life; `served` when
+        absent) and `done` [N] (the user ended at this step; none when absent)). Counts the serving
+        lag of the model's own steps and, refitting in days, buffers them with the day they were
+        served on; then moves the clocks, fits every version that has become due and drops the
+        versions no live user can be served by again (module docstring).
+        """
+        served = np.asarray(info["served"], dtype=bool)
+        own = np.asarray(info.get("evaluated", served), dtype=bool) & served
+        day = self._sync_clock(obs)  # [N] when this step was served
+        rows = np.flatnonzero(own)
+        if rows.size:
+            if self._serving is None:
+                raise RuntimeError("observe() got a step the model served but act() was not called for it")
+            version, cutoff = self._serving[0][rows], self._serving[1][rows]
+            lag = day[rows] - cutoff
+            assert (lag >= 0).all(), f"a version served a user {-lag.min():g} days before its cutoff"
+            self._lag_sum += float(lag.sum())
+            self._lag_n += rows.size
+            for v, n in zip(*np.unique(version, return_counts=True)):
+                self.versions[v]["served_steps"] += float(n)
+            if self.params.retrain_every_days:
+                examples = self._served_examples(obs, actions, rewards, np.asarray(info["position"]), rows)
+                examples.day = day[rows].copy()
+                self._push(examples)
+        self._serving = None
+        # A user who ended (their clock now: a next visit that will not come) or a slot restarted
+        # with a new user has left the deployment.
+        self._live &= served & ~np.asarray(info.get("done", np.zeros_like(served)), dtype=bool)
+        self._clock = np.asarray(info["day"], dtype=np.float64).copy()
+        self.n_observed += 1
+        self._fit_due()
+        self._drop_unreachable()
+
+    def _sync_clock(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """[N] each slot's day now. At an evaluation's first step (act or observe), read from the
+        context's progress (day / horizon) and with every slot live (and any version already due
+        fitted); from then on the clocks `observe` keeps from info["day"]."""
+        n = len(obs["context"])
+        if self._clock is None:
+            self._clock = np.asarray(obs["context"])[:, 2].astype(np.float64) * self.horizon_days
+            self._live = np.ones(n, dtype=bool)
+            self._fit_due()
+        elif len(self._clock) != n:
+            raise ValueError(
+                f"a deployment on a calendar serves the {len(self._clock)} slots of its evaluation, got {n} "
+                "(bind(env) starts another)"
+            )
+        return self._clock
+
+    def _fit_due(self) -> None:
+        """Fit the version of every refit day c = T + kD that the fastest live user has reached
+        (k = the versions so far), in order; each on the rows that exist now."""
+        cadence = self.params.retrain_every_days
+        if not cadence or not self._live.any():
+            return
+        days = self._clock[self._live]
+        while days.max() >= (cutoff := self.serves_from_day + cadence * len(self.versions)):
+            self._fit_version(cutoff, days)
+
+    def _fit_version(self, cutoff: float, days: np.ndarray) -> None:
+        """Fine-tune the newest version on the logs + every served row there is (the newest
+        replay_capacity steps), all dated before `cutoff` (asserted), and keep the result as the
+        version for `cutoff`, with its record. `days` [L]: the live users' clocks, for the record."""
+        started = time.perf_counter()
+        fresh = _Examples.concat(self._fresh).tail(self.params.replay_capacity) if self._fresh else None
+        latest = float(fresh.day.max()) if fresh is not None else float("nan")
+        assert fresh is None or latest < cutoff, (
+            f"the version for day {cutoff:g} would train on a row of day {latest:g}"
+        )
+        parts = [part for part in (self._logged, fresh) if part is not None]
+        if parts:  # (an unfitted model that served nothing yet has nothing to learn from)
+            self._train_parts(parts)
+        self._kept.append(_Version(len(self.versions), cutoff, self._frozen_copy()))
+        self._kept_max = max(self._kept_max, len(self._kept))
+        self.n_refits += 1
+        self.versions.append(
+            dict(
+                version=float(len(self.versions)),
+                cutoff=float(cutoff),
+                fastest_day=float(days.max()),
+                slowest_day=float(days.min()),
+                past_cutoff=float((days >= cutoff).mean()),
+                logged_steps=float(self._logged.n_steps if self._logged is not None else 0),
+                fresh_steps=float(fresh.n_steps if fresh is not None else 0),
+                fresh_rows=float(len(fresh) if fresh is not None else 0),
+                fresh_max_day=latest,
+                fit_seconds=time.perf_counter() - started,
+                at_step=float(self.n_observed),
+                served_steps=0.0,
+            )
+        )
+
+    def _drop_unreachable(self) -> None:
+        """Drop the kept versions older than the newest one every live user has reached: clocks
+        only move forward, so none of them can serve anyone again."""
+        if len(self._kept) == 1 or not self._live.any():
+            return
+        cutoffs = np.array([v.cutoff for v in self._kept])
+        reached = int(serving_versions(cutoffs, self._clock[self._live].min(keepdims=True))[0])
+        if reached > 0:
+            del self._kept[:reached]
 
     def _served_examples(
         self,
@@ -569,20 +938,25 @@ class SupervisedRecommender:
             self._fresh_steps -= self._fresh.pop(0).n_steps
 
     def _refit(self) -> None:
-        """Fine-tune on the original logs + the fresh data (newest replay_capacity steps): a whole
-        epoch, or `refit_batches` minibatches drawn half from each."""
-        parts = [self._logged] if self._logged is not None else []
-        if self._fresh:
-            parts.append(_Examples.concat(self._fresh).tail(self.params.replay_capacity))
+        """Step cadence: fine-tune on the original logs + the fresh data (newest replay_capacity steps)."""
+        started = time.perf_counter()
+        fresh = [_Examples.concat(self._fresh).tail(self.params.replay_capacity)] if self._fresh else []
+        parts = ([self._logged] if self._logged is not None else []) + fresh
         if not parts:
             return
+        self._train_parts(parts)
+        self.n_refits += 1
+        self._refit_seconds += time.perf_counter() - started
+
+    def _train_parts(self, parts: list[_Examples]) -> None:
+        """Fine-tune on `parts` (non-empty): a whole epoch over them, or `refit_batches` minibatches
+        in which each part weighs the same; the loss goes to refit_losses."""
         data = _Examples.concat(parts)
         if not self.params.refit_batches:
             self.refit_losses.append(self._train_epoch(data))
-        else:
-            sizes = np.array([len(part) for part in parts], dtype=np.float64)
-            p = np.repeat(1.0 / (len(parts) * sizes), sizes.astype(np.int64))  # each part weighs the same
-            size = min(self.params.batch_size, len(data))
-            batches = [self._rng.choice(len(data), size=size, p=p) for _ in range(self.params.refit_batches)]
-            self.refit_losses.append(self._train_on(data, batches))
-        self.n_refits += 1
+            return
+        sizes = np.array([len(part) for part in parts], dtype=np.float64)
+        p = np.repeat(1.0 / (len(parts) * sizes), sizes.astype(np.int64))  # each part weighs the same
+        size = min(self.params.batch_size, len(data))
+        batches = [self._rng.choice(len(data), size=size, p=p) for _ in range(self.params.refit_batches)]
+        self.refit_losses.append(self._train_on(data, batches))

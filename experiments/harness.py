@@ -139,6 +139,16 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
     two sessions), watch_per_active_day (minutes per user per day with a session) and
     retention_d1/d7/d30 (share of users active on or after that day since their first visit;
     NaN past what the horizon lets every user show), and the per-day curves of `by_day`.
+
+    A policy deployed on a date (lifetime scenarios) says so with two attributes: `serves_from_day`
+    (float T) and `warmup` (a Policy: the platform's policy before T, e.g. the logging policy its
+    training logs came from). Each user is then served by `warmup` while their own clock is before
+    T and by `policy` from T on (clocks diverge: both can serve in one step); lives are measured
+    whole, and the metrics add return_served_mean (minutes per user watched from T on, under
+    `policy`; 0 for users gone before T) and served_users (share of users `policy` served at all).
+    `observe` gets the step info plus info["evaluated"] [N]: the slot counts in this evaluation
+    and was served `policy`'s own action (False for a warm-up step or a slot past its user's life),
+    and info["done"] [N]: the slot's user ended at this step (terminated or truncated).
     """
     env = RecVectorEnv(num_envs=n_users, scenario=config, seed=seed)
     if hasattr(policy, "bind"):
@@ -157,8 +167,23 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
     diversity_sum, diversity_n = 0.0, 0
     rows = np.arange(n_users)
     life = _Lifetimes(n_users, config.world.lifetime.horizon_days) if config.world.lifetime.enabled else None
+    warmup, start_day = getattr(policy, "warmup", None), float(getattr(policy, "serves_from_day", 0.0))
+    if warmup is not None:
+        if life is None:
+            raise ValueError(f"{policy.name} serves from a day (serves_from_day) but {config.name!r} has no calendar")
+        if hasattr(warmup, "bind"):
+            warmup.bind(env)
+    served_return, served_once = np.zeros(n_users), np.zeros(n_users, dtype=bool)
     while active.any():
-        actions = np.asarray(policy.act(obs))
+        in_warmup = env.world.state.day < start_day if warmup is not None else np.zeros(n_users, dtype=bool)
+        if in_warmup[active].all():  # only the warm-up policy serves this step
+            actions = np.asarray(warmup.act(obs))
+        else:
+            actions = np.asarray(policy.act(obs))
+            if in_warmup[active].any():
+                warm = np.asarray(warmup.act(obs))
+                actions = np.where(in_warmup.reshape(-1, *([1] * (actions.ndim - 1))), warm, actions)
+        own = active & ~in_warmup  # the slots that count and were served the policy's action
         if life is not None:
             life.before_step(env.world.state.day, active)
         # How well the slates suit the users' interests now, before the step (ground truth).
@@ -173,9 +198,11 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
             diversity_sum += dist.sum() / (k * (k - 1))
             diversity_n += int(active.sum())
         if hasattr(policy, "observe"):
-            policy.observe(obs, actions, reward, info)
+            policy.observe(obs, actions, reward, dict(info, evaluated=own, done=terminated | truncated))
         clicked = info["clicked"] & active
         ret += np.where(active, reward, 0.0)
+        served_return += np.where(own, reward, 0.0)
+        served_once |= own
         clicks += clicked
         length += active
         items = info["item"][clicked]
@@ -232,6 +259,8 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
             concentration(consumed[half_point:].sum(0)) - concentration(consumed[:half_point].sum(0))
         ),
     )
+    if warmup is not None:
+        metrics.update(return_served_mean=float(served_return.mean()), served_users=float(served_once.mean()))
     by_day = None
     if life is not None:
         extra, by_day = life.results(ret)

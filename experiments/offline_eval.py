@@ -206,8 +206,13 @@ def build_agents(
         elif name in ("sasrec", "gru4rec"):
             from agents.supervised import SupervisedRecommender
 
+            # Fitted on the study's logs and served from day 0: not deployed on a date (train_days 0).
             rec = SupervisedRecommender.for_scenario(
-                name, config, spec.make_params(algo), model=settings.model, seed=settings.train_seed
+                name,
+                config,
+                spec.make_params({**algo, "train_days": 0}),
+                model=settings.model,
+                seed=settings.train_seed,
             )
             rec.fit(logs)
             agents[name] = rec

@@ -72,6 +72,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="agents that retrain (sasrec, gru4rec): refit on logs + fresh interactions every K served steps",
     )
     p.add_argument(
+        "--retrain-every-days",
+        type=float,
+        default=None,
+        metavar="D",
+        help="agents that retrain, on lifetime scenarios: served from day algo.train_days (default 30) on, "
+        "refit every D days on logs + what their own serving produced (0: never)",
+    )
+    p.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
         default=None,
@@ -133,11 +141,12 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
             users = [a for a, s in AGENTS.items() if s.uses_ray]
             raise ValueError(f"--num-env-runners applies to --agent {' or '.join(users)} only")
         algo["num_env_runners"] = args.num_env_runners
-    if args.retrain_every is not None:
-        if not spec.retrains:
-            users = [a for a, s in AGENTS.items() if s.retrains]
-            raise ValueError(f"--retrain-every applies to --agent {' or '.join(users)} only")
-        algo["retrain_every"] = args.retrain_every
+    for flag, name in (("--retrain-every", "retrain_every"), ("--retrain-every-days", "retrain_every_days")):
+        if getattr(args, name) is not None:
+            if not spec.retrains:
+                users = [a for a, s in AGENTS.items() if s.retrains]
+                raise ValueError(f"{flag} applies to --agent {' or '.join(users)} only")
+            algo[name] = getattr(args, name)
     if args.parallel < 1:
         raise ValueError("--parallel must be >= 1")
     return settings_from_config(

@@ -118,8 +118,10 @@ class RunSettings:
         for name in ("scenario_overrides", "model", "algo"):
             if not isinstance(getattr(self, name), Mapping):
                 raise ValueError(f"{name} must be a mapping, got {type(getattr(self, name)).__name__}")
-        self.scenario_config()  # bad overrides fail here, before any work
-        spec.make_params(self.algo)  # so do bad agent settings
+        scenario = self.scenario_config()  # bad overrides fail here, before any work
+        params = spec.make_params(self.algo)  # so do bad agent settings
+        if hasattr(params, "check_scenario"):  # and settings the scenario cannot take (days without a calendar)
+            params.check_scenario(scenario)
         check_model_overrides(self.model)
 
     # ------------------------------------------------------------------ derived
@@ -134,9 +136,9 @@ class RunSettings:
 
     @property
     def name(self) -> str:
-        """The name runs are filed and compared under: a refitting variant is its own agent."""
-        retrains = self.spec.retrains and getattr(self.params, "retrain_every", 0) > 0
-        return f"{self.agent}-retrain" if retrains else self.agent
+        """The name runs are filed and compared under: a refitting variant is its own agent
+        (NAME-retrain every k steps, NAME-retrain-7d every 7 days)."""
+        return self.agent + (getattr(self.params, "name_suffix", "") if self.spec.retrains else "")
 
     @property
     def interval(self) -> int:
@@ -575,7 +577,9 @@ def run_one(
         final = evaluate(policy, scenario, settings.final_eval_users, EVAL_SEED)
         baseline = evaluate(RandomPolicy(seed=settings.seed), scenario, settings.final_eval_users, EVAL_SEED)
         common = dict(scenario=settings.scenario, seed=settings.seed)
-        logger.evaluation(final.metrics, steps, agent=settings.name, phase="final", **common)
+        # What the policy says of its own serving (refits, their time, a deployed model's staleness).
+        served = policy.serving_stats() if hasattr(policy, "serving_stats") else {}
+        logger.evaluation({**final.metrics, **served}, steps, agent=settings.name, phase="final", **common)
         # The random policy on the same users, for reference (not under this run's eval/ tags).
         logger.evaluation(baseline.metrics, steps, tensorboard=False, agent="random", phase="baseline", **common)
         final.episodes.to_csv(run_dir / "episodes.csv", index=False)

@@ -73,8 +73,15 @@ class RunLogger:
         # A fixed column order, so appended rows line up under the header.
         columns = [k for k in ROW_KEYS if k in record] + [k for k in record if k not in ROW_KEYS]
         frame = pd.DataFrame([record], columns=columns)
-        header = not self.results_path.exists()
-        frame.to_csv(self.results_path, mode="a", header=header, index=False)
+        if not self.results_path.exists():
+            frame.to_csv(self.results_path, index=False)
+            return
+        header = list(pd.read_csv(self.results_path, nrows=0).columns)
+        if set(columns) <= set(header):  # under the existing header, blanks where this row has no value
+            frame.reindex(columns=header).to_csv(self.results_path, mode="a", header=False, index=False)
+        else:  # a row with new columns (a policy's serving stats): rewrite under the union of the columns
+            merged = pd.concat([pd.read_csv(self.results_path), frame], ignore_index=True)
+            merged.to_csv(self.results_path, index=False)
 
     def curves(self, prefix: str, frame: pd.DataFrame, step: str) -> None:
         """One TensorBoard curve per column of `frame` against its column `step` (e.g. eval/by_day/*

@@ -8,7 +8,7 @@ import torch
 
 from agents.logs import EpsilonPopularity, collect_logs, log_columns
 from agents.policy import Policy, RandomPolicy
-from agents.supervised import SupervisedParams, SupervisedRecommender, examples_from_logs
+from agents.supervised import SupervisedParams, SupervisedRecommender, examples_from_logs, serving_versions
 from envs import RecVectorEnv, make_scenario
 from experiments.harness import evaluate
 
@@ -294,9 +294,234 @@ def test_a_lifetime_model_refuses_session_logs():
 def test_sasrec_learns_on_lifetimes():
     cfg = make_scenario("lifetime", LIFE)
     env = RecVectorEnv(num_envs=1, scenario=cfg, seed=0)
-    rec = SupervisedRecommender.from_env("sasrec", env, SupervisedParams(epochs=3, batch_size=256), model=MODEL)
+    params = SupervisedParams(epochs=3, batch_size=256, train_days=0)  # served from day 0, as the logs' lives
+    rec = SupervisedRecommender.from_env("sasrec", env, params, model=MODEL)
     losses = rec.fit(collect_logs(cfg, EpsilonPopularity(seed=0), n_users=32, n_steps=200))
     assert losses[-1] < losses[0]
     learned = evaluate(rec, cfg, 64, seed=5).metrics["return_mean"]
     blind = evaluate(RandomPolicy(0), cfg, 64, seed=5).metrics["return_mean"]
     assert learned > blind
+
+
+# --------------------------------------------------------------------------- deployed on a calendar
+
+DEPLOY = {"log_users": 32, "epochs": 1, "batch_size": 128, "refit_batches": 4, "train_days": 1.0}
+
+
+def deployed(retrain_every_days: float, **algo):
+    """sasrec as run.py builds it on the tiny lifetime world (horizon 4 days): trained on the logs of
+    days [0, 1), served from day 1, refitted every `retrain_every_days` days."""
+    from agents.factory import build_sasrec
+    from agents.registry import RunContext
+
+    params = SupervisedParams(**{**DEPLOY, "retrain_every_days": retrain_every_days, **algo})
+    return build_sasrec(make_scenario("lifetime", LIFE), params, RunContext(seed=0, model=MODEL))
+
+
+class TrainingSpy:
+    """Records, for every refit, the latest day among the steps it trained on (from their context's
+    progress = day / horizon: the data itself, not the refit's own record)."""
+
+    def __init__(self, rec: SupervisedRecommender) -> None:
+        self.latest: list[float] = []
+        train_on = rec._train_on
+
+        def spy(data, batches):
+            rows = np.unique(np.concatenate(batches))
+            self.latest.append(float(data.context[data.step_index[rows], 2].max()) * rec.horizon_days)
+            return train_on(data, batches)
+
+        rec._train_on = spy
+
+
+def test_logs_of_the_first_days_stop_at_that_day():
+    cfg = make_scenario("lifetime", LIFE)
+    logs = collect_logs(cfg, EpsilonPopularity(seed=0), n_users=16, n_steps=400, until_day=1.0)
+    served = logs[logs.step >= 0]
+    assert served.day.max() < 1.0 and len(served) > 100
+    whole = collect_logs(cfg, EpsilonPopularity(seed=0), n_users=16, n_steps=400)
+    assert (whole.day >= 1.0).any()  # the same collection, not cut, goes past it
+    with pytest.raises(ValueError, match="until_day is for lifetime scenarios"):
+        collect_logs(config(), EpsilonPopularity(seed=0), n_users=4, n_steps=5, until_day=1.0)
+
+
+class Deployment:
+    """Wraps a deployed recommender in an evaluation and checks it from outside, step by step:
+    records (the user's true day from the env, the cutoff of the version that served them) for every
+    step the model served, the versions available then (fitted at or before that step), and after
+    every step that no kept version could be dropped and no needed one was."""
+
+    def __init__(self, rec: SupervisedRecommender) -> None:
+        self.rec, self.name, self.warmup, self.serves_from_day = rec, rec.name, rec.warmup, rec.serves_from_day
+        self.days: list[np.ndarray] = []
+        self.cutoffs: list[np.ndarray] = []
+        self.newest: list[np.ndarray] = []  # the newest version fitted by then with cutoff <= the day
+        self.pruned = False
+        self.step = 0
+
+    def bind(self, env) -> None:
+        self.env = env
+        self.rec.bind(env)
+
+    def act(self, obs):
+        actions = self.rec.act(obs)
+        self.day_now = self.env.world.state.day.copy()  # the truth, not the recommender's clocks
+        self.served_cutoff = self.rec._serving[1].copy()
+        return actions
+
+    def observe(self, obs, actions, rewards, info) -> None:
+        own = info["evaluated"]
+        if own.any():
+            day = self.day_now[own]
+            fitted = np.array([r["cutoff"] for r in self.rec.versions if r["at_step"] <= self.step])
+            self.days.append(day)
+            self.cutoffs.append(self.served_cutoff[own])
+            self.newest.append(fitted[np.searchsorted(fitted, day, side="right") - 1])
+        self.rec.observe(obs, actions, rewards, info)
+        self.step += 1
+        kept, live = [v.cutoff for v in self.rec._kept], self.rec._live
+        assert kept[-1] == self.rec.versions[-1]["cutoff"]  # the newest is always kept
+        if live.any() and len(kept) > 1:  # the oldest kept is still needed by the slowest live user
+            assert kept[1] > self.rec._clock[live].min()
+        self.pruned |= len(kept) < len(self.rec.versions)
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user day, cutoff of the version that served them, newest version they could have had) [S]."""
+        return np.concatenate(self.days), np.concatenate(self.cutoffs), np.concatenate(self.newest)
+
+
+def test_each_version_trains_on_rows_dated_before_its_cutoff():
+    rec = deployed(1.0)
+    assert rec.name == "sasrec-retrain-1d" and rec.serves_from_day == 1.0
+    spy = TrainingSpy(rec)
+    ev = evaluate(rec, make_scenario("lifetime", LIFE), n_users=32, seed=5)
+    # Versions for days 2, 3, 4: each once the fastest live user reached it, on data from before it.
+    cutoffs = [r["cutoff"] for r in rec.refits]
+    assert rec.n_refits == len(rec.refits) == len(spy.latest) >= 3
+    assert rec.versions[0]["cutoff"] == 1.0 and rec.versions[0]["fresh_steps"] == 0
+    np.testing.assert_allclose(cutoffs, 1.0 + np.arange(1, len(cutoffs) + 1))
+    for record, latest in zip(rec.refits, spy.latest):
+        assert latest < record["cutoff"] + 1e-4, (record, latest)  # the data trained on (float32 progress)
+        assert not record["fresh_max_day"] >= record["cutoff"]  # the served rows: all before it (or none)
+        assert record["cutoff"] <= record["fastest_day"] and 0 < record["past_cutoff"] <= 1
+    assert max(r["fresh_steps"] for r in rec.refits) > 0  # it did learn from its own serving
+    stats = rec.serving_stats()
+    assert stats["refits"] == rec.n_refits and stats["refit_seconds"] > 0 and 0 <= stats["serving_lag_days"] < 1
+    assert sum(r["served_steps"] for r in rec.versions) > 0
+    assert 0 < ev.metrics["return_served_mean"] < ev.metrics["return_mean"] and ev.metrics["served_users"] > 0
+
+
+def test_a_user_is_served_the_newest_version_from_before_their_day_and_never_one_after_it():
+    rec = deployed(0.25)
+    watch = Deployment(rec)
+    evaluate(watch, make_scenario("lifetime", LIFE), n_users=32, seed=5)
+    day, cutoff, newest = watch.pairs()
+    assert len(day) > 50 and len(np.unique(cutoff)) >= 3  # several versions served
+    assert (cutoff <= day).all()  # causal: no version from a user's future
+    np.testing.assert_array_equal(cutoff, newest)  # and the newest one that is not
+    assert watch.pruned  # versions the slowest live user had passed were dropped
+    assert rec.serving_stats()["serving_lag_days"] == pytest.approx(float((day - cutoff).mean()), abs=1e-4)
+
+
+def test_serving_versions_picks_the_newest_cutoff_at_or_before_each_day():
+    got = serving_versions(np.array([1.0, 1.5, 2.0]), np.array([0.5, 1.0, 1.49, 1.5, 7.0]))
+    np.testing.assert_array_equal(got, [-1, 0, 0, 1, 2])
+
+
+def test_a_faster_cadence_fits_more_versions_and_serves_fresher_ones():
+    # The tiny world lives 4 days: cadences of 1 and 1/4 day stand for the preset's 7 and 1.
+    cfg = make_scenario("lifetime", LIFE)
+    stats = {}
+    for days in (0.0, 1.0, 0.25):
+        rec = deployed(days)
+        evaluate(rec, cfg, n_users=32, seed=5)
+        stats[days] = rec.serving_stats()
+        assert stats[days]["refits"] == len(rec.refits) == len(rec.versions) - 1
+        assert days == 0 or stats[days]["serving_lag_days"] < days  # a user is never a whole cadence behind
+    assert stats[0.0]["refits"] == 0 and stats[0.0]["versions_kept_max"] == 1
+    assert stats[0.25]["refits"] > stats[1.0]["refits"] > 0
+    lags = [stats[d]["serving_lag_days"] for d in (0.25, 1.0, 0.0)]
+    assert lags == sorted(lags) and lags[0] < lags[1] < lags[2]
+
+
+def test_never_refits_and_the_warm_up_is_the_logging_policys_for_every_cadence():
+    cfg = make_scenario("lifetime", LIFE)
+    never, weekly = deployed(0.0), deployed(0.5)
+    assert never.name == "sasrec" and isinstance(never.warmup, EpsilonPopularity)
+    a, b = evaluate(never, cfg, n_users=32, seed=5).metrics, evaluate(weekly, cfg, n_users=32, seed=5).metrics
+    assert never.n_refits == 0 and never.refits == [] and not never._fresh and len(never.versions) == 1
+    assert weekly.n_refits > 0 and isinstance(weekly.warmup, EpsilonPopularity)
+    # Before day 1 both users' lives are the logging policy's: the same minutes, up to the shared world
+    # (popularity follows what everyone watches, and the users ahead are served other versions).
+    warm_up = a["return_mean"] - a["return_served_mean"]
+    assert warm_up > 0 and warm_up == pytest.approx(b["return_mean"] - b["return_served_mean"], rel=1e-3)
+
+
+def test_a_deployed_model_gives_the_same_numbers_for_the_same_seed_and_each_evaluation_starts_afresh():
+    cfg = make_scenario("lifetime", LIFE)
+    untimed = lambda records: [{k: v for k, v in r.items() if k != "fit_seconds"} for r in records]  # noqa: E731
+    runs = []
+    for rec in (deployed(0.5), deployed(0.5)):
+        runs.append((evaluate(rec, cfg, n_users=32, seed=5).metrics, untimed(rec.versions), list(rec.refit_losses)))
+    again = evaluate(rec, cfg, n_users=32, seed=5).metrics  # the same deployment from version 0 once more
+    np.testing.assert_equal(untimed(rec.versions), runs[1][1])  # NaN where a record has no value
+    assert rec.refit_losses[len(runs[1][2]) :] == runs[1][2]
+    np.testing.assert_equal(runs[0][1:], runs[1][1:])
+    assert runs[0][0] == pytest.approx(runs[1][0], nan_ok=True) and again == pytest.approx(runs[1][0], nan_ok=True)
+
+
+@pytest.mark.parametrize(
+    "algo, match",
+    [
+        ({"retrain_every_days": -1}, r"algo.retrain_every_days must be in \[0, 3650\]"),
+        ({"retrain_every_days": "7"}, "algo.retrain_every_days must be a number"),
+        ({"train_days": -2}, r"algo.train_days must be in \[0, 3650\]"),
+        ({"retrain_every": 5, "retrain_every_days": 7}, "two cadences: set one"),
+    ],
+)
+def test_bad_cadences_in_days_name_the_field(algo, match):
+    with pytest.raises(ValueError, match=match):
+        SupervisedParams(**algo)
+
+
+def test_days_are_refused_without_a_calendar_and_past_the_horizon():
+    from experiments.runs import RunSettings
+
+    with pytest.raises(ValueError, match="algo.retrain_every_days is for lifetime scenarios: 'mixed' has no calendar"):
+        RunSettings(agent="sasrec", scenario="mixed", algo={"retrain_every_days": 7})
+    with pytest.raises(ValueError, match="algo.train_days is for lifetime scenarios"):
+        RunSettings(agent="gru4rec", scenario="cognitive", algo={"train_days": 10})
+    with pytest.raises(ValueError, match=r"algo.train_days must be in \[0, 60\) \(lifetime.horizon_days\), got 60"):
+        RunSettings(agent="sasrec", scenario="lifetime", algo={"train_days": 60})
+    assert RunSettings(agent="sasrec", scenario="lifetime", algo={"retrain_every_days": 7}).name == "sasrec-retrain-7d"
+
+
+def test_run_py_refuses_bad_days_in_one_line_before_any_work(tmp_path, capsys):
+    from experiments import run
+
+    for argv, match in (
+        (["--agent", "sasrec", "--scenario", "mixed", "--retrain-every-days", "7"], "has no calendar"),
+        (["--agent", "sasrec", "--scenario", "lifetime", "--retrain-every-days", "-1"], "algo.retrain_every_days"),
+        (["--agent", "bandit", "--scenario", "lifetime", "--retrain-every-days", "7"], "applies to --agent sasrec"),
+    ):
+        assert run.main([*argv, "--smoke", "--logdir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0], err
+    assert not list(tmp_path.rglob("run.json"))  # nothing was started
+
+
+def test_results_rows_with_different_columns_line_up(tmp_path):
+    """A final row with a policy's serving stats, then a baseline row without them (and back)."""
+    import pandas as pd
+
+    from experiments.tracking import RunLogger
+
+    logger = RunLogger(tmp_path)
+    logger.evaluation({"return_mean": 1.0}, 0, tensorboard=False, agent="a", phase="train")
+    logger.evaluation({"return_mean": 2.0, "refits": 3.0}, 5, tensorboard=False, agent="a", phase="final")
+    logger.evaluation({"return_mean": 4.0, "churn_rate": 0.5}, 5, tensorboard=False, agent="r", phase="baseline")
+    logger.close()
+    rows = pd.read_csv(tmp_path / "results.csv")
+    assert rows.return_mean.tolist() == [1.0, 2.0, 4.0]
+    assert rows.refits.tolist()[1] == 3.0 and rows.refits.isna().tolist() == [True, False, True]
+    assert rows.churn_rate.tolist()[2] == 0.5 and rows.churn_rate.isna().sum() == 2
