@@ -14,7 +14,7 @@ from agents.nextitem import NextItemParams, pad_histories, prefix_examples, scor
 from envs import PRESETS, RecVectorEnv, make_scenario
 from experiments import calibration as cal
 from experiments import realseq
-from simulator import CatalogParams
+from simulator import CatalogParams, World
 from simulator import realdata as rd
 from simulator.params import merge_overrides
 
@@ -263,3 +263,37 @@ def test_recbole_atomic_keeps_our_split(tmp_path):
     assert frame.columns.tolist() == ["user_id:token", "item_id:token", "timestamp:float"]
     last = frame.sort_values("timestamp:float").groupby("user_id:token")["item_id:token"].last()
     assert last.tolist() == split.test_target.tolist()
+
+
+# --------------------------------------------------------------------------- real histories
+
+
+def test_item_map_keeps_topic_and_popularity_order():
+    from simulator.realhistory import item_map, taste_vectors
+
+    real_topics = np.eye(2)[[0, 0, 1, 1]]
+    sim_topics = np.eye(2)[[1, 0, 0, 1, 0, 1]]
+    mapping = item_map(real_topics, np.array([5, 9, 1, 3]), sim_topics, np.array([0.1, 0.3, 0.2, 0.05, 0.01, 0.34]))
+    assert mapping.tolist() == [2, 1, 0, 5]  # topic 0: item 1 (most rated) -> sim 1 (most popular of topic 0)
+    assert taste_vectors(np.array([[0.5, 0.25, 0.25, 0.0]])).tolist() == [[1.0, 0.0, 0.0, -1.0]]
+
+
+@needs_movielens
+def test_real_histories_warm_and_cold_users():
+    warm = make_scenario("movielens", {"users": {"real_history": True, "past_interactions": 20}})
+    env = RecVectorEnv(num_envs=6, scenario=warm, seed=1)
+    obs, _ = env.reset(seed=1)
+    world = env.core.world
+    real = world.real.items[world.real_user]
+    assert np.array_equal(obs["history_items"][:, -20:], real) and obs["history_mask"][:, -20:].all()
+    # Tastes follow the real profile: the favourite real genre is liked.
+    fav = world.real.taste[world.real_user].argmax(axis=1)
+    assert np.all(world.state.interest[np.arange(6), fav] > 0)
+    env.step(env.action_space.sample())
+    cold = RecVectorEnv(num_envs=6, scenario="movielens", overrides={"users": {"past_interactions": 0}}, seed=1)
+    obs, _ = cold.reset(seed=1)
+    assert not obs["history_mask"].any()
+    with pytest.raises(ValueError, match=r"past_interactions must be in \[1, 20\]"):
+        World(make_scenario("movielens", {"users": {"real_history": True}}).world, 2)
+    with pytest.raises(ValueError, match="shaped like ml-100k"):
+        World(make_scenario("stationary", {"users": {"real_history": True, "past_interactions": 5}}).world, 2)
