@@ -144,4 +144,5 @@ def run_recbole(split: LeaveOneOut, n_items: int, params: NextItemParams, python
         scores = np.load(folder / "scores.npy")
     if log:
         log(f"recbole {job['model']}: {record['seconds']:.0f} s, targets matching ours: {record['targets_match']}")
-    return dict(implementation="recbole", model=params.kind, **ranking_metrics(scores, split.test_target), **record)
+    metrics = ranking_metrics(scores, split.test_target)
+    return dict(implementation="recbole", model=params.kind, **metrics, epochs=params.epochs, **record)

@@ -25,10 +25,11 @@ import torch
 
 
 def main(job_file: str) -> None:
-    # recbole 1.2.1's Config aliases np.float = np.float_ (and np.complex_), names numpy 2 removed:
+    # recbole 1.2.1's Config aliases np.float = np.float_ (np.complex_, np.unicode_), names numpy 2 removed:
     # give them back before it runs (they are the same types under their numpy 2 names).
     np.float_ = np.float64
     np.complex_ = np.complex128
+    np.unicode_ = np.str_
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, get_trainer, init_seed
