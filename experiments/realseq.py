@@ -44,6 +44,8 @@ RECBOLE_PACKAGES = (
     "tabulate",
     "tqdm",
     "scikit-learn",
+    "joblib",
+    "threadpoolctl",
     "narwhals",
     "psutil",
 )
