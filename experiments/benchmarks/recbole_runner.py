@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -36,6 +37,7 @@ def main(job_file: str) -> None:
 
     with open(job_file) as f:
         job = json.load(f)
+    os.chdir(job["data_path"])  # RecBole writes its logs (log_tensorboard/, log/) under the working directory
     p = job["params"]
     common = dict(
         data_path=job["data_path"],
