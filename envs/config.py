@@ -91,6 +91,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+MOVIELENS_FILE = Path(__file__).with_name("movielens.json")
+
+
+def _fitted_preset(path: Path) -> dict[str, Any]:
+    """The overrides of a preset fitted to real data (derived statistics only; the data is not needed)."""
+    import json
+
+    try:
+        return json.loads(path.read_text())["overrides"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"fitted preset file {path} is unreadable: {err}") from None
+
+
+# Fitted to MovieLens-100k and the Open Bandit Dataset sample by experiments/calibrate.py: a lifetime
+# world over the data's 215 days whose catalog, users, return visits and position bias follow the data.
+PRESETS["movielens"] = _fitted_preset(MOVIELENS_FILE)
+
+
 def _split(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Route flat scenario overrides: 'env' to EnvParams, world field names to WorldConfig."""
     world_keys = {f.name for f in dataclasses.fields(WorldConfig)}

@@ -3,6 +3,7 @@
 python experiments/bench.py sim [--json]       simulator and VectorEnv user-steps/s
 python experiments/bench.py encoder [--json]   encoder forward+backward tokens/s vs nn.TransformerEncoder
 python experiments/bench.py train [--json]     PPO env-steps/s (RLlib, SB3), sampling and learning apart
+python experiments/bench.py realdata [--json]  sasrec/gru4rec on real ml-100k sequences, ours next to RecBole's
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import argparse
 import json
 import sys
 
-from experiments.benchmarks import encoder, sim, train
+from experiments.benchmarks import encoder, realdata, sim, train
 
-BENCHMARKS = {"sim": sim, "encoder": encoder, "train": train}
+BENCHMARKS = {"sim": sim, "encoder": encoder, "train": train, "realdata": realdata}
 
 
 def main(argv: list[str] | None = None) -> list[dict] | None:

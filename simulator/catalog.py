@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,7 @@ class CatalogParams:
     n_items: int = 1000
     n_topics: int = 10
     topic_concentration: float = 0.15  # Dirichlet alpha of an item's topic mixture; small = one dominant topic
+    topic_weights: tuple[float, ...] = ()  # each topic's mean share of an item's mixture (empty: all equal)
     quality_alpha: float = 2.0  # quality ~ Beta(alpha, beta)
     quality_beta: float = 2.0
     clickbait_fraction: float = 0.25  # items whose attractiveness ignores (low) quality
@@ -35,6 +37,22 @@ class CatalogParams:
     n_arrivals: int = 0  # items that arrive after the start
     arrival_window: float = 30  # arrivals are spread over steps [1, window] (days (0, window] in lifetime worlds)
 
+    @staticmethod
+    def _coerce_topic_weights(value: Any, where: str) -> tuple[float, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list of numbers, got {type(value).__name__}")
+        return tuple(value)
+
+    def topic_alpha(self) -> np.ndarray:
+        """[T] the Dirichlet parameters of an item's topic mixture: `topic_concentration` for every
+        topic, or, with `topic_weights`, T x concentration spread in proportion to the weights (the
+        same total: the mean mixture is the normalised weights, its spread as without weights)."""
+        t = self.n_topics
+        if not self.topic_weights:
+            return np.full(t, self.topic_concentration)
+        w = np.asarray(self.topic_weights, np.float64)
+        return t * self.topic_concentration * w / w.sum()
+
     def __post_init__(self) -> None:
         o = "catalog"
         check_int(o, "seed", self.seed, 0)
@@ -42,6 +60,14 @@ class CatalogParams:
         check_int(o, "n_topics", self.n_topics, 1, 1024)
         # Below 0.01 the Dirichlet/Beta draws degenerate (one-topic items, quality all 0 or 1).
         check_range(o, "topic_concentration", self.topic_concentration, 0.01, 100.0)
+        if self.topic_weights:
+            if len(self.topic_weights) != self.n_topics:
+                raise ValueError(
+                    f"{o}.topic_weights must hold n_topics = {self.n_topics} weights (or none), "
+                    f"got {len(self.topic_weights)}"
+                )
+            for i, w in enumerate(self.topic_weights):
+                check_range(o, f"topic_weights[{i}]", w, 0.0, 1e6, lo_open=True)
         check_range(o, "quality_alpha", self.quality_alpha, 0.01, 100.0)
         check_range(o, "quality_beta", self.quality_beta, 0.01, 100.0)
         check_range(o, "clickbait_fraction", self.clickbait_fraction, 0.0, 1.0)
@@ -102,7 +128,7 @@ def _sample_items(
     params: CatalogParams, n: int, rng: np.random.Generator, topic: int | None = None, quality_boost: float = 0.0
 ) -> dict[str, np.ndarray]:
     t = params.n_topics
-    alpha = np.full(t, params.topic_concentration)
+    alpha = params.topic_alpha()
     if topic is not None:
         alpha[topic] += 5.0  # injected items centre on one topic
     topics = rng.dirichlet(alpha, size=n) if t > 1 else np.ones((n, 1))

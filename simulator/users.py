@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.params import check_int, check_range
+from simulator.params import check_bool, check_int, check_range
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class UserParams:
     recent_items: int = 16  # items a user remembers having consumed (repeat aversion)
     past_interactions: int = 32  # interactions a user arrives with, from visits before the episode
     past_pool: int = 10  # items on offer at each of those past visits (the user picked one or none)
+    real_history: bool = False  # users are real ml-100k users, arriving with their first real ratings (realhistory.py)
 
     def __post_init__(self) -> None:
         o = "users"
@@ -32,6 +33,7 @@ class UserParams:
         check_int(o, "recent_items", self.recent_items, 1, 1024)
         check_int(o, "past_interactions", self.past_interactions, 0, 4096)
         check_int(o, "past_pool", self.past_pool, 1, 1024)
+        check_bool(o, "real_history", self.real_history)
 
 
 def community_centres(params: UserParams, n_topics: int, rng: np.random.Generator) -> np.ndarray:

@@ -157,6 +157,14 @@ class World:
         self.noise_map: np.ndarray | None = None  # [N] row of the step noise each user uses
         self.tracked: np.ndarray | None = None  # users whose interests are traced day by day (see track)
         self._needs_walk = any(f.needs_walk_noise(f.config(config)) for f in FAMILIES)
+        # Real ml-100k users and their first ratings (users.real_history); needs the data package.
+        self.real = None
+        if config.users.real_history:
+            from simulator.realhistory import load_real_histories
+
+            n_past = config.users.past_interactions
+            self.real = load_real_histories(n_past, self.catalog.topics, self.catalog.popularity)
+        self.real_user = np.full(n_users, -1, np.int64)  # [N] the real user each slot is (-1: none)
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
@@ -217,6 +225,12 @@ class World:
             return
         self._season_now = None
         new = sample_users(cfg.users, s.community[idx], self.centres, self.user_rng)
+        if self.real is not None:  # a real user: their real genre profile in place of the community's centre
+            who = self.user_rng.integers(0, self.real.n_users, size=idx.size)
+            self.real_user[idx] = who
+            w = np.float32(cfg.users.community_strength)
+            own = new["interest"] - w * self.centres[s.community[idx]]
+            new["interest"] = np.clip(own + w * self.real.taste[who], -1.0, 1.0).astype(np.float32)
         s.interest[idx] = new["interest"]
         s.initial_interest[idx] = new["interest"]
         s.budget[idx] = new["budget"]
@@ -258,6 +272,9 @@ class World:
         tastes they arrive with (satiation fades between visits, so none). A recommender that
         reads a user's history meets a returning user, as real platforms mostly do, not a
         stranger: what the user watched, and how much of it, tells their tastes.
+
+        With `users.real_history`, the P interactions are the real ml-100k user's first P ratings
+        (`simulator.realhistory`: their simulated counterparts, watched to rating / 5).
         """
         cfg, p = self.config, self.config.users.past_interactions
         m = idx.size
@@ -268,6 +285,14 @@ class World:
             watch_time=np.zeros((m, p), np.float32),
         )
         if p == 0 or m == 0:
+            return out
+        if self.real is not None:  # their first real ratings, as simulated items, all watched
+            real = self.real_user[idx]
+            item = self.real.items[real]
+            out["item"][:] = item
+            out["clicked"][:] = True
+            out["completion"][:] = self.real.completion[real]
+            out["watch_time"][:] = self.catalog.length[item] * self.real.completion[real]
             return out
         chunk = max(1, PAST_ROWS_PER_CHUNK // (p * cfg.users.past_pool))
         if m > chunk:  # huge configs only: bounded memory, user block by user block
@@ -675,6 +700,7 @@ class World:
         other = object.__new__(World)
         other.__dict__.update(self.__dict__)
         other.state = self.state.copy()
+        other.real_user = self.real_user.copy()
         other._pos_bias = dict(self._pos_bias)
         other.user_rng = _copy_rng(self.user_rng)
         other.step_rng = np.random.default_rng(seed) if seed is not None else _copy_rng(self.step_rng)
@@ -695,6 +721,7 @@ class World:
         index = np.repeat(np.arange(self.n_users), m)
         other.state = self.state.take(index)
         other._n_users = self.n_users * m
+        other.real_user = self.real_user[index]
         if noise_groups is not None:
             if noise_groups < 1 or m % noise_groups:
                 raise ValueError(f"world.tile: noise_groups must divide m={m}, got {noise_groups}")
