@@ -395,9 +395,10 @@ def test_each_version_trains_on_rows_dated_before_its_cutoff():
     assert rec.name == "sasrec-retrain-1d" and rec.serves_from_day == 1.0
     spy = TrainingSpy(rec)
     ev = evaluate(rec, make_scenario("lifetime", LIFE), n_users=32, seed=5)
-    # Versions for days 2, 3, 4: each once the fastest live user reached it, on data from before it.
+    # Versions for days 2, 3, ... (as far as the fastest live user gets before the 4-day horizon):
+    # each once the fastest live user reached it, on data from before it.
     cutoffs = [r["cutoff"] for r in rec.refits]
-    assert rec.n_refits == len(rec.refits) == len(spy.latest) >= 3
+    assert rec.n_refits == len(rec.refits) == len(spy.latest) >= 2
     assert rec.versions[0]["cutoff"] == 1.0 and rec.versions[0]["fresh_steps"] == 0
     np.testing.assert_allclose(cutoffs, 1.0 + np.arange(1, len(cutoffs) + 1))
     for record, latest in zip(rec.refits, spy.latest):
