@@ -41,14 +41,18 @@ class Evaluation:
     by_day: pd.DataFrame | None = None
 
 
-def retention(first_day: np.ndarray, last_day: np.ndarray, days: np.ndarray, observed: float) -> np.ndarray:
+def retention(first_day: np.ndarray, last_day: np.ndarray, days: np.ndarray, horizon: float) -> np.ndarray:
     """[D] share of users active on or after each of `days` [D] since their first visit, from each
-    user's first and last active day [N]; NaN for a day past what the evaluation could observe
-    (`observed`: the days every user was followed for)."""
-    since = np.asarray(last_day, np.float64) - np.asarray(first_day, np.float64)
+    user's first and last active day [N]. Right-censored: for day d only the users followed for at
+    least d days before the `horizon` count (where first visits spread over the calendar, a late
+    arrival cannot yet show a day-30 return); NaN where no user was followed that long."""
+    first = np.asarray(first_day, np.float64)
+    since = np.asarray(last_day, np.float64) - first
     days = np.asarray(days, np.float64)
-    share = (since[None, :] >= days[:, None]).mean(axis=1)
-    return np.where(days <= observed, share, np.nan)
+    followed = (horizon - first)[None, :] >= days[:, None]  # [D, N]
+    returned = (since[None, :] >= days[:, None]) & followed
+    count = followed.sum(axis=1)
+    return np.where(count > 0, returned.sum(axis=1) / np.maximum(count, 1), np.nan)
 
 
 class _Lifetimes:
@@ -83,8 +87,7 @@ class _Lifetimes:
         self.churned |= terminated & active
 
     def results(self, returns: np.ndarray) -> tuple[dict[str, float], pd.DataFrame]:
-        observed = self.horizon - np.nanmax(self.first_day)  # every user could be followed this long
-        share = retention(self.first_day, self.last_day, np.array(RETENTION_DAYS), observed)
+        share = retention(self.first_day, self.last_day, np.array(RETENTION_DAYS), self.horizon)
         metrics = dict(
             sessions_mean=float(self.sessions.mean()),
             churn_rate=float(self.churned.mean()),
@@ -99,7 +102,7 @@ class _Lifetimes:
                 day=days,
                 active_users=users.astype(int),
                 watch_per_active_user=np.divide(self.watch_by_day[: len(days)], np.maximum(users, 1)),
-                retention=retention(self.first_day, self.last_day, days, observed),
+                retention=retention(self.first_day, self.last_day, days, self.horizon),
             )
         )
         return metrics, by_day
@@ -137,8 +140,8 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
     and session_length the steps of a life; they add sessions_mean (sessions per user),
     churn_rate (share of users who churned before the horizon), gap_mean (mean days between
     two sessions), watch_per_active_day (minutes per user per day with a session) and
-    retention_d1/d7/d30 (share of users active on or after that day since their first visit;
-    NaN past what the horizon lets every user show), and the per-day curves of `by_day`.
+    retention_d1/d7/d30 (share of users active on or after that day since their first visit, among
+    the users followed that long before the horizon; NaN where none was), and the per-day curves of `by_day`.
 
     A policy deployed on a date (lifetime scenarios) says so with two attributes: `serves_from_day`
     (float T) and `warmup` (a Policy: the platform's policy before T, e.g. the logging policy its

@@ -326,8 +326,11 @@ def test_retention_has_a_known_answer():
 
     first = np.array([0.0, 0.5, 0.2, 0.9])
     last = np.array([0.1, 8.0, 31.0, 3.0])  # active since first for 0.1, 7.5, 30.8, 2.1 days
-    np.testing.assert_allclose(retention(first, last, np.array([0, 1, 7, 30]), observed=40.0), [1.0, 0.75, 0.5, 0.25])
-    assert np.isnan(retention(first, last, np.array([30]), observed=20.0)[0])  # not observable: NaN, not 0
+    np.testing.assert_allclose(retention(first, last, np.array([0, 1, 7, 30]), horizon=40.0), [1.0, 0.75, 0.5, 0.25])
+    assert np.isnan(retention(first, last, np.array([30]), horizon=20.0)[0])  # not observable: NaN, not 0
+    # First visits spread over the calendar: a day counts only the users followed that long.
+    first, last = np.array([0.0, 0.0, 25.0, 35.0]), np.array([31.0, 5.0, 40.0, 39.0])
+    np.testing.assert_allclose(retention(first, last, np.array([1, 7, 30]), horizon=40.0), [1.0, 2 / 3, 0.5])
 
 
 def test_lifetime_evaluations_report_retention_and_per_day_curves():
