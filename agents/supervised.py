@@ -652,8 +652,7 @@ class SupervisedRecommender:
         self._restore(self._base)
         self._fresh, self._fresh_steps, self.n_refits, self.n_observed = [], 0, 0, 0
         record = dict.fromkeys(VERSION_RECORD, float("nan"))
-        logged = float(self._logged.n_steps if self._logged is not None else 0)
-        record.update(version=0.0, cutoff=self.serves_from_day, logged_steps=logged, fresh_steps=0.0)
+        record.update(version=0.0, cutoff=self.serves_from_day, logged_steps=self._logged_steps, fresh_steps=0.0)
         record.update(fresh_rows=0.0, fit_seconds=self._fit_seconds, at_step=0.0, served_steps=0.0)
         self.versions: list[dict[str, float]] = [record]
         self._kept = [_Version(0, self.serves_from_day, self._frozen_copy())]  # oldest first
@@ -867,7 +866,7 @@ class SupervisedRecommender:
         replay_capacity steps), all dated before `cutoff` (asserted), and keep the result as the
         version for `cutoff`, with its record. `days` [L]: the live users' clocks, for the record."""
         started = time.perf_counter()
-        fresh = _Examples.concat(self._fresh).tail(self.params.replay_capacity) if self._fresh else None
+        fresh = self._fresh_examples()
         latest = float(fresh.day.max()) if fresh is not None else float("nan")
         assert fresh is None or latest < cutoff, (
             f"the version for day {cutoff:g} would train on a row of day {latest:g}"
@@ -885,7 +884,7 @@ class SupervisedRecommender:
                 fastest_day=float(days.max()),
                 slowest_day=float(days.min()),
                 past_cutoff=float((days >= cutoff).mean()),
-                logged_steps=float(self._logged.n_steps if self._logged is not None else 0),
+                logged_steps=self._logged_steps,
                 fresh_steps=float(fresh.n_steps if fresh is not None else 0),
                 fresh_rows=float(len(fresh) if fresh is not None else 0),
                 fresh_max_day=latest,
@@ -937,11 +936,19 @@ class SupervisedRecommender:
         while self._fresh_steps - self._fresh[0].n_steps >= self.params.replay_capacity:  # drop whole old chunks
             self._fresh_steps -= self._fresh.pop(0).n_steps
 
+    @property
+    def _logged_steps(self) -> float:
+        """User-steps of the logs the model was fitted on (0 before a fit)."""
+        return float(self._logged.n_steps if self._logged is not None else 0)
+
+    def _fresh_examples(self) -> _Examples | None:
+        """The served rows buffered for refitting (the newest replay_capacity steps), or None."""
+        return _Examples.concat(self._fresh).tail(self.params.replay_capacity) if self._fresh else None
+
     def _refit(self) -> None:
         """Step cadence: fine-tune on the original logs + the fresh data (newest replay_capacity steps)."""
         started = time.perf_counter()
-        fresh = [_Examples.concat(self._fresh).tail(self.params.replay_capacity)] if self._fresh else []
-        parts = ([self._logged] if self._logged is not None else []) + fresh
+        parts = [part for part in (self._logged, self._fresh_examples()) if part is not None]
         if not parts:
             return
         self._train_parts(parts)

@@ -45,6 +45,7 @@ import pandas as pd
 
 from envs.config import make_scenario
 from envs.core import RecommenderCore
+from experiments.harness import concentration, shares
 from simulator.params import check_int, merge_overrides
 from simulator.realdata import MovieLens, load_movielens, load_obd
 
@@ -133,12 +134,18 @@ def sessions(events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return np.cumsum(start) - 1, gap
 
 
+def return_gaps(session: np.ndarray, gap: np.ndarray) -> np.ndarray:
+    """The days between two sessions of a user: the gaps [M] (of `sessions`) before each session's
+    first event, a user's first session left out."""
+    return gap[np.r_[True, session[1:] != session[:-1]] & ~np.isnan(gap)]
+
+
 def user_profiles(events: pd.DataFrame, item_topics: np.ndarray) -> np.ndarray:
     """[U, T] each user's share of consumption per topic (users in order of id, rows sum to 1)."""
     users, inverse = np.unique(events["user"].to_numpy(), return_inverse=True)
     prof = np.zeros((users.size, item_topics.shape[1]))
     np.add.at(prof, inverse, item_topics[events["item"].to_numpy()])
-    return prof / np.maximum(prof.sum(axis=1, keepdims=True), 1e-12)
+    return shares(prof)
 
 
 def kmeans_r2(x: np.ndarray, k: int, seed: int = 0, restarts: int = 4, iters: int = 60) -> float:
@@ -175,9 +182,8 @@ def statistics(events: pd.DataFrame, item_topics: np.ndarray, n_communities: int
     if ev.empty:
         raise ValueError(f"no user has {MIN_USER_EVENTS} events or more: nothing to compare")
     session, gap = sessions(ev)
-    starts = np.r_[True, session[1:] != session[:-1]]
-    between = gap[starts & ~np.isnan(gap)]
-    within = gap[~starts]
+    between = return_gaps(session, gap)
+    within = gap[np.r_[False, session[1:] == session[:-1]]]
     per_user = np.bincount(np.unique(ev["user"].to_numpy(), return_inverse=True)[1])
     sessions_per_user = ev.assign(s=session).groupby("user")["s"].nunique().to_numpy()
     item_counts = np.bincount(ev["item"].to_numpy(), minlength=item_topics.shape[0])
@@ -201,7 +207,7 @@ def statistics(events: pd.DataFrame, item_topics: np.ndarray, n_communities: int
         "within_gap_min_p50": q(within * 1440.0, 50),
         "between_gap_days_p50": q(between, 50),
         "between_gap_days_p90": q(between, 90),
-        "interest_hhi": float((profiles**2).sum(axis=1).mean()),
+        "interest_hhi": float(concentration(profiles).mean()),
         "community_r2": kmeans_r2(profiles, n_communities, seed),
     }
 
@@ -340,7 +346,7 @@ def closed_form(ml: MovieLens, obd: pd.DataFrame, clickbait_fraction: float = CL
     qa, qb = quality_beta((rated["mean"].to_numpy() - 1.0) / 4.0, clickbait_fraction)
     events = real_events(ml)
     session, gap = sessions(events)
-    between = gap[np.r_[True, session[1:] != session[:-1]] & ~np.isnan(gap)]
+    between = return_gaps(session, gap)
     shape, mean_gap = weibull_fit(between)
     churn = churn_per_session(events)
     profiles = user_profiles(events, topics)
