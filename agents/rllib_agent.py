@@ -258,6 +258,14 @@ class RLlibPPOAgent(TrainableAgent):
         )
         self._pretrained = True
 
+    @property
+    def warm_start_pending(self) -> str:
+        """What the first iteration's warm start will do ("" when none is due)."""
+        p = self.params
+        if not p.pretrain_epochs or self._env_steps or self._pretrained:
+            return ""
+        return f"fitting sasrec on logs of {p.log_users} users x {p.log_steps} steps, {p.pretrain_epochs} epoch(s)"
+
     def train_iteration(self) -> dict[str, float]:
         """One PPO iteration (sampling, then the learner's update); the first of a fresh run warm-starts
         the encoder first (pretrain_s). iteration_s excludes the warm start; learn_s is the update."""

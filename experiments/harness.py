@@ -9,6 +9,8 @@ policy only.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ from envs.config import ScenarioConfig
 from envs.vector import RecVectorEnv
 
 EVAL_SEED = 10_000  # evaluation users are disjoint from training seeds (0, 1, 2, ...)
+PROGRESS_SECONDS = 10.0  # evaluate(progress=...): seconds between two status lines
 RETENTION_DAYS = (1, 7, 30)  # lifetime scenarios: retention_d1, retention_d7, retention_d30
 
 
@@ -126,7 +129,21 @@ def _entropy(counts: np.ndarray) -> np.ndarray:
         return -(np.where(p > 0, p * np.log(p), 0.0)).sum(axis=1)
 
 
-def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int = EVAL_SEED) -> Evaluation:
+def _status(step: int, active: np.ndarray, day: np.ndarray | None, life: _Lifetimes | None) -> str:
+    """What an evaluation is doing: step, live users and (lifetimes) the slowest live user's day."""
+    text = f"evaluating: step {step:,d}, {int(active.sum()):,d} of {len(active):,d} users live"
+    if life is not None and day is not None:
+        text += f", day {float(day[active].min()):.1f} of {life.horizon:g}"
+    return text
+
+
+def evaluate(
+    policy: Any,
+    config: ScenarioConfig,
+    n_users: int = 256,
+    seed: int = EVAL_SEED,
+    progress: Callable[[str], None] | None = None,
+) -> Evaluation:
     """Run one episode for each of `n_users` evaluation users and measure the policy.
 
     Metrics: return_mean (minutes watched per session) and its 95% CI half-width,
@@ -152,6 +169,9 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
     `observe` gets the step info plus info["evaluated"] [N]: the slot counts in this evaluation
     and was served `policy`'s own action (False for a warm-up step or a slot past its user's life),
     and info["done"] [N]: the slot's user ended at this step (terminated or truncated).
+
+    `progress`, when given, hears a one-line status (users still live; on lifetimes the slowest
+    live user's day against the horizon) at most every PROGRESS_SECONDS: lives run to thousands of steps.
     """
     env = RecVectorEnv(num_envs=n_users, scenario=config, seed=seed)
     if hasattr(policy, "bind"):
@@ -177,7 +197,11 @@ def evaluate(policy: Any, config: ScenarioConfig, n_users: int = 256, seed: int 
         if hasattr(warmup, "bind"):
             warmup.bind(env)
     served_return, served_once = np.zeros(n_users), np.zeros(n_users, dtype=bool)
+    said = time.perf_counter()
     while active.any():
+        if progress is not None and time.perf_counter() - said >= PROGRESS_SECONDS:
+            progress(_status(len(timeline), active, env.world.state.day if life is not None else None, life))
+            said = time.perf_counter()
         in_warmup = env.world.state.day < start_day if warmup is not None else np.zeros(n_users, dtype=bool)
         if in_warmup[active].all():  # only the warm-up policy serves this step
             actions = np.asarray(warmup.act(obs))

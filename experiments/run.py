@@ -1,6 +1,7 @@
 """Train (if the agent trains) and evaluate one agent on one scenario.
 
   python experiments/run.py --agent ppo                      # PPO on `mixed`, ~7 min on 2 CPU cores
+  python experiments/run.py --agent ppo --scenario lifetime  # 60-day lives, lifetime defaults: <= 15 min
   python experiments/run.py --agent sb3-ppo --scenario cognitive --steps 200000
   python experiments/run.py --agent oracle-session           # evaluate a reference policy
   python experiments/run.py --agent ppo --seeds 0 1 2 --parallel 2
@@ -21,6 +22,7 @@ from agents.registry import AGENTS, get_agent
 from envs.config import PRESETS
 from experiments.harness import EVAL_SEED
 from experiments.runs import (
+    LIFETIME_RUN_DEFAULTS,
     Interrupted,
     RunSettings,
     load_run,
@@ -44,8 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--steps",
         type=int,
         default=None,
-        help=f"training budget in environment (user) steps (default: {DEFAULTS.steps}; "
-        "ignored by agents that do not train)",
+        help=f"training budget in environment (user) steps (default: {DEFAULTS.steps}; lifetime scenarios: "
+        f"{LIFETIME_RUN_DEFAULTS['steps']}; ignored by agents that do not train)",
     )
     p.add_argument(
         "--seed", type=int, default=DEFAULTS.seed, help=f"training seed (evaluation users are fixed: seed {EVAL_SEED})"
@@ -109,19 +111,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--eval-users",
         type=int,
         default=None,
-        help=f"evaluation users during training (default: {DEFAULTS.eval_users})",
+        help=f"evaluation users during training (default: {DEFAULTS.eval_users}; lifetime scenarios: "
+        f"{LIFETIME_RUN_DEFAULTS['eval_users']})",
     )
     p.add_argument(
         "--final-eval-users",
         type=int,
         default=None,
-        help=f"evaluation users at the end (default: {DEFAULTS.final_eval_users})",
+        help=f"evaluation users at the end (default: {DEFAULTS.final_eval_users}; lifetime scenarios: "
+        f"{LIFETIME_RUN_DEFAULTS['final_eval_users']})",
     )
     p.add_argument(
         "--eval-interval",
         type=int,
         default=None,
-        help="environment steps between evaluations (default: a tenth of --steps)",
+        help="environment steps between evaluations (default: a tenth of --steps; lifetime scenarios: half)",
     )
     p.add_argument(
         "--checkpoint-every",

@@ -33,7 +33,7 @@ from typing import Any
 
 from agents.encoder import EncoderConfig
 from agents.policy import RandomPolicy
-from agents.registry import AgentSpec, get_agent
+from agents.registry import AGENTS, AgentSpec, get_agent
 from envs.config import PRESETS, ScenarioConfig, load_overrides, make_scenario
 from experiments.harness import EVAL_SEED, evaluate
 from experiments.tracking import EVAL_TAGS, RunLogger, new_run_dir
@@ -44,7 +44,16 @@ DEVICES = ("auto", "cpu", "cuda")
 # --smoke: the same pipeline at toy sizes (seconds); each agent adds its own `smoke` algo settings.
 SMOKE_SCENARIO = {"catalog": {"n_items": 200}, "env": {"history_len": 8, "max_steps": 30}}
 SMOKE_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 1}
-SMOKE_SIZES = dict(steps=512, eval_users=16, final_eval_users=32, checkpoint_every=1)
+SMOKE_SIZES = dict(steps=512, eval_users=16, final_eval_users=32, eval_interval=0, checkpoint_every=1)
+# Defaults of runs on lifetime scenarios (a calendar: a life is thousands of steps, the history holds
+# 128 interactions), sized so that `run.py --agent ppo --scenario lifetime` finishes in 15 minutes on
+# 2 CPU cores (README): fewer training steps, two small evaluations during training, 128 final users
+# (every agent on a lifetime scenario is evaluated on the same 128 users by default: a neural policy
+# decides a few hundred times a second on 2 cores, and a life is about a thousand decisions), and a
+# PPO warm start on fewer logs. Flags, the config file and --smoke sizes override them.
+LIFETIME_RUN_DEFAULTS = dict(steps=49_152, eval_users=32, final_eval_users=128)
+LIFETIME_EVALUATIONS = 2  # during training: eval_interval = steps / 2 unless given
+LIFETIME_ALGO_DEFAULTS = {"ppo": dict(pretrain_epochs=1, log_users=64)}
 # EncoderConfig fields read from the env (the rest are the `model:` section's).
 _ENV_SIZED = ("n_items", "history_len", "item_feature_dim", "history_feature_dim", "context_dim")
 
@@ -200,6 +209,14 @@ def load_config_sections(path: str | Path | None) -> dict[str, dict[str, Any]]:
     return data
 
 
+def _with_lifetime_interval(fields: dict[str, Any], keep: bool) -> dict[str, Any]:
+    """`fields` with eval_interval set to LIFETIME_EVALUATIONS evaluations over the steps (unless `keep`)."""
+    if keep:
+        return fields
+    steps = fields.get("steps", RunSettings.steps)
+    return {**fields, "eval_interval": max(1, steps // LIFETIME_EVALUATIONS) if isinstance(steps, int) else 0}
+
+
 def settings_from_config(
     agent: str,
     scenario: str,
@@ -214,13 +231,18 @@ def settings_from_config(
     default); with `smoke`, the toy sizes under them (explicit fields win)."""
     sections = load_config_sections(config)
     given = {k: v for k, v in fields.items() if v is not None}
+    run_defaults, algo_defaults = {}, {}
+    if scenario in PRESETS and make_scenario(scenario, sections.get("scenario", {})).world.lifetime.enabled:
+        run_defaults, algo_defaults = LIFETIME_RUN_DEFAULTS, LIFETIME_ALGO_DEFAULTS.get(agent, {})
+        if smoke and agent in AGENTS:  # the toy sizes win over the lifetime defaults
+            algo_defaults = {**algo_defaults, **get_agent(agent).smoke}
     settings = RunSettings(
         agent=agent,
         scenario=scenario,
         scenario_overrides=sections.get("scenario", {}),
         model=sections.get("model", {}),
-        algo={**sections.get("algo", {}), **(algo or {})},
-        **given,
+        algo={**algo_defaults, **sections.get("algo", {}), **(algo or {})},
+        **_with_lifetime_interval({**run_defaults, **given}, "eval_interval" in given or not run_defaults),
     )
     sizes = {k: given[k] for k in SMOKE_SIZES if k in given}
     return with_smoke_sizes(settings, **sizes) if smoke else settings
@@ -306,7 +328,10 @@ def config_label(settings_dict: Mapping[str, Any]) -> str:
     (scenario overrides, model, algo, steps): runs with different labels are different
     configurations and are never averaged together. "" for the defaults."""
     keys = ("scenario_overrides", "model", "algo", "steps")
-    defaults = dataclasses.asdict(RunSettings())
+    try:  # the defaults of that agent on that scenario (lifetime scenarios have their own)
+        defaults = dataclasses.asdict(settings_from_config(settings_dict["agent"], settings_dict["scenario"], None))
+    except (KeyError, ValueError):  # a record of an agent or scenario that no longer exists
+        defaults = dataclasses.asdict(RunSettings())
     if all(settings_dict.get(k, defaults[k]) == defaults[k] for k in keys):
         return ""
     blob = json.dumps({k: settings_dict.get(k, defaults[k]) for k in keys}, sort_keys=True, default=str)
@@ -399,11 +424,17 @@ class Progress:
     def __init__(self, total: int, start_steps: int = 0) -> None:
         self.total, self.start_steps = total, start_steps
         self.start, self.tty = time.perf_counter(), sys.stderr.isatty()
+        self.first: tuple[int, float] | None = None  # (steps, time) at the first update
 
     def update(self, steps: int, metrics: Mapping[str, float], note: str = "") -> None:
-        elapsed = time.perf_counter() - self.start
+        now = time.perf_counter()
+        elapsed = now - self.start
         frac = min(1.0, steps / self.total)
-        rate = (steps - self.start_steps) / elapsed if elapsed > 0 else 0.0
+        # Time left from the iterations since the first one: a warm start before it is no guide.
+        if self.first is None:
+            self.first = (steps, now)
+        done, seconds = steps - self.first[0], now - self.first[1]
+        rate = done / seconds if done > 0 and seconds > 0 else (steps - self.start_steps) / max(elapsed, 1e-9)
         left = (self.total - steps) / rate if rate > 0 else float("nan")
         line = (
             f"[{'#' * int(frac * 24):<24}] {steps:>9,d}/{self.total:,d} steps  "
@@ -412,6 +443,12 @@ class Progress:
             f"~{max(left, 0.0):5.0f}s left {note}"
         )
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def status(self, text: str) -> None:
+        """A line of its own for what the run does besides iterating (a warm start, an evaluation)."""
+        elapsed = time.perf_counter() - self.start
+        line = f"{text}  ({elapsed:.0f}s)"
+        print(("\r" + line.ljust(100)) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.tty:
@@ -461,6 +498,8 @@ def train(
     progress = Progress(settings.steps, agent.env_steps)
     ckpt = run_dir / "checkpoint"
     observer.on_start(run_dir, agent.env_steps)
+    if getattr(agent, "warm_start_pending", False):  # minutes on lifetimes: say what the wait is
+        progress.status(f"warm start: {agent.warm_start_pending}")
     with StopSignals() as stop:
         while agent.env_steps < settings.steps:
             metrics = agent.train_iteration()
@@ -471,7 +510,7 @@ def train(
             note = ""
             if steps >= state["next_eval"]:
                 started = time.perf_counter()
-                ev = evaluate(agent.policy(), scenario, settings.eval_users, EVAL_SEED)
+                ev = evaluate(agent.policy(), scenario, settings.eval_users, EVAL_SEED, progress=progress.status)
                 seconds = time.perf_counter() - started
                 logger.evaluation(
                     ev.metrics,
@@ -574,7 +613,7 @@ def run_one(
             policy, steps = agent.policy(), agent.env_steps
         else:
             steps = 0
-        final = evaluate(policy, scenario, settings.final_eval_users, EVAL_SEED)
+        final = evaluate(policy, scenario, settings.final_eval_users, EVAL_SEED, progress=Progress(1).status)
         baseline = evaluate(RandomPolicy(seed=settings.seed), scenario, settings.final_eval_users, EVAL_SEED)
         common = dict(scenario=settings.scenario, seed=settings.seed)
         # What the policy says of its own serving (refits, their time, a deployed model's staleness).

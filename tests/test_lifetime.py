@@ -343,6 +343,50 @@ def test_lifetime_evaluations_report_retention_and_per_day_curves():
     assert ev.by_day.active_users.iloc[0] == 64 and np.all(np.diff(ev.by_day.retention.dropna()) <= 0)
 
 
+def test_long_evaluations_report_progress_with_the_day(monkeypatch):
+    from experiments import harness
+
+    monkeypatch.setattr(harness, "PROGRESS_SECONDS", 0.0)  # a line every step
+    said: list[str] = []
+    quiet = evaluate(SessionOracle(), life_cfg({"lifetime": {"horizon_days": 4.0}}), 16, seed=3)
+    ev = evaluate(SessionOracle(), life_cfg({"lifetime": {"horizon_days": 4.0}}), 16, seed=3, progress=said.append)
+    assert len(said) == len(ev.timeline)  # before every step
+    assert said[0].startswith("evaluating: step 0, 16 of 16 users live, day 0.")
+    days = [float(line.split("day ")[1].split(" of")[0]) for line in said]
+    assert np.all(np.diff(days) >= 0) and days[-1] <= 4.0 and said[-1].endswith("of 4")
+    np.testing.assert_equal(ev.metrics, quiet.metrics)  # reporting changes nothing
+
+
+def test_lifetime_runs_default_to_a_15_minute_budget_under_flags_and_config(tmp_path):
+    from dataclasses import asdict
+
+    from experiments import run
+    from experiments.runs import LIFETIME_ALGO_DEFAULTS, LIFETIME_RUN_DEFAULTS, config_label
+
+    life = run.settings_from_args(run.parse_args(["--scenario", "lifetime"]))
+    session = run.settings_from_args(run.parse_args(["--scenario", "mixed"]))
+    assert (life.steps, life.final_eval_users, life.eval_users) == tuple(
+        LIFETIME_RUN_DEFAULTS[k] for k in ("steps", "final_eval_users", "eval_users")
+    )
+    assert life.interval == life.steps // 2 and dict(life.algo) == LIFETIME_ALGO_DEFAULTS["ppo"]
+    assert (session.steps, session.final_eval_users, dict(session.algo)) == (250_000, 1024, {})
+    # Flags and the config file win; the interval follows the steps given; smoke sizes win too.
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("algo: {pretrain_epochs: 0}\n")
+    mine = run.settings_from_args(
+        run.parse_args(["--scenario", "lifetime", "--steps", "1000", "--final-eval-users", "8", "--config", str(cfg)])
+    )
+    assert (mine.steps, mine.interval, mine.final_eval_users, mine.algo["pretrain_epochs"]) == (1000, 500, 8, 0)
+    smoke = run.settings_from_args(run.parse_args(["--scenario", "lifetime", "--smoke"]))
+    assert smoke.steps == 512 and smoke.interval == 51
+    assert smoke.algo["log_users"] < LIFETIME_ALGO_DEFAULTS["ppo"]["log_users"]
+    # Agents without lifetime algo defaults get the run sizes only.
+    sasrec = run.settings_from_args(run.parse_args(["--agent", "sasrec", "--scenario", "lifetime"]))
+    assert dict(sasrec.algo) == {}
+    # compare.py labels configurations against these defaults: default lifetime runs pool unlabelled.
+    assert config_label(asdict(life)) == config_label(asdict(sasrec)) == "" != config_label(asdict(mine))
+
+
 # ------------------------------------------------------------ every agent on lifetimes
 @pytest.mark.parametrize("agent", sorted(__import__("agents.registry", fromlist=["AGENTS"]).AGENTS))
 def test_every_agent_runs_a_smoke_lifetime_through_the_harness(agent, tmp_path):
