@@ -10,6 +10,7 @@ serve_days days, and the evaluations keep their per-day curves (by_day) instead 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,16 @@ def plan_jobs(settings: StressSettings) -> list[dict[str, Any]]:
     train = settings.train_config()
     for run_dir in settings.loads:
         saved = load_run(run_dir)
-        if not same_regime(saved.scenario_config(), train):
+        cfg = saved.scenario_config()
+        if settings.temporal and cfg.world.lifetime.enabled and not same_regime(cfg, train):
+            lived = cfg.world.lifetime.horizon_days
+            relived = dataclasses.replace(cfg, world=dataclasses.replace(cfg.world, lifetime=train.world.lifetime))
+            if same_regime(relived, train):  # the same world but for the lives' horizon
+                raise ValueError(
+                    f"{run_dir} was trained on lives of {lived:g} days, not on days [0, {settings.train_days:g}) "
+                    f"(stress it with --train-days {lived:g})"
+                )
+        if not same_regime(cfg, train):
             raise ValueError(
                 f"{run_dir} was trained on '{saved.scenario}' with overrides "
                 f"{dict(saved.scenario_overrides)}, not on the training regime "
