@@ -91,6 +91,7 @@ def recovery_curves(
     x: str = "step",
     ratio: str = "engagement_ratio",
     unit: str = "steps",
+    ratio_label: str = "engagement / same policy without shock",
 ) -> Path:
     """Engagement normalised by each policy's own no-shock run (left) and, when `curves` has it,
     the served items' fit gap (right) around the shock at `shock_at`; mean over seeds with the
@@ -98,7 +99,7 @@ def recovery_curves(
     plt = _pyplot()
     agents = list(dict.fromkeys(curves.agent))
     colours = agent_colours(agents)
-    panels = [(ratio, "engagement / same policy without shock")]
+    panels = [(ratio, ratio_label)]
     if "fit_gap" in curves:
         panels.append(("fit_gap", "fit of served items: shocked - no shock"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)

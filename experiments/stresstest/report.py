@@ -120,7 +120,14 @@ def make_plots(settings: StressSettings, res: StressResult, out: Path) -> dict[s
         paths["degradation"] = plots.degradation_by_day(res.by_day, res.weekly, out / "degradation_by_day.png")
         if len(res.curves):
             paths["recovery"] = plots.recovery_curves(
-                res.curves, settings.shock_day, settings.recovery_level, out / "recovery.png", "day", "relative", "days"
+                res.curves,
+                settings.shock_day,
+                settings.recovery_level,
+                out / "recovery.png",
+                x="day",
+                ratio="relative",
+                unit="days",
+                ratio_label="watch per active user / same policy without shock",
             )
         return paths
     if len(res.curves):
