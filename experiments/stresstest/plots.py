@@ -119,7 +119,7 @@ def recovery_curves(
     axes[0].set_ylim(min(0.8, lo - 0.05), 1.25)  # late steps with few users in session can spike
     axes[0].axhline(level, color="0.5", linestyle=":", linewidth=1)
     axes[0].text(axes[0].get_xlim()[0], level, f" {level:.0%} of pre-shock", va="bottom", fontsize=8, color="0.4")
-    axes[0].set_title("engagement around the shock")
+    axes[0].set_title(f"{ratio_label.split(' / ')[0]} around the shock")
     if len(axes) > 1:
         axes[1].axhline(0.0, color="0.5", linestyle=":", linewidth=1)
         axes[1].set_title("how recommendations follow the new interests")
@@ -152,6 +152,8 @@ def degradation_by_day(relative: pd.DataFrame, weekly: pd.DataFrame, path: Path)
             err = np.vstack([w.relative - w.relative_lo, w.relative_hi - w.relative]).clip(0)
             ax.errorbar(mid, w.relative, yerr=np.nan_to_num(err), color=colours[agent], marker="o", ms=4, label=agent)
         ax.axhline(1.0, color="0.7", linestyle=":", linewidth=1)
+        top = np.nanmax(weekly.relative.to_numpy(float), initial=1.0)
+        ax.set_ylim(0.0, float(np.clip(top + 0.3, 1.5, 3.0)))  # few seeds: t intervals can reach far
         ax.set_title(f"{family} x{mag:g}", fontsize=10)
         ax.set_xlabel("days since training")
         ax.grid(alpha=0.3)

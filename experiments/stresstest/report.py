@@ -388,7 +388,8 @@ def _temporal_sections(settings: StressSettings, res: StressResult, out: Path, p
             "user is divided by its own on the same users without the shock. Common random numbers make each "
             "user's life the same in both runs until the shock, except for what users share (social influence, "
             "the catalog's moving popularity): users' clocks diverge, so one already past the shock day sways "
-            "others still before it, and the curves can differ a little before the shock day.",
+            "others still before it, and the daily ratio moves before the shock day too (hence a pre-shock "
+            "level over a whole week and a 3-day mean).",
             "",
             f"![recovery curves]({paths['recovery'].name})",
             "",
