@@ -6,7 +6,8 @@ is, so the experiment drivers never keep lists of names:
 
   trains    it has a training loop (a TrainableAgent: --steps, checkpoints, --resume);
   online    it learns while it serves (observe()), so a stress test warms it up first;
-  retrains  it refits on the data its own serving produced (`retrain_every`): NAME-retrain;
+  retrains  it refits on the data its own serving produced: NAME-retrain (every k served steps,
+            `retrain_every`) and, on lifetime scenarios, NAME-retrain-<D>d (every D days, `retrain_every_days`);
   uses_ray  it takes a Ray address and env-runner processes;
   uses_device  it trains torch models (--device applies);
   smoke     its `algo:` settings at the toy sizes of --smoke.
@@ -18,6 +19,7 @@ validated in `__post_init__`), add a factory to agents/factory.py, and one entry
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,8 @@ from typing import Any
 from simulator.params import apply_overrides
 
 RETRAIN_SUFFIX = "-retrain"  # NAME-retrain: a `retrains` agent refitting as it serves
+# NAME-retrain-<D>d: refitting every D days of a calendar (lifetime scenarios), as SupervisedParams names it.
+_DAYS_VARIANT = re.compile(rf"^(?P<base>.+){RETRAIN_SUFFIX}-(?P<days>[0-9]+(?:\.[0-9]+)?)d$")
 
 
 @dataclass(frozen=True)
@@ -187,11 +191,38 @@ def get_agent(name: str) -> AgentSpec:
 
 
 def parse_variant(name: str) -> tuple[AgentSpec, bool]:
-    """(entry, retrains) of a name that may carry the -retrain suffix ("sasrec-retrain")."""
-    if name.endswith(RETRAIN_SUFFIX) and name not in AGENTS:
-        spec = get_agent(name[: -len(RETRAIN_SUFFIX)])
-        if not spec.retrains:
-            retrainable = [a for a, s in AGENTS.items() if s.retrains]
-            raise ValueError(f"'{name}': only {' and '.join(retrainable)} retrain ({RETRAIN_SUFFIX})")
-        return spec, True
-    return get_agent(name), False
+    """(entry, retrains) of a name that may carry a refitting suffix: NAME-retrain (every k served
+    steps, "sasrec-retrain") or NAME-retrain-<D>d (every D days of a calendar, "sasrec-retrain-7d")."""
+    if name in AGENTS:
+        return AGENTS[name], False
+    base = variant_base(name)
+    if base == name:
+        return get_agent(name), False  # unknown: the error lists the valid names
+    spec = get_agent(base)
+    if not spec.retrains:
+        retrainable = [a for a, s in AGENTS.items() if s.retrains]
+        raise ValueError(f"'{name}': only {' and '.join(retrainable)} retrain ({RETRAIN_SUFFIX})")
+    if retrain_days(name) == 0:
+        raise ValueError(f"'{name}': a cadence in days must be > 0 (NAME{RETRAIN_SUFFIX}-7d refits every 7 days)")
+    return spec, True
+
+
+def variant_base(name: str) -> str:
+    """The registry name under a refitting suffix ("sasrec-retrain-7d" -> "sasrec"); other names unchanged."""
+    if name in AGENTS:
+        return name
+    match = _DAYS_VARIANT.match(name)
+    if match:
+        return match["base"]
+    return name[: -len(RETRAIN_SUFFIX)] if name.endswith(RETRAIN_SUFFIX) else name
+
+
+def retrain_days(name: str) -> float | None:
+    """D of a NAME-retrain-<D>d variant (its refit cadence in days); None for any other name."""
+    match = None if name in AGENTS else _DAYS_VARIANT.match(name)
+    return float(match["days"]) if match else None
+
+
+def days_variant(name: str, days: float) -> str:
+    """The name of `name` refitting every `days` days: NAME-retrain-<D>d (SupervisedParams.name_suffix)."""
+    return f"{name}{RETRAIN_SUFFIX}-{days:g}d"

@@ -608,12 +608,20 @@ class SupervisedRecommender:
         net = copy.deepcopy(self.net).eval()
         return net.requires_grad_(False)
 
-    def with_retraining(self, retrain_every: int) -> SupervisedRecommender:
-        """A copy of this (fitted) recommender that refits every `retrain_every` served steps."""
-        check_int("algo", "retrain_every", retrain_every, 1)
+    def with_retraining(self, retrain_every: int = 0, days: float = 0.0) -> SupervisedRecommender:
+        """A copy of this (fitted) recommender that refits every `retrain_every` served steps or,
+        on a lifetime scenario, every `days` days from its deployment day (one of the two)."""
+        check_int("algo", "retrain_every", retrain_every, 0)
+        check_range("algo", "retrain_every_days", days, 0.0, MAX_DAYS)
+        if bool(retrain_every) == bool(days):
+            raise ValueError("with_retraining takes one cadence: retrain_every (served steps) or days")
+        if days and not self.lifetime:
+            raise ValueError("algo.retrain_every_days is for lifetime scenarios: this env has no calendar")
         other = copy.deepcopy(self)
-        other.params = dataclasses.replace(self.params, retrain_every=retrain_every)
+        other.params = dataclasses.replace(self.params, retrain_every=retrain_every, retrain_every_days=float(days))
         other.name = self.kind + other.params.name_suffix
+        other._dated = self.lifetime and (self.serves_from_day > 0 or days > 0)
+        other._start_serving()  # a calendar deployment starts again from the fitted version 0
         return other
 
     # ------------------------------------------------------------------ Policy

@@ -4,6 +4,8 @@
   python experiments/stress.py --agents sasrec bandit --families cognitive shock --magnitudes 0 1 2
   python experiments/stress.py --load runs/stationary/ppo/0-* --agents sasrec bandit
   python experiments/stress.py --smoke              # the whole pipeline at toy sizes (under 2 minutes)
+  python experiments/stress.py --train-scenario lifetime --agents sasrec sasrec-retrain-7d bandit popularity
+  python experiments/stress.py --smoke --train-scenario lifetime   # temporal mode at toy sizes
 
 Every agent is trained (or loaded from a run directory with --load) under --train-scenario
 (default stationary: no drift) and then evaluated, on the same users, under the training regime
@@ -12,6 +14,13 @@ the family off, 1 is its default strength, 2 doubles it). The shock family is a 
 every user's interests at --shock-step toward another taste community, which also drives the
 recovery analysis. Writes to --out: report.md, robustness.{md,csv}, recovery.csv, grid.csv,
 timelines.csv, PNG plots and TensorBoard events (tb/). A thin front end over experiments/stresstest/.
+
+Temporal mode (a training scenario with a calendar, e.g. lifetime): agents learn from days
+[0, --train-days) and serve lives of --serve-days days under each family and magnitude; the shock
+is a sudden shift dated --shock-day; NAME-retrain becomes NAME-retrain-<D>d for each cadence of
+--retrain-days (or name one: sasrec-retrain-7d); the reference defaults to oracle-lifetime. It
+reports the relative watch per active user by week since training (degradation_by_week.csv,
+degradation_by_day.png, by_day.csv) and the recovery in days after the shock.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.registry import RETRAIN_SUFFIX, get_agent
+from envs.config import PRESETS, make_scenario
 from experiments.runs import SMOKE_MODEL, SMOKE_SCENARIO, load_config_sections
 from experiments.stresstest import (
     DEFAULT_AGENTS,
@@ -35,7 +45,13 @@ from experiments.stresstest import (
     write_outputs,
 )
 from experiments.stresstest.report import recovery_markdown, robustness_markdown
-from experiments.stresstest.settings import base_agent
+from experiments.stresstest.settings import (
+    SESSION_REFERENCE,
+    SMOKE_LIFETIME_SCENARIO,
+    STRESS_SMOKE_LIFETIME,
+    TEMPORAL_DEFAULTS,
+    base_agent,
+)
 from simulator.params import merge_overrides
 
 
@@ -59,8 +75,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--eval-users", type=int, default=None, help=f"evaluation users per regime (default: {d.eval_users})"
     )
-    p.add_argument("--reference", default=d.reference, help=f"regret reference (default: {d.reference})")
-    p.add_argument("--shock-step", type=int, default=None, help=f"step of the shock (default: {d.shock_step})")
+    p.add_argument(
+        "--reference", default=None, help="regret reference (default: oracle-lookahead; temporal: oracle-lifetime)"
+    )
+    p.add_argument(
+        "--shock-step", type=int, default=None, help=f"step of the shock, session scenarios (default: {d.shock_step})"
+    )
+    p.add_argument("--train-days", type=float, default=None, help="temporal: trained on days [0, D) (default: 30)")
+    p.add_argument("--serve-days", type=float, default=None, help="temporal: days of the lives served (default: 90)")
+    p.add_argument(
+        "--shock-day",
+        type=float,
+        default=None,
+        help="temporal: day of the shock (default: a quarter into the serving window, 45)",
+    )
+    p.add_argument(
+        "--retrain-days",
+        nargs="+",
+        type=float,
+        default=None,
+        help=f"temporal: refit cadences (days) that NAME{RETRAIN_SUFFIX} stands for (default: 7 1)",
+    )
     p.add_argument(
         "--recovery-magnitude",
         type=float,
@@ -70,8 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--retrain-every",
         type=int,
-        default=d.retrain_every,
-        help=f"served steps between refits of *{RETRAIN_SUFFIX} agents (default: {d.retrain_every})",
+        default=None,
+        help=f"served steps between refits of *{RETRAIN_SUFFIX} agents, session scenarios (default: {d.retrain_every})",
     )
     p.add_argument(
         "--load",
@@ -104,12 +139,17 @@ def settings_from_args(args: argparse.Namespace) -> StressSettings:
     kw: dict[str, Any] = {}
     algo: dict[str, dict[str, Any]] = {}
     agents = tuple(args.agents) if args.agents is not None else (() if args.load else DEFAULT_AGENTS)
-    stressed = {base_agent(a) for a in agents} | {args.reference}
+    temporal = _has_calendar(args.train_scenario)
+    reference = args.reference or (TEMPORAL_DEFAULTS["reference"] if temporal else SESSION_REFERENCE)
+    stressed = {base_agent(a) for a in agents} | {reference}
     if args.smoke:  # toy sizes first: flags and the config file override them
         kw.update(STRESS_SMOKE, scenario_overrides=SMOKE_SCENARIO, model=SMOKE_MODEL)
+        if temporal:
+            kw.update(STRESS_SMOKE_LIFETIME, scenario_overrides=SMOKE_LIFETIME_SCENARIO)
+            del kw["shock_step"]
         algo = {name: dict(get_agent(name).smoke) for name in stressed if get_agent(name).smoke}
     kw["agents"] = agents
-    for name in ("families", "magnitudes", "seeds"):
+    for name in ("families", "magnitudes", "seeds", "retrain_days"):
         if getattr(args, name) is not None:
             kw[name] = tuple(getattr(args, name))
     if args.config:
@@ -123,21 +163,31 @@ def settings_from_args(args: argparse.Namespace) -> StressSettings:
                     "(stress configs key algo: by agent name)"
                 )
             algo[agent] = {**algo.get(agent, {}), **settings}
-    for name in ("steps", "eval_users", "shock_step"):
+    for name in ("steps", "eval_users", "shock_step", "train_days", "serve_days", "shock_day", "retrain_every"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
+    for flag, name in (("--shock-step", "shock_step"), ("--retrain-every", "retrain_every")):
+        if temporal and getattr(args, name) is not None:
+            raise ValueError(
+                f"{flag} is for session scenarios: '{args.train_scenario}' has a calendar "
+                "(--shock-day dates the shock, --retrain-days sets the refit cadences)"
+            )
     kw.update(
         train_scenario=args.train_scenario,
         reference=args.reference,
         loads=tuple(args.load),
         algo=algo,
         recovery_magnitude=args.recovery_magnitude,
-        retrain_every=args.retrain_every,
         device=args.device,
     )
     if args.parallel < 1:
         raise ValueError("--parallel must be >= 1")
     return StressSettings(**kw)
+
+
+def _has_calendar(scenario: str) -> bool:
+    """Whether a preset has a calendar (temporal mode); an unknown name is left to StressSettings."""
+    return scenario in PRESETS and make_scenario(scenario).world.lifetime.enabled
 
 
 def main(argv: list[str] | None = None) -> int:

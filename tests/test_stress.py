@@ -262,3 +262,241 @@ def test_smoke_trains_ppo_then_load_stresses_its_checkpoint(tmp_path):
     assert len(ppo(trained)) == 2
     np.testing.assert_allclose(ppo(loaded), ppo(trained))
     assert is_png(tmp_path / "load" / "recovery.png")
+
+
+# ------------------------------------------------------------------ temporal mode (lifetimes)
+# Tiny lives of 6 days, trained on days [0, 2), shocked on day 4. Social influence and the catalog's
+# moving popularity are off: they couple users whose clocks diverge (one already past the shock sways
+# another still before it); without them common random numbers make a shocked life identical to the
+# calm one until the shock.
+TINY_LIFE = {
+    "catalog": {"n_items": 100, "popularity_memory": 0.0},
+    "env": {"num_candidates": 8, "history_len": 8},
+    "lifetime": {"horizon_days": 6},
+    "social": {"enabled": False},
+}
+TINY_LIFE_ALGO = {"sasrec": {"log_users": 16, "epochs": 1, "batch_size": 128, "refit_batches": 4}}
+
+
+def tiny_temporal(**kw) -> stresstest.StressSettings:
+    base = dict(
+        agents=("bandit", "sasrec", "sasrec-retrain"),
+        families=("shock", "cognitive"),
+        seeds=(0, 1),
+        magnitudes=(0.0, 1.0, 2.0),
+        eval_users=8,
+        train_scenario="lifetime",
+        scenario_overrides=TINY_LIFE,
+        model=TINY_MODEL,
+        algo=TINY_LIFE_ALGO,
+        train_days=2.0,
+        serve_days=6.0,
+        shock_day=4.0,
+        retrain_days=(1.0,),
+    )
+    return stresstest.StressSettings(**{**base, **kw})
+
+
+def by_day_frame(curves: dict[tuple[str, float], np.ndarray], agent="a", seed=0, active=10) -> pd.DataFrame:
+    """The harness's per-day rows of one agent and seed: {(family, magnitude): watch per active user [days]}."""
+    return pd.concat(
+        [
+            pd.DataFrame(
+                dict(agent=agent, seed=seed, family=f, magnitude=m, day=np.arange(len(w)), active_users=active)
+            ).assign(watch_per_active_user=w)
+            for (f, m), w in curves.items()
+        ],
+        ignore_index=True,
+    )
+
+
+def test_relative_watch_is_binned_by_week_since_training():
+    # 30 days, trained on [0, 10): the drifted curve loses 1% of the calm one per day from day 10 on.
+    days = np.arange(30)
+    calm = 20.0 + 5.0 * np.sin(days)  # any calm curve: the ratio removes it
+    drifted = calm * np.where(days < 10, 1.0, 1.0 - 0.01 * (days - 10))
+    frames = [by_day_frame({("none", 0.0): calm, ("cognitive", 2.0): drifted}, seed=s, active=10) for s in (0, 1)]
+    frames[1].loc[(frames[1].family == "cognitive"), "watch_per_active_user"] *= 0.9  # seed 1: 10% lower
+    rel = sa.relative_by_day(pd.concat(frames, ignore_index=True), train_days=10, n_users=20)
+    assert (rel[rel.day < 10].week == -1).all() and rel[rel.day == 17].week.unique().tolist() == [1]
+    weekly = sa.weekly_degradation(rel)
+    assert set(weekly.family) == {"cognitive"}  # the no-drift rows are the baseline, not a row
+    w = weekly.set_index("week")
+    # Week k holds days since training 7k..7k+6: seed 0's mean is 1 - 0.01 (7k + 3), seed 1's 0.9 x that.
+    expected = [(1.0 - 0.01 * (7 * k + 3)) * 0.95 for k in (0, 1)] + [(1.0 - 0.01 * 16.5) * 0.95]  # week 2: days 14-19
+    np.testing.assert_allclose(w.relative, expected)
+    assert w.days_from.tolist() == [0, 7, 14] and w.days_to.tolist() == [6, 13, 19]
+    assert (w.seeds == 2).all() and (w.relative_lo < w.relative).all() and (w.relative < w.relative_hi).all()
+    # Days with fewer than MIN_ACTIVE_SHARE of the users active say nothing.
+    thin = sa.relative_by_day(by_day_frame({("none", 0.0): calm}, active=1), train_days=10, n_users=20)
+    assert thin.relative.isna().all()
+    with pytest.raises(ValueError, match="no no-drift evaluation"):
+        sa.relative_by_day(by_day_frame({("shock", 1.0): calm}), train_days=10, n_users=20)
+
+
+def test_recovery_in_days_after_a_dated_shock():
+    # Relative watch 1 until day 20, 0.5 on it, then back up 0.05 a day: 90% again on day 28 (8 days).
+    calm = np.full(40, 10.0)
+    frame = by_day_frame({("none", 0.0): calm, ("shock", 1.0): calm * v_curve(shock=20, n=40)}, active=10)
+    rel = sa.relative_by_day(frame, train_days=10, n_users=10)
+    shocked = rel[rel.family == "shock"]
+    m = sa.dated_recovery_metrics(shocked, None, shock_day=20.0, n_users=10)
+    # 3-day trailing mean: (0.85 + 0.9 + 0.95) / 3 = 0.9 on day 29, 9 days after the shock.
+    assert m["recovery_days"] == 9
+    assert m["recovery_days_95"] == 10  # (0.9 + 0.95 + 1) / 3 on day 30
+    assert m["dip"] == 0.5
+    # Minutes per user from day 20 on: 10 x the curve's sum, every user active every day.
+    np.testing.assert_allclose(m["post_shock_return"], 10.0 * v_curve(shock=20, n=40)[20:].sum())
+    assert np.isnan(m["post_shock_regret"])
+    ref = frame[frame.family == "none"].assign(watch_per_active_user=12.0)
+    np.testing.assert_allclose(
+        m["post_shock_return"] + sa.dated_recovery_metrics(shocked, ref, 20.0, 10)["post_shock_regret"], 20 * 12.0
+    )
+    # A shock within a day counts from that day; no recovery within the lives: NaN.
+    flat = by_day_frame({("none", 0.0): calm, ("shock", 1.0): calm * v_curve(shock=20, climb=0.0, n=40)})
+    rel = sa.relative_by_day(flat, train_days=10, n_users=10)
+    assert np.isnan(sa.dated_recovery_metrics(rel[rel.family == "shock"], None, 20.5, 10)["recovery_days"])
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(shock_day=6.0), r"shock_day must lie in the serving window \(2, 6\)"),
+        (dict(shock_day=2.0), r"shock_day must lie in the serving window"),
+        (dict(serve_days=2.0, shock_day=None), "serve_days must exceed train_days"),
+        (dict(retrain_days=(0.0,)), "retrain_days"),
+        (dict(agents=("bandit-retrain-7d",)), "only sasrec and gru4rec retrain"),
+        (dict(algo={"sasrec": {"train_days": 3}}), "algo.sasrec.train_days: the stress test sets it"),
+        (
+            dict(train_scenario="stationary", scenario_overrides=TINY, shock_day=None, serve_days=None),
+            "train_days is for training scenarios with a calendar",
+        ),
+        (
+            dict(
+                train_scenario="stationary",
+                scenario_overrides=TINY,
+                train_days=None,
+                serve_days=None,
+                shock_day=None,
+                retrain_days=None,
+                agents=("sasrec-retrain-7d",),
+            ),
+            "refits every 7 days: for training scenarios with a calendar",
+        ),
+    ],
+)
+def test_bad_temporal_settings_are_clear_errors(kw, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_temporal(**kw)
+
+
+def test_temporal_settings_resolve_defaults_variants_and_regimes():
+    s = stresstest.StressSettings(train_scenario="lifetime", agents=("sasrec", "sasrec-retrain", "bandit"))
+    assert (s.train_days, s.serve_days, s.shock_day, s.retrain_days) == (30.0, 90.0, 45.0, (7.0, 1.0))
+    assert s.agents == ("sasrec", "sasrec-retrain-7d", "sasrec-retrain-1d", "bandit")
+    assert s.reference == "oracle-lifetime" and stresstest.StressSettings().reference == "oracle-lookahead"
+    assert s.train_config().world.lifetime.horizon_days == 30 and s.serve_config().world.lifetime.horizon_days == 90
+    assert s.agent_algo("sasrec") == {"train_days": 30.0} and s.agent_algo("bandit") == {}
+    t = tiny_temporal()
+    regimes = {(f, m): cfg for f, m, cfg in t.regimes()}
+    # Magnitude 1 of a preset family is the preset itself, and shock 0 adds nothing: the no-drift run stands in.
+    assert set(t.stand_ins()) == {("shock", 0.0), ("cognitive", 1.0)}
+    assert set(regimes) == {("none", 0.0), ("shock", 1.0), ("shock", 2.0), ("cognitive", 0.0), ("cognitive", 2.0)}
+    calm, shocked = regimes["none", 0.0].world.shock.events, regimes["shock", 2.0].world.shock.events
+    assert shocked[: len(calm)] == calm  # the preset's own events, then the dated one
+    assert (shocked[-1].kind, shocked[-1].day, shocked[-1].fraction, shocked[-1].strength) == ("sudden", 4.0, 1.0, 1.0)
+    assert regimes["shock", 1.0].world.shock.events[-1].strength == pytest.approx(0.8)
+    # settings.json round trip: the resolved settings construct the same settings again.
+    assert stresstest.StressSettings(**{**t.__dict__}) == t
+
+
+def test_temporal_flags_on_a_session_preset_exit_2(tmp_path, capsys):
+    assert stress.main(["--train-days", "10", "--out", str(tmp_path / "a")]) == 2
+    assert "train_days is for training scenarios with a calendar" in capsys.readouterr().err
+    argv = ["--train-scenario", "lifetime", "--serve-days", "20", "--train-days", "30", "--out", str(tmp_path / "b")]
+    assert stress.main(argv) == 2
+    assert "serve_days must exceed train_days" in capsys.readouterr().err
+    assert stress.main(["--train-scenario", "lifetime", "--shock-step", "3", "--out", str(tmp_path / "c")]) == 2
+    assert "--shock-step is for session scenarios" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_temporal_run(tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("temporal")
+    settings = tiny_temporal()
+    return settings, stresstest.stress(settings, out), out
+
+
+def test_tiny_temporal_grid_writes_weekly_tables_recovery_and_plots(tiny_temporal_run):
+    settings, res, out = tiny_temporal_run
+    for name in ("report.md", "robustness.csv", "grid.csv", "by_day.csv", "degradation_by_week.csv", "recovery.csv"):
+        assert (out / name).stat().st_size > 0, name
+    for name in ("robustness.png", "degradation_by_day.png", "recovery.png"):
+        assert is_png(out / name), name
+    assert not (out / "timelines.csv").exists()
+    report = (out / "report.md").read_text()
+    for section in (
+        "## Degradation against days since training",
+        "## Recovery after the dated shock",
+        "](degradation_by_day.png)",
+        "| sasrec-retrain-1d | every 1 d |",
+        "Settings given",
+    ):
+        assert section in report, section
+    agents = {"bandit", "sasrec", "sasrec-retrain-1d", "oracle-lifetime"}
+    assert set(res.grid.agent) == agents and set(res.recovery.agent) == agents
+    weekly = pd.read_csv(out / "degradation_by_week.csv")
+    assert set(weekly.week) == {0} and weekly.days_to.max() == 3  # days 2..5 are days 0..3 since training
+    assert {(f, m) for f, m in zip(weekly.family, weekly.magnitude)} == {
+        ("shock", 0.0),
+        ("shock", 1.0),
+        ("shock", 2.0),
+        ("cognitive", 0.0),
+        ("cognitive", 1.0),
+        ("cognitive", 2.0),
+    }
+    table = pd.read_csv(out / "robustness.csv")
+    assert (table[(table.family == "cognitive") & (table.magnitude == 1)].relative_return == 1).all()
+    assert list((out / "tb").rglob("events.out.tfevents.*"))
+    # The refitting variant refits from day 3 on: from the same fit, different numbers.
+    g = res.grid.set_index(["agent", "seed", "family", "magnitude"]).return_mean
+    assert not np.allclose(g["sasrec"].to_numpy(), g["sasrec-retrain-1d"].to_numpy())
+
+
+def test_tiny_temporal_shock_acts_only_from_its_day(tiny_temporal_run):
+    """Common random numbers: a life with the dated shock is the calm life until the shock day."""
+    settings, res, _ = tiny_temporal_run
+    shocked = res.by_day[(res.by_day.family == "shock") & (res.by_day.magnitude == 2.0)]
+    before, after = shocked[shocked.day < settings.shock_day], shocked[shocked.day >= settings.shock_day]
+    np.testing.assert_array_equal(before.watch, before.watch_no_drift)
+    assert (after.watch != after.watch_no_drift).any()
+    # Cognitive drift acts on every gap between visits: it changes lives from the first one.
+    cognitive = res.by_day[(res.by_day.family == "cognitive") & (res.by_day.magnitude == 2.0)]
+    assert (cognitive.watch != cognitive.watch_no_drift).any()
+
+
+def test_temporal_report_only_redoes_the_outputs(tiny_temporal_run):
+    _, _, out = tiny_temporal_run
+    before = pd.read_csv(out / "degradation_by_week.csv")
+    (out / "report.md").unlink()
+    assert stress.main(["--report-only", str(out)]) == 0
+    assert "## Recovery after the dated shock" in (out / "report.md").read_text()
+    pd.testing.assert_frame_equal(pd.read_csv(out / "degradation_by_week.csv"), before)
+
+
+def test_day_cadence_variants_parse_and_match_the_supervised_names():
+    from agents.registry import days_variant, get_agent, parse_variant, retrain_days, variant_base
+    from agents.supervised import SupervisedParams
+
+    name = "sasrec" + SupervisedParams(retrain_every_days=7).name_suffix
+    assert name == days_variant("sasrec", 7.0) == "sasrec-retrain-7d"
+    assert parse_variant(name) == (get_agent("sasrec"), True) and retrain_days(name) == 7.0
+    assert retrain_days("gru4rec-retrain-0.5d") == 0.5 and variant_base("gru4rec-retrain-0.5d") == "gru4rec"
+    assert retrain_days("sasrec-retrain") is None and variant_base("sasrec-retrain") == "sasrec"
+    with pytest.raises(ValueError, match="must be > 0"):
+        parse_variant("sasrec-retrain-0d")
+    with pytest.raises(ValueError, match="unknown agent 'sasrec-retrain-xd'"):
+        parse_variant("sasrec-retrain-xd")

@@ -412,6 +412,21 @@ def test_each_version_trains_on_rows_dated_before_its_cutoff():
     assert 0 < ev.metrics["return_served_mean"] < ev.metrics["return_mean"] and ev.metrics["served_users"] > 0
 
 
+def test_with_retraining_in_days_is_the_deployment_built_with_that_cadence():
+    """The stress test fits once and copies: the copy refitting every day serves exactly as the
+    recommender built to refit every day (same seed, same logs), and the original stays put."""
+    cfg = make_scenario("lifetime", LIFE)
+    plain = deployed(0.0)
+    copy_ = plain.with_retraining(days=1.0)
+    assert copy_.name == "sasrec-retrain-1d" and plain.name == "sasrec"
+    built = deployed(1.0)
+    a, b = evaluate(copy_, cfg, n_users=16, seed=5), evaluate(built, cfg, n_users=16, seed=5)
+    assert copy_.n_refits == built.n_refits >= 1 and plain.n_refits == 0
+    assert a.metrics["return_mean"] == b.metrics["return_mean"]
+    with pytest.raises(ValueError, match="one cadence"):
+        plain.with_retraining(3, days=1.0)
+
+
 def test_a_user_is_served_the_newest_version_from_before_their_day_and_never_one_after_it():
     rec = deployed(0.25)
     watch = Deployment(rec)

@@ -5,11 +5,16 @@ training regime itself (no added drift). Timelines hold the harness's per-step c
 same evaluations. Every evaluation of a seed uses the same users and the same simulator noise
 (common random numbers), so a drifted run and the no-drift run of the same policy are identical
 until the drift acts: their ratio isolates the drift's effect from the within-session trend.
+
+Temporal mode (lifetime scenarios) measures the same way on the harness's per-day curves
+(by_day): watch per active user on each calendar day relative to the same agent and seed's
+no-drift curve, binned by weeks since the training days ended, and the recovery, in days, from
+the shock dated shock_day.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,6 +25,19 @@ from experiments.stats import mean_interval
 from experiments.stresstest.settings import NO_DRIFT, StressSettings
 
 MIN_ACTIVE_SHARE = 0.1  # per-step curves stop where fewer than this share of users are still in session
+# Recovery in days (temporal mode): the pre-shock level over a week (a whole weekly season), a
+# 3-day trailing mean, and a fall counts when it starts within two weeks of the shock.
+DAY_RECOVERY = dict(pre_window=7, window=3, horizon=14)
+KEYS = ["agent", "seed", "family", "magnitude"]  # one evaluation
+
+
+def with_stand_ins(frame: pd.DataFrame, stand_ins) -> pd.DataFrame:
+    """`frame` plus, for each (family, magnitude) of `stand_ins` (regimes equal to the one without
+    added drift, not evaluated again), a copy of its no-drift rows labelled with them; column
+    stand_in marks the copies."""
+    calm = frame[frame.family == NO_DRIFT]
+    copies = [calm.assign(family=f, magnitude=float(m)) for f, m in stand_ins]
+    return pd.concat([frame.assign(stand_in=False), *(c.assign(stand_in=True) for c in copies)], ignore_index=True)
 
 
 def add_relative(grid: pd.DataFrame, reference: pd.DataFrame | None) -> pd.DataFrame:
@@ -247,15 +265,15 @@ def recovery_table(
     recovery: pd.DataFrame,
     metrics=("recovery_time", "recovery_time_95", "reaction_time", "dip", "post_shock_return", "post_shock_regret"),
 ) -> pd.DataFrame:
-    """Per agent: mean over seeds and 95% t interval of each recovery metric (NaN seeds are
-    counted in `not_recovered`)."""
+    """Per agent: mean over seeds and 95% t interval of each recovery metric (NaN seeds of the
+    first metric, the recovery time, are counted in `not_recovered`)."""
     rows = []
     for agent, g in recovery.groupby("agent", sort=False):
         rows.append(
             dict(
                 agent=agent,
                 seeds=int(g.seed.nunique()),
-                not_recovered=int(g.recovery_time.isna().sum()),
+                not_recovered=int(g[metrics[0]].isna().sum()),
                 **_mean_ci(g, metrics),
             )
         )
@@ -270,28 +288,136 @@ def homogenisation_curve(timeline: pd.DataFrame, n_users: int) -> np.ndarray:
     return np.where(timeline.active_users.to_numpy() >= MIN_ACTIVE_SHARE * n_users, h, np.nan)
 
 
+# ------------------------------------------------------------------ temporal mode
+def relative_by_day(by_day: pd.DataFrame, train_days: float, n_users: int) -> pd.DataFrame:
+    """Each evaluation's watch per active user per calendar day relative to the same agent and
+    seed's no-drift curve.
+
+    by_day: rows agent, seed, family, magnitude, day, active_users, watch_per_active_user (the
+    harness's per-day curves, family "none" among them). Returns one row per input row: the keys,
+    day, since (days since training: day - train_days), week (whole weeks since training; -1
+    before train_days), active_users, watch, watch_no_drift and relative (NaN on days when fewer
+    than MIN_ACTIVE_SHARE of the users were active in either run).
+    """
+    calm = by_day[by_day.family == NO_DRIFT].set_index(["agent", "seed", "day"])
+    if calm.index.duplicated().any():
+        raise ValueError("the per-day curves hold more than one no-drift evaluation per agent and seed")
+    keys = pd.MultiIndex.from_frame(by_day[["agent", "seed", "day"]])
+    missing = set(keys.droplevel("day")) - set(calm.index.droplevel("day"))
+    if missing:
+        raise ValueError(f"no no-drift evaluation for (agent, seed) {sorted(missing)[0]}")
+    base = calm.reindex(keys)
+    enough = MIN_ACTIVE_SHARE * n_users
+    keep = (by_day.active_users.to_numpy() >= enough) & (base.active_users.to_numpy() >= enough)
+    watch, watch_calm = by_day.watch_per_active_user.to_numpy(float), base.watch_per_active_user.to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.where(keep & (watch_calm > 0), watch / watch_calm, np.nan)
+    since = by_day.day.to_numpy(float) - train_days
+    return by_day[KEYS + ["day"]].assign(
+        since=since,
+        week=np.where(since >= 0, np.floor(since / 7.0), -1).astype(int),
+        active_users=by_day.active_users.to_numpy(),
+        watch=watch,
+        watch_no_drift=watch_calm,
+        relative=relative,
+    )
+
+
+def weekly_degradation(relative: pd.DataFrame) -> pd.DataFrame:
+    """One row per agent x family x magnitude x week since training (days 0-6, 7-13, ... after
+    train_days; family "none" left out): each seed's mean relative watch over the week's days
+    (`relative_by_day`), then the mean over seeds and its 95% t interval (relative, relative_lo,
+    relative_hi), with seeds, days_from and days_to (days since training the week spans)."""
+    r = relative[(relative.week >= 0) & (relative.family != NO_DRIFT)]
+    groups = ["agent", "family", "magnitude", "week"]
+    per_seed = r.groupby(groups + ["seed"], sort=False).agg(relative=("relative", "mean"), last=("since", "max"))
+    rows = []
+    for (agent, family, magnitude, week), g in per_seed.reset_index().groupby(groups, sort=False):
+        rows.append(
+            dict(
+                agent=agent,
+                family=family,
+                magnitude=float(magnitude),
+                week=int(week),
+                days_from=7 * int(week),
+                days_to=int(g["last"].max()),
+                seeds=int(g.seed.nunique()),
+                **_mean_ci(g, ("relative",)),
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+def daily_watch(by_day: pd.DataFrame, n_users: int) -> np.ndarray:
+    """[days] minutes watched per evaluation user on each day (users away or gone count as 0)."""
+    return (by_day.watch_per_active_user.fillna(0.0) * by_day.active_users / n_users).to_numpy()
+
+
+def dated_recovery_metrics(
+    curve: pd.DataFrame,
+    reference_shocked: pd.DataFrame | None,
+    shock_day: float,
+    n_users: int,
+    level: float = 0.9,
+) -> dict[str, float]:
+    """Recovery of one agent and seed from the shock dated `shock_day`, in days.
+
+    curve: its shocked evaluation's `relative_by_day` rows (day, active_users, watch, relative),
+    one per day from 0; reference_shocked: the reference's by_day curve on the shocked regime.
+    recovery_days (recovery_days_95): days after the shock until the relative watch (3-day trailing
+    mean) regains `level` (95%) of its level over the week before (`recovery_time` in days,
+    DAY_RECOVERY); dip: the lowest relative watch in the week from the shock; post_shock_return
+    and post_shock_regret (vs the reference): minutes per user watched from the shock day on.
+    """
+    curve = curve.sort_values("day")
+    day0 = int(np.floor(shock_day))
+    ratio = curve.relative.to_numpy(float)
+    after = curve.day.to_numpy() >= day0
+    watch = daily_watch(curve.rename(columns={"watch": "watch_per_active_user"}), n_users)[after].sum()
+    out = dict(
+        recovery_days=recovery_time(ratio, day0, level, **DAY_RECOVERY),
+        recovery_days_95=recovery_time(ratio, day0, 0.95, **DAY_RECOVERY),
+        dip=float(np.nanmin(ratio[day0 : day0 + 7])) if np.isfinite(ratio[day0 : day0 + 7]).any() else np.nan,
+        post_shock_return=float(watch),
+        post_shock_regret=np.nan,
+    )
+    if reference_shocked is not None:
+        ref = reference_shocked.sort_values("day")
+        out["post_shock_regret"] = float(daily_watch(ref, n_users)[ref.day.to_numpy() >= day0].sum() - watch)
+    return out
+
+
+DATED_RECOVERY = ("recovery_days", "recovery_days_95", "dip", "post_shock_return", "post_shock_regret")
+
+
 # ---------------------------------------------------------------- the whole grid
 @dataclass
 class StressResult:
-    grid: pd.DataFrame  # one row per agent x seed x regime
+    grid: pd.DataFrame  # one row per agent x seed x regime evaluated
     table: pd.DataFrame  # robustness: agent x family x magnitude, mean and CI over seeds
     degradation: pd.DataFrame  # per agent x family: slope, relative return at the largest magnitude
     recovery: pd.DataFrame  # per agent x seed
     recovery_summary: pd.DataFrame
-    curves: pd.DataFrame  # per agent x seed x step around the shock
-    timelines: pd.DataFrame
+    curves: pd.DataFrame  # per agent x seed x step (temporal: day) around the shock
+    timelines: pd.DataFrame  # step mode: the per-step curves
+    by_day: pd.DataFrame = field(default_factory=pd.DataFrame)  # temporal: relative_by_day of every evaluation
+    weekly: pd.DataFrame = field(default_factory=pd.DataFrame)  # temporal: weekly_degradation
 
 
 def analyse(settings: StressSettings, results: list[dict[str, Any]]) -> StressResult:
-    grid = pd.DataFrame([r for res in results for r in res["rows"]])
-    timelines = pd.concat([res["timelines"] for res in results], ignore_index=True)
-    ref_rows = grid[grid.agent == settings.reference]
-    grid = add_relative(grid, ref_rows[["family", "magnitude", "return_mean"]])
-    table = robustness_table(grid)
+    raw = pd.DataFrame([r for res in results for r in res["rows"]])
+    full = with_stand_ins(raw, settings.stand_ins())
+    ref_rows = full[full.agent == settings.reference]
+    full = add_relative(full, ref_rows[["family", "magnitude", "return_mean"]])
+    grid = full[~full.stand_in].drop(columns="stand_in").reset_index(drop=True)
+    table = robustness_table(full)
     deg = degradation(table)
+    if settings.temporal:
+        return _analyse_days(settings, results, grid, table, deg)
+    timelines = pd.concat([res["timelines"] for res in results], ignore_index=True)
     n = settings.eval_users
     timelines["homogenisation"] = np.nan
-    for _, g in timelines.groupby(["agent", "seed", "family", "magnitude"], sort=False):
+    for _, g in timelines.groupby(KEYS, sort=False):
         timelines.loc[g.index, "homogenisation"] = homogenisation_curve(g, n)
     recovery, curves = [], []
     if "shock" in settings.families and settings.recovery_magnitude > 0:
@@ -321,4 +447,39 @@ def analyse(settings: StressSettings, results: list[dict[str, Any]]) -> StressRe
         recovery_summary=recovery_table(recovery) if len(recovery) else pd.DataFrame(),
         curves=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
         timelines=timelines,
+    )
+
+
+def _analyse_days(
+    settings: StressSettings, results: list[dict[str, Any]], grid: pd.DataFrame, table: pd.DataFrame, deg: pd.DataFrame
+) -> StressResult:
+    """The temporal mode's curves: relative watch by day and week since training, recovery in days."""
+    n = settings.eval_users
+    by_day = pd.concat([res["by_day"] for res in results], ignore_index=True)
+    by_day = by_day[by_day.day < settings.serve_days]  # the harness's last row: the horizon's own day
+    rel = relative_by_day(with_stand_ins(by_day, settings.stand_ins()), settings.train_days, n)
+    recovery, curves = [], []
+    shocked = rel[(rel.family == "shock") & (rel.magnitude == settings.recovery_magnitude)]
+    if "shock" in settings.families and settings.recovery_magnitude > 0 and len(shocked):
+        ref = by_day[
+            (by_day.agent == settings.reference)
+            & (by_day.family == "shock")
+            & (by_day.magnitude == settings.recovery_magnitude)
+            & (by_day.seed == by_day[by_day.agent == settings.reference].seed.min())
+        ]
+        for (agent, seed), c in shocked.groupby(["agent", "seed"], sort=False):
+            metrics = dated_recovery_metrics(c, ref, settings.shock_day, n, settings.recovery_level)
+            recovery.append(dict(agent=agent, seed=seed, **metrics))
+            curves.append(c[["agent", "seed", "day", "since", "relative", "watch", "watch_no_drift"]])
+    recovery = pd.DataFrame(recovery)
+    return StressResult(
+        grid=grid,
+        table=table,
+        degradation=deg,
+        recovery=recovery,
+        recovery_summary=recovery_table(recovery, DATED_RECOVERY) if len(recovery) else pd.DataFrame(),
+        curves=pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(),
+        timelines=pd.DataFrame(),
+        by_day=rel,
+        weekly=weekly_degradation(rel),
     )

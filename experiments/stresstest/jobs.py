@@ -1,9 +1,16 @@
 """The jobs of a stress test: train (or load) each agent once per seed under the training regime,
-then evaluate a fresh copy of it under every regime, in-process or as Ray tasks."""
+then evaluate a fresh copy of it under every regime, in-process or as Ray tasks.
+
+Temporal mode (settings.py): simulator-trained agents train on lives of train_days days;
+supervised agents are fitted on the logs of days [0, train_days) of the served world and serve
+from that day; online learners warm up on the training regime; everyone then serves lives of
+serve_days days, and the evaluations keep their per-day curves (by_day) instead of the per-step ones.
+"""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -11,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from agents.registry import RETRAIN_SUFFIX, get_agent
+from agents.registry import RETRAIN_SUFFIX, get_agent, retrain_days
 from experiments.harness import EVAL_SEED, evaluate
 from experiments.runs import RunSettings, load_run, ray_device, ray_tasks, resolve_device, restore_policy, run_one
 from experiments.stresstest.settings import StressSettings, base_agent, same_regime
@@ -24,11 +31,20 @@ def plan_jobs(settings: StressSettings) -> list[dict[str, Any]]:
     train = settings.train_config()
     for run_dir in settings.loads:
         saved = load_run(run_dir)
-        if not same_regime(saved.scenario_config(), train):
+        cfg = saved.scenario_config()
+        if settings.temporal and cfg.world.lifetime.enabled and not same_regime(cfg, train):
+            lived = cfg.world.lifetime.horizon_days
+            relived = dataclasses.replace(cfg, world=dataclasses.replace(cfg.world, lifetime=train.world.lifetime))
+            if same_regime(relived, train):  # the same world but for the lives' horizon
+                raise ValueError(
+                    f"{run_dir} was trained on lives of {lived:g} days, not on days [0, {settings.train_days:g}) "
+                    f"(stress it with --train-days {lived:g})"
+                )
+        if not same_regime(cfg, train):
             raise ValueError(
                 f"{run_dir} was trained on '{saved.scenario}' with overrides "
                 f"{dict(saved.scenario_overrides)}, not on the training regime "
-                f"'{settings.train_scenario}' with {dict(settings.scenario_overrides)}"
+                f"'{settings.train_scenario}' with {settings.train_overrides()}"
             )
         jobs.append(dict(agents=[saved.name], seed=saved.seed, load=str(run_dir)))
         loaded.add(saved.name)
@@ -52,7 +68,7 @@ def build_policies(settings: StressSettings, job: dict[str, Any], out: Path) -> 
         run = RunSettings(
             agent=base,
             scenario=settings.train_scenario,
-            scenario_overrides=dict(settings.scenario_overrides),
+            scenario_overrides=settings.train_overrides(),
             model=dict(settings.model),
             algo=algo,
             steps=settings.steps,
@@ -65,23 +81,37 @@ def build_policies(settings: StressSettings, job: dict[str, Any], out: Path) -> 
         return {base: restore_policy(run_dir, device)[1]}
     job_dir = out / "runs" / settings.train_scenario / base / str(job["seed"])  # logs of log-trained agents
     job_dir.mkdir(parents=True, exist_ok=True)
-    policy = spec.build(train, algo, seed=job["seed"], device=device, model=dict(settings.model), run_dir=job_dir)
+    policy = spec.build(
+        settings.serve_config(),
+        settings.agent_algo(base),
+        seed=job["seed"],
+        device=device,
+        model=dict(settings.model),
+        run_dir=job_dir,
+    )
     if spec.online:  # its training: one pass over training users (seeded like training runs)
         evaluate(policy, train, settings.eval_users, seed=job["seed"])
-    return {
-        name: policy.with_retraining(settings.retrain_every) if name.endswith(RETRAIN_SUFFIX) else policy
-        for name in job["agents"]
-    }
+    return {name: _variant(policy, name, settings) for name in job["agents"]}
+
+
+def _variant(policy: Any, name: str, settings: StressSettings) -> Any:
+    """The fitted `policy` as agent `name`: itself, or a copy refitting as it serves (NAME-retrain:
+    every retrain_every served steps; NAME-retrain-<D>d: every D days)."""
+    days = retrain_days(name)
+    if days is not None:
+        return policy.with_retraining(days=days)
+    return policy.with_retraining(settings.retrain_every) if name.endswith(RETRAIN_SUFFIX) else policy
 
 
 def run_job(settings: StressSettings, job: dict[str, Any], out: str) -> dict[str, Any]:
     """Train or load one job's agents for one seed, then evaluate a fresh copy of each under every regime.
 
     Returns rows (one per agent and regime: agent, seed, family, magnitude and the harness's
-    metrics) and the timelines of those evaluations.
+    metrics) and the curves of those evaluations: per step (timelines) in step mode, per day
+    (by_day) in temporal mode.
     """
     started = time.perf_counter()
-    rows, timelines = [], []
+    rows, timelines, by_day = [], [], []
     regimes = settings.regimes()
     for name, policy in build_policies(settings, job, Path(out)).items():
         for family, magnitude, cfg in regimes:
@@ -89,11 +119,16 @@ def run_job(settings: StressSettings, job: dict[str, Any], out: str) -> dict[str
             ev = evaluate(copy.deepcopy(policy), cfg, settings.eval_users, EVAL_SEED)
             key = dict(agent=name, seed=job["seed"], family=family, magnitude=magnitude)
             rows.append(dict(key, **ev.metrics))
-            timelines.append(ev.timeline.assign(**key))
+            if settings.temporal:
+                by_day.append(ev.by_day.assign(**key))
+            else:
+                timelines.append(ev.timeline.assign(**key))
     print(
         f"stress: {', '.join(job['agents'])} seed {job['seed']} done in {time.perf_counter() - started:.0f}s",
         file=sys.stderr,
     )
+    if settings.temporal:
+        return dict(rows=rows, by_day=pd.concat(by_day, ignore_index=True))
     return dict(rows=rows, timelines=pd.concat(timelines, ignore_index=True))
 
 

@@ -83,35 +83,82 @@ def robustness_curves(table: pd.DataFrame, path: Path, reference: str | None = N
     return _save(fig, path)
 
 
-def recovery_curves(curves: pd.DataFrame, shock_step: int, level: float, path: Path) -> Path:
-    """Engagement normalised by each policy's own no-shock run (left) and the served items'
-    fit gap (right) around the shock; mean over seeds with the min-max band."""
+def recovery_curves(
+    curves: pd.DataFrame,
+    shock_at: float,
+    level: float,
+    path: Path,
+    x: str = "step",
+    ratio: str = "engagement_ratio",
+    unit: str = "steps",
+    ratio_label: str = "engagement / same policy without shock",
+) -> Path:
+    """Engagement normalised by each policy's own no-shock run (left) and, when `curves` has it,
+    the served items' fit gap (right) around the shock at `shock_at`; mean over seeds with the
+    min-max band. `x`, `ratio`: the curves' time and ratio columns (temporal mode: day, relative)."""
     plt = _pyplot()
     agents = list(dict.fromkeys(curves.agent))
     colours = agent_colours(agents)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for metric, ax, label in [
-        ("engagement_ratio", axes[0], "engagement / same policy without shock"),
-        ("fit_gap", axes[1], "fit of served items: shocked - no shock"),
-    ]:
+    panels = [(ratio, ratio_label)]
+    if "fit_gap" in curves:
+        panels.append(("fit_gap", "fit of served items: shocked - no shock"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    axes = axes[0]
+    for (metric, label), ax in zip(panels, axes):
         for agent in agents:
-            g = curves[curves.agent == agent].groupby("step")[metric]
+            g = curves[curves.agent == agent].groupby(x)[metric]
             mean, lo, hi = g.mean(), g.min(), g.max()
-            x = mean.index.to_numpy() - shock_step
-            ax.plot(x, mean.to_numpy(), color=colours[agent], label=agent)
-            ax.fill_between(x, lo.to_numpy(), hi.to_numpy(), color=colours[agent], alpha=0.15, linewidth=0)
+            t = mean.index.to_numpy() - shock_at
+            ax.plot(t, mean.to_numpy(), color=colours[agent], label=agent)
+            ax.fill_between(t, lo.to_numpy(), hi.to_numpy(), color=colours[agent], alpha=0.15, linewidth=0)
         ax.axvline(0, color="k", linestyle="--", linewidth=1)
-        ax.set_xlabel("steps since the shock")
+        ax.set_xlabel(f"{unit} since the shock")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    lo = np.nanmin(curves.groupby(["agent", "step"]).engagement_ratio.mean().to_numpy())
+    lo = np.nanmin(curves.groupby(["agent", x])[ratio].mean().to_numpy())
     axes[0].set_ylim(min(0.8, lo - 0.05), 1.25)  # late steps with few users in session can spike
     axes[0].axhline(level, color="0.5", linestyle=":", linewidth=1)
     axes[0].text(axes[0].get_xlim()[0], level, f" {level:.0%} of pre-shock", va="bottom", fontsize=8, color="0.4")
-    axes[1].axhline(0.0, color="0.5", linestyle=":", linewidth=1)
-    axes[0].set_title("engagement around the shock")
-    axes[1].set_title("how recommendations follow the new interests")
+    axes[0].set_title(f"{ratio_label.split(' / ')[0]} around the shock")
+    if len(axes) > 1:
+        axes[1].axhline(0.0, color="0.5", linestyle=":", linewidth=1)
+        axes[1].set_title("how recommendations follow the new interests")
     axes[0].legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
+def degradation_by_day(relative: pd.DataFrame, weekly: pd.DataFrame, path: Path) -> Path:
+    """Watch per active user relative to the agent's own no-drift run against days since training:
+    one panel per family at its largest magnitude, one colour per agent; thin line: the daily
+    mean over seeds, markers: the weekly means with their 95% intervals over seeds."""
+    plt = _pyplot()
+    families = [f for f in dict.fromkeys(weekly.family)]
+    agents = list(dict.fromkeys(weekly.agent))
+    colours = agent_colours(agents)
+    fig, axes = plt.subplots(1, len(families), figsize=(4.2 * len(families), 3.6), squeeze=False, sharey=True)
+    for ax, family in zip(axes[0], families):
+        mag = weekly[weekly.family == family].magnitude.max()
+        for agent in agents:
+            d = relative[
+                (relative.agent == agent)
+                & (relative.family == family)
+                & (relative.magnitude == mag)
+                & (relative.week >= 0)
+            ]
+            daily = d.groupby("since").relative.mean()
+            ax.plot(daily.index, daily.to_numpy(), color=colours[agent], alpha=0.35, linewidth=0.8)
+            w = weekly[(weekly.agent == agent) & (weekly.family == family) & (weekly.magnitude == mag)]
+            mid = 0.5 * (w.days_from + w.days_to)
+            err = np.vstack([w.relative - w.relative_lo, w.relative_hi - w.relative]).clip(0)
+            ax.errorbar(mid, w.relative, yerr=np.nan_to_num(err), color=colours[agent], marker="o", ms=4, label=agent)
+        ax.axhline(1.0, color="0.7", linestyle=":", linewidth=1)
+        top = np.nanmax(weekly.relative.to_numpy(float), initial=1.0)
+        ax.set_ylim(0.0, float(np.clip(top + 0.3, 1.5, 3.0)))  # few seeds: t intervals can reach far
+        ax.set_title(f"{family} x{mag:g}", fontsize=10)
+        ax.set_xlabel("days since training")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("watch per active user / own no-drift run")
+    axes[0, 0].legend(fontsize=8, loc="lower left")
     return _save(fig, path)
 
 

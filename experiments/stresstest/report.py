@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from agents.registry import parse_variant, retrain_days
 from experiments.stresstest import analysis as sa
 from experiments.stresstest import plots
 from experiments.stresstest.analysis import StressResult, analyse
@@ -44,26 +45,91 @@ def robustness_markdown(table: pd.DataFrame, metric: str) -> str:
     return "\n".join(out)
 
 
+RECOVERY_COLUMNS = [
+    ("recovery_time", "recovery time (steps)"),
+    ("recovery_time_95", "to 95% (steps)"),
+    ("reaction_time", "reaction time (steps)"),
+    ("dip", "lowest engagement ratio"),
+    ("post_shock_return", "post-shock return (min)"),
+    ("post_shock_regret", "post-shock regret (min)"),
+]
+DATED_RECOVERY_COLUMNS = [
+    ("recovery_days", "recovery (days)"),
+    ("recovery_days_95", "to 95% (days)"),
+    ("dip", "lowest relative watch (week after)"),
+    ("post_shock_return", "post-shock watch (min per user)"),
+    ("post_shock_regret", "post-shock regret (min per user)"),
+]
+
+
+def cadence(agent: str) -> str:
+    """How an agent refits, for the temporal tables: every D days, never (a supervised agent's
+    plain variant), or - (agents that do not refit)."""
+    days = retrain_days(agent)
+    if days is not None:
+        return f"every {days:g} d"
+    spec, retrains = parse_variant(agent)
+    return "never" if spec.retrains and not retrains else "-"
+
+
 def recovery_markdown(summary: pd.DataFrame) -> str:
-    cols = [
-        ("recovery_time", "recovery time (steps)"),
-        ("recovery_time_95", "to 95% (steps)"),
-        ("reaction_time", "reaction time (steps)"),
-        ("dip", "lowest engagement ratio"),
-        ("post_shock_return", "post-shock return (min)"),
-        ("post_shock_regret", "post-shock regret (min)"),
-    ]
+    """The recovery summary as a markdown table (in days, with each agent's refit cadence, when temporal)."""
+    dated = "recovery_days" in summary
+    cols = DATED_RECOVERY_COLUMNS if dated else RECOVERY_COLUMNS
+    extra = ["cadence"] if dated else []
     out = [
-        "| agent | seeds | " + " | ".join(c[1] for c in cols) + " | not recovered |",
-        "|---|---|" + "---|" * len(cols) + "---|",
+        "| agent | "
+        + "".join(f"{e} | " for e in extra)
+        + "seeds | "
+        + " | ".join(c[1] for c in cols)
+        + " | not recovered |",
+        "|---|" + "---|" * (len(extra) + 1) + "---|" * len(cols) + "---|",
     ]
     for r in summary.itertuples():
-        out.append(f"| {r.agent} | {r.seeds} | " + " | ".join(_cell(r, c) for c, _ in cols) + f" | {r.not_recovered} |")
+        lead = f"| {r.agent} | " + "".join(f"{cadence(r.agent)} | " for _ in extra)
+        out.append(lead + f"{r.seeds} | " + " | ".join(_cell(r, c) for c, _ in cols) + f" | {r.not_recovered} |")
+    return "\n".join(out)
+
+
+def weekly_markdown(weekly: pd.DataFrame) -> str:
+    """One markdown table per family at its largest magnitude: agents x weeks since training,
+    relative watch mean [95% CI over seeds]."""
+    out = []
+    for family, g in weekly.groupby("family", sort=False):
+        mag = g.magnitude.max()
+        g = g[g.magnitude == mag]
+        weeks = sorted(g.week.unique())
+        spans = {w: g[g.week == w] for w in weeks}
+        heads = [f"days {7 * w}-{int(spans[w].days_to.max())}" for w in weeks]
+        out += [
+            f"**{family} x{mag:g}**\n",
+            "| agent | cadence | " + " | ".join(heads) + " |",
+            "|---|---|" + "---|" * len(weeks),
+        ]
+        for agent, a in g.groupby("agent", sort=False):
+            by = {r.week: r for r in a.itertuples()}
+            cells = [_cell(by[w], "relative") if w in by else "" for w in weeks]
+            out.append(f"| {agent} | {cadence(agent)} | " + " | ".join(cells) + " |")
+        out.append("")
     return "\n".join(out)
 
 
 def make_plots(settings: StressSettings, res: StressResult, out: Path) -> dict[str, Path]:
     paths = dict(robustness=plots.robustness_curves(res.table, out / "robustness.png", settings.reference))
+    if settings.temporal:
+        paths["degradation"] = plots.degradation_by_day(res.by_day, res.weekly, out / "degradation_by_day.png")
+        if len(res.curves):
+            paths["recovery"] = plots.recovery_curves(
+                res.curves,
+                settings.shock_day,
+                settings.recovery_level,
+                out / "recovery.png",
+                x="day",
+                ratio="relative",
+                unit="days",
+                ratio_label="watch per active user / same policy without shock",
+            )
+        return paths
     if len(res.curves):
         paths["recovery"] = plots.recovery_curves(
             res.curves, settings.shock_step, settings.recovery_level, out / "recovery.png"
@@ -95,7 +161,9 @@ def log_tensorboard(settings: StressSettings, res: StressResult, out: Path) -> N
     """The report's curves as TensorBoard scalars, one run per agent under tb/.
 
     robustness/<family>/<metric> at step = magnitude x 100; recovery/* and homogenisation/<family>
-    at the episode step; topic_shares/<regime>/topic_k for the showcased agent.
+    at the episode step; topic_shares/<regime>/topic_k for the showcased agent. Temporal mode:
+    degradation/<family> (relative watch at the family's largest magnitude, mean over seeds) at
+    step = days since training and recovery/relative_watch at step = calendar day.
     """
     for agent, g in res.table.groupby("agent", sort=False):
         logger = RunLogger(out / "tb" / agent)
@@ -105,6 +173,10 @@ def log_tensorboard(settings: StressSettings, res: StressResult, out: Path) -> N
                 dict(relative_return=r.relative_return, regret=r.regret, return_mean=r.return_mean),
                 int(round(r.magnitude * 100)),
             )
+        if settings.temporal:
+            _log_days(logger, res, agent)
+            logger.close()
+            continue
         if len(res.curves):
             c = res.curves[res.curves.agent == agent].groupby("step")[["engagement_ratio", "fit_gap"]].mean()
             for step, r in c.iterrows():
@@ -127,22 +199,42 @@ def log_tensorboard(settings: StressSettings, res: StressResult, out: Path) -> N
         logger.close()
 
 
+def _log_days(logger: RunLogger, res: StressResult, agent: str) -> None:
+    """Temporal mode's curves of one agent (see log_tensorboard)."""
+    rel = res.by_day[(res.by_day.agent == agent) & (res.by_day.week >= 0) & (res.by_day.family != sa.NO_DRIFT)]
+    for family, f in rel.groupby("family", sort=False):
+        daily = f[f.magnitude == f.magnitude.max()].groupby("since").relative.mean()
+        for since, v in daily.items():
+            logger.scalars("degradation", {family: v}, int(since))
+    if len(res.curves):
+        for day, v in res.curves[res.curves.agent == agent].groupby("day").relative.mean().items():
+            logger.scalars("recovery", dict(relative_watch=v), int(day))
+
+
 def write_report(
     settings: StressSettings, res: StressResult, out: Path, paths: dict[str, Path], command: str, seconds: float
 ) -> Path:
     agents = [a for a in dict.fromkeys(res.grid.agent) if a != settings.reference]
     deg = res.degradation[res.degradation.agent.isin(agents)]
     lines = [
-        f"# Drift stress test: trained on `{settings.train_scenario}`",
+        f"# Drift stress test: trained on `{settings.train_scenario}`"
+        + (f", days [0, {settings.train_days:g}), served to day {settings.serve_days:g}" if settings.temporal else ""),
         "",
         f"`{command}`  ({seconds / 60:.1f} min)",
         "",
         f"Agents: {', '.join(agents)}; seeds {', '.join(map(str, sorted(res.grid.seed.unique())))}; "
         f"{settings.eval_users} evaluation users per regime (the same users and simulator noise for every "
         f"agent and regime); reference for regret: `{settings.reference}` (reads the true user state). "
-        f"Magnitude 0 is the training regime; 1 is each family's default strength.",
+        + (
+            _temporal_intro(settings)
+            if settings.temporal
+            else "Magnitude 0 is the training regime; 1 is each family's default strength."
+        ),
         "",
     ]
+    sizes = _sizes(settings)
+    if sizes:
+        lines += [sizes, ""]
     lines += ["## Which agent degrades least", ""]
     if len(deg):
         best, score = sa.least_degraded(deg)
@@ -175,10 +267,24 @@ def write_report(
         "Return relative to the agent's own no-drift return, mean [95% t interval over seeds]:",
         "",
         robustness_markdown(res.table, "relative_return"),
-        f"Regret (minutes per session) against `{settings.reference}` on the same regime:",
+        f"Regret (minutes per {'life' if settings.temporal else 'session'}) against `{settings.reference}` "
+        "on the same regime:",
         "",
         robustness_markdown(res.table, "regret"),
     ]
+    lines += (
+        _temporal_sections(settings, res, out, paths)
+        if settings.temporal
+        else _step_sections(settings, res, out, paths)
+    )
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _step_sections(settings: StressSettings, res: StressResult, out: Path, paths: dict[str, Path]) -> list[str]:
+    """Step mode's report sections: shock recovery in steps, the population over time, the files."""
+    lines: list[str] = []
     if len(res.recovery_summary):
         lines += [
             "## Shock recovery",
@@ -224,9 +330,89 @@ def write_report(
         f"TensorBoard: `tensorboard --logdir {out / 'tb'}`.",
         "",
     ]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return lines
+
+
+def _temporal_intro(settings: StressSettings) -> str:
+    return (
+        f"Temporal mode: every agent learns from days [0, {settings.train_days:g}) of `{settings.train_scenario}` "
+        f"(the preset's own drift is the no-drift regime) and serves lives of {settings.serve_days:g} days: "
+        f"supervised agents are fitted on the logging policy's logs of those days and serve from day "
+        f"{settings.train_days:g} (the logging policy serves before it), NAME-retrain-<D>d variants refit every "
+        f"D days from then on; agents that train in the simulator train on lives of {settings.train_days:g} days; "
+        "the others just serve (online learners after one pass over training users). Magnitude 0 turns a "
+        "family off and 1 is its default strength (the preset's own, so the no-drift run stands in); "
+        f"the shock family adds one sudden shift of every user's interests on day {settings.shock_day:g}, "
+        f"{min(1.0, settings.shock_strength):.0%} of the way toward another taste community at magnitude 1 "
+        "(0: none added). The other families act on whole lives, from day 0 (warm-up days included)."
+    )
+
+
+def _sizes(settings: StressSettings) -> str:
+    """A line naming the scenario, model and agent settings given (reduced sizes say so here)."""
+    parts = []
+    if settings.scenario_overrides:
+        parts.append(f"scenario overrides `{json.dumps(settings.scenario_overrides)}`")
+    if settings.model:
+        parts.append(f"model `{json.dumps(dict(settings.model))}`")
+    if settings.algo:
+        parts.append(f"agent settings (algo) `{json.dumps({k: dict(v) for k, v in settings.algo.items()})}`")
+    if not parts:
+        return ""
+    return "Settings given (anything not named is the default size): " + "; ".join(parts) + "."
+
+
+def _temporal_sections(settings: StressSettings, res: StressResult, out: Path, paths: dict[str, Path]) -> list[str]:
+    """Temporal mode's report sections: degradation by week since training, recovery in days, the files."""
+    lines = [
+        "## Degradation against days since training",
+        "",
+        f"![relative watch by day]({paths['degradation'].name})",
+        "",
+        "Watch per active user on each day relative to the same agent and seed's run without the added "
+        f"drift (days when fewer than {sa.MIN_ACTIVE_SHARE:.0%} of the users were active are left out), "
+        f"averaged over the days of each week since training ended (day {settings.train_days:g}); "
+        "mean [95% t interval over seeds], each family at its largest magnitude (every magnitude: "
+        "degradation_by_week.csv):",
+        "",
+        weekly_markdown(res.weekly),
+    ]
+    if len(res.recovery_summary):
+        level = settings.recovery_level
+        lines += [
+            "## Recovery after the dated shock",
+            "",
+            f"On day {settings.shock_day:g} every user's interests move "
+            f"{min(1.0, settings.shock_strength * settings.recovery_magnitude):.0%} of the way toward another "
+            f"taste community (shock magnitude {settings.recovery_magnitude:g}). Each policy's watch per active "
+            "user is divided by its own on the same users without the shock. Common random numbers make each "
+            "user's life the same in both runs until the shock, except for what users share (social influence, "
+            "the catalog's moving popularity): users' clocks diverge, so one already past the shock day sways "
+            "others still before it, and the daily ratio moves before the shock day too (hence a pre-shock "
+            "level over a whole week and a 3-day mean).",
+            "",
+            f"![recovery curves]({paths['recovery'].name})",
+            "",
+            recovery_markdown(res.recovery_summary),
+            "",
+            f"- **recovery (days)**: days after the shock until the relative watch (3-day trailing mean) is back "
+            f"to {level:.0%} of its level over the week before (0: it never fell below; a fall counts when it "
+            "starts within 14 days of the shock; not recovered: still below at the horizon); "
+            "*to 95%*: the same for 95%.",
+            "- **post-shock watch / regret**: minutes per evaluation user watched from the shock day on; "
+            "the reference's minus the agent's.",
+            "",
+        ]
+    lines += [
+        "## Files",
+        "",
+        "grid.csv (every evaluation), robustness.csv, by_day.csv (relative watch per agent, seed, regime "
+        "and day), degradation_by_week.csv, recovery.csv (per seed), recovery_summary.csv, recovery_curves.csv, "
+        "settings.json, jobs.pkl (the raw evaluations: `--report-only` redoes this report from them); "
+        f"TensorBoard: `tensorboard --logdir {out / 'tb'}`.",
+        "",
+    ]
+    return lines
 
 
 def write_outputs(settings: StressSettings, results: list[dict[str, Any]], out: Path) -> StressResult:
@@ -234,7 +420,11 @@ def write_outputs(settings: StressSettings, results: list[dict[str, Any]], out: 
     res = analyse(settings, results)
     res.grid.to_csv(out / "grid.csv", index=False)
     res.table.to_csv(out / "robustness.csv", index=False)
-    res.timelines.to_csv(out / "timelines.csv", index=False)
+    if settings.temporal:
+        res.by_day.to_csv(out / "by_day.csv", index=False)
+        res.weekly.to_csv(out / "degradation_by_week.csv", index=False)
+    else:
+        res.timelines.to_csv(out / "timelines.csv", index=False)
     (out / "robustness.md").write_text(robustness_markdown(res.table, "relative_return"))
     if len(res.recovery):
         res.recovery.to_csv(out / "recovery.csv", index=False)
@@ -255,6 +445,7 @@ def load_outputs(out: Path) -> tuple[StressSettings, list[dict[str, Any]]]:
         if not path.is_file():
             raise ValueError(f"--report-only: no {path.name} in {out} (is it a finished stress test?)")
     saved = json.loads(settings_path.read_text())
-    for key in ("agents", "families", "magnitudes", "seeds", "loads"):
-        saved[key] = tuple(saved[key])
+    for key in ("agents", "families", "magnitudes", "seeds", "loads", "retrain_days"):
+        if saved.get(key) is not None:
+            saved[key] = tuple(saved[key])
     return StressSettings(**saved), pd.read_pickle(jobs_path)
