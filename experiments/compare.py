@@ -140,7 +140,10 @@ def markdown(summary: pd.DataFrame) -> str:
         for a in agents:
             out.append(f"| {a} | {seeds[a]} | " + " | ".join(cell.get((a, m), "") for m in metrics) + " |")
         out.append("")
-    out.append("Mean over seeds [95% t interval]; return in minutes watched per session.")
+    out.append(
+        "Mean over seeds [95% t interval]; return in minutes watched per episode "
+        "(a session; a whole life on lifetime scenarios)."
+    )
     return "\n".join(out)
 
 
@@ -161,7 +164,7 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
         colors = ["0.6" if a.startswith("oracle") else "tab:blue" for a in g.agent]
         ax.barh(g.agent, g["mean"], xerr=[lo, hi], color=colors, alpha=0.9, capsize=4)
         ax.set_title(scenario)
-        ax.set_xlabel("minutes watched per session\n(mean, 95% CI over seeds)")
+        ax.set_xlabel("minutes watched per episode\n(mean, 95% CI over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

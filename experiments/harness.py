@@ -170,6 +170,12 @@ def evaluate(
     and was served `policy`'s own action (False for a warm-up step or a slot past its user's life),
     and info["done"] [N]: the slot's user ended at this step (terminated or truncated).
 
+    Every slot is stepped until the last user's episode ends: a finished slot is reset to a newcomer
+    (the vector env's autoreset) who is served by the policy and counts for nothing here, but on
+    scenarios with population dynamics (moving popularity, trends) the newcomers' watching moves
+    the world the live users see, as a platform's other users would. So a policy's actions on those
+    slots matter, and the cost of an evaluation is N x the longest episode's steps.
+
     `progress`, when given, hears a one-line status (users still live; on lifetimes the slowest
     live user's day against the horizon) at most every PROGRESS_SECONDS: lives run to thousands of steps.
     """
