@@ -209,9 +209,11 @@ def plot_by_day(summary: pd.DataFrame, out: Path) -> list[Path]:
     for scenario, g in summary.groupby("scenario", sort=True):
         fig, axes = plt.subplots(1, len(BY_DAY_PANELS), figsize=(6 * len(BY_DAY_PANELS), 4), squeeze=False)
         for ax, (curve, label) in zip(axes[0], BY_DAY_PANELS):
+            agents = sorted(g.agent.unique())
+            palette = plt.get_cmap("tab20" if len(agents) > 10 else "tab10")  # one colour per agent
             for agent, a in g[g.curve == curve].groupby("agent", sort=True):
                 style = "--" if str(agent).startswith("oracle") else "-"  # oracles read the true state
-                (line,) = ax.plot(a.day, a["mean"], style, label=agent)
+                (line,) = ax.plot(a.day, a["mean"], style, label=agent, color=palette(agents.index(agent)))
                 if a.ci_low.notna().any():
                     ax.fill_between(a.day, a.ci_low, a.ci_high, color=line.get_color(), alpha=0.15)
             ax.set_xlabel("days since the first visit")
