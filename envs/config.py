@@ -170,6 +170,12 @@ def make_scenario(
     return ScenarioConfig(name=name, world=world, env=env)
 
 
+def has_calendar(name: str, overrides: Mapping[str, Any] | None = None) -> bool:
+    """Whether preset `name` (with `overrides`) is a lifetime world, with a calendar and return
+    visits; an unknown name is a ValueError, as in make_scenario."""
+    return make_scenario(name, overrides).world.lifetime.enabled
+
+
 def resolve_scenario(
     scenario: str | ScenarioConfig,
     overrides: Mapping[str, Any] | None = None,
@@ -194,6 +200,7 @@ __all__ = [
     "ScenarioConfig",
     "PRESETS",
     "make_scenario",
+    "has_calendar",
     "load_overrides",
     "resolve_scenario",
     "ShockEvent",

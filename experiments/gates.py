@@ -45,7 +45,7 @@ from agents.oracles import (
 )
 from agents.policy import RandomPolicy
 from agents.registry import get_agent
-from envs.config import PRESETS, ScenarioConfig, make_scenario
+from envs.config import PRESETS, ScenarioConfig, has_calendar, make_scenario
 from experiments.harness import EVAL_SEED, evaluate
 from experiments.runs import RunSettings, load_run, restore_policy, run_one, run_status, scenario_differences
 from experiments.stats import mean_interval
@@ -65,14 +65,10 @@ BLIND_MAX, HISTORY_MAX, STALE_MAX, LONG_TERM_MIN = 0.70, 0.85, 0.90, 1.15
 LIFETIME_LONG_TERM_MIN = 1.25  # lifetime worlds: the next visit must pay more
 
 
-def is_lifetime(preset: str) -> bool:
-    return make_scenario(preset).world.lifetime.enabled
-
-
 def reference(preset: str) -> str:
     """The long-horizon reference of a preset: the lookahead oracle, or in lifetime worlds (where
     rollouts over lives of thousands of steps are out of reach) the oracle that values the next visit."""
-    return "oracle-lifetime" if is_lifetime(preset) else "oracle-lookahead"
+    return "oracle-lifetime" if has_calendar(preset) else "oracle-lookahead"
 
 
 @dataclass(frozen=True)
@@ -161,7 +157,7 @@ def measure_policies(settings: ValiditySettings) -> pd.DataFrame:
                 MyopicOracle(),
                 SessionOracle(),
                 StaleStateOracle(),
-                LifetimeOracle(lifetime) if is_lifetime(preset) else LookaheadOracle(lookahead, seed=seed),
+                LifetimeOracle(lifetime) if has_calendar(preset) else LookaheadOracle(lookahead, seed=seed),
             ]
             for policy in policies:
                 m = evaluate(policy, cfg, settings.users, EVAL_SEED + seed).metrics
@@ -317,7 +313,7 @@ def evaluate_gates(policies: pd.DataFrame, drift: pd.DataFrame, history: pd.Data
                 f"no policy beats {short} beyond its interval" if not beaten else "beaten by " + ", ".join(beaten),
             )
         )
-        floor = LIFETIME_LONG_TERM_MIN if is_lifetime(str(preset)) else LONG_TERM_MIN
+        floor = LIFETIME_LONG_TERM_MIN if has_calendar(str(preset)) else LONG_TERM_MIN
         gain = look.mean() / by["oracle-myopic"].mean()
         gates.append(
             Gate(
@@ -361,7 +357,7 @@ def evaluate_gates(policies: pd.DataFrame, drift: pd.DataFrame, history: pd.Data
                         + "".join(f"; m={m:g}: {r[m]:.1%}" for m in worse),
                     )
                 )
-        lifetimes = [p for p in dict.fromkeys(drift.preset) if is_lifetime(str(p))]
+        lifetimes = [p for p in dict.fromkeys(drift.preset) if has_calendar(str(p))]
         if lifetimes and "mixed" in set(drift.preset) and (("mixed", 1.0) in ratios.index):
             within = ratios[("mixed", 1.0)]
             for preset in lifetimes:

@@ -129,10 +129,10 @@ def _entropy(counts: np.ndarray) -> np.ndarray:
         return -(np.where(p > 0, p * np.log(p), 0.0)).sum(axis=1)
 
 
-def _status(step: int, active: np.ndarray, day: np.ndarray | None, life: _Lifetimes | None) -> str:
-    """What an evaluation is doing: step, live users and (lifetimes) the slowest live user's day."""
+def _status(step: int, active: np.ndarray, day: np.ndarray, life: _Lifetimes | None) -> str:
+    """What an evaluation is doing: step, live users and (lifetimes) the slowest live user's day [N]."""
     text = f"evaluating: step {step:,d}, {int(active.sum()):,d} of {len(active):,d} users live"
-    if life is not None and day is not None:
+    if life is not None:
         text += f", day {float(day[active].min()):.1f} of {life.horizon:g}"
     return text
 
@@ -206,7 +206,7 @@ def evaluate(
     said = time.perf_counter()
     while active.any():
         if progress is not None and time.perf_counter() - said >= PROGRESS_SECONDS:
-            progress(_status(len(timeline), active, env.world.state.day if life is not None else None, life))
+            progress(_status(len(timeline), active, env.world.state.day, life))
             said = time.perf_counter()
         in_warmup = env.world.state.day < start_day if warmup is not None else np.zeros(n_users, dtype=bool)
         if in_warmup[active].all():  # only the warm-up policy serves this step

@@ -34,7 +34,7 @@ from typing import Any
 from agents.encoder import EncoderConfig
 from agents.policy import RandomPolicy
 from agents.registry import AGENTS, AgentSpec, get_agent
-from envs.config import PRESETS, ScenarioConfig, load_overrides, make_scenario
+from envs.config import PRESETS, ScenarioConfig, has_calendar, load_overrides, make_scenario
 from experiments.harness import EVAL_SEED, evaluate
 from experiments.tracking import EVAL_TAGS, RunLogger, new_run_dir
 from simulator.params import merge_overrides
@@ -232,7 +232,7 @@ def settings_from_config(
     sections = load_config_sections(config)
     given = {k: v for k, v in fields.items() if v is not None}
     run_defaults, algo_defaults = {}, {}
-    if scenario in PRESETS and make_scenario(scenario, sections.get("scenario", {})).world.lifetime.enabled:
+    if scenario in PRESETS and has_calendar(scenario, sections.get("scenario", {})):
         run_defaults, algo_defaults = LIFETIME_RUN_DEFAULTS, LIFETIME_ALGO_DEFAULTS.get(agent, {})
         if smoke and agent in AGENTS:  # the toy sizes win over the lifetime defaults
             algo_defaults = {**algo_defaults, **get_agent(agent).smoke}

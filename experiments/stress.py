@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.registry import RETRAIN_SUFFIX, get_agent
-from envs.config import PRESETS, make_scenario
+from envs.config import PRESETS, has_calendar
 from experiments.runs import SMOKE_MODEL, SMOKE_SCENARIO, load_config_sections
 from experiments.stresstest import (
     DEFAULT_AGENTS,
@@ -139,7 +139,7 @@ def settings_from_args(args: argparse.Namespace) -> StressSettings:
     kw: dict[str, Any] = {}
     algo: dict[str, dict[str, Any]] = {}
     agents = tuple(args.agents) if args.agents is not None else (() if args.load else DEFAULT_AGENTS)
-    temporal = _has_calendar(args.train_scenario)
+    temporal = args.train_scenario in PRESETS and has_calendar(args.train_scenario)  # unknown: StressSettings says
     reference = args.reference or (TEMPORAL_DEFAULTS["reference"] if temporal else SESSION_REFERENCE)
     stressed = {base_agent(a) for a in agents} | {reference}
     if args.smoke:  # toy sizes first: flags and the config file override them
@@ -183,11 +183,6 @@ def settings_from_args(args: argparse.Namespace) -> StressSettings:
     if args.parallel < 1:
         raise ValueError("--parallel must be >= 1")
     return StressSettings(**kw)
-
-
-def _has_calendar(scenario: str) -> bool:
-    """Whether a preset has a calendar (temporal mode); an unknown name is left to StressSettings."""
-    return scenario in PRESETS and make_scenario(scenario).world.lifetime.enabled
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -221,15 +221,10 @@ class StressSettings:
         return out
 
     def stand_ins(self) -> list[tuple[str, float]]:
-        """(family, magnitude) of the grid that equal the regime without added drift (not
-        evaluated again: its no-drift evaluation stands in)."""
-        calm = self.serve_config()
-        return [
-            (family, float(m))
-            for family in self.families
-            for m in self.magnitudes
-            if same_regime(self._drifted(family, m), calm)
-        ]
+        """(family, magnitude) of the grid that equal the regime without added drift: those
+        `regimes` leaves out (its no-drift evaluation stands in)."""
+        evaluated = {(family, m) for family, m, _ in self.regimes()}
+        return [(f, float(m)) for f in self.families for m in self.magnitudes if (f, float(m)) not in evaluated]
 
     def _drifted(self, family: str, magnitude: float) -> ScenarioConfig:
         return make_scenario(
