@@ -48,7 +48,10 @@ slowest user: rows of slower users dated before c that arrive after the version 
 go into later versions only (``past_cutoff`` in a version's record: the share of live users past
 its day when it was fitted).
 Memory: a version older than the newest one every live user has reached can serve no one again
-(clocks only move forward) and is dropped, so the versions kept span the live users' clocks.
+(clocks only move forward) and is dropped, so the versions kept span the live users' clocks (on
+`lifetime` at D = 1: at most 30, the days from T = 30 to the horizon, of 0.85 MB each for sasrec).
+The served rows wait in a ring buffer of replay_capacity user-steps (`_ReplayBuffer`) and a refit
+reads them in place with the logs (`_Chain`).
 ``serving_stats()`` reports the refits, their fit seconds, the serving lag (mean over served steps
 of day - the serving version's cutoff) and the most versions kept at once; ``versions`` holds one
 record per version (VERSION_RECORD). Each evaluation (``bind``) is a fresh deployment: it starts again from
@@ -229,13 +232,12 @@ class _Examples:
 
     def expand(self) -> dict[str, np.ndarray]:
         """Per-row arrays: every history/context key indexed by step_index ([M, ...])."""
-        out = {k: getattr(self, k)[self.step_index] for k in _HISTORY_KEYS}
-        out.update(
-            target_item=self.target_item,
-            target_position=self.target_position,
-            click=self.click,
-            watch_time=self.watch_time,
-        )
+        return self.rows(slice(None))
+
+    def rows(self, rows: np.ndarray | slice) -> dict[str, np.ndarray]:
+        """The per-row arrays of `rows` (history/context keys through step_index; [B, ...])."""
+        out = {k: getattr(self, k)[self.step_index[rows]] for k in _HISTORY_KEYS}
+        out.update({k: getattr(self, k)[rows] for k in _ROW_KEYS})
         return out
 
     def tail(self, n_steps: int) -> _Examples:
@@ -256,17 +258,96 @@ class _Examples:
         day = None if self.day is None else self.day[keep]
         return _Examples(**fields, step_index=new_index[self.step_index[rows]], day=day)
 
-    @staticmethod
-    def concat(parts: list[_Examples]) -> _Examples:
-        """One set of examples from several (`day` kept only when every part has it)."""
-        offsets = np.cumsum([0] + [p.n_steps for p in parts[:-1]])
-        cat = lambda key: np.concatenate([getattr(p, key) for p in parts])  # noqa: E731
-        return _Examples(
-            **{k: cat(k) for k in _HISTORY_KEYS},
-            step_index=np.concatenate([p.step_index + o for p, o in zip(parts, offsets)]),
-            **{k: cat(k) for k in _ROW_KEYS},
-            day=cat("day") if all(p.day is not None for p in parts) else None,
-        )
+
+class _Chain:
+    """Examples (`_Examples`, `_ReplayBuffer`) read as their concatenation without copying them: row
+    r of the chain is row r - offset of the segment holding it. A refit draws a few minibatches from
+    the logs and the replay buffer (up to replay_capacity user-steps, about 3.6 KB each at history
+    128); concatenating them for that copied about 200 MB per refit once the buffer was full."""
+
+    def __init__(self, segments: list[_Examples | _ReplayBuffer]) -> None:
+        self.segments = [segment for segment in segments if len(segment)]
+        self.offsets = np.cumsum([0] + [len(segment) for segment in self.segments])  # [P + 1] first rows
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def n_steps(self) -> int:
+        return sum(segment.n_steps for segment in self.segments)
+
+    def rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The per-row arrays of the chain's `rows` [B], in their order (as `_Examples.rows`)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        which = np.searchsorted(self.offsets, rows, side="right") - 1  # [B] segment of each row
+        parts = [np.flatnonzero(which == p) for p in range(len(self.segments))]
+        out = {}
+        for p, at in enumerate(parts):
+            if not at.size:
+                continue
+            got = self.segments[p].rows(rows[at] - self.offsets[p])
+            for key, value in got.items():
+                if key not in out:
+                    out[key] = np.empty((len(rows),) + value.shape[1:], dtype=value.dtype)
+                out[key][at] = value
+        return out
+
+
+class _ReplayBuffer:
+    """The newest `capacity` served user-steps, K impressions each (a slate), oldest first, in arrays
+    allocated once and written as a ring: buffering a step copies only that step, and a refit reads
+    rows in place. Row r is slot r % K of the (r // K)-th oldest step. Fields as `_Examples`
+    (histories per step; target_item, target_position, click, watch_time per step and slot [cap, K];
+    day per step, NaN where the rows were not dated)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.start, self.n_steps, self.k = 0, 0, 0  # oldest step's slot, steps held, rows per step
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.n_steps * self.k
+
+    def push(self, examples: _Examples) -> None:
+        """Append served user-steps (K rows each, in step order, as `_served_examples` builds them),
+        overwriting the oldest past capacity."""
+        n = examples.n_steps
+        if not n:
+            return
+        k = len(examples) // n
+        if not self.arrays:
+            self.k = k
+            fields = {key: getattr(examples, key) for key in _HISTORY_KEYS}
+            fields.update({key: getattr(examples, key).reshape(n, k) for key in _ROW_KEYS})
+            # np.empty: pages are touched only as steps arrive, so a large capacity costs what is used
+            self.arrays = {key: np.empty((self.capacity,) + v.shape[1:], v.dtype) for key, v in fields.items()}
+            self.arrays["day"] = np.empty(self.capacity, np.float64)
+        assert k == self.k and (examples.step_index == np.repeat(np.arange(n), k)).all(), "K rows per step, in order"
+        if n > self.capacity:
+            examples, n = examples.tail(self.capacity), self.capacity
+        at = (self.start + self.n_steps + np.arange(n)) % self.capacity
+        for key in _HISTORY_KEYS:
+            self.arrays[key][at] = getattr(examples, key)
+        for key in _ROW_KEYS:
+            self.arrays[key][at] = getattr(examples, key).reshape(n, k)
+        self.arrays["day"][at] = np.nan if examples.day is None else examples.day
+        overflow = max(self.n_steps + n - self.capacity, 0)
+        self.start = (self.start + overflow) % self.capacity
+        self.n_steps = min(self.n_steps + n, self.capacity)
+
+    def max_day(self) -> float:
+        """The latest day among the steps held (NaN when empty or undated)."""
+        if not self.n_steps:
+            return float("nan")
+        return float(self.arrays["day"][(self.start + np.arange(self.n_steps)) % self.capacity].max())
+
+    def rows(self, rows: np.ndarray | slice) -> dict[str, np.ndarray]:
+        """The per-row arrays of `rows` (as `_Examples.rows`)."""
+        rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+        steps, slot = (self.start + rows // self.k) % self.capacity, rows % self.k
+        out = {key: self.arrays[key][steps] for key in _HISTORY_KEYS}
+        out.update({key: self.arrays[key][steps, slot] for key in _ROW_KEYS})
+        return out
 
 
 def step_examples(logs: pd.DataFrame, history_len: int, length_mean: float, lifetime: bool = False) -> _Examples:
@@ -580,8 +661,7 @@ class SupervisedRecommender:
         self._rng = np.random.default_rng(self.seed)
         self._features = None if self.item_features is None else torch.as_tensor(self.item_features)
         self._logged: _Examples | None = None
-        self._fresh: list[_Examples] = []
-        self._fresh_steps = 0
+        self._fresh = _ReplayBuffer(self.params.replay_capacity)
         self.losses: list[float] = []
         self.refit_losses: list[float] = []
         self.versions = []
@@ -658,7 +738,7 @@ class SupervisedRecommender:
         if self._base is None:  # not fitted: version 0 is the initial weights
             self._base = self._snapshot()
         self._restore(self._base)
-        self._fresh, self._fresh_steps, self.n_refits, self.n_observed = [], 0, 0, 0
+        self._fresh, self.n_refits, self.n_observed = _ReplayBuffer(self.params.replay_capacity), 0, 0
         record = dict.fromkeys(VERSION_RECORD, float("nan"))
         record.update(version=0.0, cutoff=self.serves_from_day, logged_steps=self._logged_steps, fresh_steps=0.0)
         record.update(fresh_rows=0.0, fit_seconds=self._fit_seconds, at_step=0.0, served_steps=0.0)
@@ -741,27 +821,27 @@ class SupervisedRecommender:
         self._start_serving()  # a calendar deployment starts from these weights (version 0)
         return list(self.losses)
 
-    def _batch(self, data: _Examples, rows: np.ndarray) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
+    def _batch(self, data: _Examples | _Chain, rows: np.ndarray) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
         """(obs with one candidate per row [B, 1], positions [B, 1], click [B], watch [B] in mean lengths)."""
-        steps = data.step_index[rows]
-        obs = {k: torch.from_numpy(getattr(data, k)[steps]) for k in _HISTORY_KEYS}
-        target = torch.from_numpy(data.target_item[rows])[:, None]
+        batch = data.rows(rows)
+        obs = {k: torch.from_numpy(batch[k]) for k in _HISTORY_KEYS}
+        target = torch.from_numpy(batch["target_item"])[:, None]
         obs["candidate_items"] = target
         if self._features is not None:
             obs["candidate_features"] = self._features[target]
         obs = {k: v.to(self.device) for k, v in obs.items()}
-        positions = torch.from_numpy(data.target_position[rows])[:, None].to(self.device)
-        click = torch.from_numpy(data.click[rows]).to(self.device)
-        watch = torch.from_numpy(data.watch_time[rows] / np.float32(self.length_mean)).to(self.device)
+        positions = torch.from_numpy(batch["target_position"])[:, None].to(self.device)
+        click = torch.from_numpy(batch["click"]).to(self.device)
+        watch = torch.from_numpy(batch["watch_time"] / np.float32(self.length_mean)).to(self.device)
         return obs, positions, click, watch
 
-    def _train_epoch(self, data: _Examples) -> float:
+    def _train_epoch(self, data: _Examples | _Chain) -> float:
         """One shuffled pass over `data`; returns the mean loss per example."""
         order = self._rng.permutation(len(data))
         size = self.params.batch_size
         return self._train_on(data, [order[i : i + size] for i in range(0, len(order), size)])
 
-    def _train_on(self, data: _Examples, batches: list[np.ndarray]) -> float:
+    def _train_on(self, data: _Examples | _Chain, batches: list[np.ndarray]) -> float:
         """One Adam step per batch of example rows of `data`; returns the mean loss per example."""
         self.net.train()
         total, count = 0.0, 0
@@ -800,7 +880,7 @@ class SupervisedRecommender:
             return
         rows = np.flatnonzero(np.asarray(info["served"], dtype=bool))
         if rows.size:
-            self._push(self._served_examples(obs, actions, rewards, np.asarray(info["position"]), rows))
+            self._fresh.push(self._served_examples(obs, actions, rewards, np.asarray(info["position"]), rows))
         self.n_observed += 1
         if self.n_observed % self.params.retrain_every == 0:
             self._refit()
@@ -833,7 +913,7 @@ class SupervisedRecommender:
             if self.params.retrain_every_days:
                 examples = self._served_examples(obs, actions, rewards, np.asarray(info["position"]), rows)
                 examples.day = day[rows].copy()
-                self._push(examples)
+                self._fresh.push(examples)
         self._serving = None
         # A user who ended (their clock now: a next visit that will not come) or a slot restarted
         # with a new user has left the deployment.
@@ -875,7 +955,7 @@ class SupervisedRecommender:
         version for `cutoff`, with its record. `days` [L]: the live users' clocks, for the record."""
         started = time.perf_counter()
         fresh = self._fresh_examples()
-        latest = float(fresh.day.max()) if fresh is not None else float("nan")
+        latest = fresh.max_day() if fresh is not None else float("nan")
         assert fresh is None or latest < cutoff, (
             f"the version for day {cutoff:g} would train on a row of day {latest:g}"
         )
@@ -938,20 +1018,14 @@ class SupervisedRecommender:
             watch_time=np.where(hit, reward[:, None], np.float32(0.0)).ravel().astype(np.float32),
         )
 
-    def _push(self, examples: _Examples) -> None:
-        self._fresh.append(examples)
-        self._fresh_steps += examples.n_steps
-        while self._fresh_steps - self._fresh[0].n_steps >= self.params.replay_capacity:  # drop whole old chunks
-            self._fresh_steps -= self._fresh.pop(0).n_steps
-
     @property
     def _logged_steps(self) -> float:
         """User-steps of the logs the model was fitted on (0 before a fit)."""
         return float(self._logged.n_steps if self._logged is not None else 0)
 
-    def _fresh_examples(self) -> _Examples | None:
+    def _fresh_examples(self) -> _ReplayBuffer | None:
         """The served rows buffered for refitting (the newest replay_capacity steps), or None."""
-        return _Examples.concat(self._fresh).tail(self.params.replay_capacity) if self._fresh else None
+        return self._fresh if len(self._fresh) else None
 
     def _refit(self) -> None:
         """Step cadence: fine-tune on the original logs + the fresh data (newest replay_capacity steps)."""
@@ -963,10 +1037,11 @@ class SupervisedRecommender:
         self.n_refits += 1
         self._refit_seconds += time.perf_counter() - started
 
-    def _train_parts(self, parts: list[_Examples]) -> None:
-        """Fine-tune on `parts` (non-empty): a whole epoch over them, or `refit_batches` minibatches
-        in which each part weighs the same; the loss goes to refit_losses."""
-        data = _Examples.concat(parts)
+    def _train_parts(self, parts: list[_Examples | _ReplayBuffer]) -> None:
+        """Fine-tune on `parts` (non-empty), read in place as one chain of their rows: a whole epoch
+        over them, or `refit_batches` minibatches in which each part weighs the same; the loss goes
+        to refit_losses."""
+        data = _Chain(parts)
         if not self.params.refit_batches:
             self.refit_losses.append(self._train_epoch(data))
             return

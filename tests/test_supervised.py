@@ -8,7 +8,15 @@ import torch
 
 from agents.logs import EpsilonPopularity, collect_logs, log_columns
 from agents.policy import Policy, RandomPolicy
-from agents.supervised import SupervisedParams, SupervisedRecommender, examples_from_logs, serving_versions
+from agents.supervised import (
+    SupervisedParams,
+    SupervisedRecommender,
+    _Chain,
+    _Examples,
+    _ReplayBuffer,
+    examples_from_logs,
+    serving_versions,
+)
 from envs import RecVectorEnv, make_scenario
 from experiments.harness import evaluate
 
@@ -217,9 +225,8 @@ def test_retraining_refits_during_evaluation(logs, slate_size):
     after = rec.net.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     fresh = rec._fresh  # served impressions: K per live slot and step, clicks match the episodes
-    assert sum(len(f) for f in fresh) == slate_size * sum(f.n_steps for f in fresh)
-    assert sum(f.n_steps for f in fresh) <= 16 * steps
-    assert sum(float(f.click.sum()) for f in fresh) >= evaluation.episodes.clicks.sum()
+    assert len(fresh) == slate_size * fresh.n_steps and 0 < fresh.n_steps <= 16 * steps
+    assert float(fresh.rows(slice(None))["click"].sum()) >= evaluation.episodes.clicks.sum()
 
 
 def _adam_steps(rec) -> int:
@@ -328,7 +335,7 @@ class TrainingSpy:
 
         def spy(data, batches):
             rows = np.unique(np.concatenate(batches))
-            self.latest.append(float(data.context[data.step_index[rows], 2].max()) * rec.horizon_days)
+            self.latest.append(float(data.rows(rows)["context"][:, 2].max()) * rec.horizon_days)
             return train_on(data, batches)
 
         rec._train_on = spy
@@ -541,3 +548,49 @@ def test_results_rows_with_different_columns_line_up(tmp_path):
     assert rows.return_mean.tolist() == [1.0, 2.0, 4.0]
     assert rows.refits.tolist()[1] == 3.0 and rows.refits.isna().tolist() == [True, False, True]
     assert rows.churn_rate.tolist()[2] == 0.5 and rows.churn_rate.isna().sum() == 2
+
+
+def _served_chunk(first_step: int, n: int, k: int, history: int = 3) -> _Examples:
+    """n user-steps of k impressions each, every field numbered by its global step (and slot)."""
+    steps = np.arange(first_step, first_step + n)
+    rows = (steps[:, None] * 10 + np.arange(k)).ravel()
+    return _Examples(
+        history_items=np.repeat(steps[:, None], history, axis=1).astype(np.int32),
+        history_features=np.repeat(steps[:, None, None], 5, axis=2).repeat(history, axis=1).astype(np.float32),
+        history_mask=np.ones((n, history), np.float32),
+        context=np.repeat(steps[:, None], 3, axis=1).astype(np.float32),
+        step_index=np.repeat(np.arange(n), k),
+        target_item=rows,
+        target_position=np.tile(np.arange(k), n),
+        click=(rows % 2).astype(np.float32),
+        watch_time=rows.astype(np.float32),
+        day=steps / 10.0,
+    )
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_replay_buffer_holds_the_newest_steps_in_order_and_chains_with_the_logs(k):
+    """The ring buffer keeps exactly the newest `capacity` served steps, oldest first, whatever the
+    chunk sizes (one larger than the capacity among them), and a chain of logs + buffer reads the
+    same rows as their concatenation would."""
+    buffer = _ReplayBuffer(capacity=7)
+    assert len(buffer) == 0 and np.isnan(buffer.max_day())
+    sizes, first = [2, 4, 3, 9, 1, 5], 0
+    for n in sizes:
+        buffer.push(_served_chunk(first, n, k))
+        first += n
+        held = np.arange(max(first - 7, 0), first)  # the newest steps so far
+        assert buffer.n_steps == len(held) and len(buffer) == k * len(held)
+        got = buffer.rows(slice(None))
+        np.testing.assert_array_equal(got["target_item"], (held[:, None] * 10 + np.arange(k)).ravel())
+        np.testing.assert_array_equal(got["history_items"][:, 0], np.repeat(held, k))
+        assert buffer.max_day() == pytest.approx(held[-1] / 10.0)
+    logs = _served_chunk(100, 4, k)
+    chain = _Chain([logs, buffer])
+    assert len(chain) == len(logs) + len(buffer) and chain.n_steps == 4 + 7
+    rows = np.random.default_rng(0).permutation(len(chain))
+    whole = {
+        key: np.concatenate([logs.rows(slice(None))[key], buffer.rows(slice(None))[key]]) for key in logs.rows([0])
+    }
+    for key, value in chain.rows(rows).items():
+        np.testing.assert_array_equal(value, whole[key][rows])
