@@ -263,7 +263,7 @@ class _Chain:
     """Examples (`_Examples`, `_ReplayBuffer`) read as their concatenation without copying them: row
     r of the chain is row r - offset of the segment holding it. A refit draws a few minibatches from
     the logs and the replay buffer (up to replay_capacity user-steps, about 3.6 KB each at history
-    128); concatenating them for that copied about 200 MB per refit once the buffer was full."""
+    128, about 195 MB when full); concatenating them for that copied the buffer three times per refit."""
 
     def __init__(self, segments: list[_Examples | _ReplayBuffer]) -> None:
         self.segments = [segment for segment in segments if len(segment)]
