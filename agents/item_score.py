@@ -26,6 +26,7 @@ from envs.config import ScenarioConfig
 from envs.vector import RecVectorEnv
 from simulator import response
 from simulator.params import check_int
+from simulator.users import length_fit
 
 # Columns after the T topic columns of the item features (envs.core.observation_space).
 QUALITY, ATTRACTIVENESS, LENGTH, POPULARITY = range(4)
@@ -67,7 +68,8 @@ class FeatureModelPolicy:
     """Expected watch per budget minute from item features, with the user left out.
 
     The rating stands in for quality, the measured attractiveness for attractiveness, the
-    topic fit is 0 and satisfaction is where every user starts; then the simulator's own
+    topic fit is 0 (the length fit that of a user who likes the catalog's typical length) and
+    satisfaction is where every user starts; then the simulator's own
     formulas (choice, personal value, completion, budget cost) score each candidate.
     """
 
@@ -86,7 +88,12 @@ class FeatureModelPolicy:
         features = np.asarray(obs["candidate_features"], dtype=np.float32)
         t = features.shape[-1] - 4
         quality, attract, length = (features[..., t + col] for col in (QUALITY, ATTRACTIVENESS, LENGTH))
+        # Topic fit 0 (the user unknown); length fit that of a user of the typical preferred length.
         fit = np.zeros_like(quality)
+        if self.config.world.users.length_taste:
+            minutes = np.maximum(length * np.float32(cat.length_max), np.float32(1e-6))
+            taste = self.config.world.users.length_taste
+            fit = length_fit(np.log(minutes), np.log(cat.length_mean), taste, cat.length_sigma)
         outside = response.no_click_utility(np.float32(self.config.world.users.satisfaction_init), r)
         p_click = 1.0 / (1.0 + np.exp(outside - np.float32(r.attractiveness_weight) * attract))
         value = response.personal_value(fit, quality, r)

@@ -306,7 +306,18 @@ def changed_dynamics(record: Mapping[str, Any]) -> list[str]:
     saved = record.get("scenario_config")
     if not isinstance(saved, Mapping):
         return []
+    saved = _with_defaults(_plain(saved), _plain(ScenarioConfig().to_dict()))
     return scenario_differences(saved, RunSettings.from_dict(record).scenario_config())
+
+
+def _with_defaults(saved: Any, default: Any) -> Any:
+    """`saved` (a scenario record) with the fields it lacks taken from `default`, section by section:
+    a field added to the config after a run was recorded had its default then, since a new mechanism
+    comes in off by default (the run's dynamics are today's with it off)."""
+    if not (isinstance(saved, Mapping) and isinstance(default, Mapping)):
+        return saved
+    missing = {k: v for k, v in default.items() if k not in saved}
+    return {**missing, **{k: _with_defaults(v, default.get(k)) for k, v in saved.items()}}
 
 
 def scenario_differences(a: ScenarioConfig | Mapping[str, Any], b: ScenarioConfig | Mapping[str, Any]) -> list[str]:

@@ -7,6 +7,7 @@ worlds, a date (days) in lifetime worlds.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +108,11 @@ class Catalog:
     arrival: np.ndarray
     features: np.ndarray  # [I, T + 4] what an agent may observe of an item
 
+    @functools.cached_property
+    def log_length(self) -> np.ndarray:
+        """[I] log minutes (users.length_fit reads it at every step)."""
+        return np.log(self.length).astype(np.float32)
+
     @property
     def n_items(self) -> int:
         return int(self.topics.shape[0])
@@ -146,15 +152,15 @@ def make_catalog(
     params: CatalogParams,
     rng: np.random.Generator,
     injections: tuple[tuple[float, int, int], ...] = (),
-    rating: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    rating: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
     in_days: bool = False,
 ) -> Catalog:
     """Sample a catalog. `injections` holds (time, n_items, topic) batches (topic -1: random).
     Regular arrivals come at whole steps [1, window], or with `in_days` at any time of (0, window] days.
 
     What a platform observes of an item is not its true quality and attractiveness but noisy
-    aggregates: the mean rating its audience would give, `rating(topics [I, T], quality [I])
-    -> [I]` in [0, 1] (the world passes the mean personal value over its taste communities;
+    aggregates: the mean rating its audience would give, `rating(topics [I, T], quality [I],
+    length [I]) -> [I]` in [0, 1] (the world passes the mean personal value over its taste communities;
     None: the quality itself), plus noise; and the attractiveness plus noise (a measured CTR).
     """
     parts = [_sample_items(params, params.n_items, rng)]
@@ -181,7 +187,7 @@ def make_catalog(
     popularity = (rank + 1.0) ** -params.popularity_exponent
     popularity /= popularity.sum()
     arrival_times = np.concatenate(arrival)
-    mean_rating = cols["quality"] if rating is None else rating(cols["topics"], cols["quality"])
+    mean_rating = cols["quality"] if rating is None else rating(cols["topics"], cols["quality"], cols["length"])
     quality_signal = np.clip(mean_rating + rng.normal(0.0, params.quality_signal_noise, size=n), 0, 1)
     attractiveness_signal = np.clip(
         cols["attractiveness"] + rng.normal(0.0, params.attractiveness_signal_noise, size=n), 0, 1

@@ -20,7 +20,7 @@ class UserState:
     visit, last_visit [N] end of the previous session (first_day before one), session [N] sessions before
     the current one, activity [N] the return-rate trait, session_watch / session_letdown [N] and
     session_clicks [N] so far this session (the return model reads them);
-    novelty_seeking, susceptibility [N] traits; community [N];
+    novelty_seeking, susceptibility [N] traits; preferred_length [N] log minutes (users.length_fit); community [N];
     shock_draw [N] uniform deciding shock membership; shock_target [N, T] where a shock moves interests;
     recent_items [N, R] last consumed items (-1 = none), recent_ptr [N] ring position;
     trend [T] the population's recent consumption shares (trending topics).
@@ -44,6 +44,7 @@ class UserState:
     session_clicks: np.ndarray
     novelty_seeking: np.ndarray
     susceptibility: np.ndarray
+    preferred_length: np.ndarray
     community: np.ndarray
     shock_draw: np.ndarray
     shock_target: np.ndarray

@@ -1,4 +1,13 @@
-"""User population: sampling of new users' latent traits and starting state."""
+"""User population: sampling of new users' latent traits and starting state.
+
+Besides their tastes in topics (a community's centre plus their own), users may differ in how
+long they like their items (`length_taste` > 0): some watch short clips, others long films, and
+an item far from a user's preferred length suits them less however good its topics are (its fit
+falls with `length_taste` x the squared log-ratio of the two lengths: `length_fit`). On video
+platforms duration is one of the strongest biases of watch time and users differ in it; here it
+is a trait that survives a shift of topical tastes (a shock moves interests, not viewing habits)
+and that only many interactions reveal, since one watch mixes it with topic fit and quality.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ class UserParams:
     past_interactions: int = 32  # interactions a user arrives with, from visits before the episode
     past_pool: int = 10  # items on offer at each of those past visits (the user picked one or none)
     real_history: bool = False  # users are real ml-100k users, arriving with their first real ratings (realhistory.py)
+    length_taste: float = 0.0  # fit lost per squared log-ratio of item length to the user's preferred length (0: off)
 
     def __post_init__(self) -> None:
         o = "users"
@@ -34,6 +44,7 @@ class UserParams:
         check_int(o, "past_interactions", self.past_interactions, 0, 4096)
         check_int(o, "past_pool", self.past_pool, 1, 1024)
         check_bool(o, "real_history", self.real_history)
+        check_range(o, "length_taste", self.length_taste, 0.0, 100.0)
 
 
 def community_centres(params: UserParams, n_topics: int, rng: np.random.Generator) -> np.ndarray:
@@ -46,12 +57,18 @@ def community_centres(params: UserParams, n_topics: int, rng: np.random.Generato
 
 
 def sample_users(
-    params: UserParams, community: np.ndarray, centres: np.ndarray, rng: np.random.Generator
+    params: UserParams,
+    community: np.ndarray,
+    centres: np.ndarray,
+    rng: np.random.Generator,
+    log_length: tuple[float, float] = (0.0, 0.0),
 ) -> dict[str, np.ndarray]:
     """Draw fresh users for the slots with the given `community` [M].
 
     Returns arrays with leading axis M: interest [M, T], budget [M],
-    novelty_seeking [M], susceptibility [M], shock_draw [M], shock_target [M, T].
+    novelty_seeking [M], susceptibility [M], shock_draw [M], shock_target [M, T],
+    preferred_length [M] (log minutes, ~ Normal(`log_length` = (mean, std)) as the catalog's item
+    lengths are; 0 and not drawn when `length_taste` is 0, so other worlds' streams are unchanged).
     """
     m, t = community.shape[0], centres.shape[1]
     own = rng.uniform(-1.0, 1.0, size=(m, t))
@@ -71,4 +88,18 @@ def sample_users(
         susceptibility=rng.uniform(0.0, 1.0, size=m).astype(np.float32),
         shock_draw=rng.random(m).astype(np.float32),
         shock_target=shock_target.astype(np.float32),
+        preferred_length=(
+            rng.normal(log_length[0], log_length[1], size=m) if params.length_taste else np.zeros(m)
+        ).astype(np.float32),
     )
+
+
+def length_fit(log_length: np.ndarray, preferred_length: np.ndarray | float, taste: float, spread: float) -> np.ndarray:
+    """[N, K] fit added to an item's topic fit for its length: taste x (2 spread^2 - (log length - preferred)^2).
+
+    log_length [N, K] log minutes of the items; preferred_length [N] log minutes (or a scalar);
+    spread: the std of log lengths (items' and preferred alike), so the term averages 0 over users
+    and items: it moves fit toward the lengths a user likes without making items suit less overall.
+    """
+    gap = log_length - np.asarray(preferred_length, dtype=np.float32)[..., None]
+    return (np.float32(taste) * (np.float32(2.0 * spread * spread) - gap * gap)).astype(np.float32)

@@ -30,7 +30,7 @@ from simulator.seasonal import SeasonalParams
 from simulator.shocks import ShockParams
 from simulator.social import SocialParams
 from simulator.state import UserState
-from simulator.users import UserParams, community_centres, sample_users
+from simulator.users import UserParams, community_centres, length_fit, sample_users
 
 
 @dataclass(frozen=True)
@@ -123,10 +123,15 @@ class World:
         catalog_rng = np.random.default_rng(config.catalog.seed)
         self.centres = community_centres(config.users, config.catalog.n_topics, catalog_rng)
         typical = np.float32(config.users.community_strength) * self.centres  # a community's average member
+        # Preferred lengths are spread like the catalog's lengths (log-normal), around its typical length.
+        self.log_length_prior = (float(np.log(config.catalog.length_mean)), config.catalog.length_sigma)
 
-        def rating(topics: np.ndarray, quality: np.ndarray) -> np.ndarray:
-            """[I] the mean personal value of each item over the taste communities."""
+        def rating(topics: np.ndarray, quality: np.ndarray, length: np.ndarray) -> np.ndarray:
+            """[I] the mean personal value of each item over the taste communities (typical length taste)."""
             fit = topics.astype(np.float32) @ typical.T  # [I, communities]
+            if config.users.length_taste:
+                centre, spread = self.log_length_prior
+                fit += length_fit(np.log(length)[:, None], centre, config.users.length_taste, spread)
             return response.personal_value(fit, quality[:, None], config.response).mean(axis=1)
 
         self.catalog: Catalog = make_catalog(
@@ -198,6 +203,7 @@ class World:
             session_clicks=np.zeros(n, np.int32),
             novelty_seeking=z(n),
             susceptibility=z(n),
+            preferred_length=z(n),
             community=community,
             shock_draw=z(n),
             shock_target=z(n, t),
@@ -224,7 +230,7 @@ class World:
         if idx.size == 0:
             return
         self._season_now = None
-        new = sample_users(cfg.users, s.community[idx], self.centres, self.user_rng)
+        new = sample_users(cfg.users, s.community[idx], self.centres, self.user_rng, self.log_length_prior)
         if self.real is not None:  # a real user: their real genre profile in place of the community's centre
             who = self.user_rng.integers(0, self.real.n_users, size=idx.size)
             self.real_user[idx] = who
@@ -236,6 +242,7 @@ class World:
         s.budget[idx] = new["budget"]
         s.novelty_seeking[idx] = new["novelty_seeking"]
         s.susceptibility[idx] = new["susceptibility"]
+        s.preferred_length[idx] = new["preferred_length"]
         s.shock_draw[idx] = new["shock_draw"]
         s.shock_target[idx] = new["shock_target"]
         s.satiation[idx] = 0.0
@@ -381,14 +388,20 @@ class World:
         return felt
 
     def slate_fit(self, slates: np.ndarray, state: UserState | None = None) -> np.ndarray:
-        """[N, K] true topic fit of the items in `slates` [N, K] (item ids) to the users' felt interests.
+        """[N, K] true fit of the items in `slates` [N, K] (item ids) to the users' felt interests.
 
-        Fit = item topic mixture . felt interests, under the current state (or `state`): what
+        Fit = item topic mixture . felt interests (+ `users.length_fit` of the item's length to the
+        user's preferred length when `users.length_taste` > 0), under the current state (or `state`): what
         `slate_utility` and `step` use. Position does not enter it. `step` applies a scheduled
         shock before scoring, so for a user a shock hits at that step, the fit `step` reports
         (StepResult.fit) differs from this one taken before the step.
         """
-        return np.einsum("nkt,nt->nk", self.catalog.topics[slates], self.felt_interest(state))  # no [N, K, T] temporary
+        s = self.state if state is None else state
+        fit = np.einsum("nkt,nt->nk", self.catalog.topics[slates], self.felt_interest(s))  # no [N, K, T] temporary
+        if self.config.users.length_taste:
+            taste, spread = self.config.users.length_taste, self.log_length_prior[1]
+            fit += length_fit(self.catalog.log_length[slates], s.preferred_length, taste, spread)
+        return fit
 
     def slate_utility(
         self, slates: np.ndarray, state: UserState | None = None, positions: bool = True, novelty: bool = True

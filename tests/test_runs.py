@@ -146,5 +146,12 @@ def test_a_run_of_a_preset_as_it_was_before_a_change_is_never_read_as_todays(tmp
     with pytest.raises(ValueError, match=r"trained on 'mixed' as it was then.*\(in world.users\)"):
         runs.load_run(old)
     assert compare._config(old) == "earlier dynamics"  # a separate row in every comparison, never pooled
+    # A field added to the config since the run was recorded had its default then (a new mechanism
+    # comes in off): not a change; the same field recorded at another value is one.
+    record["scenario_config"]["world"]["users"]["n_communities"] = 4
+    del record["scenario_config"]["world"]["users"]["length_taste"]
+    assert runs.changed_dynamics(record) == []
+    record["scenario_config"]["world"]["users"]["length_taste"] = 0.5
+    assert runs.changed_dynamics(record) == ["world.users"]
     del record["scenario_config"]  # runs from before the record: nothing to compare, read as today's
     assert runs.changed_dynamics(record) == []
