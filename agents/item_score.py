@@ -26,7 +26,7 @@ from envs.config import ScenarioConfig
 from envs.vector import RecVectorEnv
 from simulator import response
 from simulator.params import check_int
-from simulator.users import length_fit
+from simulator.users import length_fit, length_prior
 
 # Columns after the T topic columns of the item features (envs.core.observation_space).
 QUALITY, ATTRACTIVENESS, LENGTH, POPULARITY = range(4)
@@ -92,8 +92,8 @@ class FeatureModelPolicy:
         fit = np.zeros_like(quality)
         if self.config.world.users.length_taste:
             minutes = np.maximum(length * np.float32(cat.length_max), np.float32(1e-6))
-            taste = self.config.world.users.length_taste
-            fit = length_fit(np.log(minutes), np.log(cat.length_mean), taste, cat.length_sigma)
+            centre, spread = length_prior(cat)
+            fit = length_fit(np.log(minutes), centre, self.config.world.users.length_taste, spread)
         outside = response.no_click_utility(np.float32(self.config.world.users.satisfaction_init), r)
         p_click = 1.0 / (1.0 + np.exp(outside - np.float32(r.attractiveness_weight) * attract))
         value = response.personal_value(fit, quality, r)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simulator.catalog import CatalogParams
 from simulator.params import check_bool, check_int, check_range
 
 
@@ -61,14 +62,14 @@ def sample_users(
     community: np.ndarray,
     centres: np.ndarray,
     rng: np.random.Generator,
-    log_length: tuple[float, float] = (0.0, 0.0),
+    log_length: tuple[float, float],
 ) -> dict[str, np.ndarray]:
     """Draw fresh users for the slots with the given `community` [M].
 
     Returns arrays with leading axis M: interest [M, T], budget [M],
     novelty_seeking [M], susceptibility [M], shock_draw [M], shock_target [M, T],
-    preferred_length [M] (log minutes, ~ Normal(`log_length` = (mean, std)) as the catalog's item
-    lengths are; 0 and not drawn when `length_taste` is 0, so other worlds' streams are unchanged).
+    preferred_length [M] (log minutes ~ Normal(`log_length` = (mean, std)), see `length_prior`; 0 and
+    not drawn when `length_taste` is 0, so other worlds' streams are unchanged).
     """
     m, t = community.shape[0], centres.shape[1]
     own = rng.uniform(-1.0, 1.0, size=(m, t))
@@ -92,6 +93,12 @@ def sample_users(
             rng.normal(log_length[0], log_length[1], size=m) if params.length_taste else np.zeros(m)
         ).astype(np.float32),
     )
+
+
+def length_prior(catalog: CatalogParams) -> tuple[float, float]:
+    """(mean, std) of the catalog's log item lengths in minutes: users' preferred lengths are drawn
+    around it, and its mean is the typical user's (the rating and the user-blind feature model)."""
+    return float(np.log(catalog.length_mean)), catalog.length_sigma
 
 
 def length_fit(log_length: np.ndarray, preferred_length: np.ndarray | float, taste: float, spread: float) -> np.ndarray:

@@ -30,7 +30,7 @@ from simulator.seasonal import SeasonalParams
 from simulator.shocks import ShockParams
 from simulator.social import SocialParams
 from simulator.state import UserState
-from simulator.users import UserParams, community_centres, length_fit, sample_users
+from simulator.users import UserParams, community_centres, length_fit, length_prior, sample_users
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,7 @@ class World:
         catalog_rng = np.random.default_rng(config.catalog.seed)
         self.centres = community_centres(config.users, config.catalog.n_topics, catalog_rng)
         typical = np.float32(config.users.community_strength) * self.centres  # a community's average member
-        # Preferred lengths are spread like the catalog's lengths (log-normal), around its typical length.
-        self.log_length_prior = (float(np.log(config.catalog.length_mean)), config.catalog.length_sigma)
+        self.log_length_prior = length_prior(config.catalog)  # where preferred lengths are drawn
 
         def rating(topics: np.ndarray, quality: np.ndarray, length: np.ndarray) -> np.ndarray:
             """[I] the mean personal value of each item over the taste communities (typical length taste)."""
