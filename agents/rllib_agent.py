@@ -32,6 +32,12 @@ class PPOParams(LogParams):
     the same encoder) fitted for that many epochs on logged data (LogParams: log_users, log_steps,
     epsilon of the logging policy), then PPO fine-tunes it: a policy gradient alone learns to read
     a 32-item history slowly, while clicks and watch times in logs teach it quickly.
+
+    For the first `critic_warmup_steps` env steps only the value head learns (the policy and the
+    encoder it shares with the critic stay as they are): a warm-started policy is good and its fresh
+    critic is not, and PPO's first updates, driven by that critic's advantages, would otherwise move
+    the policy off its warm start on noise (standard when fine-tuning a pretrained policy with an
+    actor-critic).
     """
 
     num_env_runners: int = 0  # 0: sample in the driver process
@@ -49,6 +55,7 @@ class PPOParams(LogParams):
     grad_clip: float = 1.0
     reward_scale: float = 0.25  # rewards are minutes; ~1 per step trains the critic better
     pretrain_epochs: int = 3  # supervised warm start of the encoder on logs (0: none)
+    critic_warmup_steps: int = 0  # env steps at the start in which only the value head learns (0: none)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -68,6 +75,7 @@ class PPOParams(LogParams):
         check_range(o, "grad_clip", self.grad_clip, 0.0, lo_open=True)
         check_range(o, "reward_scale", self.reward_scale, 0.0, lo_open=True)
         check_int(o, "pretrain_epochs", self.pretrain_epochs, 0, 1000)
+        check_int(o, "critic_warmup_steps", self.critic_warmup_steps, 0)
 
 
 def _rl_module_class():
@@ -110,6 +118,42 @@ def _rl_module_class():
             return self.net.value(embeddings)
 
     return DriftRecRLModule
+
+
+def _learner_class():
+    """Defined lazily, like the module: PPO's torch learner with a critic-only mode."""
+    import torch
+    from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.learner.learner import POLICY_LOSS_KEY, VF_LOSS_KEY
+    from ray.rllib.evaluation.postprocessing import Postprocessing
+
+    class DriftRecPPOLearner(PPOTorchLearner):
+        """PPO's loss; while `critic_only` is set (the critic warm-up), the value loss alone, on the
+        encoder state detached, so only the value head gets gradients and the policy is unchanged."""
+
+        critic_only = False
+
+        def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+            if not self.critic_only:
+                return super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
+            module = self.module[module_id].unwrapped()
+            values = module.compute_values(batch, embeddings=fwd_out[Columns.EMBEDDINGS].detach())
+            error = (values - batch[Postprocessing.VALUE_TARGETS]) ** 2
+            mask = batch.get(Columns.LOSS_MASK)  # RLlib's artificial last step of each chunk
+            loss = error[mask].mean() if mask is not None else error.mean()
+            self.metrics.log_dict(
+                {POLICY_LOSS_KEY: torch.zeros(()), VF_LOSS_KEY: loss.detach()}, key=module_id, window=1
+            )
+            return loss
+
+        def compute_gradients(self, loss_per_module, **kwargs):
+            # Parameters the loss does not reach (the policy's, in critic-only mode) have no gradient;
+            # RLlib's clipping and apply step expect tensors, and Adam leaves gradient-less ones alone.
+            grads = super().compute_gradients(loss_per_module, **kwargs)
+            return {pid: g for pid, g in grads.items() if g is not None}
+
+    return DriftRecPPOLearner
 
 
 RLLIB_ENV_NAME = "driftrec-vector"
@@ -183,7 +227,7 @@ class RLlibPPOAgent(TrainableAgent):
                 gym_env_vectorize_mode="vector_entry_point",
                 num_cpus_per_env_runner=1,
             )
-            .learners(num_learners=0, num_gpus_per_learner=1 if device == "cuda" else 0)
+            .learners(num_learners=0, num_gpus_per_learner=1 if device == "cuda" else 0, learner_class=_learner_class())
             .training(
                 train_batch_size_per_learner=p.train_batch_size,
                 minibatch_size=p.minibatch_size,
@@ -226,6 +270,7 @@ class RLlibPPOAgent(TrainableAgent):
         self.algo.learner_group.update = timed_update
         self._env_steps = 0
         self._pretrained = False
+        self._critic_only = False
         self._eval_net = ActorCritic(self.encoder_config, scenario.env.slate_size, self.item_features)
 
     @property
@@ -274,6 +319,10 @@ class RLlibPPOAgent(TrainableAgent):
             start = time.perf_counter()
             self.pretrain()
             pretrain_s = time.perf_counter() - start
+        critic_only = self._env_steps < self.params.critic_warmup_steps  # from env steps: a resumed run agrees
+        if critic_only != self._critic_only:
+            self.algo.learner_group.foreach_learner(lambda learner: setattr(learner, "critic_only", critic_only))
+            self._critic_only = critic_only
         self._learn_s = 0.0
         start = time.perf_counter()
         result = self.algo.train()
@@ -296,6 +345,7 @@ class RLlibPPOAgent(TrainableAgent):
             sample_s=elapsed - self._learn_s,  # sampling, plus RLlib's bookkeeping and the weight sync
             learn_s=self._learn_s,
             pretrain_s=pretrain_s,
+            critic_only=float(critic_only),
         )
 
     def policy(self) -> GreedyPolicy:

@@ -156,3 +156,35 @@ def test_rllib_ppo_warm_starts_its_encoder_from_sasrec_on_logs(ray_session, monk
         assert calls == []
     finally:
         agent.close()
+
+
+def test_rllib_ppo_critic_warmup_moves_only_the_value_head(ray_session):
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    params = PPOParams(**{**RLLIB_ALGO, "critic_warmup_steps": 1024})  # two iterations of 512
+    agent = RLlibPPOAgent(SCENARIO, params, seed=SEED, device="cpu", model=MODEL)
+
+    def learner_weights() -> dict[str, torch.Tensor]:
+        (result,) = agent.algo.learner_group.foreach_learner(
+            lambda learner: learner.module[DEFAULT_MODULE_ID].net.state_dict()
+        )
+        return {k: v.detach().clone() for k, v in result.get().items()}
+
+    def changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> set[str]:
+        return {k for k in a if not torch.equal(a[k], b[k])}
+
+    try:
+        start = learner_weights()
+        serving = {k: v.clone() for k, v in agent.policy().model.state_dict().items()}
+        warmup = [agent.train_iteration()["critic_only"] for _ in range(2)]
+        warmed = learner_weights()
+        # Only the value head learned; the policy that samples and serves scores as it started.
+        assert changed(start, warmed) and all(k.startswith("value_head.") for k in changed(start, warmed))
+        assert all(k.startswith("value_head.") for k in changed(serving, agent.policy().model.state_dict()))
+        assert warmup == [1.0, 1.0] and agent.train_iteration()["critic_only"] == 0.0
+        # Past the warm-up PPO updates the policy too.
+        assert any(k.startswith("encoder.") for k in changed(warmed, learner_weights()))
+    finally:
+        agent.close()
+    with pytest.raises(ValueError, match="critic_warmup_steps"):
+        PPOParams(critic_warmup_steps=-1)
