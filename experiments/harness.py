@@ -21,6 +21,7 @@ from envs.config import ScenarioConfig
 from envs.vector import RecVectorEnv
 
 EVAL_SEED = 10_000  # evaluation users are disjoint from training seeds (0, 1, 2, ...)
+VALIDATION_SEED = 20_000  # users to choose a snapshot on (run.py --keep-best): neither training's nor EVAL_SEED's
 PROGRESS_SECONDS = 10.0  # evaluate(progress=...): seconds between two status lines
 RETENTION_DAYS = (1, 7, 30)  # lifetime scenarios: retention_d1, retention_d7, retention_d30
 

@@ -128,6 +128,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="environment steps between evaluations (default: a tenth of --steps; lifetime scenarios: half)",
     )
     p.add_argument(
+        "--keep-best",
+        action="store_true",
+        help="evaluate during training on validation users and end with the best snapshot there, not the last",
+    )
+    p.add_argument(
         "--checkpoint-every",
         type=int,
         default=None,
@@ -167,6 +172,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         final_eval_users=args.final_eval_users,
         eval_interval=args.eval_interval,
         checkpoint_every=args.checkpoint_every,
+        keep_best=args.keep_best or None,
     )
 
 

@@ -31,11 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from agents.encoder import EncoderConfig
 from agents.policy import RandomPolicy
 from agents.registry import AGENTS, AgentSpec, get_agent
 from envs.config import PRESETS, ScenarioConfig, has_calendar, load_overrides, make_scenario
-from experiments.harness import EVAL_SEED, evaluate
+from experiments.harness import EVAL_SEED, VALIDATION_SEED, evaluate
 from experiments.tracking import EVAL_TAGS, RunLogger, new_run_dir
 from simulator.params import merge_overrides
 
@@ -90,7 +92,9 @@ class RunSettings:
     each evaluation during training, final_eval_users of the final one (seed EVAL_SEED, the same
     users for every agent); eval_interval: env steps between evaluations (0: a tenth of steps);
     checkpoint_every: training iterations between checkpoints; device: where a learner trains
-    ("auto" picks cuda when a GPU is visible); ray_address: an existing Ray cluster to join.
+    ("auto" picks cuda when a GPU is visible); ray_address: an existing Ray cluster to join;
+    keep_best: evaluate during training on validation users (seed VALIDATION_SEED, not the final
+    evaluation's) and end with the snapshot that did best there (checkpoint/../best), not the last.
     """
 
     agent: str = "ppo"
@@ -106,6 +110,7 @@ class RunSettings:
     eval_interval: int = 0
     checkpoint_every: int = 5
     ray_address: str | None = None
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         spec = get_agent(self.agent)
@@ -124,6 +129,10 @@ class RunSettings:
             raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.ray_address is not None and not isinstance(self.ray_address, str):
             raise ValueError(f"--ray-address must be a string, got {self.ray_address!r}")
+        if not isinstance(self.keep_best, bool):
+            raise ValueError(f"--keep-best must be true or false, got {self.keep_best!r}")
+        if self.keep_best and not spec.trains:
+            raise ValueError(f"--keep-best keeps a training run's best snapshot; --agent {self.agent} does not train")
         for name in ("scenario_overrides", "model", "algo"):
             if not isinstance(getattr(self, name), Mapping):
                 raise ValueError(f"{name} must be a mapping, got {type(getattr(self, name)).__name__}")
@@ -148,6 +157,12 @@ class RunSettings:
         """The name runs are filed and compared under: a refitting variant is its own agent
         (NAME-retrain every k steps, NAME-retrain-7d every 7 days)."""
         return self.agent + (getattr(self.params, "name_suffix", "") if self.spec.retrains else "")
+
+    @property
+    def eval_seed(self) -> int:
+        """Whose users the evaluations during training see: the final evaluation's, or with
+        keep_best validation users (a snapshot chosen on the final users would flatter itself)."""
+        return VALIDATION_SEED if self.keep_best else EVAL_SEED
 
     @property
     def interval(self) -> int:
@@ -336,9 +351,12 @@ def scenario_differences(a: ScenarioConfig | Mapping[str, Any], b: ScenarioConfi
 
 def config_label(settings_dict: Mapping[str, Any]) -> str:
     """A short label of everything but the seed that makes runs of one agent and scenario differ
-    (scenario overrides, model, algo, steps): runs with different labels are different
-    configurations and are never averaged together. "" for the defaults."""
+    (scenario overrides, model, algo, steps; with keep_best, it and the evaluations the snapshot is
+    chosen by): runs with different labels are different configurations and are never averaged
+    together. "" for the defaults."""
     keys = ("scenario_overrides", "model", "algo", "steps")
+    if settings_dict.get("keep_best"):
+        keys += ("keep_best", "eval_interval", "eval_users")
     try:  # the defaults of that agent on that scenario (lifetime scenarios have their own)
         defaults = dataclasses.asdict(settings_from_config(settings_dict["agent"], settings_dict["scenario"], None))
     except (KeyError, ValueError):  # a record of an agent or scenario that no longer exists
@@ -521,7 +539,9 @@ def train(
             note = ""
             if steps >= state["next_eval"]:
                 started = time.perf_counter()
-                ev = evaluate(agent.policy(), scenario, settings.eval_users, EVAL_SEED, progress=progress.status)
+                ev = evaluate(
+                    agent.policy(), scenario, settings.eval_users, settings.eval_seed, progress=progress.status
+                )
                 seconds = time.perf_counter() - started
                 logger.evaluation(
                     ev.metrics,
@@ -534,6 +554,10 @@ def train(
                 observer.on_evaluation(steps, ev.metrics, seconds)
                 state["next_eval"] = steps + settings.interval
                 note = f"eval {ev.metrics['return_mean']:.1f}"
+                if settings.keep_best and ev.metrics["return_mean"] > best_return(run_dir):
+                    # The snapshot records its own score: a kill between it and the next checkpoint loses nothing.
+                    save_checkpoint(agent, run_dir / BEST, dict(state, best_return=float(ev.metrics["return_mean"])))
+                    note += " (best so far)"
             progress.update(steps, metrics, note)
             if stop.received is not None:
                 save_checkpoint(agent, ckpt, state)
@@ -543,6 +567,15 @@ def train(
                 save_checkpoint(agent, ckpt, state)
     progress.close()
     save_checkpoint(agent, ckpt, state)
+
+
+BEST = "best"  # a keep_best run's best snapshot, next to its checkpoint
+
+
+def best_return(run_dir: Path) -> float:
+    """The validation return of a run's best snapshot so far (-inf when it has none)."""
+    record = run_dir / BEST / "state.json"
+    return float(read_json(record, "best snapshot record")["best_return"]) if record.is_file() else -np.inf
 
 
 def format_metrics(rows: Mapping[str, Mapping[str, float]]) -> str:
@@ -621,6 +654,13 @@ def run_one(
     try:
         if agent is not None:
             train(agent, settings, scenario, logger, run_dir, state, observer)
+            if settings.keep_best:
+                agent.restore(run_dir / BEST)  # the validation users' best, whatever the last iteration did
+                print(
+                    f"final policy: the best snapshot on validation users, at {agent.env_steps:,} env steps "
+                    f"(validation return {best_return(run_dir):.1f})",
+                    file=sys.stderr,
+                )
             policy, steps = agent.policy(), agent.env_steps
         else:
             steps = 0

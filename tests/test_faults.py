@@ -67,6 +67,37 @@ def test_a_scheduler_signal_checkpoints_and_the_resumed_run_loses_nothing(tmp_pa
     assert (pd.read_csv(run_dir / "results.csv").phase == "final").sum() == 1
 
 
+def test_keep_best_ends_with_the_snapshot_best_on_validation_users(tmp_path, capsys):
+    from experiments.harness import EVAL_SEED, VALIDATION_SEED, evaluate
+
+    # Evaluations at 256, 512, ... steps: seven snapshots to choose among, on the validation users.
+    assert run.main([*SB3_SMOKE, "--steps", "1792", "--keep-best", "--logdir", str(tmp_path)]) == 0
+    run_dir = _only_run(tmp_path)
+    rows = pd.read_csv(run_dir / "results.csv")
+    train = rows[rows.phase == "train"]
+    best = train.loc[train.return_mean.idxmax()]
+    assert len(train) >= 3 and train.return_mean.nunique() > 1  # a real choice
+    saved = json.loads((run_dir / "best" / "state.json").read_text())
+    assert saved["env_steps"] == best.env_steps and saved["best_return"] == pytest.approx(best.return_mean)
+    final = rows[rows.phase == "final"].iloc[0]
+    assert final.env_steps == best.env_steps  # the final evaluation is of the best snapshot, not the last
+    assert f"at {int(best.env_steps):,} env steps" in capsys.readouterr().err
+    # Never pooled with runs that end on their last snapshot.
+    assert runs.config_label(json.loads((run_dir / "run.json").read_text())) != ""
+    # The snapshot scores what was logged on the validation users, and the final figure on the final ones.
+    settings = runs.load_run(run_dir)
+    agent = runs.build_agent(settings, "cpu")
+    try:
+        agent.restore(run_dir / "best")
+        config = settings.scenario_config()
+        again = evaluate(agent.policy(), config, settings.eval_users, VALIDATION_SEED).metrics["return_mean"]
+        assert again == pytest.approx(best.return_mean)
+        final_users = evaluate(agent.policy(), config, settings.final_eval_users, EVAL_SEED).metrics["return_mean"]
+        assert final_users == pytest.approx(final.return_mean)
+    finally:
+        agent.close()
+
+
 def test_resume_truncates_what_was_logged_after_the_checkpoint(tmp_path):
     assert run.main([*SB3_SMOKE, "--steps", "2048", "--logdir", str(tmp_path)]) == 0
     run_dir = _only_run(tmp_path)

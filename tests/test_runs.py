@@ -30,6 +30,8 @@ from experiments.runs import RunSettings
         (dict(agent="random", algo={"lr": 0.1}), "random takes no algo settings"),
         (dict(model={"depth": 2}), "unknown model config key 'depth'"),
         (dict(model={"d_model": 30, "n_heads": 4}), "divisible by n_heads"),
+        (dict(agent="popularity", keep_best=True), "--keep-best keeps a training run's best snapshot"),
+        (dict(keep_best="yes"), "--keep-best must be true or false"),
     ],
 )
 def test_bad_settings_fail_on_construction_naming_the_field(kw, message):
