@@ -383,6 +383,16 @@ class RLlibPPOAgent(TrainableAgent):
             raise ValueError(
                 f"cannot restore the PPO checkpoint in {path / 'algorithm'}: {type(err).__name__}: {err}"
             ) from None
+        # Restoring into a live algorithm (run.py --keep-best at the end of training) updates its learner
+        # but not what samples and serves: the env runners skip weights whose sequence number is older
+        # than theirs, and the snapshot's is. So load the restored weights into them directly.
+        from ray.rllib.core import DEFAULT_MODULE_ID
+
+        (result,) = self.algo.learner_group.foreach_learner(
+            lambda learner: {k: v.detach().cpu() for k, v in learner.module[DEFAULT_MODULE_ID].net.state_dict().items()}
+        )
+        weights = result.get()
+        self.algo.env_runner_group.foreach_env_runner(lambda runner: runner.module.net.load_state_dict(weights))
         self._env_steps = int(saved["env_steps"])
 
     def _signature(self) -> dict[str, Any]:

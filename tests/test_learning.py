@@ -188,3 +188,20 @@ def test_rllib_ppo_critic_warmup_moves_only_the_value_head(ray_session):
         agent.close()
     with pytest.raises(ValueError, match="critic_warmup_steps"):
         PPOParams(critic_warmup_steps=-1)
+
+
+def test_rllib_ppo_restored_into_a_live_agent_serves_the_snapshot(ray_session, tmp_path):
+    # run.py --keep-best restores its best snapshot into the agent that trained past it.
+    agent = RLlibPPOAgent(SCENARIO, PPOParams(**RLLIB_ALGO), seed=SEED, device="cpu", model=MODEL)
+    try:
+        agent.train_iteration()
+        agent.save(tmp_path / "snapshot")
+        snapshot = {k: v.clone() for k, v in agent.policy().model.state_dict().items()}
+        steps = agent.env_steps
+        agent.train_iteration()
+        assert any(not torch.equal(snapshot[k], v) for k, v in agent.policy().model.state_dict().items())
+        agent.restore(tmp_path / "snapshot")
+        served = agent.policy().model.state_dict()
+        assert all(torch.equal(snapshot[k], served[k]) for k in snapshot) and agent.env_steps == steps
+    finally:
+        agent.close()
