@@ -94,7 +94,8 @@ class RunSettings:
     checkpoint_every: training iterations between checkpoints; device: where a learner trains
     ("auto" picks cuda when a GPU is visible); ray_address: an existing Ray cluster to join;
     keep_best: evaluate during training on validation users (seed VALIDATION_SEED, not the final
-    evaluation's) and end with the snapshot that did best there (checkpoint/../best), not the last.
+    evaluation's) and end with the snapshot that did best there (saved to `best/` next to
+    `checkpoint/`), not the last.
     """
 
     agent: str = "ppo"
