@@ -270,7 +270,6 @@ class RLlibPPOAgent(TrainableAgent):
         self.algo.learner_group.update = timed_update
         self._env_steps = 0
         self._pretrained = False
-        self._critic_only = False
         self._eval_net = ActorCritic(self.encoder_config, scenario.env.slate_size, self.item_features)
 
     @property
@@ -320,9 +319,7 @@ class RLlibPPOAgent(TrainableAgent):
             self.pretrain()
             pretrain_s = time.perf_counter() - start
         critic_only = self._env_steps < self.params.critic_warmup_steps  # from env steps: a resumed run agrees
-        if critic_only != self._critic_only:
-            self.algo.learner_group.foreach_learner(lambda learner: setattr(learner, "critic_only", critic_only))
-            self._critic_only = critic_only
+        self.algo.learner_group.foreach_learner(lambda learner: setattr(learner, "critic_only", critic_only))
         self._learn_s = 0.0
         start = time.perf_counter()
         result = self.algo.train()
@@ -386,14 +383,20 @@ class RLlibPPOAgent(TrainableAgent):
         # Restoring into a live algorithm (run.py --keep-best at the end of training) updates its learner
         # but not what samples and serves: the env runners skip weights whose sequence number is older
         # than theirs, and the snapshot's is. So load the restored weights into them directly.
+        weights = self.learner_weights()
+        self.algo.env_runner_group.foreach_env_runner(lambda runner: runner.module.net.load_state_dict(weights))
+        self._env_steps = int(saved["env_steps"])
+
+    def learner_weights(self) -> dict[str, Any]:
+        """A CPU copy of the learner's network weights (what trains; policy() holds what serves)."""
         from ray.rllib.core import DEFAULT_MODULE_ID
 
         (result,) = self.algo.learner_group.foreach_learner(
-            lambda learner: {k: v.detach().cpu() for k, v in learner.module[DEFAULT_MODULE_ID].net.state_dict().items()}
+            lambda learner: {
+                k: v.detach().cpu().clone() for k, v in learner.module[DEFAULT_MODULE_ID].net.state_dict().items()
+            }
         )
-        weights = result.get()
-        self.algo.env_runner_group.foreach_env_runner(lambda runner: runner.module.net.load_state_dict(weights))
-        self._env_steps = int(saved["env_steps"])
+        return result.get()
 
     def _signature(self) -> dict[str, Any]:
         """What must match between a checkpoint and the agent restoring it."""

@@ -159,16 +159,9 @@ def test_rllib_ppo_warm_starts_its_encoder_from_sasrec_on_logs(ray_session, monk
 
 
 def test_rllib_ppo_critic_warmup_moves_only_the_value_head(ray_session):
-    from ray.rllib.core import DEFAULT_MODULE_ID
-
     params = PPOParams(**{**RLLIB_ALGO, "critic_warmup_steps": 1024})  # two iterations of 512
     agent = RLlibPPOAgent(SCENARIO, params, seed=SEED, device="cpu", model=MODEL)
-
-    def learner_weights() -> dict[str, torch.Tensor]:
-        (result,) = agent.algo.learner_group.foreach_learner(
-            lambda learner: learner.module[DEFAULT_MODULE_ID].net.state_dict()
-        )
-        return {k: v.detach().clone() for k, v in result.get().items()}
+    learner_weights = agent.learner_weights
 
     def changed(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> set[str]:
         return {k for k in a if not torch.equal(a[k], b[k])}
