@@ -34,7 +34,13 @@ from typing import Any
 
 from agents.registry import RETRAIN_SUFFIX, get_agent
 from envs.config import PRESETS, has_calendar
-from experiments.runs import SMOKE_MODEL, SMOKE_SCENARIO, load_config_sections
+from experiments.runs import (
+    LIFETIME_ALGO_DEFAULTS,
+    LIFETIME_RUN_DEFAULTS,
+    SMOKE_MODEL,
+    SMOKE_SCENARIO,
+    load_config_sections,
+)
 from experiments.stresstest import (
     DEFAULT_AGENTS,
     FAMILIES,
@@ -71,7 +77,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="training seeds (default: 0 1 2)")
     p.add_argument("--train-scenario", default=d.train_scenario, help=f"training regime (default: {d.train_scenario})")
-    p.add_argument("--steps", type=int, default=None, help=f"training budget of PPO agents (default: {d.steps})")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training budget of PPO agents (default: {d.steps}; on a calendar: "
+        f"{LIFETIME_RUN_DEFAULTS['steps']}, run.py's lifetime budget)",
+    )
     p.add_argument(
         "--eval-users", type=int, default=None, help=f"evaluation users per regime (default: {d.eval_users})"
     )
@@ -142,6 +154,9 @@ def settings_from_args(args: argparse.Namespace) -> StressSettings:
     temporal = args.train_scenario in PRESETS and has_calendar(args.train_scenario)  # unknown: StressSettings says
     reference = args.reference or (TEMPORAL_DEFAULTS["reference"] if temporal else SESSION_REFERENCE)
     stressed = {base_agent(a) for a in agents} | {reference}
+    if temporal and not args.smoke:  # trained agents get run.py's lifetime budget and settings
+        kw["steps"] = LIFETIME_RUN_DEFAULTS["steps"]
+        algo = {name: dict(LIFETIME_ALGO_DEFAULTS[name]) for name in stressed if name in LIFETIME_ALGO_DEFAULTS}
     if args.smoke:  # toy sizes first: flags and the config file override them
         kw.update(STRESS_SMOKE, scenario_overrides=SMOKE_SCENARIO, model=SMOKE_MODEL)
         if temporal:

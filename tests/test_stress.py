@@ -224,6 +224,85 @@ def test_report_only_redoes_the_outputs_from_the_saved_evaluations(tiny_run, tmp
     assert f"no settings.json in {tmp_path}" in capsys.readouterr().err
 
 
+def test_an_interrupted_stress_test_resumes_from_its_saved_evaluations(tiny_run, tmp_path, monkeypatch, capsys):
+    """Run again into the same directory, a stress test evaluates only what is not saved (a lost
+    or corrupted evaluation) and gives the numbers of the uninterrupted run; a job whose
+    evaluations are all saved is not even built."""
+    import shutil
+
+    from experiments.stresstest import jobs
+
+    settings, res, done = tiny_run
+    out = tmp_path / "again"
+    shutil.copytree(done, out)
+    for name in ("grid.csv", "jobs.pkl", "report.md"):  # as if killed before the end
+        (out / name).unlink()
+    saved = sorted((out / jobs.EVALUATIONS).glob("*.pkl"))
+    assert len(saved) == len(settings.regimes()) * (3 * 2 + 1)  # 3 agents x 2 seeds, and the reference
+    lost = jobs.evaluation_path(out, "bandit", 1, "shock", 2.0)
+    lost.unlink()
+    corrupted = jobs.evaluation_path(out, "oracle-session", 0, "none", 0.0)
+    corrupted.write_bytes(b"\x80\x04 truncated")
+    calls, built = [], []
+    real_evaluate, real_build = jobs.evaluate, jobs.build_policies
+    monkeypatch.setattr(jobs, "evaluate", lambda *a, **kw: calls.append(1) or real_evaluate(*a, **kw))
+    monkeypatch.setattr(jobs, "build_policies", lambda s, job, o: built.append(job["agents"]) or real_build(s, job, o))
+    again = stresstest.stress(settings, out)
+    # The bandit's warm-up pass over training users, then the two lost evaluations.
+    assert len(calls) == 3 and built == [["bandit"], ["oracle-session"]]
+    pd.testing.assert_frame_equal(again.grid, res.grid)
+    err = capsys.readouterr().err
+    assert "resuming the stress test" in err and f"{corrupted} is unreadable" in err
+    assert f"bandit seed 1 done in 0s ({len(settings.regimes()) - 1} of {len(settings.regimes())} evaluations" in err
+    assert "resumed" in (out / "report.md").read_text()
+
+
+def test_a_stress_test_with_other_settings_is_refused_in_the_same_directory(tiny_run, tmp_path, capsys):
+    import shutil
+
+    _, _, done = tiny_run
+    out = tmp_path / "other"
+    shutil.copytree(done, out)
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*")}
+    argv = ["--smoke", "--agents", "bandit", "--seeds", "0", "--reference", "oracle-session", "--out", str(out)]
+    assert stress.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} holds a stress test with other settings" in err and "agents" in err
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing run, nothing written
+
+
+def test_a_trained_agent_is_reused_when_finished_and_resumed_when_interrupted(tmp_path, monkeypatch):
+    """The training run of a simulator-trained agent (PPO) lives under runs/: run again, a stress
+    test restores a finished run, resumes an interrupted one from its checkpoint, or starts one."""
+    import json
+
+    from experiments.stresstest import jobs
+
+    settings = tiny_settings(agents=("ppo",), seeds=(3,), steps=64, algo={})
+    calls = []
+
+    def fake_run_one(run, logdir, resume=None):
+        calls.append(resume)
+        run_dir = resume or logdir / settings.train_scenario / "ppo" / f"{run.seed}-20260101-000000"
+        (run_dir / "checkpoint").mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoint" / "state.json").write_text("{}")
+        (run_dir / "status.json").write_text(json.dumps(dict(status="finished")))
+        return run_dir, {}
+
+    monkeypatch.setattr(jobs, "run_one", fake_run_one)
+    monkeypatch.setattr(jobs, "restore_policy", lambda run_dir, device: (None, f"policy of {run_dir.name}"))
+    job = dict(agents=["ppo"], seed=3, load=None)
+    assert jobs.build_policies(settings, job, tmp_path) == {"ppo": "policy of 3-20260101-000000"}
+    assert calls == [None]  # a new run
+    run_dir = tmp_path / "runs" / settings.train_scenario / "ppo" / "3-20260101-000000"
+    assert jobs.build_policies(settings, job, tmp_path) == {"ppo": "policy of 3-20260101-000000"}
+    assert calls == [None]  # finished: restored, not trained again
+    (run_dir / "status.json").write_text(json.dumps(dict(status="interrupted")))
+    jobs.build_policies(settings, job, tmp_path)
+    assert calls == [None, run_dir]  # resumed from its checkpoint
+    assert jobs.earlier_run(tmp_path / "runs", settings.train_scenario, "ppo", 4) is None  # another seed's
+
+
 def test_config_file_sets_the_training_regime_and_agent_settings(tmp_path):
     cfg = tmp_path / "stress.yaml"
     cfg.write_text("scenario: {catalog: {n_items: 120}}\nmodel: {d_model: 16}\nalgo: {sasrec: {epochs: 2}}\n")
@@ -408,6 +487,19 @@ def test_temporal_settings_resolve_defaults_variants_and_regimes():
     assert regimes["shock", 1.0].world.shock.events[-1].strength == pytest.approx(0.8)
     # settings.json round trip: the resolved settings construct the same settings again.
     assert stresstest.StressSettings(**{**t.__dict__}) == t
+
+
+def test_temporal_cli_trains_ppo_with_the_lifetime_run_defaults():
+    """On a calendar the CLI gives trained agents run.py's lifetime budget and settings (a session
+    budget of 250,000 steps would take hours on lives); flags and the config file still win."""
+    from experiments.runs import LIFETIME_ALGO_DEFAULTS, LIFETIME_RUN_DEFAULTS
+
+    parse = lambda *argv: stress.settings_from_args(stress.parse_args(["--train-scenario", "lifetime", *argv]))  # noqa: E731
+    s = parse("--agents", "ppo", "sasrec")
+    assert s.steps == LIFETIME_RUN_DEFAULTS["steps"] and s.algo["ppo"] == LIFETIME_ALGO_DEFAULTS["ppo"]
+    assert parse("--agents", "ppo", "--steps", "4096").steps == 4096
+    assert "ppo" not in parse("--agents", "sasrec").algo  # not stressed, so no settings for it
+    assert stress.settings_from_args(stress.parse_args(["--agents", "ppo"])).steps == 250_000  # sessions
 
 
 def test_temporal_flags_on_a_session_preset_exit_2(tmp_path, capsys):

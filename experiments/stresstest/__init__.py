@@ -11,13 +11,14 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from experiments.runs import writable_dir
+from experiments.runs import read_json, writable_dir
 from experiments.stresstest.analysis import StressResult
 from experiments.stresstest.jobs import run_job, run_jobs
 from experiments.stresstest.report import load_outputs, write_outputs
@@ -31,14 +32,32 @@ def stress(
     ray_address: str | None = None,
     command: str = "experiments/stress.py",
 ) -> StressResult:
-    """Run the grid, then analyse it and write every output into `out`."""
+    """Run the grid, then analyse it and write every output into `out`.
+
+    `out` may hold an earlier invocation of the same stress test (interrupted or finished): what it
+    saved is reused (jobs.py). One with other settings is an error before any work starts.
+    """
     started = time.perf_counter()
     writable_dir(out, "--out")
-    (out / "settings.json").write_text(json.dumps(asdict(settings), indent=2, default=list))
+    record = json.loads(json.dumps(asdict(settings), default=list))
+    earlier = out / "settings.json"
+    resumed = earlier.is_file()
+    if resumed:
+        saved = read_json(earlier, "stress test's settings")
+        changed = sorted(k for k in record.keys() | saved.keys() if record.get(k) != saved.get(k))
+        if changed:
+            raise ValueError(
+                f"--out {out} holds a stress test with other settings (differing in {', '.join(changed)}): "
+                "give another --out, or the same settings to resume it"
+            )
+        print(f"stress: resuming the stress test in {out} (its saved evaluations are reused)", file=sys.stderr)
+    else:
+        (out / "settings.json").write_text(json.dumps(record, indent=2))
     results = run_jobs(settings, out, parallel, ray_address)
     # The raw evaluations: --report-only redoes the analysis, tables and plots from them.
     pd.to_pickle(results, out / "jobs.pkl")
-    (out / "command.json").write_text(json.dumps(dict(command=command, seconds=time.perf_counter() - started)))
+    seconds = time.perf_counter() - started
+    (out / "command.json").write_text(json.dumps(dict(command=command, seconds=seconds, resumed=resumed)))
     return write_outputs(settings, results, out)
 
 

@@ -1,6 +1,11 @@
 """The jobs of a stress test: train (or load) each agent once per seed under the training regime,
 then evaluate a fresh copy of it under every regime, in-process or as Ray tasks.
 
+Each evaluation is saved as it finishes (`evaluations/`, atomically), and a trained agent's run
+keeps its checkpoint under `runs/`: a stress test run again into the same directory with the same
+settings skips what is saved, resumes an interrupted training run from its checkpoint and reuses a
+finished one, so a kill loses at most the evaluation or checkpoint interval in progress.
+
 Temporal mode (settings.py): simulator-trained agents train on lives of train_days days;
 supervised agents are fitted on the logs of days [0, train_days) of the served world and serve
 from that day; online learners warm up on the training regime; everyone then serves lives of
@@ -11,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -20,7 +27,17 @@ import pandas as pd
 
 from agents.registry import RETRAIN_SUFFIX, get_agent, retrain_days
 from experiments.harness import EVAL_SEED, evaluate
-from experiments.runs import RunSettings, load_run, ray_device, ray_tasks, resolve_device, restore_policy, run_one
+from experiments.runs import (
+    STATUS_FILE,
+    RunSettings,
+    load_run,
+    ray_device,
+    ray_tasks,
+    resolve_device,
+    restore_policy,
+    run_one,
+    run_status,
+)
 from experiments.stresstest.settings import StressSettings, base_agent, same_regime
 
 
@@ -77,8 +94,10 @@ def build_policies(settings: StressSettings, job: dict[str, Any], out: Path) -> 
             eval_users=min(256, settings.eval_users),
             final_eval_users=settings.eval_users,
         )
-        run_dir, _ = run_one(run, out / "runs")
-        return {base: restore_policy(run_dir, device)[1]}
+        earlier = earlier_run(out / "runs", settings.train_scenario, base, job["seed"])
+        if earlier is None or run_status(earlier) != "finished":  # new, or resumed from its checkpoint
+            earlier, _ = run_one(run, out / "runs", resume=earlier)
+        return {base: restore_policy(earlier, device)[1]}
     job_dir = out / "runs" / settings.train_scenario / base / str(job["seed"])  # logs of log-trained agents
     job_dir.mkdir(parents=True, exist_ok=True)
     policy = spec.build(
@@ -92,6 +111,43 @@ def build_policies(settings: StressSettings, job: dict[str, Any], out: Path) -> 
     if spec.online:  # its training: one pass over training users (seeded like training runs)
         evaluate(policy, train, settings.eval_users, seed=job["seed"])
     return {name: _variant(policy, name, settings) for name in job["agents"]}
+
+
+def earlier_run(logdir: Path, scenario: str, agent: str, seed: int) -> Path | None:
+    """The newest run directory an earlier invocation left for this agent and seed that can be
+    finished or resumed (it has a status and a checkpoint); None if there is none."""
+    runs = sorted((logdir / scenario / agent).glob(f"{seed}-*"), key=lambda p: p.stat().st_mtime)
+    usable = [p for p in runs if (p / STATUS_FILE).is_file() and (p / "checkpoint" / "state.json").is_file()]
+    return usable[-1] if usable else None
+
+
+EVALUATIONS = "evaluations"  # one file per agent, seed and regime
+
+
+def evaluation_path(out: Path, agent: str, seed: int, family: str, magnitude: float) -> Path:
+    return out / EVALUATIONS / f"{agent}-seed{seed}-{family}-{magnitude:g}.pkl"
+
+
+def load_evaluation(path: Path) -> dict[str, Any] | None:
+    """A saved evaluation, or None when there is none; an unreadable one is said and redone."""
+    if not path.is_file():
+        return None
+    try:
+        piece = pd.read_pickle(path)
+        if isinstance(piece, dict) and {"row", "curve"} <= piece.keys():
+            return piece
+    except (OSError, EOFError, ValueError, pickle.UnpicklingError, AttributeError, ImportError):
+        pass
+    print(f"stress: {path} is unreadable (corrupted); evaluating it again", file=sys.stderr)
+    return None
+
+
+def save_evaluation(path: Path, piece: dict[str, Any]) -> None:
+    """Write atomically: a kill mid-write leaves no half file that a resume would trust."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pd.to_pickle(piece, tmp)
+    os.replace(tmp, path)
 
 
 def _variant(policy: Any, name: str, settings: StressSettings) -> Any:
@@ -108,28 +164,35 @@ def run_job(settings: StressSettings, job: dict[str, Any], out: str) -> dict[str
 
     Returns rows (one per agent and regime: agent, seed, family, magnitude and the harness's
     metrics) and the curves of those evaluations: per step (timelines) in step mode, per day
-    (by_day) in temporal mode.
+    (by_day) in temporal mode. Evaluations saved in `out` by an earlier invocation are reused
+    (the job's agents are not even built when all are there).
     """
     started = time.perf_counter()
-    rows, timelines, by_day = [], [], []
     regimes = settings.regimes()
-    for name, policy in build_policies(settings, job, Path(out)).items():
-        for family, magnitude, cfg in regimes:
-            # A copy per regime: online learners must not carry what they learned from one regime to the next.
-            ev = evaluate(copy.deepcopy(policy), cfg, settings.eval_users, EVAL_SEED)
-            key = dict(agent=name, seed=job["seed"], family=family, magnitude=magnitude)
-            rows.append(dict(key, **ev.metrics))
-            if settings.temporal:
-                by_day.append(ev.by_day.assign(**key))
-            else:
-                timelines.append(ev.timeline.assign(**key))
+    keys = [(name, family, magnitude) for name in job["agents"] for family, magnitude, _ in regimes]
+    paths = {k: evaluation_path(Path(out), k[0], job["seed"], k[1], k[2]) for k in keys}
+    done = {k: piece for k in keys if (piece := load_evaluation(paths[k])) is not None}
+    reused = len(done)
+    if reused < len(keys):
+        for name, policy in build_policies(settings, job, Path(out)).items():
+            for family, magnitude, cfg in regimes:
+                if (name, family, magnitude) in done:
+                    continue
+                # A copy per regime: online learners must not carry what they learned from one regime to the next.
+                ev = evaluate(copy.deepcopy(policy), cfg, settings.eval_users, EVAL_SEED)
+                key = dict(agent=name, seed=job["seed"], family=family, magnitude=magnitude)
+                curve = ev.by_day if settings.temporal else ev.timeline
+                piece = dict(row=dict(key, **ev.metrics), curve=curve.assign(**key))
+                save_evaluation(paths[name, family, magnitude], piece)
+                done[name, family, magnitude] = piece
     print(
-        f"stress: {', '.join(job['agents'])} seed {job['seed']} done in {time.perf_counter() - started:.0f}s",
+        f"stress: {', '.join(job['agents'])} seed {job['seed']} done in {time.perf_counter() - started:.0f}s"
+        + (f" ({reused} of {len(keys)} evaluations saved by an earlier invocation)" if reused else ""),
         file=sys.stderr,
     )
-    if settings.temporal:
-        return dict(rows=rows, by_day=pd.concat(by_day, ignore_index=True))
-    return dict(rows=rows, timelines=pd.concat(timelines, ignore_index=True))
+    rows = [done[k]["row"] for k in keys]
+    curves = pd.concat([done[k]["curve"] for k in keys], ignore_index=True)
+    return dict(rows=rows, by_day=curves) if settings.temporal else dict(rows=rows, timelines=curves)
 
 
 def run_jobs(

@@ -212,7 +212,13 @@ def _log_days(logger: RunLogger, res: StressResult, agent: str) -> None:
 
 
 def write_report(
-    settings: StressSettings, res: StressResult, out: Path, paths: dict[str, Path], command: str, seconds: float
+    settings: StressSettings,
+    res: StressResult,
+    out: Path,
+    paths: dict[str, Path],
+    command: str,
+    seconds: float,
+    resumed: bool = False,
 ) -> Path:
     agents = [a for a in dict.fromkeys(res.grid.agent) if a != settings.reference]
     deg = res.degradation[res.degradation.agent.isin(agents)]
@@ -220,7 +226,8 @@ def write_report(
         f"# Drift stress test: trained on `{settings.train_scenario}`"
         + (f", days [0, {settings.train_days:g}), served to day {settings.serve_days:g}" if settings.temporal else ""),
         "",
-        f"`{command}`  ({seconds / 60:.1f} min)",
+        f"`{command}`  ({seconds / 60:.1f} min"
+        + (" in its last invocation, which resumed an interrupted one and reused its saved work)" if resumed else ")"),
         "",
         f"Agents: {', '.join(agents)}; seeds {', '.join(map(str, sorted(res.grid.seed.unique())))}; "
         f"{settings.eval_users} evaluation users per regime (the same users and simulator noise for every "
@@ -434,7 +441,15 @@ def write_outputs(settings: StressSettings, results: list[dict[str, Any]], out: 
     shutil.rmtree(out / "tb", ignore_errors=True)  # a redone report replaces the events, not adds to them
     log_tensorboard(settings, res, out)
     meta = json.loads((out / "command.json").read_text()) if (out / "command.json").is_file() else {}
-    write_report(settings, res, out, paths, meta.get("command", "experiments/stress.py"), meta.get("seconds", 0.0))
+    write_report(
+        settings,
+        res,
+        out,
+        paths,
+        meta.get("command", "experiments/stress.py"),
+        meta.get("seconds", 0.0),
+        meta.get("resumed", False),
+    )
     return res
 
 
