@@ -211,6 +211,13 @@ def _log_days(logger: RunLogger, res: StressResult, agent: str) -> None:
             logger.scalars("recovery", dict(relative_watch=v), int(day))
 
 
+_RAW_FILES = (
+    "jobs.pkl (the raw evaluations: `--report-only` redoes this report from them), evaluations/ (the same, "
+    "one file per agent, seed and regime, saved as each finished: the same command run again into this "
+    "directory resumes from them); "
+)
+
+
 def write_report(
     settings: StressSettings,
     res: StressResult,
@@ -332,9 +339,9 @@ def _step_sections(settings: StressSettings, res: StressResult, out: Path, paths
         "## Files",
         "",
         "grid.csv (every evaluation), robustness.csv, recovery.csv (per seed), "
-        "recovery_summary.csv, recovery_curves.csv, timelines.csv, settings.json, jobs.pkl (the raw "
-        "evaluations: `--report-only` redoes this report from them); "
-        f"TensorBoard: `tensorboard --logdir {out / 'tb'}`.",
+        "recovery_summary.csv, recovery_curves.csv, timelines.csv, settings.json, "
+        + _RAW_FILES
+        + f"TensorBoard: `tensorboard --logdir {out / 'tb'}`.",
         "",
     ]
     return lines
@@ -415,8 +422,7 @@ def _temporal_sections(settings: StressSettings, res: StressResult, out: Path, p
         "",
         "grid.csv (every evaluation), robustness.csv, by_day.csv (relative watch per agent, seed, regime "
         "and day), degradation_by_week.csv, recovery.csv (per seed), recovery_summary.csv, recovery_curves.csv, "
-        "settings.json, jobs.pkl (the raw evaluations: `--report-only` redoes this report from them); "
-        f"TensorBoard: `tensorboard --logdir {out / 'tb'}`.",
+        "settings.json, " + _RAW_FILES + f"TensorBoard: `tensorboard --logdir {out / 'tb'}`.",
         "",
     ]
     return lines
