@@ -77,6 +77,8 @@ class EncoderConfig:
     the block before it, instead of to all H (0: always all). With the last layer computing
     only the CLS row (which reads all H), a decision then costs O(H * W) instead of O(H^2):
     linear in the history length. Histories of at most W tokens are encoded exactly as with 0.
+    ``seen_flag`` adds a learned vector to each candidate that is among the history's items (the
+    "already watched" feature of deployed recommenders; see :func:`seen_in_history`).
     """
 
     n_items: int
@@ -93,6 +95,7 @@ class EncoderConfig:
     autocast_bf16: bool = True
     target_attention: bool = True
     attention_window: int = 128
+    seen_flag: bool = False
 
     def __post_init__(self) -> None:
         for name, low in _INT_FIELDS_MIN.items():
@@ -113,7 +116,7 @@ class EncoderConfig:
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"EncoderConfig.dropout must be in [0, 1), got {self.dropout}")
         object.__setattr__(self, "dropout", float(self.dropout))
-        for name in ("compile", "autocast_bf16", "target_attention"):
+        for name in ("compile", "autocast_bf16", "target_attention", "seen_flag"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"EncoderConfig.{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -189,6 +192,16 @@ class EncoderOutput(NamedTuple):
 def _ids(x: Tensor) -> Tensor:
     # SB3 hands ids over as float32; round so 4.9999 does not become 4.
     return x.round().long() if x.is_floating_point() else x.long()
+
+
+def seen_in_history(obs: Mapping[str, Tensor]) -> Tensor:
+    """[B, C] 1.0 where a candidate is one of the history's real entries, else 0.0: what a user
+    watched is a plain fact of the log, and a model that must infer it from embeddings recognises
+    exact repeats poorly. A history of one entry knows only the last item."""
+    mask = obs["history_mask"]
+    real = mask if mask.dtype == torch.bool else mask > 0.5
+    same = _ids(obs["candidate_items"])[:, :, None] == _ids(obs["history_items"])[:, None, :]
+    return (same & real[:, None, :]).any(-1).float()
 
 
 def _autocast(x: Tensor, enabled: bool):
@@ -516,6 +529,7 @@ class RecommenderEncoder(nn.Module):
         self.history = HistoryEncoder(config, item_features=item_features)
         self.item_tower = ItemTower(config, item_embedding=self.history.item_embedding)
         self.target_attention = TargetAttention(config) if config.target_attention else None
+        self.seen = nn.Parameter(torch.zeros(config.d_model)) if config.seen_flag else None
 
     @property
     def output_dim(self) -> int:
@@ -527,7 +541,10 @@ class RecommenderEncoder(nn.Module):
 
     def encode_candidates(self, obs: Mapping[str, Tensor]) -> Tensor:
         """Candidate vectors [B, C, d_model]."""
-        return self.item_tower(obs["candidate_items"], obs.get("candidate_features"))
+        vectors = self.item_tower(obs["candidate_items"], obs.get("candidate_features"))
+        if self.seen is not None:
+            vectors = vectors + seen_in_history(obs)[..., None] * self.seen
+        return vectors
 
     @staticmethod
     def score(user: Tensor, candidates: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ class CognitiveParams(DriftParams):
     satiation_weight: float = 1.0  # fit lost on a fully satiated topic
     reinforcement_rate: float = 0.02  # interest gain toward consumed topics, per watched item
     novelty_weight: float = 1.0  # utility bonus of fresh items / penalty of repeats, x novelty_seeking
+    rewatch: float = 1.0  # share of its usual watch time an item gets again while among the user's recent items
     freshness_steps: float = 20.0  # an arrived item stays fresh for about this many steps
     random_walk_std: float = 0.01  # exogenous per-step interest noise
     satiation_recovery_per_day: float = 0.5  # lifetime worlds: fraction of satiation lost per day away
@@ -42,6 +43,7 @@ class CognitiveParams(DriftParams):
         check_range(o, "satiation_weight", self.satiation_weight, 0.0, 100.0)
         check_range(o, "reinforcement_rate", self.reinforcement_rate, 0.0, 1.0)
         check_range(o, "novelty_weight", self.novelty_weight, 0.0, 100.0)
+        check_range(o, "rewatch", self.rewatch, 0.0, 1.0)
         check_range(o, "freshness_steps", self.freshness_steps, 0.0, 1e6, lo_open=True)
         check_range(o, "random_walk_std", self.random_walk_std, 0.0, 1.0)
         check_range(o, "satiation_recovery_per_day", self.satiation_recovery_per_day, 0.0, 1.0)
@@ -95,6 +97,22 @@ def novelty_bonus(
         return np.zeros(slates.shape, dtype=np.float32)
     repeat = (slates[:, :, None] == recent_items[:, None, :]).any(-1)
     return np.float32(weight) * novelty_seeking[:, None] * (freshness - repeat)
+
+
+def rewatch_factor(slates: np.ndarray, recent_items: np.ndarray, params: CognitiveParams) -> np.ndarray | None:
+    """[N, K] share of its usual watch time each item of `slates` [N, K] would get: for a repeat of
+    one of the user's recent items [N, R], 1 - scale x (1 - rewatch) (at least 0), else 1. None when
+    a repeat watches like a first view (rewatch 1, or the family off), so callers skip the work.
+
+    Seen minutes ago, a video is mostly skipped through the second time: platforms filter what a
+    user has just watched because rewatch rates are low. Only the history says what was watched
+    before the last item, so a policy that reads one interaction serves more repeats.
+    """
+    loss = params.scale * (1.0 - params.rewatch)
+    if not loss:
+        return None
+    repeat = (slates[:, :, None] == recent_items[:, None, :]).any(-1)
+    return np.where(repeat, np.float32(max(0.0, 1.0 - loss)), np.float32(1.0))
 
 
 def freshness(arrival: np.ndarray, now: np.ndarray, lasting: float) -> np.ndarray:

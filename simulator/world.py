@@ -446,6 +446,9 @@ class World:
         p_click = 1.0 / (1.0 + np.exp(outside[:, None] - utility))  # logit with one item + no-click
         value = response.personal_value(fit, self.catalog.quality[items], cfg)
         watch = self.catalog.length[items] * response.completion(value, self.catalog.attractiveness[items], cfg)
+        rewatch = cognitive.rewatch_factor(items, s.recent_items, self.config.cognitive)
+        if rewatch is not None:
+            watch *= rewatch
         noise_mean = np.float32(np.exp(0.5 * cfg.watch_noise**2))  # mean of the log-normal factor
         return (p_click * watch * noise_mean).astype(np.float32)
 
@@ -526,6 +529,9 @@ class World:
         chosen = slates[rows, pos]
         value = response.personal_value(fit[rows, pos], c.quality[chosen], cfg.response)
         done_frac = response.completion(value, c.attractiveness[chosen], cfg.response)
+        rewatch = cognitive.rewatch_factor(chosen[:, None], s.recent_items, cfg.cognitive)
+        if rewatch is not None:  # a repeat of a recent item is mostly skipped through
+            done_frac = done_frac * rewatch[:, 0]
         done_frac = np.where(clicked, done_frac, np.float32(0.0))
         noise = np.exp(np.float32(cfg.response.watch_noise) * watch_noise)
         watch = c.length[chosen] * done_frac * noise

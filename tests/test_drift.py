@@ -300,6 +300,40 @@ def test_repeat_penalty_fades_once_the_item_leaves_memory(make_world):
     np.testing.assert_allclose(u1, u0, atol=1e-5)
 
 
+@pytest.mark.parametrize("rewatch", [0.2, 0.0])
+def test_a_repeat_of_a_recent_item_is_watched_less(make_world, rewatch):
+    """Treatment (rewatch < 1) against control (1) on common random numbers: a repeat of an item the
+    user just watched gets `rewatch` of the control's watch time, in the step and in the expected
+    engagement the oracles plan with; a fresh item is watched as in the control."""
+    quiet = {"satiation_weight": 0.0, "reinforcement_rate": 0.0, "random_walk_std": 0.0, "novelty_weight": 0.0}
+    worlds = {
+        r: make_world("cognitive", _merge(ALWAYS_CLICK, LONG_SESSIONS, {"cognitive": {**quiet, "rewatch": r}}), 8, 3)
+        for r in (rewatch, 1.0)
+    }
+    item, other = np.full((8, 1), 5, dtype=np.int64), np.full((8, 1), 6, dtype=np.int64)
+    first = {r: w.step(item).watch_time for r, w in worlds.items()}
+    np.testing.assert_allclose(first[rewatch], first[1.0])  # a first view: no difference
+    both = np.concatenate([item, other], axis=1)
+    expected = {r: w.expected_engagement(both) for r, w in worlds.items()}
+    np.testing.assert_allclose(expected[rewatch], expected[1.0] * [rewatch, 1.0], rtol=1e-5)
+    again = {r: w.step(item).watch_time for r, w in worlds.items()}
+    assert (again[1.0] > 0).all()
+    np.testing.assert_allclose(again[rewatch], rewatch * again[1.0], rtol=1e-5)
+    fresh = {r: w.step(other).watch_time for r, w in worlds.items()}
+    np.testing.assert_allclose(fresh[rewatch], fresh[1.0], rtol=1e-5)
+
+
+def test_rewatch_scales_with_the_magnitude_and_is_off_with_the_family():
+    slates, recent = np.array([[5, 6]]), np.array([[5, -1]])
+    factor = lambda **kw: cognitive.rewatch_factor(slates, recent, cognitive.CognitiveParams(**kw))  # noqa: E731
+    np.testing.assert_allclose(factor(enabled=True, rewatch=0.6), [[0.6, 1.0]])
+    np.testing.assert_allclose(factor(enabled=True, rewatch=0.6, magnitude=2.0), [[0.2, 1.0]])
+    np.testing.assert_allclose(factor(enabled=True, rewatch=0.2, magnitude=2.0), [[0.0, 1.0]])  # at least 0
+    assert factor(enabled=False, rewatch=0.2) is None and factor(enabled=True) is None
+    with pytest.raises(ValueError, match="rewatch"):
+        cognitive.CognitiveParams(rewatch=1.5)
+
+
 def test_fresh_arrivals_get_a_decaying_bonus():
     arrival = np.array([[0, 5, 5, 5]])
     f = cognitive.freshness(arrival, np.array([5]), 10.0)[0]

@@ -18,6 +18,7 @@ from agents.encoder import (
     HistoryEncoder,
     ItemTower,
     RecommenderEncoder,
+    seen_in_history,
 )
 
 N_ITEMS, H, C, F_ITEM, F_HIST, F_CTX, D = 30, 6, 5, 3, 2, 2, 16
@@ -180,6 +181,43 @@ def test_gradients_reach_every_parameter():
     for name, param in model.named_parameters():
         assert param.grad is not None, name
         assert param.grad.abs().sum() > 0, name
+
+
+def test_seen_flag_marks_exactly_the_candidates_in_the_real_history():
+    obs = make_obs([H, 2, 0])
+    obs["history_items"][1, : H - 2] = 7  # padding slots hold an id that must not count
+    obs["candidate_items"][:, 0] = obs["history_items"][:, -1]  # the last entry (row 2: none)
+    obs["candidate_items"][:, 1] = 7
+    obs["candidate_items"][0, 2] = obs["history_items"][0, 0]  # the oldest entry of a full history
+    seen = seen_in_history(obs)
+    truth = torch.tensor(
+        [
+            [
+                c in obs["history_items"][b][obs["history_mask"][b] > 0].tolist()
+                for c in obs["candidate_items"][b].tolist()
+            ]
+            for b in range(3)
+        ]
+    ).float()
+    torch.testing.assert_close(seen, truth)
+    assert seen[0, 0] == seen[0, 2] == 1 and seen[1, 0] == 1 and seen[2].sum() == 0
+    assert seen[1, 1] == float(7 in obs["history_items"][1, H - 2 :].tolist())
+
+
+def test_seen_flag_moves_only_the_scores_of_seen_candidates():
+    """With seen_flag the seen candidates' vectors get a learned offset; the others are untouched."""
+    torch.manual_seed(0)
+    plain = RecommenderEncoder(make_config(target_attention=False), item_features=ITEM_FEATURES).eval()
+    flagged = RecommenderEncoder(make_config(target_attention=False, seen_flag=True), item_features=ITEM_FEATURES)
+    flagged.load_state_dict({**plain.state_dict(), "seen": torch.ones(D)})
+    obs = make_obs([H, 3])
+    obs["candidate_items"][:, 0] = obs["history_items"][:, -1]
+    seen = seen_in_history(obs).bool()
+    with torch.no_grad():
+        a, b = plain(obs).logits, flagged.eval()(obs).logits
+    torch.testing.assert_close(a[~seen], b[~seen])
+    assert (a[seen] != b[seen]).all()
+    assert "seen" not in dict(plain.named_parameters())
 
 
 def test_float_ids_accepted(model):
