@@ -81,6 +81,11 @@ def reinforce(
         interest += rate * completion[:, None] * consumed_topics * (1.0 - interest)
 
 
+def is_repeat(slates: np.ndarray, recent_items: np.ndarray) -> np.ndarray:
+    """[N, K] bool: the item of `slates` [N, K] is among the user's recent items [N, R] (-1 = none)."""
+    return (slates[:, :, None] == recent_items[:, None, :]).any(-1)
+
+
 def novelty_bonus(
     slates: np.ndarray,
     recent_items: np.ndarray,
@@ -95,8 +100,7 @@ def novelty_bonus(
     weight = params.novelty_weight * params.scale
     if not weight:
         return np.zeros(slates.shape, dtype=np.float32)
-    repeat = (slates[:, :, None] == recent_items[:, None, :]).any(-1)
-    return np.float32(weight) * novelty_seeking[:, None] * (freshness - repeat)
+    return np.float32(weight) * novelty_seeking[:, None] * (freshness - is_repeat(slates, recent_items))
 
 
 def rewatch_factor(slates: np.ndarray, recent_items: np.ndarray, params: CognitiveParams) -> np.ndarray | None:
@@ -111,8 +115,7 @@ def rewatch_factor(slates: np.ndarray, recent_items: np.ndarray, params: Cogniti
     loss = params.scale * (1.0 - params.rewatch)
     if not loss:
         return None
-    repeat = (slates[:, :, None] == recent_items[:, None, :]).any(-1)
-    return np.where(repeat, np.float32(max(0.0, 1.0 - loss)), np.float32(1.0))
+    return np.where(is_repeat(slates, recent_items), np.float32(max(0.0, 1.0 - loss)), np.float32(1.0))
 
 
 def freshness(arrival: np.ndarray, now: np.ndarray, lasting: float) -> np.ndarray:
