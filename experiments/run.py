@@ -129,8 +129,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--keep-best",
-        action="store_true",
-        help="evaluate during training on validation users and end with the best snapshot there, not the last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="evaluate during training on validation users and end with the best snapshot there, not the last "
+        "(default: off; on for ppo on lifetime scenarios, with a critic warm-up: --no-keep-best turns it off)",
     )
     p.add_argument(
         "--checkpoint-every",
@@ -172,7 +174,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         final_eval_users=args.final_eval_users,
         eval_interval=args.eval_interval,
         checkpoint_every=args.checkpoint_every,
-        keep_best=args.keep_best or None,
+        keep_best=args.keep_best,
     )
 
 

@@ -56,6 +56,13 @@ SMOKE_SIZES = dict(steps=512, eval_users=16, final_eval_users=32, eval_interval=
 LIFETIME_RUN_DEFAULTS = dict(steps=49_152, eval_users=32, final_eval_users=128)
 LIFETIME_EVALUATIONS = 2  # during training: eval_interval = steps / 2 unless given
 LIFETIME_ALGO_DEFAULTS = {"ppo": dict(pretrain_epochs=1, log_users=64)}
+# run.py's (and sweep.py's) lifetime PPO on top of that budget. PPO on lifetimes is unstable: the
+# snapshot a run stops at decides its figure (docs/lifetime). So by default only its critic learns
+# for the first steps (the warm-started policy does not move on a fresh critic's advantages), and
+# the run ends with its best snapshot on validation users, evaluated `evaluations` times over the
+# steps (--no-keep-best: the last snapshot, LIFETIME_EVALUATIONS evaluations). stress.py's temporal
+# test trains the budget alone, as its report (docs/stress/lifetime) measured.
+LIFETIME_BEST_SNAPSHOT = {"ppo": dict(evaluations=6, algo=dict(critic_warmup_steps=16_384))}
 # EncoderConfig fields read from the env (the rest are the `model:` section's).
 _ENV_SIZED = ("n_items", "history_len", "item_feature_dim", "history_feature_dim", "context_dim")
 
@@ -225,12 +232,12 @@ def load_config_sections(path: str | Path | None) -> dict[str, dict[str, Any]]:
     return data
 
 
-def _with_lifetime_interval(fields: dict[str, Any], keep: bool) -> dict[str, Any]:
-    """`fields` with eval_interval set to LIFETIME_EVALUATIONS evaluations over the steps (unless `keep`)."""
+def _with_lifetime_interval(fields: dict[str, Any], keep: bool, evaluations: int) -> dict[str, Any]:
+    """`fields` with eval_interval set to `evaluations` evaluations over the steps (unless `keep`)."""
     if keep:
         return fields
     steps = fields.get("steps", RunSettings.steps)
-    return {**fields, "eval_interval": max(1, steps // LIFETIME_EVALUATIONS) if isinstance(steps, int) else 0}
+    return {**fields, "eval_interval": max(1, steps // evaluations) if isinstance(steps, int) else 0}
 
 
 def settings_from_config(
@@ -247,9 +254,15 @@ def settings_from_config(
     default); with `smoke`, the toy sizes under them (explicit fields win)."""
     sections = load_config_sections(config)
     given = {k: v for k, v in fields.items() if v is not None}
-    run_defaults, algo_defaults = {}, {}
+    run_defaults, algo_defaults, evaluations = {}, {}, LIFETIME_EVALUATIONS
     if scenario in PRESETS and has_calendar(scenario, sections.get("scenario", {})):
         run_defaults, algo_defaults = LIFETIME_RUN_DEFAULTS, LIFETIME_ALGO_DEFAULTS.get(agent, {})
+        best = LIFETIME_BEST_SNAPSHOT.get(agent) if not smoke else None  # a warm-up longer than toy runs
+        if best:
+            run_defaults = {**run_defaults, "keep_best": True}
+            algo_defaults = {**algo_defaults, **best["algo"]}
+            if given.get("keep_best", True):  # --no-keep-best: the plain budget's evaluations
+                evaluations = best["evaluations"]
         if smoke and agent in AGENTS:  # the toy sizes win over the lifetime defaults
             algo_defaults = {**algo_defaults, **get_agent(agent).smoke}
     settings = RunSettings(
@@ -258,7 +271,7 @@ def settings_from_config(
         scenario_overrides=sections.get("scenario", {}),
         model=sections.get("model", {}),
         algo={**algo_defaults, **sections.get("algo", {}), **(algo or {})},
-        **_with_lifetime_interval({**run_defaults, **given}, "eval_interval" in given or not run_defaults),
+        **_with_lifetime_interval({**run_defaults, **given}, "eval_interval" in given or not run_defaults, evaluations),
     )
     sizes = {k: given[k] for k in SMOKE_SIZES if k in given}
     return with_smoke_sizes(settings, **sizes) if smoke else settings
@@ -350,21 +363,37 @@ def scenario_differences(a: ScenarioConfig | Mapping[str, Any], b: ScenarioConfi
     return changed
 
 
+def _explicit_algo(agent: str, algo: Mapping[str, Any]) -> dict[str, Any]:
+    """`algo` without the entries that equal the agent's own defaults: `critic_warmup_steps: 0`
+    written out is the same configuration as left out, so it must get the same label."""
+    try:
+        own = dataclasses.asdict(get_agent(agent).make_params({}))
+    except (KeyError, ValueError, TypeError):  # an agent that no longer exists, or one without settings
+        return dict(algo)
+    return {k: v for k, v in algo.items() if k not in own or own[k] != v}
+
+
 def config_label(settings_dict: Mapping[str, Any]) -> str:
     """A short label of everything but the seed that makes runs of one agent and scenario differ
-    (scenario overrides, model, algo, steps; with keep_best, it and the evaluations the snapshot is
-    chosen by): runs with different labels are different configurations and are never averaged
-    together. "" for the defaults."""
-    keys = ("scenario_overrides", "model", "algo", "steps")
-    if settings_dict.get("keep_best"):
-        keys += ("keep_best", "eval_interval", "eval_users")
+    (scenario overrides, model, algo, steps; where the run or the defaults keep the best snapshot,
+    that choice and the evaluations it is made by): runs with different labels are different
+    configurations and are never averaged together. "" for the defaults."""
     try:  # the defaults of that agent on that scenario (lifetime scenarios have their own)
         defaults = dataclasses.asdict(settings_from_config(settings_dict["agent"], settings_dict["scenario"], None))
     except (KeyError, ValueError):  # a record of an agent or scenario that no longer exists
         defaults = dataclasses.asdict(RunSettings())
-    if all(settings_dict.get(k, defaults[k]) == defaults[k] for k in keys):
+    keys = ("scenario_overrides", "model", "algo", "steps")
+    kept = bool(settings_dict.get("keep_best", False))  # records from before the flag kept the last snapshot
+    if kept or defaults["keep_best"]:
+        keys += ("keep_best", "eval_interval", "eval_users")
+    given = {k: settings_dict.get(k, defaults[k]) for k in keys}
+    if "keep_best" in given:
+        given["keep_best"] = kept
+    agent = settings_dict.get("agent", defaults["agent"])
+    given["algo"], defaults["algo"] = (_explicit_algo(agent, a) for a in (given["algo"], defaults["algo"]))
+    if all(given[k] == defaults[k] for k in keys):
         return ""
-    blob = json.dumps({k: settings_dict.get(k, defaults[k]) for k in keys}, sort_keys=True, default=str)
+    blob = json.dumps(given, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:6]
 
 

@@ -361,14 +361,21 @@ def test_lifetime_runs_default_to_a_15_minute_budget_under_flags_and_config(tmp_
     from dataclasses import asdict
 
     from experiments import run
-    from experiments.runs import LIFETIME_ALGO_DEFAULTS, LIFETIME_RUN_DEFAULTS, config_label
+    from experiments.runs import LIFETIME_ALGO_DEFAULTS, LIFETIME_BEST_SNAPSHOT, LIFETIME_RUN_DEFAULTS, config_label
 
     life = run.settings_from_args(run.parse_args(["--scenario", "lifetime"]))
     session = run.settings_from_args(run.parse_args(["--scenario", "mixed"]))
     assert (life.steps, life.final_eval_users, life.eval_users) == tuple(
         LIFETIME_RUN_DEFAULTS[k] for k in ("steps", "final_eval_users", "eval_users")
     )
-    assert life.interval == life.steps // 2 and dict(life.algo) == LIFETIME_ALGO_DEFAULTS["ppo"]
+    # PPO learns its critic first and keeps its best snapshot on validation users, evaluated 6 times.
+    best = LIFETIME_BEST_SNAPSHOT["ppo"]
+    assert life.keep_best and life.eval_seed != run.EVAL_SEED
+    assert life.interval == life.steps // best["evaluations"] == 8_192
+    assert dict(life.algo) == {**LIFETIME_ALGO_DEFAULTS["ppo"], **best["algo"]}
+    assert life.params.critic_warmup_steps == 16_384
+    plain = run.settings_from_args(run.parse_args(["--scenario", "lifetime", "--no-keep-best"]))
+    assert not plain.keep_best and plain.eval_seed == run.EVAL_SEED and plain.interval == plain.steps // 2
     assert (session.steps, session.final_eval_users, dict(session.algo)) == (250_000, 1024, {})
     # Flags and the config file win; the interval follows the steps given; smoke sizes win too.
     cfg = tmp_path / "c.yaml"
@@ -376,15 +383,23 @@ def test_lifetime_runs_default_to_a_15_minute_budget_under_flags_and_config(tmp_
     mine = run.settings_from_args(
         run.parse_args(["--scenario", "lifetime", "--steps", "1000", "--final-eval-users", "8", "--config", str(cfg)])
     )
-    assert (mine.steps, mine.interval, mine.final_eval_users, mine.algo["pretrain_epochs"]) == (1000, 500, 8, 0)
+    assert (mine.steps, mine.interval, mine.final_eval_users, mine.algo["pretrain_epochs"]) == (1000, 166, 8, 0)
     smoke = run.settings_from_args(run.parse_args(["--scenario", "lifetime", "--smoke"]))
     assert smoke.steps == 512 and smoke.interval == 51
+    assert not smoke.keep_best and smoke.params.critic_warmup_steps == 0  # toy runs are shorter than the warm-up
     assert smoke.algo["log_users"] < LIFETIME_ALGO_DEFAULTS["ppo"]["log_users"]
     # Agents without lifetime algo defaults get the run sizes only.
     sasrec = run.settings_from_args(run.parse_args(["--agent", "sasrec", "--scenario", "lifetime"]))
-    assert dict(sasrec.algo) == {}
+    assert dict(sasrec.algo) == {} and not sasrec.keep_best and sasrec.interval == sasrec.steps // 2
     # compare.py labels configurations against these defaults: default lifetime runs pool unlabelled.
     assert config_label(asdict(life)) == config_label(asdict(sasrec)) == "" != config_label(asdict(mine))
+    # A setting written out at the agent's own default is the same configuration: the same label.
+    written = {**asdict(life), "algo": {**life.algo, "gamma": type(life.params)().gamma}}
+    assert config_label(written) == ""
+    assert config_label(asdict(plain)) != "" and config_label({**asdict(plain), "algo": {"lr": 1e-4}}) not in (
+        "",
+        config_label(asdict(plain)),
+    )
 
 
 # ------------------------------------------------------------ every agent on lifetimes
