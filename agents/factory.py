@@ -15,6 +15,7 @@ from agents.baselines import BanditParams, LinUCBPolicy, PopularityPolicy
 from agents.item_score import ItemScoreParams, tune_item_score
 from agents.logs import EpsilonPopularity, LogParams, collect_logs, save_logs
 from agents.oracles import (
+    CommunityOracle,
     LifetimeOracle,
     LifetimeOracleParams,
     LookaheadOracle,
@@ -78,6 +79,12 @@ def build_session(scenario: ScenarioConfig, params: None, ctx: RunContext) -> Po
 
 def build_stale(scenario: ScenarioConfig, params: None, ctx: RunContext) -> Policy:
     return StaleStateOracle()
+
+
+def build_community(scenario: ScenarioConfig, params: None, ctx: RunContext) -> Policy:
+    if scenario.world.users.real_history:
+        raise ValueError("oracle-community needs simulated users: this scenario's users are real (users.real_history)")
+    return CommunityOracle()
 
 
 def build_lifetime_oracle(scenario: ScenarioConfig, params: LifetimeOracleParams, ctx: RunContext) -> Policy:

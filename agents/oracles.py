@@ -87,6 +87,28 @@ class StaleStateOracle(SessionOracle):
         return slate_from_scores(scores, self.env.config.env.slate_size)
 
 
+class CommunityOracle(SessionOracle):
+    """The session oracle that knows each user's taste community and nothing more of their tastes:
+    it plans with the community's average member's interests (`World.state_of_community`), with
+    satiation, satisfaction, budget and history as now.
+
+    Against the session oracle on the same users it bounds what one interaction can tell: a click
+    that named the user's community could at best earn this; the rest of the gap is what only
+    more of the history reveals (the user's own tastes). The two tie when users are their
+    community (`users.community_strength` 1) and nothing drifts.
+    """
+
+    name = "oracle-community"
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.env is None:
+            raise RuntimeError("CommunityOracle needs bind(env) before act()")
+        world = self.env.world
+        items = np.asarray(obs["candidate_items"], dtype=np.int64)
+        scores = world.watch_per_budget(items, state=world.state_of_community())
+        return slate_from_scores(scores, self.env.config.env.slate_size)
+
+
 @dataclass(frozen=True)
 class LifetimeOracleParams:
     """How much `oracle-lifetime` values the next visit (the run config's `algo:` section)."""

@@ -167,6 +167,11 @@ AGENTS: dict[str, AgentSpec] = {
             f"{_F}:build_stale",
         ),
         AgentSpec(
+            "oracle-community",
+            "oracle-session planning with the tastes of the user's community's average member (one click's best case)",
+            f"{_F}:build_community",
+        ),
+        AgentSpec(
             "oracle-lifetime",
             "reads the true state; watch time per budget minute, weighted by how the step feels (the next visit)",
             f"{_F}:build_lifetime_oracle",

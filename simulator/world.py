@@ -680,6 +680,21 @@ class World:
         s.calendar_offset = s.calendar_offset - elapsed  # calendar = offset + clock: frozen at its start
         return s
 
+    def state_of_community(self) -> UserState:
+        """The users' tastes replaced by their community's average member's (`community_strength` x
+        the community's centre: a user's own part averages 0), the rest as now.
+
+        What a recommender that had identified each user's taste community, and nothing more,
+        would believe: the community reference (oracle-community) plans with it, so that against the
+        true-state oracle it measures what the rest of a user's history can still be worth.
+        Simulated communities only: real users' tastes are their real profiles, not a community's.
+        """
+        if self.real is not None:
+            raise ValueError("oracle-community needs simulated users: users.real_history gives real profiles")
+        s = self.state.copy()
+        s.interest = (np.float32(self.config.users.community_strength) * self.centres[s.community]).astype(np.float32)
+        return s
+
     # ---------------------------------------------------------- ground truth
     def change_points(self) -> list[dict[str, Any]]:
         """Scheduled change points (episode steps, or days in lifetime worlds) and, per event, which

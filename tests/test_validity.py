@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from agents.item_score import QUALITY, FeatureModelPolicy, ItemScoreParams, ItemScorePolicy, tune_item_score
-from agents.oracles import SessionOracle, StaleStateOracle
+from agents.oracles import CommunityOracle, SessionOracle, StaleStateOracle
 from agents.registry import get_agent
 from envs import RecVectorEnv
 from experiments import gates, runs, validity
@@ -57,12 +57,14 @@ def test_item_features_are_noisy_aggregates_not_the_truth(make_world):
     assert not np.allclose(attract, cat.attractiveness, atol=0.05)
 
 
+TINY_VALIDITY = {"catalog": {"n_items": 200}, "env": {"num_candidates": 10, "history_len": 8, "max_steps": 40}}
+
+
 @pytest.fixture(scope="module")
 def tiny_cfgs(request):
     from envs import make_scenario
 
-    tiny = {"catalog": {"n_items": 200}, "env": {"num_candidates": 10, "history_len": 8, "max_steps": 40}}
-    return {name: make_scenario(name, tiny) for name in ("stationary", "shock")}
+    return {name: make_scenario(name, TINY_VALIDITY) for name in ("stationary", "shock")}
 
 
 def test_a_personalised_oracle_beats_every_user_blind_policy_by_a_clear_margin(tiny_cfgs):
@@ -82,6 +84,38 @@ def test_the_stale_state_oracle_ties_without_drift_and_loses_under_it(tiny_cfgs)
         evaluate(p, tiny_cfgs["shock"], USERS, 2).metrics["return_mean"] for p in (SessionOracle(), StaleStateOracle())
     )
     assert stale < 0.92 * true, (stale, true)
+
+
+def test_the_community_oracle_ties_when_users_are_their_community_and_loses_when_they_are_not(tiny_cfgs):
+    from envs import make_scenario
+
+    def both(strength):
+        cfg = make_scenario("stationary", {**TINY_VALIDITY, "users": {"community_strength": strength}})
+        return [evaluate(p, cfg, USERS, 2) for p in (SessionOracle(), CommunityOracle())]
+
+    true, community = both(1.0)  # a user's tastes are their community's: nothing more to learn
+    pd.testing.assert_frame_equal(true.episodes, community.episodes)
+    true, community = both(0.3)  # mostly their own tastes: knowing the community is not enough
+    assert community.metrics["return_mean"] < 0.9 * true.metrics["return_mean"], (community.metrics, true.metrics)
+
+
+def test_state_of_community_replaces_tastes_only(make_world):
+    w = make_world("mixed", n_users=6, seed=0)
+    for _ in range(5):
+        w.step(np.zeros((6, 1), dtype=np.int64))
+    s = w.state_of_community()
+    strength = np.float32(w.config.users.community_strength)
+    np.testing.assert_array_equal(s.interest, strength * w.centres[w.state.community])
+    np.testing.assert_array_equal(s.satiation, w.state.satiation)  # not a taste: stays current
+    np.testing.assert_array_equal(s.satisfaction, w.state.satisfaction)
+
+
+def test_the_community_oracle_refuses_real_users():
+    from envs import make_scenario
+
+    cfg = make_scenario("stationary", {"users": {"real_history": True}})
+    with pytest.raises(ValueError, match="oracle-community needs simulated users"):
+        get_agent("oracle-community").build(cfg)
 
 
 def test_state_at_start_undoes_drift_only(make_world):
