@@ -62,9 +62,15 @@ class SessionOracle:
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         if self.env is None:
-            raise RuntimeError("SessionOracle needs bind(env) before act()")
-        scores = watch_per_budget(self.env.world, np.asarray(obs["candidate_items"], dtype=np.int64))
+            raise RuntimeError(f"{type(self).__name__} needs bind(env) before act()")
+        world = self.env.world
+        items = np.asarray(obs["candidate_items"], dtype=np.int64)
+        scores = world.watch_per_budget(items, state=self.planning_state(world))
         return slate_from_scores(scores, self.env.config.env.slate_size)
+
+    def planning_state(self, world: Any) -> Any:
+        """The users' state the plan reads: the true one (None); the variants below replace it."""
+        return None
 
 
 class StaleStateOracle(SessionOracle):
@@ -78,13 +84,8 @@ class StaleStateOracle(SessionOracle):
 
     name = "oracle-stale"
 
-    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        if self.env is None:
-            raise RuntimeError("StaleStateOracle needs bind(env) before act()")
-        world = self.env.world
-        items = np.asarray(obs["candidate_items"], dtype=np.int64)
-        scores = world.watch_per_budget(items, state=world.state_at_start())
-        return slate_from_scores(scores, self.env.config.env.slate_size)
+    def planning_state(self, world: Any) -> Any:
+        return world.state_at_start()
 
 
 class CommunityOracle(SessionOracle):
@@ -100,13 +101,8 @@ class CommunityOracle(SessionOracle):
 
     name = "oracle-community"
 
-    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        if self.env is None:
-            raise RuntimeError("CommunityOracle needs bind(env) before act()")
-        world = self.env.world
-        items = np.asarray(obs["candidate_items"], dtype=np.int64)
-        scores = world.watch_per_budget(items, state=world.state_of_community())
-        return slate_from_scores(scores, self.env.config.env.slate_size)
+    def planning_state(self, world: Any) -> Any:
+        return world.state_of_community()
 
 
 @dataclass(frozen=True)
