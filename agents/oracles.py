@@ -93,10 +93,10 @@ class CommunityOracle(SessionOracle):
     it plans with the community's average member's interests (`World.state_of_community`), with
     satiation, satisfaction, budget and history as now.
 
-    Against the session oracle on the same users it bounds what one interaction can tell: a click
-    that named the user's community could at best earn this; the rest of the gap is what only
-    more of the history reveals (the user's own tastes). The two tie when users are their
-    community (`users.community_strength` 1) and nothing drifts.
+    Against the session oracle on the same users it measures what a user's own tastes are worth
+    beyond their community's, which only more of the history reveals (a history tells other things
+    too, such as what the user is tired of). The two tie when users are their community
+    (`users.community_strength` 1) and nothing drifts.
     """
 
     name = "oracle-community"

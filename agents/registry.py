@@ -168,7 +168,7 @@ AGENTS: dict[str, AgentSpec] = {
         ),
         AgentSpec(
             "oracle-community",
-            "oracle-session planning with the tastes of the user's community's average member (one click's best case)",
+            "oracle-session planning with the tastes of the user's community's average member (own tastes unknown)",
             f"{_F}:build_community",
         ),
         AgentSpec(

@@ -122,12 +122,13 @@ class World:
         # depend on catalog.seed only, so training and evaluation seeds share them.
         catalog_rng = np.random.default_rng(config.catalog.seed)
         self.centres = community_centres(config.users, config.catalog.n_topics, catalog_rng)
-        typical = np.float32(config.users.community_strength) * self.centres  # a community's average member
+        # [communities, T] a community's average member's interests (a user's own part averages 0)
+        self.typical_interest = (np.float32(config.users.community_strength) * self.centres).astype(np.float32)
         self.log_length_prior = length_prior(config.catalog)  # where preferred lengths are drawn
 
         def rating(topics: np.ndarray, quality: np.ndarray, length: np.ndarray) -> np.ndarray:
             """[I] the mean personal value of each item over the taste communities (typical length taste)."""
-            fit = topics.astype(np.float32) @ typical.T  # [I, communities]
+            fit = topics.astype(np.float32) @ self.typical_interest.T  # [I, communities]
             if config.users.length_taste:
                 centre, spread = self.log_length_prior
                 fit += length_fit(np.log(length)[:, None], centre, config.users.length_taste, spread)
@@ -681,8 +682,8 @@ class World:
         return s
 
     def state_of_community(self) -> UserState:
-        """The users' tastes replaced by their community's average member's (`community_strength` x
-        the community's centre: a user's own part averages 0), the rest as now.
+        """The users' tastes replaced by their community's average member's (`typical_interest`),
+        the rest as now.
 
         What a recommender that had identified each user's taste community, and nothing more,
         would believe: the community reference (oracle-community) plans with it, so that against the
@@ -692,7 +693,7 @@ class World:
         if self.real is not None:
             raise ValueError("oracle-community needs simulated users: users.real_history gives real profiles")
         s = self.state.copy()
-        s.interest = (np.float32(self.config.users.community_strength) * self.centres[s.community]).astype(np.float32)
+        s.interest = self.typical_interest[s.community]
         return s
 
     # ---------------------------------------------------------- ground truth

@@ -86,7 +86,7 @@ def test_the_stale_state_oracle_ties_without_drift_and_loses_under_it(tiny_cfgs)
     assert stale < 0.92 * true, (stale, true)
 
 
-def test_the_community_oracle_ties_when_users_are_their_community_and_loses_when_they_are_not(tiny_cfgs):
+def test_the_community_oracle_ties_when_users_are_their_community_and_loses_when_they_are_not():
     from envs import make_scenario
 
     def both(strength):
