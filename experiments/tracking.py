@@ -6,6 +6,7 @@ Run directories are runs/<scenario>/<agent>/<seed>-<time>/, so
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -39,13 +40,18 @@ EVAL_TAGS = (
 
 def new_run_dir(logdir: str | Path, scenario: str, agent: str, seed: int) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(logdir) / scenario / agent / f"{seed}-{stamp}"
-    suffix = 1
-    while path.exists():  # two runs in the same second
-        path = Path(logdir) / scenario / agent / f"{seed}-{stamp}-{suffix}"
-        suffix += 1
-    path.mkdir(parents=True)
-    return path
+    parent = Path(logdir) / scenario / agent
+    parent.mkdir(parents=True, exist_ok=True)
+    # mkdir itself claims the name: two runs started in the same second (parallel seeds,
+    # Tune trials in other processes) cannot both take it, as an exists() check would let them.
+    for suffix in itertools.count():
+        path = parent / (f"{seed}-{stamp}" if suffix == 0 else f"{seed}-{stamp}-{suffix}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")
 
 
 class RunLogger:

@@ -157,3 +157,31 @@ def test_a_run_of_a_preset_as_it_was_before_a_change_is_never_read_as_todays(tmp
     assert runs.changed_dynamics(record) == ["world.users"]
     del record["scenario_config"]  # runs from before the record: nothing to compare, read as today's
     assert runs.changed_dynamics(record) == []
+
+
+def test_runs_started_in_the_same_second_get_distinct_directories(tmp_path, monkeypatch):
+    # Parallel seeds and Tune trials are separate processes: the name must be claimed by
+    # mkdir itself, not by an exists() check another process can pass at the same moment.
+    import threading
+
+    from experiments import tracking
+
+    monkeypatch.setattr(tracking.time, "strftime", lambda fmt: "20261203-170425")
+    real_exists = tracking.Path.exists
+    monkeypatch.setattr(tracking.Path, "exists", lambda self: False)  # every racer saw it free
+    barrier, made, errors = threading.Barrier(8), [], []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            made.append(tracking.new_run_dir(tmp_path, "mixed", "ppo", 0))
+        except OSError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    monkeypatch.setattr(tracking.Path, "exists", real_exists)
+    assert not errors and len(set(made)) == 8 and all(path.is_dir() for path in made)
