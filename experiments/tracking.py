@@ -6,7 +6,6 @@ Run directories are runs/<scenario>/<agent>/<seed>-<time>/, so
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import time
@@ -44,14 +43,14 @@ def new_run_dir(logdir: str | Path, scenario: str, agent: str, seed: int) -> Pat
     parent.mkdir(parents=True, exist_ok=True)
     # mkdir itself claims the name: two runs started in the same second (parallel seeds,
     # Tune trials in other processes) cannot both take it, as an exists() check would let them.
-    for suffix in itertools.count():
-        path = parent / (f"{seed}-{stamp}" if suffix == 0 else f"{seed}-{stamp}-{suffix}")
+    suffix = 0
+    while True:
+        path = parent / (f"{seed}-{stamp}-{suffix}" if suffix else f"{seed}-{stamp}")
         try:
             path.mkdir()
+            return path
         except FileExistsError:
-            continue
-        return path
-    raise AssertionError("unreachable")
+            suffix += 1
 
 
 class RunLogger:

@@ -167,7 +167,6 @@ def test_runs_started_in_the_same_second_get_distinct_directories(tmp_path, monk
     from experiments import tracking
 
     monkeypatch.setattr(tracking.time, "strftime", lambda fmt: "20261203-170425")
-    real_exists = tracking.Path.exists
     monkeypatch.setattr(tracking.Path, "exists", lambda self: False)  # every racer saw it free
     barrier, made, errors = threading.Barrier(8), [], []
 
@@ -183,5 +182,4 @@ def test_runs_started_in_the_same_second_get_distinct_directories(tmp_path, monk
         thread.start()
     for thread in threads:
         thread.join()
-    monkeypatch.setattr(tracking.Path, "exists", real_exists)
     assert not errors and len(set(made)) == 8 and all(path.is_dir() for path in made)
