@@ -7,7 +7,11 @@ Reads every results.csv under the given directories (one run each) and uses each
 final evaluation. Lifetime scenarios add their calendar-time columns (sessions per user, churn,
 retention on days 1, 7 and 30, watch time per active day) and, from each run's eval_by_day.csv,
 a plot per scenario of retention and watch time per active user against the day, per agent with
-95% t intervals over seeds (by_day_<scenario>.png). Regret is measured against the reference
+95% t intervals over seeds (by_day_<scenario>.png). With `--from-day T`, retention given day T
+from the same curves: among the users still active on or after day T, the share active on or after
+day T + D (columns retention_d<T+D>_given_d<T>, D from `--after-days`), so agents that only serve
+from day T (supervised models deployed on a date) are compared on the users they served. Regret is
+measured against the reference
 agent (default oracle-lookahead) evaluated on the same users; it is left out where no reference
 run exists.
 
@@ -122,10 +126,10 @@ def over_seeds(values: pd.Series) -> dict[str, float]:
     return dict(seeds=int(values.notna().sum()), mean=float(values.mean()), ci_low=lo, ci_high=hi)
 
 
-def markdown(summary: pd.DataFrame) -> str:
+def markdown(summary: pd.DataFrame, metrics=METRICS) -> str:
     out = []
     for scenario, g in summary.groupby("scenario", sort=True):
-        metrics = [m for m in METRICS if m in set(g.metric)]
+        shown = [m for m in metrics if m in set(g.metric)]
         agents = g[g.metric == "return_mean"].sort_values("mean", ascending=False).agent.tolist()
         cell = {
             (r.agent, r.metric): (
@@ -135,15 +139,20 @@ def markdown(summary: pd.DataFrame) -> str:
         }
         seeds = {r.agent: r.seeds for r in g[g.metric == "return_mean"].itertuples()}
         out.append(f"### {scenario}\n")
-        out.append("| agent | seeds | " + " | ".join(metrics) + " |")
-        out.append("|---|---|" + "---|" * len(metrics))
+        out.append("| agent | seeds | " + " | ".join(shown) + " |")
+        out.append("|---|---|" + "---|" * len(shown))
         for a in agents:
-            out.append(f"| {a} | {seeds[a]} | " + " | ".join(cell.get((a, m), "") for m in metrics) + " |")
+            out.append(f"| {a} | {seeds[a]} | " + " | ".join(cell.get((a, m), "") for m in shown) + " |")
         out.append("")
     out.append(
         "Mean over seeds [95% t interval]; return in minutes watched per episode "
         "(a session; a whole life on lifetime scenarios)."
     )
+    if any("_given_d" in m for m in set(summary.metric)):
+        out.append(
+            "retention_d<T+D>_given_d<T>: among the users still active on or after day T of their life, "
+            "the share still active on or after day T + D (from each run's retention curve)."
+        )
     return "\n".join(out)
 
 
@@ -187,6 +196,34 @@ def load_by_day(runs: pd.DataFrame) -> pd.DataFrame:
             continue
         frames.append(curves.assign(scenario=r.scenario, agent=r.agent, seed=r.seed))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def retention_given(curve: pd.DataFrame, from_day: int, after_days: tuple[int, ...]) -> dict[str, float]:
+    """Retention given day T from one run's retention curve (columns day, retention: the share of
+    users active on or after each day since their first visit): r(T + D) / r(T) for each D in
+    `after_days`, the share of the users still there on day T who are still there D days later.
+    It is that share exactly where every user is followed to day T + D (r counts only users followed
+    that long: `experiments.harness.retention`). NaN where the curve stops before T + D or nobody
+    was left on day T. Keys: retention_d<T+D>_given_d<T>."""
+    r = curve.set_index("day").retention
+    at_t = float(r.get(from_day, np.nan))
+    return {
+        f"retention_d{from_day + d}_given_d{from_day}": (
+            float(r.get(from_day + d, np.nan)) / at_t if at_t > 0 else float("nan")
+        )
+        for d in after_days
+    }
+
+
+def add_retention_given(runs: pd.DataFrame, by_day: pd.DataFrame, from_day: int, after_days) -> pd.DataFrame:
+    """`runs` with the retention_d<T+D>_given_d<T> columns of each run that has a per-day curve."""
+    rows = {
+        (scenario, agent, seed): retention_given(g, from_day, after_days)
+        for (scenario, agent, seed), g in by_day.groupby(["scenario", "agent", "seed"])
+    }
+    names = list(retention_given(pd.DataFrame(dict(day=[], retention=[])), from_day, after_days))
+    values = [rows.get((r.scenario, r.agent, r.seed), dict.fromkeys(names, np.nan)) for r in runs.itertuples()]
+    return pd.concat([runs.reset_index(drop=True), pd.DataFrame(values, columns=names)], axis=1)
 
 
 def by_day_summary(by_day: pd.DataFrame) -> pd.DataFrame:
@@ -233,20 +270,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("roots", nargs="+", type=Path, help="run directories or roots (e.g. runs/)")
     parser.add_argument("--out", type=Path, default=Path("reports/compare"), help="output directory")
     parser.add_argument("--reference", default="oracle-lookahead", help="agent that regret is measured against")
+    parser.add_argument(
+        "--from-day",
+        type=int,
+        metavar="T",
+        help="lifetime scenarios: add retention given day T (e.g. the day supervised models start serving)",
+    )
+    parser.add_argument(
+        "--after-days",
+        type=int,
+        nargs="+",
+        default=[7, 14, 21],
+        metavar="D",
+        help="with --from-day: the days after T that retention given day T is read at (default 7 14 21)",
+    )
     args = parser.parse_args(argv)
     try:
+        if args.from_day is not None and args.from_day < 0:
+            raise ValueError(f"--from-day must be a day >= 0, got {args.from_day}")
+        if min(args.after_days) < 1:
+            raise ValueError(f"--after-days must be days >= 1, got {' '.join(map(str, args.after_days))}")
         writable_dir(args.out, "--out")
         runs = add_regret(load_runs(args.roots), args.reference)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = summarise(runs)
+    by_day = load_by_day(runs)
+    metrics = METRICS
+    if args.from_day is not None:
+        if not len(by_day):
+            print("error: --from-day needs lifetime runs with per-day curves (eval_by_day.csv)", file=sys.stderr)
+            return 2
+        after = tuple(sorted(set(args.after_days)))
+        runs = add_retention_given(runs, by_day, args.from_day, after)
+        metrics = (*METRICS, *(f"retention_d{args.from_day + d}_given_d{args.from_day}" for d in after))
+    summary = summarise(runs, metrics)
     summary.to_csv(args.out / "comparison.csv", index=False)
-    text = markdown(summary)
+    text = markdown(summary, metrics)
     (args.out / "comparison.md").write_text(text + "\n")
     plot(summary, args.out / "return.png")
     written = [args.out / "comparison.md", args.out / "comparison.csv", args.out / "return.png"]
-    by_day = load_by_day(runs)
     if len(by_day):
         curves = by_day_summary(by_day)
         curves.to_csv(args.out / "by_day.csv", index=False)

@@ -10,6 +10,7 @@ from agents.oracles import LookaheadOracle, LookaheadParams, SessionOracle
 from agents.registry import AGENTS, get_agent
 from envs import RecVectorEnv, make_scenario
 from experiments import compare, run
+from experiments.harness import retention
 from experiments.stats import mean_interval
 
 TINY = {"catalog": {"n_items": 100}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 20}}
@@ -139,3 +140,33 @@ def test_compare_shows_retention_and_plots_per_day_curves_on_lifetimes(tmp_path,
     day0 = curves[(curves.day == 0) & (curves.curve == "retention")]
     assert np.allclose(day0["mean"], 1.0)  # every user is active on the day of their first visit
     assert (out / "by_day_lifetime.png").stat().st_size > 1000
+    # Retention given day 1, from the same curves: per seed r(1 + D) / r(1), then over seeds.
+    assert compare.main([str(tmp_path / "runs"), "--out", str(out), "--from-day", "1", "--after-days", "1"]) == 0
+    given = pd.read_csv(out / "comparison.csv").query("metric == 'retention_d2_given_d1'").set_index("agent")
+    for agent, g in compare.load_by_day(compare.load_runs([tmp_path / "runs"])).groupby("agent"):
+        r = g.pivot(index="seed", columns="day", values="retention")
+        assert given.loc[agent, "mean"] == pytest.approx((r[2] / r[1]).mean())
+    assert "retention_d2_given_d1" in (out / "comparison.md").read_text()
+
+
+def test_retention_given_a_day_is_the_share_of_that_days_users_still_there_later():
+    rng = np.random.default_rng(0)
+    first, last = np.zeros(1000), rng.uniform(0.0, 60.0, 1000)  # every first visit on day 0, a 60-day horizon
+    days = np.arange(61)
+    curve = pd.DataFrame(dict(day=days, retention=retention(first, last, days, 60.0)))
+    given = compare.retention_given(curve, 30, (7, 21, 40))
+    assert given["retention_d37_given_d30"] == pytest.approx((last >= 37).sum() / (last >= 30).sum())
+    assert given["retention_d51_given_d30"] == pytest.approx((last >= 51).sum() / (last >= 30).sum())
+    assert np.isnan(given["retention_d70_given_d30"])  # the curve stops at day 60
+    nobody = pd.DataFrame(dict(day=[0, 1, 2], retention=[1.0, 0.0, 0.0]))
+    assert np.isnan(compare.retention_given(nobody, 1, (1,))["retention_d2_given_d1"])  # nobody left on day 1
+
+
+def test_compare_rejects_a_bad_retention_day(tmp_path, capsys):
+    assert run.main(["--agent", "random", "--smoke", "--seeds", "0", "--logdir", str(tmp_path / "runs")]) == 0
+    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--from-day", "-3"]) == 2
+    assert "--from-day must be a day >= 0, got -3" in capsys.readouterr().err
+    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--after-days", "0"]) == 2
+    assert "--after-days must be days >= 1" in capsys.readouterr().err
+    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--from-day", "30"]) == 2
+    assert "--from-day needs lifetime runs" in capsys.readouterr().err
