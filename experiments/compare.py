@@ -7,10 +7,11 @@ Reads every results.csv under the given directories (one run each) and uses each
 final evaluation. Lifetime scenarios add their calendar-time columns (sessions per user, churn,
 retention on days 1, 7 and 30, watch time per active day) and, from each run's eval_by_day.csv,
 a plot per scenario of retention and watch time per active user against the day, per agent with
-95% t intervals over seeds (by_day_<scenario>.png). With `--from-day T`, retention given day T
-from the same curves: among the users still active on or after day T, the share active on or after
-day T + D (columns retention_d<T+D>_given_d<T>, D from `--after-days`), so agents that only serve
-from day T (supervised models deployed on a date) are compared on the users they served. Regret is
+95% t intervals over seeds (by_day_<scenario>.png). With `--from-day T`, from the same curves:
+minutes per user watched from day T on (watch_from_d<T>) and retention given day T (among the
+users still active on or after day T, the share active on or after day T + D: columns
+retention_d<T+D>_given_d<T>, D from `--after-days`), so agents that only serve from day T
+(supervised models deployed on a date) are compared on the days and users they served. Regret is
 measured against the reference
 agent (default oracle-lookahead) evaluated on the same users; it is left out where no reference
 run exists.
@@ -150,8 +151,9 @@ def markdown(summary: pd.DataFrame, metrics=METRICS) -> str:
     )
     if any("_given_d" in m for m in set(summary.metric)):
         out.append(
-            "retention_d<T+D>_given_d<T>: among the users still active on or after day T of their life, "
-            "the share still active on or after day T + D (from each run's retention curve)."
+            "From each run's per-day curves: watch_from_d<T>, minutes per user watched on or after day T; "
+            "retention_d<T+D>_given_d<T>, among the users still active on or after day T of their life, "
+            "the share still active on or after day T + D."
         )
     return "\n".join(out)
 
@@ -198,32 +200,35 @@ def load_by_day(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def retention_given(curve: pd.DataFrame, from_day: int, after_days: tuple[int, ...]) -> dict[str, float]:
-    """Retention given day T from one run's retention curve (columns day, retention: the share of
-    users active on or after each day since their first visit): r(T + D) / r(T) for each D in
-    `after_days`, the share of the users still there on day T who are still there D days later.
-    It is that share exactly where every user is followed to day T + D (r counts only users followed
-    that long: `experiments.harness.retention`). NaN where the curve stops before T + D or nobody
-    was left on day T. Keys: retention_d<T+D>_given_d<T>."""
-    r = curve.set_index("day").retention
-    at_t = float(r.get(from_day, np.nan))
-    return {
-        f"retention_d{from_day + d}_given_d{from_day}": (
-            float(r.get(from_day + d, np.nan)) / at_t if at_t > 0 else float("nan")
-        )
-        for d in after_days
-    }
+def from_day(curve: pd.DataFrame, return_mean: float, day: int, after_days: tuple[int, ...]) -> dict[str, float]:
+    """What one run's per-day curves say from day T on (T = `day`), for agents deployed on day T:
+
+    watch_from_d<T>: minutes per evaluation user watched on or after day T (0 for users gone
+    before it; for a model serving from day T, the harness's return_served_mean): `return_mean`
+    times the share of all minutes watched that were watched from day T on.
+    retention_d<T+D>_given_d<T>, for each D in `after_days`: r(T + D) / r(T) from the retention
+    curve r, the share of the users still there on day T who are still there D days later (exactly
+    that share where every user is followed to day T + D: r counts only users followed that long,
+    `experiments.harness.retention`). NaN where the curve stops before T + D or nobody was left.
+    """
+    c = curve.set_index("day")
+    r, at_t = c.retention, float(c.retention.get(day, np.nan))
+    minutes = c.watch_per_active_user * c.active_users if "active_users" in c else pd.Series(dtype=float)
+    total, later = float(minutes.sum()), float(minutes[minutes.index >= day].sum())
+    out = {f"watch_from_d{day}": return_mean * later / total if total > 0 else np.nan}
+    for d in after_days:
+        out[f"retention_d{day + d}_given_d{day}"] = float(r.get(day + d, np.nan)) / at_t if at_t > 0 else np.nan
+    return out
 
 
-def add_retention_given(runs: pd.DataFrame, by_day: pd.DataFrame, from_day: int, after_days) -> pd.DataFrame:
-    """`runs` with the retention_d<T+D>_given_d<T> columns of each run that has a per-day curve."""
-    rows = {
-        (scenario, agent, seed): retention_given(g, from_day, after_days)
-        for (scenario, agent, seed), g in by_day.groupby(["scenario", "agent", "seed"])
-    }
-    names = list(retention_given(pd.DataFrame(dict(day=[], retention=[])), from_day, after_days))
-    values = [rows.get((r.scenario, r.agent, r.seed), dict.fromkeys(names, np.nan)) for r in runs.itertuples()]
-    return pd.concat([runs.reset_index(drop=True), pd.DataFrame(values, columns=names)], axis=1)
+def add_from_day(runs: pd.DataFrame, by_day: pd.DataFrame, day: int, after_days) -> tuple[pd.DataFrame, list[str]]:
+    """`runs` with the `from_day` columns of each run that has per-day curves, and their names."""
+    curves = dict(iter(by_day.groupby(["scenario", "agent", "seed"])))
+    empty = pd.DataFrame(dict(day=[], retention=[], watch_per_active_user=[], active_users=[]))
+    names = list(from_day(empty, 0.0, day, after_days))
+    keys = [(r.scenario, r.agent, r.seed) for r in runs.itertuples()]
+    values = [from_day(curves[k], m, day, after_days) if k in curves else {} for k, m in zip(keys, runs.return_mean)]
+    return pd.concat([runs.reset_index(drop=True), pd.DataFrame(values, columns=names)], axis=1), names
 
 
 def by_day_summary(by_day: pd.DataFrame) -> pd.DataFrame:
@@ -301,9 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         if not len(by_day):
             print("error: --from-day needs lifetime runs with per-day curves (eval_by_day.csv)", file=sys.stderr)
             return 2
-        after = tuple(sorted(set(args.after_days)))
-        runs = add_retention_given(runs, by_day, args.from_day, after)
-        metrics = (*METRICS, *(f"retention_d{args.from_day + d}_given_d{args.from_day}" for d in after))
+        runs, names = add_from_day(runs, by_day, args.from_day, tuple(sorted(set(args.after_days))))
+        metrics = (*METRICS, *names)
     summary = summarise(runs, metrics)
     summary.to_csv(args.out / "comparison.csv", index=False)
     text = markdown(summary, metrics)

@@ -154,12 +154,29 @@ def test_retention_given_a_day_is_the_share_of_that_days_users_still_there_later
     first, last = np.zeros(1000), rng.uniform(0.0, 60.0, 1000)  # every first visit on day 0, a 60-day horizon
     days = np.arange(61)
     curve = pd.DataFrame(dict(day=days, retention=retention(first, last, days, 60.0)))
-    given = compare.retention_given(curve, 30, (7, 21, 40))
+    given = compare.from_day(curve, 0.0, 30, (7, 21, 40))
     assert given["retention_d37_given_d30"] == pytest.approx((last >= 37).sum() / (last >= 30).sum())
     assert given["retention_d51_given_d30"] == pytest.approx((last >= 51).sum() / (last >= 30).sum())
     assert np.isnan(given["retention_d70_given_d30"])  # the curve stops at day 60
     nobody = pd.DataFrame(dict(day=[0, 1, 2], retention=[1.0, 0.0, 0.0]))
-    assert np.isnan(compare.retention_given(nobody, 1, (1,))["retention_d2_given_d1"])  # nobody left on day 1
+    assert np.isnan(compare.from_day(nobody, 0.0, 1, (1,))["retention_d2_given_d1"])  # nobody left on day 1
+
+
+def test_watch_from_the_deployment_day_is_what_the_deployed_model_served(tmp_path, capsys):
+    """A supervised model deployed on day T: compare's watch_from_d<T>, read from the per-day curves,
+    is the harness's return_served_mean (minutes per user watched from T on, under the model)."""
+    (tmp_path / "day1.yaml").write_text("algo: {train_days: 1}\n")  # toy lives are short: deployed on day 1
+    argv = ["--agent", "sasrec", "--scenario", "lifetime", "--smoke", "--seed", "0"]
+    argv += ["--config", str(tmp_path / "day1.yaml")]
+    assert run.main([*argv, "--logdir", str(tmp_path / "runs")]) == 0
+    (results,) = (tmp_path / "runs").rglob("results.csv")
+    final = pd.read_csv(results).query("phase == 'final'").iloc[-1]
+    day = int(final.served_from_day)
+    assert day == final.served_from_day > 0 and final.return_served_mean > 0
+    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--from-day", str(day)]) == 0
+    table = pd.read_csv(tmp_path / "o" / "comparison.csv").query("agent == 'sasrec'").set_index("metric")["mean"]
+    assert table[f"watch_from_d{day}"] == pytest.approx(final.return_served_mean, rel=1e-9)
+    assert table[f"watch_from_d{day}"] < table["return_mean"]  # the logging policy served the days before T
 
 
 def test_compare_rejects_a_bad_retention_day(tmp_path, capsys):
