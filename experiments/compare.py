@@ -12,9 +12,8 @@ minutes per user watched from day T on (watch_from_d<T>) and retention given day
 users still active on or after day T, the share active on or after day T + D: columns
 retention_d<T+D>_given_d<T>, D from `--after-days`), so agents that only serve from day T
 (supervised models deployed on a date) are compared on the days and users they served. Regret is
-measured against the reference
-agent (default oracle-lookahead) evaluated on the same users; it is left out where no reference
-run exists.
+measured against the reference agent (default oracle-lookahead) evaluated on the same users; it is
+left out where no reference run exists.
 
 What is averaged is what the table says: a row is one agent in one configuration (where one
 agent ran with different scenario overrides, model, algo settings or step budgets, each
@@ -279,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         "--from-day",
         type=int,
         metavar="T",
-        help="lifetime scenarios: add retention given day T (e.g. the day supervised models start serving)",
+        help="lifetime scenarios: add minutes watched from day T on and retention given day T "
+        "(e.g. T = the day supervised models start serving)",
     )
     parser.add_argument(
         "--after-days",
@@ -305,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_day is not None:
         if not len(by_day):
             print("error: --from-day needs lifetime runs with per-day curves (eval_by_day.csv)", file=sys.stderr)
+            return 2
+        if args.from_day > by_day.day.max():
+            print(f"error: --from-day {args.from_day} is past the runs' last day ({by_day.day.max()})", file=sys.stderr)
             return 2
         runs, names = add_from_day(runs, by_day, args.from_day, tuple(sorted(set(args.after_days))))
         metrics = (*METRICS, *names)

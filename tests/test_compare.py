@@ -147,6 +147,8 @@ def test_compare_shows_retention_and_plots_per_day_curves_on_lifetimes(tmp_path,
         r = g.pivot(index="seed", columns="day", values="retention")
         assert given.loc[agent, "mean"] == pytest.approx((r[2] / r[1]).mean())
     assert "retention_d2_given_d1" in (out / "comparison.md").read_text()
+    assert compare.main([str(tmp_path / "runs"), "--out", str(out), "--from-day", "400"]) == 2
+    assert "--from-day 400 is past the runs' last day" in capsys.readouterr().err
 
 
 def test_retention_given_a_day_is_the_share_of_that_days_users_still_there_later():
