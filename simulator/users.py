@@ -7,6 +7,11 @@ falls with `length_taste` x the squared log-ratio of the two lengths: `length_fi
 platforms duration is one of the strongest biases of watch time and users differ in it; here it
 is a trait that survives a shift of topical tastes (a shock moves interests, not viewing habits)
 and that only many interactions reveal, since one watch mixes it with topic fit and quality.
+
+Users may also belong to two taste communities (`second_community` > 0): a share ~ U(0, max) of a
+user's community pull goes to the centre of one other community. Real users hold several interests
+at once (the premise of multi-interest recommenders such as MIND and ComiRec); one click then names
+at most one of them, and only a history shows the other. Off in every preset.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class UserParams:
     past_pool: int = 10  # items on offer at each of those past visits (the user picked one or none)
     real_history: bool = False  # users are real ml-100k users, arriving with their first real ratings (realhistory.py)
     length_taste: float = 0.0  # fit lost per squared log-ratio of item length to the user's preferred length (0: off)
+    second_community: float = 0.0  # a share ~ U(0, this) of a user's community pull goes to a second community (0: off)
 
     def __post_init__(self) -> None:
         o = "users"
@@ -46,6 +52,11 @@ class UserParams:
         check_int(o, "past_pool", self.past_pool, 1, 1024)
         check_bool(o, "real_history", self.real_history)
         check_range(o, "length_taste", self.length_taste, 0.0, 100.0)
+        check_range(o, "second_community", self.second_community, 0.0, 0.5)
+        if self.second_community and self.n_communities < 2:
+            raise ValueError(f"users.second_community needs n_communities >= 2, got {self.n_communities}")
+        if self.second_community and self.real_history:
+            raise ValueError("users.second_community is for simulated users: real_history users have real profiles")
 
 
 def community_centres(params: UserParams, n_topics: int, rng: np.random.Generator) -> np.ndarray:
@@ -74,7 +85,7 @@ def sample_users(
     m, t = community.shape[0], centres.shape[1]
     own = rng.uniform(-1.0, 1.0, size=(m, t))
     w = params.community_strength
-    interest = (1.0 - w) * own + w * centres[community]
+    pull = centres[community]
     # A shock moves a user toward the tastes of another community, drawn like a new user's: the
     # shift changes *what* a user likes, not how much there is to like (a uniform target would
     # broaden tastes and make shocks raise engagement).
@@ -82,16 +93,23 @@ def sample_users(
     other = (community + rng.integers(1, n_comm, size=m)) % n_comm if n_comm > 1 else community
     shock_target = (1.0 - w) * rng.uniform(-1.0, 1.0, size=(m, t)) + w * centres[other]
     budget = np.maximum(rng.normal(params.budget_mean, params.budget_std, size=m), 1.0)
+    novelty_seeking = rng.uniform(0.0, params.novelty_seeking_max, size=m)
+    susceptibility = rng.uniform(0.0, 1.0, size=m)
+    shock_draw = rng.random(m)
+    preferred_length = rng.normal(log_length[0], log_length[1], size=m) if params.length_taste else np.zeros(m)
+    if params.second_community:  # drawn last and only when on: other worlds' streams are unchanged
+        second = (community + rng.integers(1, n_comm, size=m)) % n_comm
+        share = rng.uniform(0.0, params.second_community, size=(m, 1))
+        pull = (1.0 - share) * pull + share * centres[second]
+    interest = (1.0 - w) * own + w * pull
     return dict(
         interest=interest.astype(np.float32),
         budget=budget.astype(np.float32),
-        novelty_seeking=rng.uniform(0.0, params.novelty_seeking_max, size=m).astype(np.float32),
-        susceptibility=rng.uniform(0.0, 1.0, size=m).astype(np.float32),
-        shock_draw=rng.random(m).astype(np.float32),
+        novelty_seeking=novelty_seeking.astype(np.float32),
+        susceptibility=susceptibility.astype(np.float32),
+        shock_draw=shock_draw.astype(np.float32),
         shock_target=shock_target.astype(np.float32),
-        preferred_length=(
-            rng.normal(log_length[0], log_length[1], size=m) if params.length_taste else np.zeros(m)
-        ).astype(np.float32),
+        preferred_length=preferred_length.astype(np.float32),
     )
 
 

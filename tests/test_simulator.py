@@ -3,6 +3,8 @@ numbers, copy / tile / save / load, and parameter validation."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -473,6 +475,45 @@ def test_length_taste_users_watch_more_of_their_preferred_length(make_world):
     default = make_world("stationary", {"users": {"length_taste": 0.0}}, n_users=256, seed=3)
     assert np.all(off.state.preferred_length == 0) and _state_equal(off, default)
     assert np.array_equal(off.catalog.quality_signal, default.catalog.quality_signal)
+
+
+def test_a_second_community_pulls_tastes_toward_it_and_changes_nothing_else(make_world):
+    """Treatment against control on common random numbers: with `second_community` on, each user's
+    tastes move from their community's centre toward one other community's by a share in (0, max]
+    of the community pull (interest_on - interest_off = strength x share x (centre_2 - centre_1)),
+    and every other trait is the default world's, draw for draw; off, the world is the default."""
+    share_max = 0.5
+    on = make_world("stationary", {"users": {"second_community": share_max}}, n_users=256, seed=3)
+    off = make_world("stationary", None, n_users=256, seed=3)
+    w = on.config.users.community_strength
+    moved = (on.state.interest - off.state.interest).astype(np.float64)  # [N, T]
+    towards = on.centres[None, :, :] - on.centres[off.state.community][:, None, :]  # [N, C, T]
+    # the share each other community would need, fitted per user: exactly one fits with no residual
+    coef = (towards * moved[:, None, :]).sum(-1) / np.maximum((towards**2).sum(-1), 1e-12) / w  # [N, C]
+    residual = np.abs(moved[:, None, :] - w * coef[..., None] * towards).max(-1)  # [N, C]
+    own = np.arange(on.config.users.n_communities)[None, :] == off.state.community[:, None]
+    best = np.where(own, np.inf, residual).argmin(1)
+    rows = np.arange(256)
+    assert np.all(residual[rows, best] < 1e-5) and np.all(best != off.state.community)
+    shares = coef[rows, best]
+    assert shares.min() > 0 and shares.max() <= share_max + 1e-5 and shares.std() > 0.1  # ~ U(0, max)
+    for name in ("budget", "novelty_seeking", "susceptibility", "shock_draw", "shock_target", "community"):
+        assert np.array_equal(getattr(on.state, name), getattr(off.state, name)), name
+    default = make_world("stationary", {"users": {"second_community": 0.0}}, n_users=256, seed=3)
+    assert _state_equal(off, default)
+
+
+@pytest.mark.parametrize(
+    "users, message",
+    [
+        ({"second_community": 0.6}, "users.second_community must be in [0, 0.5]"),
+        ({"second_community": 0.3, "n_communities": 1}, "second_community needs n_communities >= 2"),
+        ({"second_community": 0.3, "real_history": True}, "second_community is for simulated users"),
+    ],
+)
+def test_a_second_community_refuses_what_it_cannot_be(users, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        UserParams(**users)
 
 
 def test_preferred_length_survives_a_shock_that_moves_tastes(make_world, random_slates):
