@@ -53,6 +53,7 @@ METRICS = (
     "retention_d30",
     "watch_per_active_day",
 )
+AFTER_DAYS = (7, 14, 21)  # --from-day T: retention given day T is read T + 7, 14 and 21 days on
 BY_DAY_FILE = "eval_by_day.csv"  # written by lifetime runs (experiments.tracking.Tracker.curves)
 BY_DAY_PANELS = (("retention", "share of users still active"), ("watch_per_active_user", "minutes per active user"))
 
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "--after-days",
         type=int,
         nargs="+",
-        default=[7, 14, 21],
+        default=None,
         metavar="D",
         help="with --from-day: the days after T that retention given day T is read at (default 7 14 21)",
     )
@@ -293,7 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.from_day is not None and args.from_day < 0:
             raise ValueError(f"--from-day must be a day >= 0, got {args.from_day}")
-        if min(args.after_days) < 1:
+        if args.after_days is not None and args.from_day is None:
+            raise ValueError("--after-days reads retention given a day: it needs --from-day T")
+        after_days = AFTER_DAYS if args.after_days is None else tuple(sorted(set(args.after_days)))
+        if min(after_days) < 1:
             raise ValueError(f"--after-days must be days >= 1, got {' '.join(map(str, args.after_days))}")
         writable_dir(args.out, "--out")
         runs = add_regret(load_runs(args.roots), args.reference)
@@ -309,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.from_day > by_day.day.max():
             print(f"error: --from-day {args.from_day} is past the runs' last day ({by_day.day.max()})", file=sys.stderr)
             return 2
-        runs, names = add_from_day(runs, by_day, args.from_day, tuple(sorted(set(args.after_days))))
+        runs, names = add_from_day(runs, by_day, args.from_day, after_days)
         metrics = (*METRICS, *names)
     summary = summarise(runs, metrics)
     summary.to_csv(args.out / "comparison.csv", index=False)

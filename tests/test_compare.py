@@ -183,9 +183,12 @@ def test_watch_from_the_deployment_day_is_what_the_deployed_model_served(tmp_pat
 
 def test_compare_rejects_a_bad_retention_day(tmp_path, capsys):
     assert run.main(["--agent", "random", "--smoke", "--seeds", "0", "--logdir", str(tmp_path / "runs")]) == 0
-    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--from-day", "-3"]) == 2
-    assert "--from-day must be a day >= 0, got -3" in capsys.readouterr().err
-    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--after-days", "0"]) == 2
-    assert "--after-days must be days >= 1" in capsys.readouterr().err
-    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--from-day", "30"]) == 2
-    assert "--from-day needs lifetime runs" in capsys.readouterr().err
+    compare_with = [str(tmp_path / "runs"), "--out", str(tmp_path / "o")]
+    for flags, message in [
+        (["--from-day", "-3"], "--from-day must be a day >= 0, got -3"),
+        (["--from-day", "3", "--after-days", "0"], "--after-days must be days >= 1"),
+        (["--after-days", "7"], "--after-days reads retention given a day: it needs --from-day T"),
+        (["--from-day", "30"], "--from-day needs lifetime runs"),
+    ]:
+        assert compare.main([*compare_with, *flags]) == 2
+        assert message in capsys.readouterr().err
