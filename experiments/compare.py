@@ -223,7 +223,7 @@ def from_day(curve: pd.DataFrame, return_mean: float, day: int, after_days: tupl
 
 def add_from_day(runs: pd.DataFrame, by_day: pd.DataFrame, day: int, after_days) -> tuple[pd.DataFrame, list[str]]:
     """`runs` with the `from_day` columns of each run that has per-day curves, and their names."""
-    curves = dict(iter(by_day.groupby(["scenario", "agent", "seed"])))
+    curves = dict(iter(by_day.groupby(["scenario", "agent", "seed"])))  # a GroupBy has .keys: not a mapping
     empty = pd.DataFrame(dict(day=[], retention=[], watch_per_active_user=[], active_users=[]))
     names = list(from_day(empty, 0.0, day, after_days))
     keys = [(r.scenario, r.agent, r.seed) for r in runs.itertuples()]
@@ -301,18 +301,16 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--after-days must be days >= 1, got {' '.join(map(str, args.after_days))}")
         writable_dir(args.out, "--out")
         runs = add_regret(load_runs(args.roots), args.reference)
+        by_day = load_by_day(runs)
+        if args.from_day is not None and not len(by_day):
+            raise ValueError("--from-day needs lifetime runs with per-day curves (eval_by_day.csv)")
+        if args.from_day is not None and args.from_day > by_day.day.max():
+            raise ValueError(f"--from-day {args.from_day} is past the runs' last day ({by_day.day.max()})")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    by_day = load_by_day(runs)
     metrics = METRICS
     if args.from_day is not None:
-        if not len(by_day):
-            print("error: --from-day needs lifetime runs with per-day curves (eval_by_day.csv)", file=sys.stderr)
-            return 2
-        if args.from_day > by_day.day.max():
-            print(f"error: --from-day {args.from_day} is past the runs' last day ({by_day.day.max()})", file=sys.stderr)
-            return 2
         runs, names = add_from_day(runs, by_day, args.from_day, after_days)
         metrics = (*METRICS, *names)
     summary = summarise(runs, metrics)
