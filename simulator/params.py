@@ -25,7 +25,9 @@ def check_range(
         raise ValueError(f"{field} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{field} must be finite, got {value!r}")
-    bad_lo = lo is not None and (value <= lo if lo_open else value < lo)
+    # A negative zero passes `value < 0` but numpy refuses it as a scale ("scale < 0"): below a 0 bound it is out.
+    negative_zero = value == 0 and math.copysign(1.0, value) < 0
+    bad_lo = lo is not None and (value <= lo if lo_open else value < lo or (lo == 0 and negative_zero))
     bad_hi = hi is not None and (value >= hi if hi_open else value > hi)
     if bad_lo or bad_hi:
         left = "(" if lo_open else "["

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -123,3 +124,11 @@ def test_any_shock_event_value_is_refused_by_name_or_simulates_meaningfully(fiel
     if isinstance(value, (int, float)) and abs(value) > SIM_CAP and name in ("n_items",):
         return
     simulate(cfg)
+
+
+def test_a_negative_zero_is_refused_where_zero_is_the_bound():
+    """-0.0 passes `value < 0`, but numpy refuses it as a spread ("scale < 0") once the world is built;
+    found by the property test above (catalog.attractiveness_noise = -0.0)."""
+    with pytest.raises(ValueError, match=r"catalog\.attractiveness_noise must be in \[0, 1\], got -0\.0"):
+        make_scenario("mixed", {"catalog": {"attractiveness_noise": -0.0}})
+    assert make_scenario("mixed", {"catalog": {"attractiveness_noise": 0.0}}).world.catalog.attractiveness_noise == 0
