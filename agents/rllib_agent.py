@@ -103,19 +103,40 @@ def _rl_module_class():
                 logits, _ = self.net(batch[Columns.OBS])
             return {Columns.ACTION_DIST_INPUTS: logits}
 
+        def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+            # Sampling also keeps each observation's value (the episodes store it as an extra model
+            # output): the weights are the learner's as of its next update, so GAE reads these
+            # instead of a second encoder pass over the whole train batch (see compute_values).
+            with torch.inference_mode():
+                logits, state = self.net(batch[Columns.OBS])
+                values = self.net.value(state)
+            return {Columns.ACTION_DIST_INPUTS: logits, Columns.VF_PREDS: values}
+
         def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
             logits, state = self.net(batch[Columns.OBS])
             # The state is reused by compute_values: one encoder pass for policy and value.
             return {Columns.ACTION_DIST_INPUTS: logits, Columns.EMBEDDINGS: state}
 
         def compute_values(self, batch: dict[str, Any], embeddings: Any = None):
-            if embeddings is None:
-                # The GAE connector's call over the whole train batch: value targets are never
-                # differentiated (the loss passes the embeddings of _forward_train), and the value
-                # reads the state only, so no candidate tower, target attention or autograd graph.
-                with torch.no_grad():
-                    return self.net.value(self.net.encoder.encode_state(batch[Columns.OBS]))
-            return self.net.value(embeddings)
+            if embeddings is not None:
+                return self.net.value(embeddings)
+            # The GAE connector's call over the whole train batch: value targets are never
+            # differentiated (the loss passes the embeddings of _forward_train), and the value
+            # reads the state only, so no candidate tower, target attention or autograd graph.
+            # Rows sampled by this module carry their value already; only the rows RLlib appends
+            # to each episode chunk to bootstrap from (loss mask off: observations never acted
+            # on, so never valued at sampling; their stored value is a copy of the row before)
+            # need the encoder.
+            obs, stored, acted = batch[Columns.OBS], batch.get(Columns.VF_PREDS), batch.get(Columns.LOSS_MASK)
+            with torch.no_grad():
+                if stored is None or acted is None:
+                    return self.net.value(self.net.encoder.encode_state(obs))
+                values = torch.as_tensor(stored, dtype=torch.float32, device=acted.device).clone()
+                fresh = ~acted.bool()
+                if fresh.any():
+                    rows = {key: value[fresh] for key, value in obs.items()}
+                    values[fresh] = self.net.value(self.net.encoder.encode_state(rows))
+                return values
 
     return DriftRecRLModule
 

@@ -183,6 +183,48 @@ def test_rllib_ppo_critic_warmup_moves_only_the_value_head(ray_session):
         PPOParams(critic_warmup_steps=-1)
 
 
+def test_rllib_ppo_gae_reads_the_values_stored_at_sampling(ray_session):
+    # GAE's value pass takes each sampled row's value from sampling and runs the encoder only on the
+    # rows RLlib appends to bootstrap from: the same values as a full pass, for a fraction of the rows.
+    from ray.rllib.core import DEFAULT_MODULE_ID
+    from ray.rllib.core.columns import Columns
+
+    agent = RLlibPPOAgent(SCENARIO, PPOParams(**RLLIB_ALGO), seed=SEED, device="cpu", model=MODEL)
+    calls = []
+
+    def spy(learner):
+        module = learner.module[DEFAULT_MODULE_ID].unwrapped()
+        compute_values, encode_state = module.compute_values, module.net.encoder.encode_state
+        encoded = []
+
+        def counting_encode(obs):
+            encoded.append(len(obs["context"]))
+            return encode_state(obs)
+
+        def values(batch, embeddings=None):
+            if embeddings is not None:  # the loss: not the GAE pass
+                return compute_values(batch, embeddings)
+            encoded.clear()
+            out = compute_values(batch)
+            with torch.no_grad():
+                full = module.net.value(encode_state(batch[Columns.OBS]))
+            calls.append((out, full, batch[Columns.LOSS_MASK].bool(), list(encoded)))
+            return out
+
+        module.compute_values, module.net.encoder.encode_state = values, counting_encode
+
+    try:
+        agent.algo.learner_group.foreach_learner(spy)
+        for _ in range(2):  # the second iteration samples with weights the first update changed
+            agent.train_iteration()
+    finally:
+        agent.close()
+    assert len(calls) == 2
+    for out, full, acted, encoded in calls:
+        torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)
+        assert encoded == [int((~acted).sum())] and 0 < encoded[0] < len(acted) // 4
+
+
 def test_rllib_ppo_restored_into_a_live_agent_serves_the_snapshot(ray_session, tmp_path):
     # run.py --keep-best restores its best snapshot into the agent that trained past it.
     agent = RLlibPPOAgent(SCENARIO, PPOParams(**RLLIB_ALGO), seed=SEED, device="cpu", model=MODEL)
