@@ -29,6 +29,7 @@ class SeasonalParams(DriftParams):
     amplitude: float = 0.6  # appeal shift at the main cycle's peak, in interest units
     weekly_amplitude: float = 0.0  # appeal shift at the weekly cycle's peak (unit: day only)
     random_offset: bool = True  # session worlds: users start at different calendar times
+    reach: float = 1.0  # how far down the taste scale a season is felt (see personal_season)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -43,6 +44,7 @@ class SeasonalParams(DriftParams):
         if self.weekly_amplitude and self.unit != "day":
             raise ValueError(f"{o}.weekly_amplitude needs unit day (a week is 7 days), got unit {self.unit!r}")
         check_bool(o, "random_offset", self.random_offset)
+        check_range(o, "reach", self.reach, 0.0, 1.0)
 
 
 def topic_phases(n_topics: int) -> np.ndarray:
@@ -78,12 +80,20 @@ def weekly_appeal(day: np.ndarray, phases: np.ndarray, params: SeasonalParams) -
     return _cycle(season_angle(day, WEEK_DAYS), phases, params.weekly_amplitude * params.scale)
 
 
-def personal_season(appeal: np.ndarray, interest: np.ndarray) -> np.ndarray:
+def personal_season(appeal: np.ndarray, interest: np.ndarray, reach: float = 1.0) -> np.ndarray:
     """[N, T] the season as a user feels it: the appeal shift [N, T] weighted by the user's
-    affinity for the topic, (1 + interest) / 2 in [0, 1]. In season, a topic gains most with
-    those who like it and nothing with those who hate it: seasons move tastes, they do not
-    override them (an additive shift would make everyone watch the in-season topic)."""
-    return appeal * (np.float32(0.5) * (np.float32(1.0) + interest))
+    affinity for the topic, clip((interest + reach) / (1 + reach), 0, 1). In season, a topic gains
+    most with those who like it and nothing with those who hate it: seasons move tastes, they do
+    not override them (an additive shift would make everyone watch the in-season topic).
+
+    `reach` says how far down the taste scale the season is felt. 1 (default): everyone but those
+    who hate the topic, in proportion to (1 + interest) / 2, so a user indifferent to it (interest
+    0) feels half the season. 0: only those who like the topic (interest > 0), in proportion to
+    how much; the indifferent feel nothing. The smaller the reach, the less a season is worth to
+    a policy that does not know the user's tastes: "serve what is in season" pays only with the
+    users it suits."""
+    r = np.float32(reach)
+    return appeal * np.clip((interest + r) / (np.float32(1.0) + r), np.float32(0.0), np.float32(1.0))
 
 
 FAMILY = DriftFamily("seasonal", SeasonalParams)  # a function of the date: no state, no hooks

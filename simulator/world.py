@@ -377,7 +377,7 @@ class World:
         season = self.season(s)
         if season is None:
             return s.interest
-        return s.interest + seasonal.personal_season(season, s.interest)
+        return s.interest + seasonal.personal_season(season, s.interest, self.config.seasonal.reach)
 
     def felt_interest(self, state: UserState | None = None) -> np.ndarray:
         """[N, T] interests as they drive choices now: effective interests less satiation."""

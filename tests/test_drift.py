@@ -81,6 +81,32 @@ def test_world_effective_interest_is_seasonal_only_when_on(make_world, on):
     assert np.abs(eff5 - eff0).max() > 0.1
 
 
+def test_season_reach_decides_who_feels_the_season():
+    appeal = np.full((1, 4), 0.6, np.float32)
+    interest = np.array([[-1.0, -0.5, 0.0, 0.6]], np.float32)  # hates, dislikes, indifferent, likes
+    felt = lambda reach: seasonal.personal_season(appeal, interest, reach)[0]  # noqa: E731
+    # reach 1 (default): in proportion to (1 + interest) / 2; the indifferent feel half.
+    np.testing.assert_allclose(felt(1.0), 0.6 * np.array([0.0, 0.25, 0.5, 0.8]), atol=1e-6)
+    # reach 0: only those who like the topic, in proportion to how much.
+    np.testing.assert_allclose(felt(0.0), 0.6 * np.array([0.0, 0.0, 0.0, 0.6]), atol=1e-6)
+    np.testing.assert_allclose(felt(0.5), 0.6 * np.array([0.0, 0.0, 1 / 3, 1.1 / 1.5]), atol=1e-6)
+    with pytest.raises(ValueError, match="seasonal.reach"):
+        SeasonalParams(reach=1.5)
+
+
+def test_a_shorter_season_reach_is_worth_less_to_a_user_blind_policy(make_world):
+    # Same users, same season (common random numbers): with reach 0 the season lifts only topics
+    # a user likes, so the mean lift over users and topics falls, and no disliked topic gains.
+    worlds = {r: make_world("seasonal", {"seasonal": {"period": 10, "reach": r}}, n_users=64, seed=4) for r in (1.0, 0.0)}
+    np.testing.assert_array_equal(worlds[1.0].state.interest, worlds[0.0].state.interest)
+    lift = {r: np.array(w.effective_interest()) - w.state.interest for r, w in worlds.items()}
+    season = worlds[1.0].season()
+    in_season = season > 0
+    assert lift[0.0][in_season].mean() < 0.6 * lift[1.0][in_season].mean()
+    disliked = worlds[0.0].state.interest <= 0
+    assert np.all(lift[0.0][disliked] == 0.0) and np.abs(lift[1.0][disliked & in_season]).max() > 0.05
+
+
 def test_context_season_features_cycle_with_the_period(make_cfg):
     period = 10
     cfg = make_cfg("seasonal", _merge(LONG_SESSIONS, {"seasonal": {"period": period}, "env": {"max_steps": 40}}))
