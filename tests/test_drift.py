@@ -97,7 +97,9 @@ def test_season_reach_decides_who_feels_the_season():
 def test_a_shorter_season_reach_is_worth_less_to_a_user_blind_policy(make_world):
     # Same users, same season (common random numbers): with reach 0 the season lifts only topics
     # a user likes, so the mean lift over users and topics falls, and no disliked topic gains.
-    worlds = {r: make_world("seasonal", {"seasonal": {"period": 10, "reach": r}}, n_users=64, seed=4) for r in (1.0, 0.0)}
+    worlds = {
+        r: make_world("seasonal", {"seasonal": {"period": 10, "reach": r}}, n_users=64, seed=4) for r in (1.0, 0.0)
+    }
     np.testing.assert_array_equal(worlds[1.0].state.interest, worlds[0.0].state.interest)
     lift = {r: np.array(w.effective_interest()) - w.state.interest for r, w in worlds.items()}
     season = worlds[1.0].season()
