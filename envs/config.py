@@ -53,13 +53,15 @@ _SUDDEN = dict(kind="sudden", step=10, fraction=1.0, strength=0.8)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "stationary": {},
-    "seasonal": {"seasonal": {"enabled": True}},
+    # A season lifts a topic only for the users who like it (reach 0): a season that lifted it for
+    # everyone would pay "serve what is in season" whoever the user is (README, Validity).
+    "seasonal": {"seasonal": {"enabled": True, "reach": 0.0}},
     "social": {"social": {"enabled": True}},
     "cognitive": {"cognitive": {"enabled": True}},
     "shock": {"shock": {"enabled": True, "events": [_SUDDEN]}},
     "mixed": {
         "catalog": {"n_arrivals": 100},
-        "seasonal": {"enabled": True},
+        "seasonal": {"enabled": True, "reach": 0.0},
         "social": {"enabled": True},
         "cognitive": {"enabled": True},
         "shock": {
