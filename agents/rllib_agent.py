@@ -310,8 +310,9 @@ class RLlibPPOAgent(TrainableAgent):
         supervised = SupervisedParams(
             log_users=p.log_users, log_steps=p.log_steps, epsilon=p.epsilon, epochs=p.pretrain_epochs
         )
+        # On the learner's device: on cuda the warm start is a GPU job too.
         rec = SupervisedRecommender.for_scenario(
-            "sasrec", self.scenario, supervised, model=self.model_overrides, seed=self.seed
+            "sasrec", self.scenario, supervised, model=self.model_overrides, seed=self.seed, device=self.device
         )
         rec.fit(logged_data(self.scenario, supervised, self.seed, run_dir=None))
         state = {k: v.detach().cpu() for k, v in rec.net.encoder.state_dict().items()}
