@@ -21,7 +21,7 @@ from agents.base import TrainableAgent
 from agents.logs import LogParams
 from agents.model import ActorCritic, GreedyPolicy, encoder_config
 from envs.config import ScenarioConfig
-from simulator.params import check_int, check_range
+from simulator.params import check_bool, check_int, check_range
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,10 @@ class PPOParams(LogParams):
     critic is not, and PPO's first updates, driven by that critic's advantages, would otherwise move
     the policy off its warm start on noise (standard when fine-tuning a pretrained policy with an
     actor-critic).
+
+    With `freeze_history_encoder` the warm-started history Transformer stays as sasrec fitted it and
+    PPO learns the rest (the candidate tower, target attention, the policy and value heads): the
+    learner then runs no backward pass through the history, most of its work on the CPU.
     """
 
     num_env_runners: int = 0  # 0: sample in the driver process
@@ -56,6 +60,7 @@ class PPOParams(LogParams):
     reward_scale: float = 0.25  # rewards are minutes; ~1 per step trains the critic better
     pretrain_epochs: int = 3  # supervised warm start of the encoder on logs (0: none)
     critic_warmup_steps: int = 0  # env steps at the start in which only the value head learns (0: none)
+    freeze_history_encoder: bool = False  # keep the warm-started history Transformer fixed (needs pretrain_epochs)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -76,6 +81,12 @@ class PPOParams(LogParams):
         check_range(o, "reward_scale", self.reward_scale, 0.0, lo_open=True)
         check_int(o, "pretrain_epochs", self.pretrain_epochs, 0, 1000)
         check_int(o, "critic_warmup_steps", self.critic_warmup_steps, 0)
+        check_bool(o, "freeze_history_encoder", self.freeze_history_encoder)
+        if self.freeze_history_encoder and not self.pretrain_epochs:
+            raise ValueError(
+                "algo.freeze_history_encoder needs the warm start (algo.pretrain_epochs > 0): "
+                "without it the frozen history encoder would keep its random weights"
+            )
 
 
 def _rl_module_class():
@@ -92,6 +103,9 @@ def _rl_module_class():
         def setup(self) -> None:
             cfg = self.model_config
             self.net = ActorCritic(cfg["encoder"], cfg["slate_size"], cfg["item_features"])
+            if cfg.get("freeze_history", False):
+                # No gradients: the optimizer skips these weights and autograd never enters the history.
+                self.net.encoder.history.requires_grad_(False)
             if cfg["slate_size"] > 1:
                 self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(
                     input_lens=[int(n) for n in self.action_space.nvec]
@@ -270,6 +284,7 @@ class RLlibPPOAgent(TrainableAgent):
                         encoder=self.encoder_config,
                         slate_size=scenario.env.slate_size,
                         item_features=self.item_features,
+                        freeze_history=p.freeze_history_encoder,
                     ),
                 )
             )

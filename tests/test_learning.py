@@ -183,6 +183,33 @@ def test_rllib_ppo_critic_warmup_moves_only_the_value_head(ray_session):
         PPOParams(critic_warmup_steps=-1)
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_rllib_ppo_frozen_history_encoder_keeps_the_warm_start(ray_session, freeze):
+    # Treatment (frozen) against control (not), same seed: PPO moves the warm-started history
+    # Transformer only in the control; the rest of the network learns in both.
+    logs = {"log_users": 16, "log_steps": 40}
+    params = PPOParams(**{**RLLIB_ALGO, "pretrain_epochs": 1, "freeze_history_encoder": freeze, **logs})
+    agent = RLlibPPOAgent(SCENARIO, params, seed=SEED, device="cpu", model=MODEL)
+    try:
+        agent.train_iteration()  # the warm start, then one PPO update
+        start = agent.learner_weights()
+        agent.train_iteration()
+        end = agent.learner_weights()
+    finally:
+        agent.close()
+    changed = {k for k in start if not torch.equal(start[k], end[k])}
+    history = {k for k in changed if k.startswith("encoder.history.")}
+    assert bool(history) != freeze, sorted(history)
+    assert changed - history, "nothing but the history encoder learned"
+
+
+def test_frozen_history_encoder_needs_the_warm_start():
+    with pytest.raises(ValueError, match="freeze_history_encoder needs the warm start"):
+        PPOParams(pretrain_epochs=0, freeze_history_encoder=True)
+    with pytest.raises(ValueError, match="freeze_history_encoder must be true or false"):
+        PPOParams(freeze_history_encoder="yes")
+
+
 def test_rllib_ppo_gae_reads_the_values_stored_at_sampling(ray_session):
     # GAE's value pass takes each sampled row's value from sampling and runs the encoder only on the
     # rows RLlib appends to bootstrap from: the same values as a full pass, for a fraction of the rows.
