@@ -60,7 +60,12 @@ _INT_FIELDS_MIN = {  # field -> smallest allowed value
     "n_heads": 1,
     "ff_mult": 1,
     "attention_window": 0,
+    "stream_window": 0,
+    "memory": 0,
+    "days_ago_feature": -1,
 }
+HISTORY_MODES = ("window", "stream")
+MAX_STREAM_TOKENS = 65_536  # stream_window and memory: a carried window is this many tokens per user at most
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,16 @@ class EncoderConfig:
     linear in the history length. Histories of at most W tokens are encoded exactly as with 0.
     ``seen_flag`` adds a learned vector to each candidate that is among the history's items (the
     "already watched" feature of deployed recommenders; see :func:`seen_in_history`).
+
+    ``history_mode`` chooses how the history is read: "window" (:class:`HistoryEncoder`, each
+    observation's H entries afresh) or "stream" (:class:`agents.stream.StreamHistoryEncoder`, each
+    interaction once per trajectory, with a carried state). In "stream" mode ``stream_window`` W is how
+    many tokens (itself included) a history token attends to and ``memory`` M how many of the latest
+    tokens each step's readout and target attention read (0: history_len, for both);
+    ``days_ago_feature`` is the column of ``history_features`` holding days ago (-1: none), which a
+    token keeps as it was when first read. ``static_items``: the candidates' features are the catalog's
+    ``item_features`` rows (no column moves), so the item tower runs once per distinct item instead of
+    once per candidate slot.
     """
 
     n_items: int
@@ -96,6 +111,11 @@ class EncoderConfig:
     target_attention: bool = True
     attention_window: int = 128
     seen_flag: bool = False
+    history_mode: str = "window"
+    stream_window: int = 0
+    memory: int = 0
+    days_ago_feature: int = -1
+    static_items: bool = False
 
     def __post_init__(self) -> None:
         for name, low in _INT_FIELDS_MIN.items():
@@ -116,9 +136,28 @@ class EncoderConfig:
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"EncoderConfig.dropout must be in [0, 1), got {self.dropout}")
         object.__setattr__(self, "dropout", float(self.dropout))
-        for name in ("compile", "autocast_bf16", "target_attention", "seen_flag"):
+        for name in ("compile", "autocast_bf16", "target_attention", "seen_flag", "static_items"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"EncoderConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.history_mode not in HISTORY_MODES:
+            raise ValueError(
+                f"EncoderConfig.history_mode must be one of {', '.join(HISTORY_MODES)}, got {self.history_mode!r}"
+            )
+        if self.days_ago_feature >= self.history_feature_dim:
+            raise ValueError(
+                f"EncoderConfig.days_ago_feature must be -1 (none) or a column of history_features "
+                f"(< {self.history_feature_dim}), got {self.days_ago_feature}"
+            )
+        for name in ("stream_window", "memory"):
+            if getattr(self, name) > MAX_STREAM_TOKENS:
+                raise ValueError(
+                    f"EncoderConfig.{name} must be at most {MAX_STREAM_TOKENS:,} tokens (0: history_len), "
+                    f"got {getattr(self, name):,}"
+                )
+        if self.history_mode == "stream" and self.compile:
+            raise ValueError(
+                "EncoderConfig.compile applies to the window encoder's block stack only (history_mode window)"
+            )
 
     @classmethod
     def from_observation_space(cls, space: Any, n_items: int | None = None, **overrides: Any) -> EncoderConfig:
@@ -176,7 +215,8 @@ class EncoderOutput(NamedTuple):
     candidates: [B, C, d_model] item-tower vectors of the candidates
     user:       [B, C, d_model] the user as seen by each candidate: state + what the
                                 candidate's target attention read in the history
-                                (the state itself, broadcast, without target attention)
+                                (the state itself, broadcast, without target attention);
+                                None from a "stream" encoder whose keep_user is False
     logits:     [B, C]          user . candidate / sqrt(d_model)
     """
 
@@ -501,17 +541,46 @@ class TargetAttention(nn.Module):
         self.out = nn.Linear(d, d)
         self.apply(_init_weights)
 
-    def forward(self, candidates: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
-        """candidates [B, C, d], tokens [B, H, d], mask bool [B, H] -> [B, C, d]."""
+    def key_values(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """tokens [B, N, d] -> their keys and values [B, N, d] each (per token: cacheable)."""
+        k, v = self.key_value(tokens).chunk(2, dim=-1)
+        return k, v
+
+    def attend(
+        self,
+        candidates: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        mask: Tensor,
+        queries: Tensor | None = None,
+        project: bool = True,
+    ) -> Tensor:
+        """candidates [B, Q, d], keys and values [B, N, d], mask bool [B, N] (or [B, Q, N]: which tokens
+        each candidate may read) -> [B, Q, d]. `queries`: query(candidates), when the caller has them
+        (computed once per distinct item). `project` False: the heads' read before the output
+        projection (see :meth:`folded`)."""
         b, c, d = candidates.shape
         heads, dh = self.n_heads, d // self.n_heads
-        k, v = self.key_value(tokens).chunk(2, dim=-1)
-        k = torch.cat([self.null_key.to(k.dtype).expand(b, 1, d), k], dim=1)
-        v = torch.cat([v.new_zeros(b, 1, d), v], dim=1)  # the null slot reads nothing
-        keep = torch.cat([mask.new_ones(b, 1), mask], dim=1)[:, None, None, :]  # [B, 1, 1, 1 + H]
+        k = torch.cat([self.null_key.to(keys.dtype).expand(b, 1, d), keys], dim=1)
+        v = torch.cat([values.new_zeros(b, 1, d), values], dim=1)  # the null slot reads nothing
+        if mask.dim() == 2:
+            keep = torch.cat([mask.new_ones(b, 1), mask], dim=1)[:, None, None, :]  # [B, 1, 1, 1 + N]
+        else:
+            keep = torch.cat([mask.new_ones(b, c, 1), mask], dim=2)[:, None]  # [B, 1, Q, 1 + N]
         split = lambda x: x.view(b, x.shape[1], heads, dh).transpose(1, 2)  # noqa: E731
-        y = F.scaled_dot_product_attention(split(self.query(candidates)), split(k), split(v), attn_mask=keep)
-        return self.out(y.transpose(1, 2).reshape(b, c, d))
+        queries = self.query(candidates) if queries is None else queries.to(k.dtype)
+        y = F.scaled_dot_product_attention(split(queries), split(k), split(v), attn_mask=keep)
+        y = y.transpose(1, 2).reshape(b, c, d)
+        return self.out(y) if project else y
+
+    def folded(self, candidates: Tensor) -> Tensor:
+        """candidates [..., d] -> [..., d + 1]: the output projection folded into the candidate, so
+        that out(read) . c = read . f[:d] + f[d] (f = c W_out, c . b_out): per item, not per slot."""
+        return torch.cat([candidates @ self.out.weight, (candidates @ self.out.bias)[..., None]], dim=-1)
+
+    def forward(self, candidates: Tensor, tokens: Tensor, mask: Tensor, queries: Tensor | None = None) -> Tensor:
+        """candidates [B, C, d], tokens [B, H, d], mask bool [B, H] (or [B, C, H]) -> [B, C, d]."""
+        return self.attend(candidates, *self.key_values(tokens), mask, queries)
 
 
 class RecommenderEncoder(nn.Module):
@@ -523,44 +592,235 @@ class RecommenderEncoder(nn.Module):
     belong to the consumers and go on ``state``.
     """
 
-    def __init__(self, config: EncoderConfig, item_features: Tensor | np.ndarray | None = None) -> None:
+    def __init__(
+        self, config: EncoderConfig, item_features: Tensor | np.ndarray | None = None, days_scale: float = 365.0
+    ) -> None:
         super().__init__()
         self.config = config
-        self.history = HistoryEncoder(config, item_features=item_features)
+        if config.history_mode == "stream":
+            from agents.stream import StreamHistoryEncoder  # the stream module builds on this one's blocks
+
+            table = None if item_features is None else torch.as_tensor(np.asarray(item_features), dtype=torch.float32)
+            self.history = StreamHistoryEncoder(config, item_features=table, days_scale=days_scale)
+        else:
+            self.history = HistoryEncoder(config, item_features=item_features)
         self.item_tower = ItemTower(config, item_embedding=self.history.item_embedding)
         self.target_attention = TargetAttention(config) if config.target_attention else None
         self.seen = nn.Parameter(torch.zeros(config.d_model)) if config.seen_flag else None
+        # EncoderOutput.user is needed by slate heads and the supervised watch head; a "stream" encoder
+        # scoring single items (keep_user False, set by ActorCritic) folds the target attention's
+        # output projection into the candidates instead (see _scored).
+        self.keep_user = True
+        if config.static_items and self.history.item_features is None and config.item_feature_dim:
+            raise ValueError("EncoderConfig.static_items needs the catalog's item_features table")
 
     @property
     def output_dim(self) -> int:
         return self.config.d_model
+
+    @property
+    def streams(self) -> bool:
+        """True when the history is read once per trajectory (history_mode "stream")."""
+        return self.config.history_mode == "stream"
 
     def encode_state(self, obs: Mapping[str, Tensor]) -> Tensor:
         """State only ([B, d_model]), e.g. for a value function."""
         return self.history(obs)
 
     def encode_candidates(self, obs: Mapping[str, Tensor]) -> Tensor:
-        """Candidate vectors [B, C, d_model]."""
-        vectors = self.item_tower(obs["candidate_items"], obs.get("candidate_features"))
+        """Candidate vectors [B, C, d_model]. With ``static_items`` the item tower runs once per item
+        of the catalog when the batch holds more candidate slots than the catalog has items."""
+        return self._candidates(obs)[0]
+
+    def _candidates(self, obs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(candidate vectors [..., C, d], their target-attention queries [..., C, d] and folded output
+        projections [..., C, d + 1] where those are computed once per catalog item with the vectors,
+        else None)."""
+        table = self.history.item_features if self.config.static_items else None
+        queries = folds = None
+        if table is not None:
+            ids = _ids(obs["candidate_items"])
+            if ids.numel() > table.shape[0]:
+                catalog, catalog_queries, catalog_folds = self._catalog(table)
+                vectors = catalog[ids]
+                queries = None if catalog_queries is None else catalog_queries[ids]
+                folds = None if catalog_folds is None else catalog_folds[ids]
+            else:
+                vectors = self.item_tower(ids, table[ids])
+        else:
+            vectors = self.item_tower(obs["candidate_items"], obs.get("candidate_features"))
         if self.seen is not None:
             vectors = vectors + seen_in_history(obs)[..., None] * self.seen
-        return vectors
+        return vectors, queries, folds
+
+    def _catalog(self, table: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The item tower over the whole catalog [I, d], with the target attention's queries and folded
+        output projections per item. Without autograd (sampling, serving) the result is kept until a
+        weight changes (torch's version counters move with every in-place update: optimizer steps,
+        load_state_dict)."""
+        modules = [self.item_tower] + ([self.target_attention] if self.target_attention is not None else [])
+        version = tuple(p._version for m in modules for p in m.parameters())
+        cached = getattr(self, "_catalog_cache", None)
+        if not torch.is_grad_enabled() and cached is not None and cached[0] == version:
+            return cached[1]
+        catalog = self.item_tower(torch.arange(table.shape[0], device=table.device), table)
+        queries = folds = None
+        if self.target_attention is not None and self.seen is None:
+            with _autocast(catalog, self.config.autocast_bf16):
+                queries = self.target_attention.query(catalog)
+            if not self.keep_user:
+                folds = self.target_attention.folded(catalog)
+        if not torch.is_grad_enabled():
+            self._catalog_cache = (version, (catalog, queries, folds))
+        return catalog, queries, folds
 
     @staticmethod
     def score(user: Tensor, candidates: Tensor) -> Tensor:
-        """user [B, d] or [B, C, d], candidates [B, C, d] -> logits [B, C] (scaled dot product)."""
+        """user [B, d] or [..., C, d], candidates [..., C, d] -> logits [..., C] (scaled dot product)."""
         if user.dim() == 2:
             user = user[:, None, :]
         return (user * candidates).sum(-1) / math.sqrt(candidates.shape[-1])
 
-    def forward(self, obs: Mapping[str, Tensor]) -> EncoderOutput:
-        """obs (see module docstring) -> EncoderOutput(state, candidates, user, logits)."""
-        state, tokens, mask = self.history.forward_with_tokens(obs)
-        candidates = self.encode_candidates(obs)
-        user = state[:, None, :].expand_as(candidates)
-        if self.target_attention is not None:
-            with _autocast(candidates, self.config.autocast_bf16):
-                read = self.target_attention(candidates, tokens, mask)
+    def _output(self, state: Tensor, candidates: Tensor, read: Tensor | None) -> EncoderOutput:
+        user = state[..., None, :].expand_as(candidates)
+        if read is not None:
             user = user + read.float()
         # Logits in float32: bf16 dot products over d_model lose ranking precision.
         return EncoderOutput(state, candidates, user, self.score(user, candidates))
+
+    def _scored(
+        self,
+        state: Tensor,
+        candidates: Tensor,
+        queries: Tensor | None,
+        folds: Tensor | None,
+        keys: Tensor,
+        values: Tensor,
+        mask: Tensor,
+    ) -> tuple[Tensor | None, Tensor]:
+        """ "stream" mode: candidates [B', Q, d] (state [B', Q, d] broadcast to each) read the history
+        (keys, values [B', N, d], mask [B', Q, N]) -> (user [B', Q, d], or None without keep_user;
+        logits [B', Q]). Without keep_user the target attention's output projection is folded into
+        the candidates (TargetAttention.folded): the same logits without a d x d product per slot."""
+        if self.target_attention is None:
+            user = state
+        else:
+            with _autocast(candidates, self.config.autocast_bf16):
+                read = self.target_attention.attend(candidates, keys, values, mask, queries, project=self.keep_user)
+            if not self.keep_user:
+                if folds is None:
+                    folds = self.target_attention.folded(candidates)
+                d = candidates.shape[-1]
+                logits = (state * candidates).sum(-1) + (read.float() * folds[..., :d]).sum(-1) + folds[..., d]
+                return None, logits / math.sqrt(d)
+            user = state + read.float()
+        return user, (user * candidates).sum(-1) / math.sqrt(candidates.shape[-1])
+
+    def forward(self, obs: Mapping[str, Tensor]) -> EncoderOutput:
+        """obs (see module docstring) -> EncoderOutput(state, candidates, user, logits). In "stream" mode
+        each observation is read afresh, as the first step of a trajectory."""
+        state, tokens, mask = self.history.forward_with_tokens(obs)
+        candidates, queries, folds = self._candidates(obs)
+        if self.streams:
+            keys = values = tokens
+            if self.target_attention is not None:
+                with _autocast(tokens, self.config.autocast_bf16):
+                    keys, values = self.target_attention.key_values(tokens)
+            user, logits = self._scored(
+                state[:, None].expand_as(candidates),
+                candidates,
+                queries,
+                folds,
+                keys,
+                values,
+                mask[:, None].expand(-1, candidates.shape[1], -1),
+            )
+            return EncoderOutput(state, candidates, user, logits)
+        read = None
+        if self.target_attention is not None:
+            with _autocast(candidates, self.config.autocast_bf16):
+                read = self.target_attention(candidates, tokens, mask, queries)
+        return self._output(state, candidates, read)
+
+    # ------------------------------------------------------------------ "stream" mode
+    def forward_sequence(
+        self, window: Any, obs: Mapping[str, Tensor], steps: Tensor | None = None
+    ) -> tuple[EncoderOutput, Any]:
+        """A chunk of T steps from a carried window (:class:`agents.stream.CarriedWindow`) in one causal
+        pass: obs [B, T, ...] -> (EncoderOutput with leading [B, T], the :class:`agents.stream.StreamRead`).
+        `steps` [B, T] bool: the steps to score (default all); the others' outputs are zeros."""
+        out = self.history.read(window, obs, steps)
+        blocks = out.blocks
+        n, lanes = blocks.user.shape
+        at = (blocks.user, blocks.step)
+        c = obs["candidate_items"].shape[2]
+        candidates, queries, folds = self._candidates({key: value[at].flatten(0, 1) for key, value in obs.items()})
+        flat = lambda x: None if x is None else x.reshape(n, lanes * c, -1)  # noqa: E731
+        keys = values = None
+        if self.target_attention is not None:
+            # A block's candidates read the block's token range, each as its lane's readout does.
+            with _autocast(candidates, self.config.autocast_bf16):
+                keys, values = (blocks.take(x) for x in self.target_attention.key_values(out.tokens))
+        state = out.state[at]  # [n, lanes, d]
+        user, logits = self._scored(
+            state.repeat_interleave(c, dim=1),
+            flat(candidates),
+            flat(queries),
+            flat(folds),
+            keys,
+            values,
+            blocks.reads.repeat_interleave(c, dim=1),
+        )
+        b, t = obs["candidate_items"].shape[:2]
+        keep = blocks.valid
+        spread = lambda x: x.new_zeros((b, t, *x.shape[2:])).index_put_((at[0][keep], at[1][keep]), x[keep])  # noqa: E731
+        unflat = lambda x: None if x is None else spread(x.reshape(n, lanes, c, *x.shape[2:]))  # noqa: E731
+        return EncoderOutput(out.state, unflat(flat(candidates)), unflat(user), unflat(logits)), out
+
+    def stream(self, window: Any, obs: Mapping[str, Tensor], cache: Any = None) -> tuple[EncoderOutput, Any]:
+        """One step of B trajectories, obs [B, ...], from their carried windows -> (EncoderOutput, the
+        :class:`agents.stream.StreamCache` after the step; its ``window`` is what to carry).
+
+        Rows whose `window` is the one `cache` was left with continue from the cache (the new token's
+        keys and values appended); the others are read from their window in one pass (a trajectory's
+        first step, or a cache from other weights or other users). Same numbers either way."""
+        from agents.stream import same_window
+
+        go_on = torch.zeros(obs["history_items"].shape[0], dtype=torch.bool, device=obs["history_items"].device)
+        if cache is not None:
+            go_on = same_window(window, cache.window) & (window.count > 0)
+        if bool(go_on.all()):
+            return self._step(cache, obs)
+        if not bool(go_on.any()):
+            return self._start(window, obs)
+        rows = lambda mapping, keep: {k: v[keep] for k, v in mapping.items()}  # noqa: E731
+        kept, kept_cache = self._step(cache.select(go_on), rows(obs, go_on))
+        fresh, fresh_cache = self._start(window.select(~go_on), rows(obs, ~go_on))
+        merged = EncoderOutput(*(None if a is None else merge_rows(go_on, a, b) for a, b in zip(kept, fresh)))
+        return merged, fresh_cache.merged(go_on, kept_cache)
+
+    def _start(self, window: Any, obs: Mapping[str, Tensor]) -> tuple[EncoderOutput, Any]:
+        out, read = self.forward_sequence(window, {k: v[:, None] for k, v in obs.items()})
+        cache = self.history.cache_from(read, self.target_attention)
+        return EncoderOutput(*(None if x is None else x[:, 0] for x in out)), cache
+
+    def _step(self, cache: Any, obs: Mapping[str, Tensor]) -> tuple[EncoderOutput, Any]:
+        state, cache, readable = self.history.step(cache, obs, self.target_attention)
+        candidates, queries, folds = self._candidates(obs)
+        user, logits = self._scored(
+            state[:, None].expand_as(candidates),
+            candidates,
+            queries,
+            folds,
+            cache.target_keys,
+            cache.target_values,
+            readable[:, None].expand(-1, candidates.shape[1], -1),
+        )
+        return EncoderOutput(state, candidates, user, logits), cache
+
+
+def merge_rows(first: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Rows of `a` where `first` [B] is True and of `b` elsewhere, in order (a, b hold just those rows)."""
+    out = a.new_empty((first.shape[0], *a.shape[1:]))
+    out[first], out[~first] = a, b
+    return out

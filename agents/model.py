@@ -18,8 +18,16 @@ from agents.policy import slate_from_scores
 DEFAULT_MODEL = dict(d_model=64, n_layers=2, n_heads=4, ff_mult=2)
 
 
-def encoder_config(observation_space: Any, n_items: int, overrides: Mapping[str, Any] | None = None) -> EncoderConfig:
-    """EncoderConfig sized from the env's single observation space, with model overrides."""
+def encoder_config(
+    observation_space: Any,
+    n_items: int,
+    overrides: Mapping[str, Any] | None = None,
+    history_feature_names: tuple[str, ...] | None = None,
+) -> EncoderConfig:
+    """EncoderConfig sized from the env's single observation space, with model overrides.
+
+    `history_feature_names` (envs.core.history_features(scenario)) lets a "stream" encoder find the
+    days-ago column of lifetime histories (``days_ago_feature``) unless the overrides set it."""
     allowed = {f.name for f in dataclasses.fields(EncoderConfig)} - {
         "n_items",
         "history_len",
@@ -31,6 +39,9 @@ def encoder_config(observation_space: Any, n_items: int, overrides: Mapping[str,
     unknown = sorted(set(merged) - allowed)
     if unknown:
         raise ValueError(f"unknown model config key '{unknown[0]}'; allowed: {', '.join(sorted(allowed))}")
+    streams = merged.get("history_mode") == "stream"
+    if streams and history_feature_names and "days_ago" in history_feature_names and "days_ago_feature" not in merged:
+        merged["days_ago_feature"] = history_feature_names.index("days_ago")
     return EncoderConfig.from_observation_space(observation_space, n_items=n_items, **merged)
 
 
@@ -45,6 +56,7 @@ class ActorCritic(nn.Module):
     def __init__(self, config: EncoderConfig, slate_size: int = 1, item_features: np.ndarray | None = None) -> None:
         super().__init__()
         self.encoder = RecommenderEncoder(config, item_features=item_features)
+        self.encoder.keep_user = slate_size > 1 or not self.encoder.streams  # single items: logits only
         self.slate_size = slate_size
         d = config.d_model
         # Slot k scores candidates with state + query_k, so slots can learn different roles.
@@ -52,13 +64,33 @@ class ActorCritic(nn.Module):
         self.value_head = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
 
     def forward(self, obs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """obs -> (action logits [B, C] or [B, K*C], state [B, d])."""
+        """obs -> (action logits [B, C] or [B, K*C], state [B, d]). A "stream" encoder reads each
+        observation afresh, as the first step of a trajectory."""
         out = self.encoder(obs)
+        return self.action_logits(out), out.state
+
+    def forward_sequence(
+        self, window: Any, obs: Mapping[str, Tensor], steps: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """ "stream" encoders: a chunk of T steps from a carried window in one causal pass.
+        obs [B, T, ...] -> (logits [B, T, C] or [B, T, K*C], state [B, T, d]); `steps` [B, T] bool:
+        the steps to score (default all; the others' outputs are zeros)."""
+        out, _ = self.encoder.forward_sequence(window, obs, steps)
+        return self.action_logits(out), out.state
+
+    def stream(self, window: Any, obs: Mapping[str, Tensor], cache: Any = None) -> tuple[Tensor, Tensor, Any]:
+        """ "stream" encoders: one step from carried windows, reusing `cache` where it fits (see
+        RecommenderEncoder.stream). obs [B, ...] -> (logits, state [B, d], the cache after the step)."""
+        out, cache = self.encoder.stream(window, obs, cache)
+        return self.action_logits(out), out.state, cache
+
+    def action_logits(self, out: Any) -> Tensor:
+        """An EncoderOutput (any leading axes [...]) -> logits [..., C], or [..., K*C] for a slate."""
         if self.slot_query is None:
-            return out.logits, out.state
-        queries = out.user[:, None] + self.slot_query[None, :, None, :]  # [B, K, C, d]
-        logits = (queries * out.candidates[:, None]).sum(-1) / np.sqrt(out.candidates.shape[-1])  # [B, K, C]
-        return logits.reshape(logits.shape[0], -1), out.state
+            return out.logits
+        queries = out.user[..., None, :, :] + self.slot_query[:, None, :]  # [..., K, C, d]
+        logits = (queries * out.candidates[..., None, :, :]).sum(-1) / np.sqrt(out.candidates.shape[-1])
+        return logits.flatten(-2)
 
     def value(self, state: Tensor) -> Tensor:
         return self.value_head(state).squeeze(-1)
@@ -92,8 +124,11 @@ class GreedyPolicy:
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         logits, _ = serve(self.model, obs, self.device)
+        return self.greedy(logits.float().cpu().numpy())
+
+    def greedy(self, scores: np.ndarray) -> np.ndarray:
+        """Logits [N, C] or [N, K*C] -> the greedy action [N] or slate [N, K]."""
         k = self.model.slate_size
-        scores = logits.float().cpu().numpy()
         if k == 1:
             return scores.argmax(axis=1)
         # Slot by slot, each slot's best candidate not already taken.
@@ -108,4 +143,60 @@ class GreedyPolicy:
         return slate
 
 
-__all__ = ["DEFAULT_MODEL", "encoder_config", "ActorCritic", "GreedyPolicy", "to_tensors", "serve", "slate_from_scores"]
+class StreamingGreedyPolicy(GreedyPolicy):
+    """GreedyPolicy over a "stream" ActorCritic that carries each slot's trajectory from step to step.
+
+    The evaluation harness calls ``bind`` before an evaluation and ``observe`` after every step: a slot
+    then continues its trajectory at the next ``act`` unless its slot was reset at that step
+    (``info["served"]`` False: the observation is a new user's first). ``act`` without an ``observe``
+    since the last ``act`` (any caller that does not step an env in order) reads every observation
+    afresh, as a trajectory's first step, which is also what ``scores`` does.
+    """
+
+    def __init__(self, model: ActorCritic, name: str, device: str = "cpu") -> None:
+        super().__init__(model, name, device)
+        self._window = self._cache = self._continues = None
+
+    def bind(self, env: Any) -> None:
+        self._window = self._cache = self._continues = None
+
+    def observe(self, obs: Any, actions: Any, rewards: Any, info: Mapping[str, Any]) -> None:
+        self._continues = np.asarray(info["served"], dtype=bool)
+
+    def _logits(self, obs: dict[str, np.ndarray]) -> Tensor:
+        from agents.stream import CarriedWindow
+
+        tensors = to_tensors(obs, self.device)
+        n = tensors["history_items"].shape[0]
+        history = self.model.encoder.history
+        fresh = history.fresh_window(n, self.device)
+        window = fresh
+        if self._continues is not None and self._window is not None and len(self._continues) == n:
+            keep = torch.as_tensor(self._continues, device=self.device)
+            window = CarriedWindow(
+                *(torch.where(keep.reshape(-1, *[1] * (a.dim() - 1)), a, b) for a, b in zip(self._window, fresh))
+            )
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                logits, _, self._cache = self.model.stream(window, tensors, self._cache)
+        finally:
+            self.model.train(was_training)
+        self._window, self._continues = self._cache.window, None
+        return logits
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.greedy(self._logits(obs).float().cpu().numpy())
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "encoder_config",
+    "ActorCritic",
+    "GreedyPolicy",
+    "StreamingGreedyPolicy",
+    "to_tensors",
+    "serve",
+    "slate_from_scores",
+]

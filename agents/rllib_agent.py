@@ -19,9 +19,11 @@ import numpy as np
 
 from agents.base import TrainableAgent
 from agents.logs import LogParams
-from agents.model import ActorCritic, GreedyPolicy, encoder_config
+from agents.model import ActorCritic, GreedyPolicy, StreamingGreedyPolicy, encoder_config
 from envs.config import ScenarioConfig
 from simulator.params import check_bool, check_int, check_range
+
+MAX_SEQ_LEN = 4096  # algo.max_seq_len: longer chunks make the learner's attention masks quadratic in memory
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class PPOParams(LogParams):
     pretrain_epochs: int = 3  # supervised warm start of the encoder on logs (0: none)
     critic_warmup_steps: int = 0  # env steps at the start in which only the value head learns (0: none)
     freeze_history_encoder: bool = False  # keep the warm-started history Transformer fixed (needs pretrain_epochs)
+    max_seq_len: int = 32  # "stream" encoders: steps per sequence the learner reads in one causal pass
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,6 +85,7 @@ class PPOParams(LogParams):
         check_int(o, "pretrain_epochs", self.pretrain_epochs, 0, 1000)
         check_int(o, "critic_warmup_steps", self.critic_warmup_steps, 0)
         check_bool(o, "freeze_history_encoder", self.freeze_history_encoder)
+        check_int(o, "max_seq_len", self.max_seq_len, 1, MAX_SEQ_LEN)
         if self.freeze_history_encoder and not self.pretrain_epochs:
             raise ValueError(
                 "algo.freeze_history_encoder needs the warm start (algo.pretrain_epochs > 0): "
@@ -97,12 +101,24 @@ def _rl_module_class():
     from ray.rllib.core.rl_module.apis import ValueFunctionAPI
     from ray.rllib.core.rl_module.torch import TorchRLModule
 
+    from agents.stream import CarriedWindow
+
     class DriftRecRLModule(TorchRLModule, ValueFunctionAPI):
-        """Policy logits = encoder state x candidate scores; value = MLP on the state."""
+        """Policy logits = encoder state x candidate scores; value = MLP on the state.
+
+        With a "stream" encoder the module is stateful: its RLlib state is the carried window
+        (agents.stream.CarriedWindow: the last R tokens and the count read), so sampling reads one new
+        token per step, continuing from keys and values cached in the module (a cache that does not
+        belong to the window handed in, e.g. after a weight sync, is rebuilt from the window: same
+        numbers), and learning reads each max_seq_len chunk in one causal pass from the window at
+        its start.
+        """
 
         def setup(self) -> None:
             cfg = self.model_config
             self.net = ActorCritic(cfg["encoder"], cfg["slate_size"], cfg["item_features"])
+            self.streams = self.net.encoder.streams
+            self._cache = None  # sampling: the stream's keys and values (see agents.stream.StreamCache)
             if cfg.get("freeze_history", False):
                 # No gradients: the optimizer skips these weights and autograd never enters the history.
                 self.net.encoder.history.requires_grad_(False)
@@ -111,23 +127,81 @@ def _rl_module_class():
                     input_lens=[int(n) for n in self.action_space.nvec]
                 )
 
-        def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        def get_initial_state(self) -> dict[str, Any]:
+            if not self.net.encoder.streams:
+                return {}
+            history = self.net.encoder.history
+            window = history.fresh_window(1, "cpu")
+            return {key: value[0] for key, value in window.as_state().items()}
+
+        def set_state(self, state) -> None:
+            super().set_state(state)
+            self._cache = None  # new weights: cached keys and values are stale
+
+        def fresh_window(self, n: int) -> CarriedWindow:
+            """Carried windows of n trajectories about to open (nothing read yet)."""
+            return self.net.encoder.history.fresh_window(n, next(self.parameters()).device)
+
+        def sample_step(self, obs: dict[str, np.ndarray], window: CarriedWindow, explore: bool) -> dict[str, Any]:
+            """One step of N users in arrays (agents.rllib_stream's env runner): obs [N, ...] and their
+            carried windows -> actions, their logp, the action-distribution inputs, values, and the
+            windows after the step. Actions come from the module's own distribution classes, as
+            RLlib's GetActions connector samples them."""
+            with torch.inference_mode():
+                device = next(self.parameters()).device
+                tensors = {key: torch.as_tensor(value, device=device) for key, value in obs.items()}
+                logits, state, self._cache = self.net.stream(window, tensors, self._cache)
+                values = self.net.value(state)
+                cls = self.get_exploration_action_dist_cls() if explore else self.get_inference_action_dist_cls()
+                dist = cls.from_logits(logits)
+                if not explore:
+                    dist = dist.to_deterministic()
+                actions = dist.sample()
+                logp = dist.logp(actions)
+            numpy = lambda x: x.float().cpu().numpy() if x.is_floating_point() else x.cpu().numpy()  # noqa: E731
+            return dict(
+                actions=numpy(actions),
+                logp=numpy(logp),
+                dist=numpy(logits),
+                values=numpy(values),
+                window=CarriedWindow(*(x.cpu() for x in self._cache.window)),
+            )
+
+        def _sample(self, batch: dict[str, Any], value: bool) -> dict[str, Any]:
             # Sampling and serving only (training goes through _forward_train): no autograd bookkeeping.
             with torch.inference_mode():
-                logits, _ = self.net(batch[Columns.OBS])
-            return {Columns.ACTION_DIST_INPUTS: logits}
+                if not self.streams:
+                    logits, state = self.net(batch[Columns.OBS])
+                    out = {Columns.ACTION_DIST_INPUTS: logits}
+                else:
+                    obs = {key: value[:, 0] for key, value in batch[Columns.OBS].items()}  # the time axis of 1
+                    window = CarriedWindow.from_state(batch[Columns.STATE_IN])
+                    logits, state, self._cache = self.net.stream(window, obs, self._cache)
+                    out = {
+                        Columns.ACTION_DIST_INPUTS: logits[:, None],
+                        Columns.STATE_OUT: self._cache.window.as_state(),
+                    }
+                if value:
+                    values = self.net.value(state)
+                    out[Columns.VF_PREDS] = values[:, None] if self.streams else values
+            return out
+
+        def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+            return self._sample(batch, value=False)
 
         def _forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
             # Sampling also keeps each observation's value (the episodes store it as an extra model
             # output): the weights are the learner's as of its next update, so GAE reads these
             # instead of a second encoder pass over the whole train batch (see compute_values).
-            with torch.inference_mode():
-                logits, state = self.net(batch[Columns.OBS])
-                values = self.net.value(state)
-            return {Columns.ACTION_DIST_INPUTS: logits, Columns.VF_PREDS: values}
+            return self._sample(batch, value=True)
 
         def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-            logits, state = self.net(batch[Columns.OBS])
+            if self.streams:
+                # Only the steps the loss reads are scored (RLlib pads each sequence to max_seq_len).
+                window = CarriedWindow.from_state(batch[Columns.STATE_IN])
+                logits, state = self.net.forward_sequence(window, batch[Columns.OBS], batch.get(Columns.LOSS_MASK))
+            else:
+                logits, state = self.net(batch[Columns.OBS])
             # The state is reused by compute_values: one encoder pass for policy and value.
             return {Columns.ACTION_DIST_INPUTS: logits, Columns.EMBEDDINGS: state}
 
@@ -143,13 +217,26 @@ def _rl_module_class():
             # need the encoder.
             obs, stored, acted = batch[Columns.OBS], batch.get(Columns.VF_PREDS), batch.get(Columns.LOSS_MASK)
             with torch.no_grad():
+                if not self.streams:
+                    if stored is None or acted is None:
+                        return self.net.value(self.net.encoder.encode_state(obs))
+                    values = torch.as_tensor(stored, dtype=torch.float32, device=acted.device).clone()
+                    fresh = ~acted.bool()
+                    if fresh.any():
+                        values[fresh] = self.net.value(
+                            self.net.encoder.encode_state({k: v[fresh] for k, v in obs.items()})
+                        )
+                    return values
+                window = CarriedWindow.from_state(batch[Columns.STATE_IN])
+                lengths = batch[Columns.SEQ_LENS]
+                real = torch.arange(obs["history_items"].shape[1], device=lengths.device) < lengths[:, None]
                 if stored is None or acted is None:
-                    return self.net.value(self.net.encoder.encode_state(obs))
+                    return self.net.value(self.net.encoder.history.read(window, obs, real).state)
                 values = torch.as_tensor(stored, dtype=torch.float32, device=acted.device).clone()
-                fresh = ~acted.bool()
+                fresh = real & ~acted.bool()
                 if fresh.any():
-                    rows = {key: value[fresh] for key, value in obs.items()}
-                    values[fresh] = self.net.value(self.net.encoder.encode_state(rows))
+                    state = self.net.encoder.history.read(window, obs, fresh).state
+                    values[fresh] = self.net.value(state[fresh])
                 return values
 
     return DriftRecRLModule
@@ -229,14 +316,16 @@ class RLlibPPOAgent(TrainableAgent):
         from ray.rllib.algorithms.ppo import PPOConfig
         from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-        from envs.core import RecommenderCore
+        from envs.core import RecommenderCore, history_features
 
         self.scenario, self.seed, self.device = scenario, seed, device
         if not isinstance(params, PPOParams):
             raise ValueError(f"RLlibPPOAgent.params must be PPOParams, got {type(params).__name__}")
         self.params = params
         probe = RecommenderCore(scenario, 1, seed)
-        self.encoder_config = encoder_config(probe.single_observation_space, probe.n_items, model)
+        self.encoder_config = encoder_config(
+            probe.single_observation_space, probe.n_items, model, history_features(scenario)
+        )
         self.item_features = probe.item_features
         self.model_overrides = dict(model or {})
         p = self.params
@@ -261,8 +350,14 @@ class RLlibPPOAgent(TrainableAgent):
                 rollout_fragment_length=p.rollout_fragment_length,
                 gym_env_vectorize_mode="vector_entry_point",
                 num_cpus_per_env_runner=1,
+                **self._stream_runner(),
             )
-            .learners(num_learners=0, num_gpus_per_learner=1 if device == "cuda" else 0, learner_class=_learner_class())
+            .learners(
+                num_learners=0,
+                num_gpus_per_learner=1 if device == "cuda" else 0,
+                learner_class=_learner_class(),
+                **self._stream_batch(),
+            )
             .training(
                 train_batch_size_per_learner=p.train_batch_size,
                 minibatch_size=p.minibatch_size,
@@ -285,6 +380,7 @@ class RLlibPPOAgent(TrainableAgent):
                         slate_size=scenario.env.slate_size,
                         item_features=self.item_features,
                         freeze_history=p.freeze_history_encoder,
+                        max_seq_len=p.max_seq_len,
                     ),
                 )
             )
@@ -311,6 +407,27 @@ class RLlibPPOAgent(TrainableAgent):
     @property
     def env_steps(self) -> int:
         return self._env_steps
+
+    def _stream_runner(self) -> dict[str, Any]:
+        """ "stream" encoders: the env runner that samples in arrays (agents.rllib_stream)."""
+        if self.encoder_config.history_mode != "stream":
+            return {}
+        from agents.rllib_stream import env_runner_class
+
+        return dict(env_runner_cls=env_runner_class())
+
+    def _stream_batch(self) -> dict[str, Any]:
+        """ "stream" encoders: the train batch built in arrays (agents.rllib_stream) instead of RLlib's
+        per-episode default pipeline."""
+        if self.encoder_config.history_mode != "stream":
+            return {}
+        from agents.rllib_stream import train_batch_connector
+
+        p = self.params
+        connector = train_batch_connector(p.gamma, p.lambda_)
+        return dict(
+            learner_connector=lambda *args, **kwargs: connector(), add_default_connectors_to_learner_pipeline=False
+        )
 
     def pretrain(self) -> None:
         """Warm-start the encoder: fit sasrec (the same encoder) on logs of the training scenario, copy
@@ -386,6 +503,8 @@ class RLlibPPOAgent(TrainableAgent):
         module = self.algo.get_module()
         state = {k: v.detach().cpu() for k, v in module.net.state_dict().items()}
         self._eval_net.load_state_dict(state)
+        if self._eval_net.encoder.streams:
+            return StreamingGreedyPolicy(self._eval_net, self.name)
         return GreedyPolicy(self._eval_net, self.name)
 
     def save(self, path: Path) -> None:

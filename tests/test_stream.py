@@ -1,0 +1,275 @@
+"""The history read once per trajectory (agents/stream.py, agents/rllib_stream.py).
+
+Every way of running the stream encoder must compute what one causal pass over the same tokens
+computes: step by step with cached keys and values (sampling), chunk by chunk from carried windows
+(learning on RLlib's max_seq_len sequences), from a cache rebuilt mid-trajectory (after a weight
+sync), and, for a trajectory's first step, an observation read afresh. The RLlib plumbing must give
+the trajectories and train batches RLlib's own runner and pipeline give.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agents.encoder import EncoderConfig, RecommenderEncoder
+from agents.model import ActorCritic, encoder_config
+from agents.stream import first_seen_days, keep_last, pack
+from envs import make_scenario
+from envs.core import history_features
+from envs.vector import RecVectorEnv
+
+TINY = {"catalog": {"n_items": 60}, "env": {"num_candidates": 6, "history_len": 8}}
+MODEL = dict(d_model=16, n_heads=2, n_layers=2, ff_mult=1, history_mode="stream", stream_window=3, memory=5)
+USERS = 5
+
+
+def trajectory(scenario: str, steps: int, seed: int = 3):
+    """Observations of USERS users over `steps` steps under random actions, before any episode ends."""
+    config = make_scenario(scenario, {**TINY, "env": {**TINY["env"], "max_steps": 500}})
+    env = RecVectorEnv(num_envs=USERS, scenario=config, seed=seed)
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    seen = []
+    for _ in range(steps):
+        seen.append(obs)
+        obs, _, terminated, truncated, _ = env.step(rng.integers(0, config.env.num_candidates, size=USERS))
+        if (terminated | truncated).any():
+            break
+    stacked = {k: torch.as_tensor(np.stack([o[k] for o in seen], axis=1)) for k in seen[0]}
+    return env, config, seen, stacked
+
+
+def encoder(env, config, **overrides) -> RecommenderEncoder:
+    cfg = encoder_config(
+        env.single_observation_space, env.core.n_items, {**MODEL, **overrides}, history_features(config)
+    )
+    torch.manual_seed(0)
+    return RecommenderEncoder(cfg, item_features=env.core.item_features).eval()
+
+
+@pytest.mark.parametrize("scenario,steps", [("mixed", 10), ("lifetime", 40)])
+def test_every_way_of_running_the_stream_computes_one_causal_pass(scenario, steps):
+    env, config, seen, stacked = trajectory(scenario, steps)
+    assert len(seen) >= 8
+    net = encoder(env, config)
+    one = lambda obs: {k: torch.as_tensor(v) for k, v in obs.items()}  # noqa: E731
+    with torch.no_grad():
+        start = net.history.fresh_window(USERS, "cpu")
+        whole, read = net.forward_sequence(start, stacked)  # the control: one pass over every token
+
+        window, cache, stepped = start, None, []
+        for t, obs in enumerate(seen):
+            if t == len(seen) // 2:
+                cache = None  # a cache lost mid-way (a weight sync) is rebuilt from the carried window
+            out, cache = net.stream(window, one(obs), cache)
+            window = cache.window
+            stepped.append(out.logits)
+        torch.testing.assert_close(torch.stack(stepped, 1), whole.logits, atol=2e-5, rtol=0)
+
+        window, chunked = start, []
+        for begin in range(0, len(seen), 3):  # chunks of 3 steps from carried windows, as the learner reads
+            out, chunk = net.forward_sequence(window, {k: v[:, begin : begin + 3] for k, v in stacked.items()})
+            window = chunk.window
+            chunked.append(out.logits)
+        torch.testing.assert_close(torch.cat(chunked, 1), whole.logits, atol=2e-5, rtol=0)
+        for a, b in zip(window, read.window):  # the carried window after the last step, whichever way
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+        fresh = net(one(seen[0]))  # a trajectory's first step: the observation read afresh
+        torch.testing.assert_close(fresh.logits, whole.logits[:, 0], atol=2e-5, rtol=0)
+
+        steps_wanted = torch.zeros(stacked["history_items"].shape[:2], dtype=torch.bool)
+        steps_wanted[:, ::3] = True  # reading out some steps only scores those, with the same numbers
+        some, _ = net.forward_sequence(start, stacked, steps_wanted)
+        torch.testing.assert_close(some.logits[steps_wanted], whole.logits[steps_wanted], atol=2e-5, rtol=0)
+        assert (some.logits[~steps_wanted] == 0).all()
+
+
+def test_a_token_counts_while_the_window_reaches_it_and_not_after():
+    """Treatment against control: change one early interaction. The states read while it is among the
+    last `memory` tokens (or feeds them through the sliding window) change; once it has left the
+    carried window nothing depends on it."""
+    env, config, seen, stacked = trajectory("mixed", 20)
+    net = encoder(env, config)
+    reach = net.history.memory + (net.config.n_layers - 1) * (net.history.window - 1)
+    changed = {k: v.clone() for k, v in stacked.items()}
+    changed["history_items"][:, 1, -1] = (changed["history_items"][:, 1, -1] + 7) % env.core.n_items  # step 0's pick
+    # Every later observation shows that pick in its history, as the env would.
+    for t in range(2, changed["history_items"].shape[1]):
+        slot = -t  # the entry moves one slot left per step
+        if -slot <= changed["history_items"].shape[2]:
+            changed["history_items"][:, t, slot] = changed["history_items"][:, 1, -1]
+    with torch.no_grad():
+        start = net.history.fresh_window(USERS, "cpu")
+        base, _ = net.forward_sequence(start, stacked)
+        other, _ = net.forward_sequence(start, changed)
+    moved = (base.state - other.state).abs().amax(dim=(0, 2))  # per step
+    first_read = 1  # the pick of step 0 is read at step 1 (token index 32 + 1 of the trajectory)
+    assert (moved[:first_read] == 0).all()
+    assert (moved[first_read : first_read + net.history.memory] > 0).all()
+    assert (moved[first_read + reach :] == 0).all()
+
+
+def test_first_seen_days_turns_days_ago_into_the_gap_to_the_next_entry():
+    unit = np.log1p(365.0)
+    days_ago = np.array([[0.0, 40.0, 9.0, 2.0, 0.0]])  # oldest first; the first slot is padding
+    mask = torch.tensor([[False, True, True, True, True]])
+    features = torch.zeros(1, 5, 3)
+    features[..., 1] = torch.as_tensor(np.log1p(days_ago) / unit, dtype=torch.float32)
+    seen = first_seen_days(features, mask, column=1, days_scale=365.0)
+    gaps = np.expm1(seen[0, :, 1].double().numpy() * unit)
+    np.testing.assert_allclose(gaps[1:], [31.0, 7.0, 2.0, 0.0], atol=1e-4)  # to the next entry; the newest as is
+    assert seen[0, 0, 1] == features[0, 0, 1]  # padding untouched
+    torch.testing.assert_close(seen[..., [0, 2]], features[..., [0, 2]])
+
+
+def test_pack_and_keep_last_place_the_true_entries():
+    mask = torch.tensor([[True, False, True, True], [False, False, False, True], [False] * 4])
+    index, valid = pack(mask, 3)
+    assert index.tolist()[0] == [0, 2, 3] and valid.tolist() == [[True] * 3, [True, False, False], [False] * 3]
+    index, valid = keep_last(mask, 2)
+    assert index.tolist()[0] == [2, 3] and valid.tolist() == [[True, True], [False, True], [False, False]]
+    assert index[1, 1] == 3
+
+
+@pytest.mark.parametrize(
+    "overrides,words",
+    [
+        ({"stream_window": -1}, "stream_window must be >= 0"),
+        ({"memory": 10**6}, "memory must be at most"),
+        ({"history_mode": "lstm"}, "history_mode must be one of window, stream"),
+        ({"days_ago_feature": 9}, "days_ago_feature must be -1"),
+    ],
+)
+def test_a_bad_window_is_one_line_naming_it(overrides, words):
+    sizes = dict(n_items=10, history_len=4, item_feature_dim=3, history_feature_dim=5, context_dim=3)
+    with pytest.raises(ValueError, match=words) as err:
+        EncoderConfig(**sizes, **{**MODEL, **overrides})
+    assert "\n" not in str(err.value)
+
+
+def test_the_actor_critic_folds_the_target_attention_into_single_item_logits():
+    """Scoring single items, the stream ActorCritic never forms the per-candidate user vector: the
+    target attention's output projection is folded into the candidates (per catalog item when the
+    catalog is static). The logits equal the unfolded ones."""
+    env, config, seen, stacked = trajectory("mixed", 6)
+    for static in (False, True):
+        cfg = encoder_config(env.single_observation_space, env.core.n_items, {**MODEL, "static_items": static})
+        torch.manual_seed(0)
+        net = ActorCritic(cfg, 1, env.core.item_features).eval()
+        assert not net.encoder.keep_user
+        with torch.no_grad():
+            start = net.encoder.history.fresh_window(USERS, "cpu")
+            folded, _ = net.forward_sequence(start, stacked)
+            net.encoder.keep_user = True
+            plain, _ = net.forward_sequence(start, stacked)
+        torch.testing.assert_close(folded, plain, atol=2e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------- RLlib plumbing
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    started_here = not ray.is_initialized()
+    yield
+    if started_here and ray.is_initialized():
+        ray.shutdown()
+
+
+RLLIB_ALGO = dict(
+    num_envs_per_env_runner=6,
+    rollout_fragment_length=7,
+    train_batch_size=42,
+    minibatch_size=21,
+    num_epochs=1,
+    pretrain_epochs=0,
+    max_seq_len=4,
+)
+
+
+def ppo(default_plumbing: bool, monkeypatch):
+    from agents.rllib_agent import PPOParams, RLlibPPOAgent
+
+    if default_plumbing:  # the control: RLlib's own runner and learner pipeline
+        monkeypatch.setattr(RLlibPPOAgent, "_stream_runner", lambda self: {})
+        monkeypatch.setattr(RLlibPPOAgent, "_stream_batch", lambda self: {})
+    config = make_scenario("mixed", {**TINY, "env": {**TINY["env"], "max_steps": 12}})
+    agent = RLlibPPOAgent(config, PPOParams(**RLLIB_ALGO), seed=0, model={**MODEL, "static_items": True})
+    monkeypatch.undo()
+    return agent
+
+
+def test_the_batched_runner_samples_what_rllibs_runner_samples(ray_session, monkeypatch):
+    """Treatment against control on one seed: the same weights and torch RNG give the same episodes
+    (observations, actions, rewards, log-probabilities, values, carried windows), step for step,
+    over fragments that cut episodes and start new ones."""
+    ours, theirs = ppo(False, monkeypatch), ppo(True, monkeypatch)
+    try:
+        weights = ours.learner_weights()
+        theirs.algo.env_runner.module.net.load_state_dict(weights)
+        ours.algo.env_runner.module.net.load_state_dict(weights)
+        got = {}
+        for name, agent in (("ours", ours), ("theirs", theirs)):
+            torch.manual_seed(7)
+            runner = agent.algo.env_runner
+            got[name] = [e for _ in range(3) for e in runner.sample(num_timesteps=42, explore=True)]
+        key = lambda e: (e.t_started, len(e), round(float(e.get_return()), 4), tuple(np.asarray(e.get_actions())))  # noqa: E731
+        a, b = sorted(got["ours"], key=key), sorted(got["theirs"], key=key)
+        assert len(a) == len(b) > 18 and sum(e.is_done for e in a) == sum(e.is_done for e in b) > 3
+        for x, y in zip(a, b):
+            assert key(x) == key(y) and x.is_terminated == y.is_terminated and x.is_truncated == y.is_truncated
+            for k, v in y.get_observations().items():
+                np.testing.assert_array_equal(x.get_observations()[k], v)
+            for column in ("action_logp", "vf_preds", "action_dist_inputs"):
+                np.testing.assert_allclose(
+                    x.get_extra_model_outputs(column), y.get_extra_model_outputs(column), atol=1e-5
+                )
+            for k, v in y.get_extra_model_outputs("state_out").items():
+                np.testing.assert_array_equal(x.get_extra_model_outputs("state_out")[k], v, err_msg=k)
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_the_train_batch_in_arrays_is_rllibs_pipeline_batch(ray_session, monkeypatch):
+    """The same episodes through our learner connector and RLlib's default one (AddOneTs, time ranks,
+    states, GAE): the same sequences, states, masks and value targets; the advantages are those
+    targets less the sampled values, standardised over the sampled steps (RLlib's statistics also
+    count its loss-masked appended rows, whose GAE runs on into the next episode of the batch)."""
+    import copy
+
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    ours, theirs = ppo(False, monkeypatch), ppo(True, monkeypatch)
+    try:
+        theirs.algo.learner_group._learner.module[DEFAULT_MODULE_ID].net.load_state_dict(ours.learner_weights())
+        ours.algo.env_runner.sample(num_timesteps=42, explore=True)
+        episodes = ours.algo.env_runner.sample(num_timesteps=84, explore=True)
+        batches = {}
+        for name, agent in (("ours", ours), ("theirs", theirs)):
+            learner = agent.algo.learner_group._learner
+            batch = learner._learner_connector(
+                rl_module=learner.module, batch={}, episodes=copy.deepcopy(episodes), shared_data={}
+            )
+            batches[name] = {
+                k: {kk: vv.cpu().numpy() for kk, vv in v.items()} if isinstance(v, dict) else v.cpu().numpy()
+                for k, v in batch[DEFAULT_MODULE_ID].items()
+            }
+        a, b = batches["ours"], batches["theirs"]
+        np.testing.assert_array_equal(a["seq_lens"], b["seq_lens"])
+        np.testing.assert_array_equal(a["loss_mask"], b["loss_mask"])
+        for column in ("obs", "state_in"):
+            for k in b[column]:
+                np.testing.assert_array_equal(a[column][k], b[column][k], err_msg=f"{column}.{k}")
+        mask = b["loss_mask"].astype(bool)
+        for column in ("actions", "action_logp", "vf_preds", "value_targets"):
+            np.testing.assert_allclose(a[column][mask], b[column][mask], atol=1e-5, err_msg=column)
+        raw = b["value_targets"][mask] - b["vf_preds"][mask]
+        np.testing.assert_allclose(a["advantages"][mask], (raw - raw.mean()) / raw.std(), atol=1e-4)
+        assert (a["advantages"][~mask] == 0).all()
+    finally:
+        ours.close()
+        theirs.close()
