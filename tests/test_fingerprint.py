@@ -29,12 +29,14 @@ from experiments.harness import evaluate
 from simulator import World
 
 TINY = {"catalog": {"n_items": 100}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 30}}
+# (kind, step, duration, ...) of one event of each kind; lifetime worlds date them on day step / 4.
 EVENTS = [
-    dict(kind="injection", step=3, n_items=20),
-    dict(kind="sudden", step=4, fraction=0.5, strength=0.8),
-    dict(kind="gradual", step=6, fraction=0.7, strength=0.6, duration=5),
-    dict(kind="trend", step=8, fraction=0.6, strength=0.5, duration=4),
+    dict(kind="injection", step=3, duration=1, n_items=20),
+    dict(kind="sudden", step=4, duration=1, fraction=0.5, strength=0.8),
+    dict(kind="gradual", step=6, duration=5, fraction=0.7, strength=0.6),
+    dict(kind="trend", step=8, duration=4, fraction=0.6, strength=0.5),
 ]
+DATED = [{**e, "step": 1, "day": e["step"] / 4, "duration": e["duration"] / 2} for e in EVENTS]
 # Every family on, with every optional part of each (random walk, rewatch, weekly season, length taste).
 SESSION = {
     **TINY,
@@ -44,12 +46,6 @@ SESSION = {
     "seasonal": {"period": 12},
     "shock": {"events": EVENTS},
 }
-DATED = [
-    dict(kind="injection", day=0.5, n_items=20),
-    dict(kind="sudden", day=1.0, fraction=0.5, strength=0.8),
-    dict(kind="gradual", day=1.5, fraction=0.7, strength=0.6, duration=2.0),
-    dict(kind="trend", day=2.0, fraction=0.6, strength=0.5, duration=3.0),
-]
 LIFETIME = {
     **TINY,
     "env": {"num_candidates": 8, "history_len": 8, "max_steps": 400},
@@ -144,13 +140,13 @@ def env_digest(overrides: dict, preset: str, lifetime: bool) -> str:
     return d.hexdigest()
 
 
-# Measured on the code before the drift families owned themselves (issue 37); unchanged since.
+# Measured on main before the drift families owned themselves (issue 37, at bbe695d); unchanged since.
 EXPECTED = {
     "stationary world": "0a23402322780db3",
     "session world": "05a735fb11f25214",
-    "lifetime world": "6a92aab52fca4f2c",
+    "lifetime world": "8623951682c1ef27",
     "session env + oracles": "507b5aac85dab997",
-    "lifetime env + oracles": "1bbeaf85408a18a1",
+    "lifetime env + oracles": "0f3afe09c64bce1a",
 }
 
 
