@@ -52,12 +52,13 @@ class CognitiveParams(DriftParams):
         check_range(o, "freshness_days", self.freshness_days, 0.0, 3650.0, lo_open=True)
 
 
-def satiation_penalty(satiation: np.ndarray, params: CognitiveParams) -> np.ndarray:
-    """[N, T] interest lost to boredom per topic: weight * satiation [N, T].
+def satiation_term(satiation: np.ndarray, params: CognitiveParams) -> np.ndarray:
+    """[N, T] what boredom adds to the interests a user feels: - weight * magnitude * satiation [N, T].
 
-    An item's fit loses penalty . topics, so a satiated topic makes its items less appealing.
+    An item's fit gains term . topics, so a satiated topic makes its items less appealing. (A
+    negative coefficient times satiation is bit for bit the negated penalty: rounding is symmetric.)
     """
-    return np.float32(params.satiation_weight * params.scale) * satiation
+    return np.float32(-(params.satiation_weight * params.scale)) * satiation
 
 
 def update_satiation(
@@ -188,9 +189,9 @@ class CognitiveFamily(DriftFamily):
         self.state_of(state).satiation[:] = 0.0
 
     def felt_term(self, world: World, state: UserState) -> np.ndarray | None:
-        """Boredom: - satiation_penalty."""
+        """Boredom (`satiation_term`)."""
         p = self.config(world.config)
-        return -satiation_penalty(self.state_of(state).satiation, p) if p.scale else None
+        return satiation_term(self.state_of(state).satiation, p) if p.scale else None
 
     def utility_term(self, world: World, slates: np.ndarray, state: UserState) -> np.ndarray | None:
         """The novelty bonus of fresh arrivals, the penalty of repeats."""

@@ -59,9 +59,13 @@ class WorldConfig:
             family, params = pair
             if not isinstance(params, family.params):
                 raise ValueError(f"WorldConfig.{family.name} must be {family.params.__name__}")
+            if hasattr(type(self), family.name):  # config.<name> must reach the family's params
+                raise ValueError(f"drift family {family!r}: its name is taken by WorldConfig.{family.name}")
             names.append(family.name)
         if len(set(names)) != len(names):
             raise ValueError(f"WorldConfig.families names a family twice: {names}")
+        # A family's params by name, looked up in every hook: not a field (no part of eq, hash or to_dict).
+        object.__setattr__(self, "_params_by_name", {family.name: params for family, params in self.families})
         in_days = self.lifetime.enabled
         window = self.catalog.arrival_window
         if not in_days and (window < 1 or window != int(window)):
@@ -75,10 +79,10 @@ class WorldConfig:
     def __getattr__(self, name: str) -> DriftParams:
         if name.startswith("_"):  # copy, pickle and dataclass machinery: no family is named so
             raise AttributeError(name)
-        for family, params in self.__dict__.get("families", ()):
-            if family.name == name:
-                return params
-        raise AttributeError(f"WorldConfig has no section '{name}'")
+        params = self.__dict__.get("_params_by_name", {}).get(name)
+        if params is None:
+            raise AttributeError(f"WorldConfig has no section '{name}'")
+        return params
 
     @property
     def family_names(self) -> tuple[str, ...]:
@@ -86,9 +90,9 @@ class WorldConfig:
 
     def params_of(self, name: str) -> DriftParams:
         """The params of the drift family `name`; a ValueError lists the families this config has."""
-        for family, params in self.families:
-            if family.name == name:
-                return params
+        params = self._params_by_name.get(name)
+        if params is not None:
+            return params
         raise ValueError(f"unknown drift family '{name}'; valid families: {', '.join(self.family_names)}")
 
     def with_overrides(self, overrides: Mapping[str, Any], other_sections: tuple[str, ...] = ()) -> WorldConfig:
