@@ -25,8 +25,14 @@ under `families:` as `{name: "package.module:attr"}` (a `DriftFamily` subclass o
 gives its params under `name`, for that scenario only. The world then runs every family of its
 config, in the order of the config (registration order, then the order of `families:`):
 
-  new users:       new_users(world, idx, rng, stage) at each of NEW_USER_STAGES (draws from the
-                   users' stream, after the world's own draws of that stage)
+  building:        check(params, config) against the rest of the config; bytes_per_user for the
+                   world's memory check; catalog_injections; build(world, rng) its structure;
+                   new_state(world, n_users, rng) at every (re)seed
+  new users:       new_users(world, idx, rng, stage) at each of NEW_USER_STAGES: during the
+                   world's sampling of a user, `rng` is the users' stream (where the built-in
+                   families draw); at "arrival", last, the family's own stream
+  as arrived:      as_arrived(world, state) on a copy: the family's state before any drift (what
+                   the stale-state oracle and the users' past visits see)
   choice terms:    taste_term(world, state) [N, T]       added to interests: the tastes felt now
                                                          (World.effective_interest: the seasons)
                    felt_term(world, state) [N, T]        added on top, for choices only
@@ -34,6 +40,7 @@ config, in the order of the config (registration order, then the order of `famil
                    fit_term(world, slates, state) [N, K] added to each served item's fit
                    utility_term(world, slates, state) [N, K]  added to each item's utility (novelty)
                    completion_factor(world, slates, state) [N, K]  multiplies the share watched
+                                                         (a repeat is skipped through)
   within a step:   before_choice(world, ctx)   changes scheduled for this step (shocks)
                    -- the users choose and respond --
                    after_response(world, ctx)  what consumption, neighbours and time do to tastes
@@ -46,9 +53,13 @@ their order. A dynamics hook mutates `world.state` in place (arrays with a leadi
 a loop over users). The world draws every random number a family needs, so that two policies on
 one seed see the same noise: per-step uniforms of the shape `step_draws` asks for (after the
 world's own step draws), per-visit ones of `gap_draws`, and at `new_users` the family draws from
-the users' stream it is handed. Draw only when the family is on (`params.scale`), so that worlds
-without it keep their numbers. Family code reaches its parts with `self.config(world.config)`,
-`self.state_of(state)` and `world.structure[self.name]`.
+the stream it is handed. A new family draws its users' traits at the "arrival" stage, from its own
+stream (`World.family_rngs[name]`, seeded by the world's seed and the family's name): worlds without
+it keep their numbers, and the family on and off meets the same users. It asks for step and gap
+uniforms (from the world's step stream) only when on, for the same reason; the built-in families
+draw where they always have (the dynamics fingerprint, tests/test_fingerprint.py). Family code
+reaches its parts with `self.config(world.config)`, `self.state_of(state)` and
+`world.structure[self.name]`.
 """
 
 from __future__ import annotations
@@ -67,8 +78,9 @@ if TYPE_CHECKING:
 
 # When a family draws for new users, in the order the world samples a user: right after the user's
 # own tastes; after the session budget (per-user traits); after the families' traits (who events
-# reach); last, once the user's clock is set (the stage for a new family: it moves no earlier draw).
-NEW_USER_STAGES = ("tastes", "traits", "events", "arrival")
+# reach); once the user's clock is set (where in the calendar they start); these four from the
+# users' stream. Last, "arrival", from the family's own stream (the stage for a new family).
+NEW_USER_STAGES = ("tastes", "traits", "events", "clock", "arrival")
 
 
 @dataclass(frozen=True)
@@ -209,7 +221,7 @@ class DriftFamily:
 
     def new_users(self, world: World, idx: np.ndarray, rng: np.random.Generator, stage: str) -> None:
         """The users at `idx` [M] are new: set their rows of the family's state at `stage`
-        (NEW_USER_STAGES), drawing from the users' stream `rng`."""
+        (NEW_USER_STAGES), drawing from `rng`: the users' stream, or at "arrival" the family's own."""
 
     def as_arrived(self, world: World, state: UserState) -> None:
         """In place, on a copy of the users' state: the family's part as it was when the users

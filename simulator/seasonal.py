@@ -132,7 +132,7 @@ class SeasonalFamily(DriftFamily):
     def new_users(self, world: World, idx: np.ndarray, rng: np.random.Generator, stage: str) -> None:
         """Session worlds: a new user starts at a random point of the cycle (lifetime worlds share one calendar)."""
         p = self.config(world.config)
-        if stage == "arrival" and not world.lifetime:
+        if stage == "clock" and not world.lifetime:
             offset = rng.integers(0, int(p.period), size=idx.size) if p.random_offset else 0
             world.state.calendar_offset[idx] = offset
 

@@ -83,7 +83,7 @@ def sample_users(
     minutes ~ Normal(`log_length` = (mean, std)), see `length_prior`; 0 and not drawn when
     `length_taste` is 0, so other worlds' streams are unchanged). `families_draw(stage)` lets the
     drift families draw theirs from `rng` at the stages of `simulator.drift.NEW_USER_STAGES` that
-    come during a user's sampling: after the user's own tastes, after the budget, after the traits.
+    come during this sampling: after the user's own tastes, after the budget, after the traits.
     """
     m, t = community.shape[0], centres.shape[1]
     own = rng.uniform(-1.0, 1.0, size=(m, t))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -260,6 +261,11 @@ class World:
         self.user_rng = np.random.default_rng(users_ss)
         self.step_rng = np.random.default_rng(step_ss)
         graph_rng = np.random.default_rng(graph_ss)
+        # Each family's own stream, by its name: what it draws there moves no other family's numbers.
+        self.family_rngs = {
+            f.name: np.random.default_rng(np.random.SeedSequence([self.seed, zlib.crc32(f.name.encode())]))
+            for f in self.families
+        }
         community = graph_rng.integers(0, cfg.users.n_communities, size=n).astype(np.int32)
         t, r = cfg.catalog.n_topics, cfg.users.recent_items
         z = lambda *shape: np.zeros(shape, dtype=np.float32)  # noqa: E731
@@ -312,7 +318,8 @@ class World:
 
         def families_draw(stage: str) -> None:
             for family in self.hooks["new_users"]:
-                family.new_users(self, idx, self.user_rng, stage)
+                rng = self.family_rngs[family.name] if stage == "arrival" else self.user_rng
+                family.new_users(self, idx, rng, stage)
 
         new = sample_users(
             cfg.users, s.community[idx], self.centres, self.user_rng, self.log_length_prior, families_draw
@@ -346,6 +353,7 @@ class World:
         s.session_clicks[idx] = 0
         s.recent_items[idx] = -1
         s.recent_ptr[idx] = 0
+        families_draw("clock")
         families_draw("arrival")
 
     def past_interactions(self, idx: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -824,6 +832,7 @@ class World:
         other.real_user = self.real_user.copy()
         other._pos_bias = dict(self._pos_bias)
         other.user_rng = _copy_rng(self.user_rng)
+        other.family_rngs = {name: _copy_rng(rng) for name, rng in self.family_rngs.items()}
         other.step_rng = np.random.default_rng(seed) if seed is not None else _copy_rng(self.step_rng)
         other.popularity = self.popularity.copy()
         other.item_features = self.item_features.copy()
@@ -855,7 +864,10 @@ class World:
     def save(self, path: str | Path) -> None:
         """Save the user state (the families' included), the population's popularity
         and the random streams (the catalog and the families' structure are rebuilt from config and seed)."""
-        rng = json.dumps(dict(user=self.user_rng.bit_generator.state, step=self.step_rng.bit_generator.state))
+        families = {name: rng.bit_generator.state for name, rng in self.family_rngs.items()}
+        rng = json.dumps(
+            dict(user=self.user_rng.bit_generator.state, step=self.step_rng.bit_generator.state, families=families)
+        )
         with open(path, "wb") as f:  # a file object: np.savez would append '.npz' to a bare path
             np.savez(
                 f,
@@ -890,6 +902,9 @@ class World:
             )
         self.user_rng.bit_generator.state = rng["user"]
         self.step_rng.bit_generator.state = rng["step"]
+        for name, state in rng.get("families", {}).items():
+            if name in self.family_rngs:
+                self.family_rngs[name].bit_generator.state = state
 
 
 def _copy_rng(rng: np.random.Generator) -> np.random.Generator:

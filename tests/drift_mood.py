@@ -48,7 +48,7 @@ class Mood(DriftFamily):
         return MoodState(phase=np.zeros(n_users, np.float32))
 
     def new_users(self, world, idx: np.ndarray, rng: np.random.Generator, stage: str) -> None:
-        if stage == "arrival" and self.config(world.config).scale:  # draw only when on
+        if stage == "arrival":  # from the family's own stream: on and off meet the same users
             self.state_of(world.state).phase[idx] = rng.uniform(0.0, 2.0 * np.pi, idx.size)
 
     def swing(self, world, state) -> np.ndarray:
