@@ -46,7 +46,8 @@ class ScenarioConfig:
     env: EnvParams = field(default_factory=EnvParams)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain nested dict: name, world (a section per world field and per drift family), env."""
+        return dict(name=self.name, world=self.world.to_dict(), env=dataclasses.asdict(self.env))
 
 
 _SUDDEN = dict(kind="sudden", step=10, fraction=1.0, strength=0.8)
@@ -112,17 +113,12 @@ PRESETS["movielens"] = _fitted_preset(MOVIELENS_FILE)
 
 
 def _split(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Route flat scenario overrides: 'env' to EnvParams, world field names to WorldConfig."""
-    world_keys = {f.name for f in dataclasses.fields(WorldConfig)}
-    world, env = {}, {}
-    for key, value in overrides.items():
-        if key == "env":
-            env = value
-        elif key in world_keys:
-            world[key] = value
-        else:
-            raise ValueError(f"unknown config key '{key}'; allowed: {', '.join(sorted(world_keys | {'env'}))}")
-    return world, env
+    """Route flat scenario overrides: 'env' to EnvParams, the rest to WorldConfig (its sections and
+    the drift families', which it checks)."""
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"scenario overrides must be a mapping, got {type(overrides).__name__}")
+    world = {key: value for key, value in overrides.items() if key != "env"}
+    return world, overrides.get("env", {})
 
 
 def load_overrides(path: str | Path) -> dict[str, Any]:
@@ -148,7 +144,10 @@ def make_scenario(
     """Build a preset by name, then apply a YAML file's overrides, then `overrides`.
 
     Overrides are nested mappings keyed like the config: {"cognitive": {"magnitude": 2},
-    "env": {"num_candidates": 10}, "shock": {"events": [{"kind": "sudden", "step": 20}]}}.
+    "env": {"num_candidates": 10}, "shock": {"events": [{"kind": "sudden", "step": 20}]}}. A drift
+    family from outside the package is named under `families:` by its module path and set under
+    its name: {"families": {"mood": "my_drift:Mood"}, "mood": {"enabled": True}}
+    (`WorldConfig.with_overrides`).
     """
     if name not in PRESETS:
         raise ValueError(f"unknown scenario '{name}'; valid scenarios: {', '.join(PRESETS)}")
@@ -160,7 +159,7 @@ def make_scenario(
     world, env = WorldConfig(), EnvParams()
     for layer in layers:
         world_over, env_over = _split(layer)
-        world = apply_overrides(world, world_over)
+        world = world.with_overrides(world_over, other_sections=("env",))
         env = apply_overrides(env, env_over, "env")
     # Re-run the cross-field checks after all layers.
     world = dataclasses.replace(world)

@@ -205,7 +205,7 @@ class RecEnv(gym.Env):
         effective_interest [T], satiation [T], satisfaction, budget, step, calendar (numpy
         scalars), trend [T], fit [K] of the last served slate (NaN before the first step).
         """
-        truth = {k: (v if k == "trend" else v[0]) for k, v in self.world.ground_truth().items()}
+        truth = self.world.ground_truth(user=0)
         truth["fit"] = self._last_fit.copy()
         return truth
 

@@ -192,7 +192,8 @@ class RecVectorEnv(VectorEnv):
         in [0, 1]; budget [N] minutes left; step, calendar [N]; fit [N, K] float32, the true
         topic fit of each item of the last served slate as the user felt it when choosing
         (StepResult.fit: after that step's shocks), NaN before a slot's first step and for
-        slots reset by the last step. Population-wide: trend [T] (trending topic shares).
+        slots reset by the last step. Population-wide: trend [T] (trending topic shares). A drift
+        family from outside the package adds its own entries (`World.ground_truth`).
         A slot whose episode just ended still holds its finished user until the next step.
         """
         truth = self.world.ground_truth()

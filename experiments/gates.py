@@ -49,14 +49,13 @@ from envs.config import PRESETS, ScenarioConfig, has_calendar, make_scenario
 from experiments.harness import EVAL_SEED, evaluate
 from experiments.runs import RunSettings, load_run, restore_policy, run_one, run_status, scenario_differences
 from experiments.stats import mean_interval
-from simulator.families import FAMILY_NAMES
 from simulator.params import check_int, merge_overrides
 
 
 def drift_families(preset: str) -> tuple[str, ...]:
-    """The drift families a preset turns on (simulator.families names, also their config sections)."""
+    """The drift families a preset turns on (their names, also their config sections), in hook order."""
     world = make_scenario(preset).world
-    return tuple(f for f in FAMILY_NAMES if getattr(world, f).enabled)
+    return tuple(family.name for family, params in world.families if params.enabled)
 
 
 USER_BLIND = ("max-rating", "max-popularity", "feature-model", "popularity", "item-score")

@@ -6,8 +6,8 @@ own module as a frozen parameter dataclass plus pure functions over arrays.
 
 from simulator.catalog import Catalog, CatalogParams, make_catalog
 from simulator.cognitive import CognitiveParams
-from simulator.drift import DriftFamily, DriftParams
-from simulator.families import FAMILIES, FAMILY_NAMES, get_family
+from simulator.drift import DriftFamily, DriftParams, FamilyState
+from simulator.families import family_names, get_family, register_family, registered_families
 from simulator.lifetime import LifetimeParams
 from simulator.response import ResponseParams
 from simulator.seasonal import SeasonalParams
@@ -24,9 +24,11 @@ __all__ = [
     "CognitiveParams",
     "DriftFamily",
     "DriftParams",
-    "FAMILIES",
-    "FAMILY_NAMES",
+    "FamilyState",
+    "family_names",
     "get_family",
+    "register_family",
+    "registered_families",
     "LifetimeParams",
     "ResponseParams",
     "SeasonalParams",

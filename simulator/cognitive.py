@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from simulator.drift import DriftFamily, DriftParams, GapContext, StepContext
+from simulator.drift import DriftFamily, DriftParams, FamilyState, GapContext, StepContext
 from simulator.params import check_range
 
 if TYPE_CHECKING:
+    from simulator.state import UserState
     from simulator.world import World
 
 
@@ -51,12 +52,13 @@ class CognitiveParams(DriftParams):
         check_range(o, "freshness_days", self.freshness_days, 0.0, 3650.0, lo_open=True)
 
 
-def satiation_penalty(satiation: np.ndarray, params: CognitiveParams) -> np.ndarray:
-    """[N, T] interest lost to boredom per topic: weight * satiation [N, T].
+def satiation_term(satiation: np.ndarray, params: CognitiveParams) -> np.ndarray:
+    """[N, T] what boredom adds to the interests a user feels: - weight * magnitude * satiation [N, T].
 
-    An item's fit loses penalty . topics, so a satiated topic makes its items less appealing.
+    An item's fit gains term . topics, so a satiated topic makes its items less appealing. (A
+    negative coefficient times satiation is bit for bit the negated penalty: rounding is symmetric.)
     """
-    return np.float32(params.satiation_weight * params.scale) * satiation
+    return np.float32(-(params.satiation_weight * params.scale)) * satiation
 
 
 def update_satiation(
@@ -100,6 +102,8 @@ def novelty_bonus(
     weight = params.novelty_weight * params.scale
     if not weight:
         return np.zeros(slates.shape, dtype=np.float32)
+    if not (recent_items >= 0).any():  # users who remember nothing (new ones): no repeats, no [N, K, R] test
+        return np.float32(weight) * novelty_seeking[:, None] * freshness
     return np.float32(weight) * novelty_seeking[:, None] * (freshness - is_repeat(slates, recent_items))
 
 
@@ -144,35 +148,94 @@ def uses_walk_noise(params: CognitiveParams) -> bool:
     return bool(params.scale and params.random_walk_std)
 
 
-def after_response(world: World, ctx: StepContext) -> None:
-    """Per step: satiation decays and grows with what was watched; watching reinforces interests;
-    the random walk moves them."""
-    s, p = world.state, world.config.cognitive
-    update_satiation(s.satiation, ctx.consumed, ctx.completion, p)
-    reinforce(s.interest, ctx.consumed, ctx.completion, p)
-    if ctx.walk_noise is not None:
-        random_walk(s.interest, ctx.walk_noise, p)
-
-
-def between_visits(world: World, gap: GapContext) -> None:
-    """Over the days away: satiation fades, the random walk accumulates (std ~ sqrt(days))."""
-    s, p = world.state, world.config.cognitive
-    idx, days = gap.idx, gap.days
-    s.satiation[idx] *= np.power(1.0 - p.satiation_recovery_per_day, days).astype(np.float32)[:, None]
-    std = p.random_walk_std_per_day * p.scale
-    if std and gap.walk_noise is not None:
-        step = (std * np.sqrt(days) * 2.0 * np.sqrt(3.0)).astype(np.float32)[:, None]
-        s.interest[idx] += step * (gap.walk_noise - np.float32(0.5))
-
-
 def uses_gap_noise(params: CognitiveParams) -> bool:
     return bool(params.scale and params.random_walk_std_per_day)
 
 
-FAMILY = DriftFamily(
-    "cognitive",
-    CognitiveParams,
-    after_response=after_response,
-    between_visits=between_visits,
-    needs_walk_noise=uses_walk_noise,
-)
+@dataclass
+class CognitiveState(FamilyState):
+    """satiation [N, T] in [0, 1] per topic; novelty_seeking [N] the trait, ~ U(0, users.novelty_seeking_max)."""
+
+    satiation: np.ndarray
+    novelty_seeking: np.ndarray
+
+
+class CognitiveFamily(DriftFamily):
+    """Satiation, reinforcement, novelty seeking and the random walk (see the module docstring)."""
+
+    name = "cognitive"
+    params = CognitiveParams
+
+    def bytes_per_user(self, params: CognitiveParams, n_topics: int) -> int:
+        return 4 * n_topics
+
+    def new_state(self, world: World, n_users: int, rng: np.random.Generator) -> CognitiveState:
+        t = world.config.catalog.n_topics
+        return CognitiveState(
+            satiation=np.zeros((n_users, t), np.float32), novelty_seeking=np.zeros(n_users, np.float32)
+        )
+
+    def new_users(self, world: World, idx: np.ndarray, rng: np.random.Generator, stage: str) -> None:
+        """A new user's novelty seeking (a trait), and no satiation."""
+        if stage != "traits":
+            return
+        s = self.state_of(world.state)
+        s.novelty_seeking[idx] = rng.uniform(0.0, world.config.users.novelty_seeking_max, size=idx.size).astype(
+            np.float32
+        )
+        s.satiation[idx] = 0.0
+
+    def as_arrived(self, world: World, state: UserState) -> None:
+        self.state_of(state).satiation[:] = 0.0
+
+    def felt_term(self, world: World, state: UserState) -> np.ndarray | None:
+        """Boredom (`satiation_term`)."""
+        p = self.config(world.config)
+        return satiation_term(self.state_of(state).satiation, p) if p.scale else None
+
+    def utility_term(self, world: World, slates: np.ndarray, state: UserState) -> np.ndarray | None:
+        """The novelty bonus of fresh arrivals, the penalty of repeats."""
+        p, c = self.config(world.config), world.catalog
+        if not (p.scale and p.novelty_weight):
+            return None
+        now, lasting = (state.day, p.freshness_days) if world.lifetime else (state.step, p.freshness_steps)
+        fresh = freshness(c.arrival[slates], now, lasting)
+        return novelty_bonus(slates, state.recent_items, fresh, self.state_of(state).novelty_seeking, p)
+
+    def completion_factor(self, world: World, slates: np.ndarray, state: UserState) -> np.ndarray | None:
+        """A repeat of a recent item is mostly skipped through."""
+        return rewatch_factor(slates, state.recent_items, self.config(world.config))
+
+    def step_draws(self, params: CognitiveParams, n_topics: int) -> tuple[int, ...] | None:
+        return (n_topics,) if uses_walk_noise(params) else None
+
+    def gap_draws(self, params: CognitiveParams, n_topics: int) -> tuple[int, ...] | None:
+        return (n_topics,) if uses_gap_noise(params) else None
+
+    def after_response(self, world: World, ctx: StepContext) -> None:
+        """Per step: satiation decays and grows with what was watched; watching reinforces interests;
+        the random walk moves them."""
+        s, p = world.state, self.config(world.config)
+        update_satiation(self.state_of(s).satiation, ctx.consumed, ctx.completion, p)
+        reinforce(s.interest, ctx.consumed, ctx.completion, p)
+        walk = ctx.noise.get(self.name)
+        if walk is not None:
+            random_walk(s.interest, walk, p)
+
+    def between_visits(self, world: World, gap: GapContext) -> None:
+        """Over the days away: satiation fades, the random walk accumulates (std ~ sqrt(days))."""
+        s, p = world.state, self.config(world.config)
+        satiation = self.state_of(s).satiation
+        idx, days = gap.idx, gap.days
+        satiation[idx] *= np.power(1.0 - p.satiation_recovery_per_day, days).astype(np.float32)[:, None]
+        std = p.random_walk_std_per_day * p.scale
+        walk = gap.noise.get(self.name)
+        if std and walk is not None:
+            step = (std * np.sqrt(days) * 2.0 * np.sqrt(3.0)).astype(np.float32)[:, None]
+            s.interest[idx] += step * (walk - np.float32(0.5))
+
+    def truth(self, world: World) -> dict[str, np.ndarray]:
+        return dict(satiation=self.state_of(world.state).satiation.copy())
+
+
+FAMILY = CognitiveFamily()

@@ -10,12 +10,16 @@ appeal is a function of the date, added to the user's interests by `personal_sea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from simulator.drift import DriftFamily, DriftParams
 from simulator.params import check_bool, check_range
+
+if TYPE_CHECKING:
+    from simulator.state import UserState
+    from simulator.world import World, WorldConfig
 
 UNITS = ("step", "day")
 WEEK_DAYS = 7.0
@@ -96,4 +100,69 @@ def personal_season(appeal: np.ndarray, interest: np.ndarray, reach: float = 1.0
     return appeal * np.clip((interest + r) / (np.float32(1.0) + r), np.float32(0.0), np.float32(1.0))
 
 
-FAMILY = DriftFamily("seasonal", SeasonalParams)  # a function of the date: no state, no hooks
+@dataclass(frozen=True)
+class Calendar:
+    """The seasons' structure: phases [T] of the main and weekly cycles, and in session worlds with
+    seasons on the [period, T] table of the main cycle's appeal, looked up by calendar step."""
+
+    phases: np.ndarray
+    week_phases: np.ndarray
+    table: np.ndarray | None
+
+
+class SeasonalFamily(DriftFamily):
+    """Seasons: a function of the date, no per-user state; in session worlds users start at random
+    points of the cycle (`random_offset`)."""
+
+    name = "seasonal"
+    params = SeasonalParams
+
+    def check(self, params: SeasonalParams, config: WorldConfig) -> None:
+        in_days = config.lifetime.enabled
+        clock = "days (lifetime worlds)" if in_days else "episode steps (session worlds)"
+        if params.unit != ("day" if in_days else "step"):
+            raise ValueError(f"seasonal.unit must be {'day' if in_days else 'step'}: the calendar counts {clock}")
+
+    def build(self, world: World, rng: np.random.Generator) -> Calendar:
+        p, t = self.config(world.config), world.config.catalog.n_topics
+        phases = topic_phases(t)
+        table = seasonal_appeal(np.arange(int(p.period)), phases, p) if p.scale and not world.lifetime else None
+        return Calendar(phases=phases, week_phases=weekly_phases(t), table=table)
+
+    def new_users(self, world: World, idx: np.ndarray, rng: np.random.Generator, stage: str) -> None:
+        """Session worlds: a new user starts at a random point of the cycle (lifetime worlds share one calendar)."""
+        p = self.config(world.config)
+        if stage == "clock" and not world.lifetime:
+            offset = rng.integers(0, int(p.period), size=idx.size) if p.random_offset else 0
+            world.state.calendar_offset[idx] = offset
+
+    def appeal(self, world: World, state: UserState) -> np.ndarray | None:
+        """[N, T] the seasons' additive appeal at the users' calendar time (None when seasons are off);
+        for the world's own state, computed once per clock change (every step scores several slates)."""
+        p = self.config(world.config)
+        if not p.scale:
+            return None
+        calendar: Calendar = world.structure[self.name]
+        if not world.lifetime:
+            at = world.calendar_of(state).astype(np.int64) % int(p.period)
+            return calendar.table[at]
+        current = state is world.state
+        if current and self.name in world.clock_cache:
+            return world.clock_cache[self.name]
+        date = world.calendar_of(state)
+        appeal = seasonal_appeal(date, calendar.phases, p)
+        if p.weekly_amplitude:
+            appeal += weekly_appeal(date, calendar.week_phases, p)
+        if current:
+            world.clock_cache[self.name] = appeal
+        return appeal
+
+    def taste_term(self, world: World, state: UserState) -> np.ndarray | None:
+        """The season as each user feels it (`personal_season`)."""
+        appeal = self.appeal(world, state)
+        if appeal is None:
+            return None
+        return personal_season(appeal, state.interest, self.config(world.config).reach)
+
+
+FAMILY = SeasonalFamily()

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from simulator.drift import DriftFamily, DriftParams, GapContext, StepContext
+from simulator.drift import DriftFamily, DriftParams, FamilyState, GapContext, StepContext
 from simulator.params import check_int, check_range
 
 if TYPE_CHECKING:
-    from simulator.world import World
+    from simulator.world import World, WorldConfig
 
 SHOCK_KINDS = ("sudden", "gradual", "trend", "injection")
 
@@ -200,34 +200,106 @@ def change_points(params: ShockParams, trend_topics: tuple[int, ...] = ()) -> li
     return out
 
 
-def before_choice(world: World, ctx: Any) -> None:
-    """Session worlds: the events of this episode step hit before the users choose."""
-    if world.lifetime:
-        return
-    s, p = world.state, world.config.shock
-    apply_shocks(s.interest, s.shock_target, s.shock_draw, s.step, p, world.trend_topics)
+@dataclass
+class ShockState(FamilyState):
+    """draw [N] uniform deciding which events a user is among (those of fraction > draw); target
+    [N, T] where a sudden or gradual shift moves the user's interests: the tastes of a new user of
+    another taste community."""
+
+    draw: np.ndarray
+    target: np.ndarray
 
 
-def after_response(world: World, ctx: StepContext) -> None:
-    """Lifetime worlds: the events dated inside the minutes this step took."""
-    if not world.lifetime or ctx.clock_before is None:
-        return
-    s, p = world.state, world.config.shock
-    apply_dated_shocks(
-        s.interest, s.shock_target, s.shock_draw, ctx.clock_before, ctx.clock_after, p, world.trend_topics
-    )
+class ShockFamily(DriftFamily):
+    """Scheduled shocks (see the module docstring); its structure is the topic of each trend."""
+
+    name = "shock"
+    params = ShockParams
+
+    def check(self, params: ShockParams, config: WorldConfig) -> None:
+        t = config.catalog.n_topics
+        for e in params.active_events():
+            if e.kind in ("injection", "trend") and e.topic >= t:
+                raise ValueError(f"shock.events[{e.kind}].topic must be < catalog.n_topics={t}, got {e.topic}")
+        in_days = config.lifetime.enabled
+        clock = "days (lifetime worlds)" if in_days else "episode steps (session worlds)"
+        for e in params.events:
+            if in_days and e.day is None:
+                raise ValueError(f"shock.events[{e.kind}].day must be set: events happen on dates in {clock}")
+            if not in_days and e.day is not None:
+                raise ValueError(
+                    f"shock.events[{e.kind}].day is for lifetime worlds: events happen at a step in {clock}"
+                )
+
+    def bytes_per_user(self, params: ShockParams, n_topics: int) -> int:
+        return 4 * n_topics
+
+    def catalog_injections(self, params: ShockParams, n_topics: int) -> tuple[tuple[float, int, int], ...]:
+        return params.injections(n_topics)
+
+    def build(self, world: World, rng: np.random.Generator) -> tuple[int, ...]:
+        """The topic each interest-shifting event acts on (trends; -1 picks one with the catalog)."""
+        p, t = self.config(world.config), world.config.catalog.n_topics
+        return tuple(
+            (int(rng.integers(t)) if e.topic < 0 else e.topic) if e.kind == "trend" else -1
+            for e in p.active_events()
+            if e.kind != "injection"
+        )
+
+    def new_state(self, world: World, n_users: int, rng: np.random.Generator) -> ShockState:
+        t = world.config.catalog.n_topics
+        return ShockState(draw=np.zeros(n_users, np.float32), target=np.zeros((n_users, t), np.float32))
+
+    def new_users(self, world: World, idx: np.ndarray, rng: np.random.Generator, stage: str) -> None:
+        """A target drawn with the user's tastes, like a new user of another taste community (a shift
+        changes *what* a user likes, not how much there is to like: a uniform target would broaden
+        tastes and make shocks raise engagement); after the traits, the user's draw."""
+        s = self.state_of(world.state)
+        if stage == "tastes":
+            m, centres = idx.size, world.centres
+            n_comm, t = centres.shape
+            community = world.state.community[idx]
+            w = world.config.users.community_strength
+            other = (community + rng.integers(1, n_comm, size=m)) % n_comm if n_comm > 1 else community
+            s.target[idx] = ((1.0 - w) * rng.uniform(-1.0, 1.0, size=(m, t)) + w * centres[other]).astype(np.float32)
+        elif stage == "events":
+            s.draw[idx] = rng.random(idx.size).astype(np.float32)
+
+    def before_choice(self, world: World, ctx: StepContext) -> None:
+        """Session worlds: the events of this episode step hit before the users choose."""
+        if world.lifetime:
+            return
+        s, p = world.state, self.config(world.config)
+        own = self.state_of(s)
+        apply_shocks(s.interest, own.target, own.draw, s.step, p, world.structure[self.name])
+
+    def after_response(self, world: World, ctx: StepContext) -> None:
+        """Lifetime worlds: the events dated inside the minutes this step took."""
+        if not world.lifetime or ctx.clock_before is None:
+            return
+        s, p = world.state, self.config(world.config)
+        own = self.state_of(s)
+        apply_dated_shocks(
+            s.interest, own.target, own.draw, ctx.clock_before, ctx.clock_after, p, world.structure[self.name]
+        )
+
+    def between_visits(self, world: World, gap: GapContext) -> None:
+        """Lifetime worlds: the events dated inside the days away."""
+        s, p, idx = world.state, self.config(world.config), gap.idx
+        own = self.state_of(s)
+        interest = s.interest[idx]
+        apply_dated_shocks(
+            interest, own.target[idx], own.draw[idx], gap.day_before, gap.day_after, p, world.structure[self.name]
+        )
+        s.interest[idx] = interest
+
+    def change_points(self, world: World) -> list[dict[str, Any]]:
+        """Scheduled change points and, per event, which users they hit [N] (None for injections)."""
+        draw = self.state_of(world.state).draw
+        out = change_points(self.config(world.config), world.structure[self.name])
+        for cp in out:
+            cp["affected"] = draw < cp["fraction"] if cp["kind"] != "injection" else None
+        return out
 
 
-def between_visits(world: World, gap: GapContext) -> None:
-    """Lifetime worlds: the events dated inside the days away."""
-    s, p, idx = world.state, world.config.shock, gap.idx
-    interest = s.interest[idx]
-    apply_dated_shocks(
-        interest, s.shock_target[idx], s.shock_draw[idx], gap.day_before, gap.day_after, p, world.trend_topics
-    )
-    s.interest[idx] = interest
-
-
-FAMILY = DriftFamily(
-    "shock", ShockParams, before_choice=before_choice, after_response=after_response, between_visits=between_visits
-)
+FAMILY = ShockFamily()

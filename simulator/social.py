@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from simulator.drift import DriftFamily, DriftParams, GapContext, StepContext, geometric_share
+from simulator.drift import DriftFamily, DriftParams, FamilyState, GapContext, StepContext, geometric_share
 from simulator.params import check_int, check_range
 
 if TYPE_CHECKING:
@@ -115,31 +115,76 @@ def update_trend(
     return ((1.0 - params.trend_memory) * trend + params.trend_memory * shares).astype(np.float32)
 
 
-def after_response(world: World, ctx: StepContext) -> None:
-    """Per step: the pull toward neighbours and trends; then the trend follows this step's consumption."""
-    s, p = world.state, world.config.social
-    if p.scale:
-        pull = neighbour_pull(s.interest, world.neighbours, s.susceptibility, p)
-        pull += trend_pull(s.interest, s.trend, s.susceptibility, p)
-        s.interest += pull
-    s.trend = update_trend(s.trend, ctx.consumed, ctx.clicked, p)
+@dataclass
+class SocialState(FamilyState):
+    """neighbours [N, D] the social graph (user indices, built at each seed); susceptibility [N] in
+    [0, 1] the trait; trend [T] the population's recent consumption shares (trending topics)."""
+
+    POPULATION = ("trend",)
+    neighbours: np.ndarray
+    susceptibility: np.ndarray
+    trend: np.ndarray
+
+    def tile(self, index: np.ndarray, m: int) -> SocialState:
+        """Copy j of a user follows copy j of its neighbours."""
+        out = self.take(index)
+        n = self.neighbours.shape[0]
+        out.neighbours = (self.neighbours[index] * m + np.tile(np.arange(m), n)[:, None]).astype(np.int32)
+        return out
 
 
-def between_visits(world: World, gap: GapContext) -> None:
-    """Over the days between two visits, the users at `gap.idx` drift toward their neighbours'
-    current interests and the trending topics, at the daily rates, compounded over the gap."""
-    s, p = world.state, world.config.social
-    if not p.scale:
-        return
-    idx = gap.idx
-    sus = s.susceptibility[idx]
-    own = s.interest[idx]
-    to_neighbours = geometric_share(p.neighbour_rate_per_day * p.scale * sus, gap.days)[:, None]
-    # Per topic: warming toward +1 at the daily rate times how strongly the topic trends.
-    daily = (p.trend_rate_per_day * p.scale * sus)[:, None] * trend_strength(s.trend)
-    to_trend = geometric_share(daily, gap.days[:, None])
-    mean = neighbour_mean(s.interest, world.neighbours[idx])
-    s.interest[idx] = own + to_neighbours * (mean - own) + to_trend * (1.0 - own)
+class SocialFamily(DriftFamily):
+    """Contagion along a homophilous graph and trending topics (see the module docstring)."""
+
+    name = "social"
+    params = SocialParams
+
+    def bytes_per_user(self, params: SocialParams, n_topics: int) -> int:
+        return 4 * params.degree
+
+    def new_state(self, world: World, n_users: int, rng: np.random.Generator) -> SocialState:
+        """A new graph over the user slots (from the world's graph stream: the seed decides it)."""
+        t = world.config.catalog.n_topics
+        return SocialState(
+            neighbours=make_graph(world.state.community, self.config(world.config), rng),
+            susceptibility=np.zeros(n_users, np.float32),
+            trend=np.full(t, 1.0 / t, np.float32),
+        )
+
+    def new_users(self, world: World, idx: np.ndarray, rng: np.random.Generator, stage: str) -> None:
+        """A new user's susceptibility (a trait); they take the place of the slot in the graph."""
+        if stage == "traits":
+            self.state_of(world.state).susceptibility[idx] = rng.uniform(0.0, 1.0, size=idx.size).astype(np.float32)
+
+    def after_response(self, world: World, ctx: StepContext) -> None:
+        """Per step: the pull toward neighbours and trends; then the trend follows this step's consumption."""
+        s, p = world.state, self.config(world.config)
+        own = self.state_of(s)
+        if p.scale:
+            pull = neighbour_pull(s.interest, own.neighbours, own.susceptibility, p)
+            pull += trend_pull(s.interest, own.trend, own.susceptibility, p)
+            s.interest += pull
+        own.trend = update_trend(own.trend, ctx.consumed, ctx.clicked, p)
+
+    def between_visits(self, world: World, gap: GapContext) -> None:
+        """Over the days between two visits, the users at `gap.idx` drift toward their neighbours'
+        current interests and the trending topics, at the daily rates, compounded over the gap."""
+        s, p = world.state, self.config(world.config)
+        if not p.scale:
+            return
+        own_state = self.state_of(s)
+        idx = gap.idx
+        sus = own_state.susceptibility[idx]
+        own = s.interest[idx]
+        to_neighbours = geometric_share(p.neighbour_rate_per_day * p.scale * sus, gap.days)[:, None]
+        # Per topic: warming toward +1 at the daily rate times how strongly the topic trends.
+        daily = (p.trend_rate_per_day * p.scale * sus)[:, None] * trend_strength(own_state.trend)
+        to_trend = geometric_share(daily, gap.days[:, None])
+        mean = neighbour_mean(s.interest, own_state.neighbours[idx])
+        s.interest[idx] = own + to_neighbours * (mean - own) + to_trend * (1.0 - own)
+
+    def population_truth(self, world: World) -> dict[str, np.ndarray]:
+        return dict(trend=self.state_of(world.state).trend.copy())
 
 
-FAMILY = DriftFamily("social", SocialParams, after_response=after_response, between_visits=between_visits)
+FAMILY = SocialFamily()

@@ -16,6 +16,7 @@ at most one of them, and only a history shows the other. Off in every preset.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,7 @@ class UserParams:
     satisfaction_init: float = 0.7  # starting trust in the recommender, in [0, 1]
     n_communities: int = 4  # taste communities (homophily of the social graph)
     community_strength: float = 0.6  # how much a user's interests follow the community's
-    novelty_seeking_max: float = 1.0  # per-user trait ~ U(0, max)
+    novelty_seeking_max: float = 1.0  # per-user trait ~ U(0, max), drawn by the cognitive drift family
     recent_items: int = 16  # items a user remembers having consumed (repeat aversion)
     past_interactions: int = 32  # interactions a user arrives with, from visits before the episode
     past_pool: int = 10  # items on offer at each of those past visits (the user picked one or none)
@@ -74,30 +75,27 @@ def sample_users(
     centres: np.ndarray,
     rng: np.random.Generator,
     log_length: tuple[float, float],
+    families_draw: Callable[[str], None] = lambda stage: None,
 ) -> dict[str, np.ndarray]:
     """Draw fresh users for the slots with the given `community` [M].
 
-    Returns arrays with leading axis M: interest [M, T], budget [M],
-    novelty_seeking [M], susceptibility [M], shock_draw [M], shock_target [M, T],
-    preferred_length [M] (log minutes ~ Normal(`log_length` = (mean, std)), see `length_prior`; 0 and
-    not drawn when `length_taste` is 0, so other worlds' streams are unchanged).
+    Returns arrays with leading axis M: interest [M, T], budget [M], preferred_length [M] (log
+    minutes ~ Normal(`log_length` = (mean, std)), see `length_prior`; 0 and not drawn when
+    `length_taste` is 0, so other worlds' streams are unchanged). `families_draw(stage)` lets the
+    drift families draw theirs from `rng` at the stages of `simulator.drift.NEW_USER_STAGES` that
+    come during this sampling: after the user's own tastes, after the budget, after the traits.
     """
     m, t = community.shape[0], centres.shape[1]
     own = rng.uniform(-1.0, 1.0, size=(m, t))
     w = params.community_strength
     pull = centres[community]
-    # A shock moves a user toward the tastes of another community, drawn like a new user's: the
-    # shift changes *what* a user likes, not how much there is to like (a uniform target would
-    # broaden tastes and make shocks raise engagement).
-    n_comm = centres.shape[0]
-    other = (community + rng.integers(1, n_comm, size=m)) % n_comm if n_comm > 1 else community
-    shock_target = (1.0 - w) * rng.uniform(-1.0, 1.0, size=(m, t)) + w * centres[other]
+    families_draw("tastes")
     budget = np.maximum(rng.normal(params.budget_mean, params.budget_std, size=m), 1.0)
-    novelty_seeking = rng.uniform(0.0, params.novelty_seeking_max, size=m)
-    susceptibility = rng.uniform(0.0, 1.0, size=m)
-    shock_draw = rng.random(m)
+    families_draw("traits")
+    families_draw("events")
     preferred_length = rng.normal(log_length[0], log_length[1], size=m) if params.length_taste else np.zeros(m)
     if params.second_community:  # drawn last and only when on: other worlds' streams are unchanged
+        n_comm = centres.shape[0]
         second = (community + rng.integers(1, n_comm, size=m)) % n_comm
         share = rng.uniform(0.0, params.second_community, size=(m, 1))
         pull = (1.0 - share) * pull + share * centres[second]
@@ -105,10 +103,6 @@ def sample_users(
     return dict(
         interest=interest.astype(np.float32),
         budget=budget.astype(np.float32),
-        novelty_seeking=novelty_seeking.astype(np.float32),
-        susceptibility=susceptibility.astype(np.float32),
-        shock_draw=shock_draw.astype(np.float32),
-        shock_target=shock_target.astype(np.float32),
         preferred_length=preferred_length.astype(np.float32),
     )
 

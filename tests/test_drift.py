@@ -102,7 +102,7 @@ def test_a_shorter_season_reach_is_worth_less_to_a_user_blind_policy(make_world)
     }
     np.testing.assert_array_equal(worlds[1.0].state.interest, worlds[0.0].state.interest)
     lift = {r: np.array(w.effective_interest()) - w.state.interest for r, w in worlds.items()}
-    season = worlds[1.0].season()
+    season = seasonal.FAMILY.appeal(worlds[1.0], worlds[1.0].state)
     in_season = season > 0
     assert lift[0.0][in_season].mean() < 0.6 * lift[1.0][in_season].mean()
     disliked = worlds[0.0].state.interest <= 0
@@ -134,7 +134,7 @@ def test_context_season_features_cycle_with_the_period(make_cfg):
 # -------------------------------------------------------------------- social
 def _neighbour_distance(w: World) -> float:
     i = w.state.interest
-    return float(np.linalg.norm(i[:, None, :] - i[w.neighbours], axis=-1).mean())
+    return float(np.linalg.norm(i[:, None, :] - i[w.state.drift["social"].neighbours], axis=-1).mean())
 
 
 def test_social_contagion_pulls_neighbours_together(make_world):
@@ -165,7 +165,7 @@ def test_trend_pull_warms_users_to_trending_topics_only(make_world):
         w.step(slates)
         control.step(slates)
     np.testing.assert_array_equal(control.state.interest, control.state.initial_interest)
-    strength = social.trend_strength(w.state.trend)
+    strength = social.trend_strength(w.state.drift["social"].trend)
     change = w.state.interest - w.state.initial_interest
     trending, fading = strength > 0, strength == 0
     assert trending.any() and fading.any()
@@ -211,15 +211,15 @@ def test_satiation_builds_lowers_engagement_and_recovers(make_world):
     probe = items_k[-1:]
     _show(treat, items_k[:-1], 8)  # binge topic k
     _show(control, items_j, 8)  # control watches another topic
-    sat_k = treat.state.satiation[:, k].copy()
-    assert np.all(sat_k > control.state.satiation[:, k] + 0.1)
+    sat_k = treat.state.drift["cognitive"].satiation[:, k].copy()
+    assert np.all(sat_k > control.state.drift["cognitive"].satiation[:, k] + 0.1)
     probe_items = np.full((16, 1), probe[0], dtype=np.int64)
     ee_treat = treat.expected_engagement(probe_items)[:, 0]
     ee_control = control.expected_engagement(probe_items)[:, 0]
     assert np.all(ee_treat < ee_control)
     # A break on another topic: satiation of k recovers.
     _show(treat, items_j, 10)
-    assert np.all(treat.state.satiation[:, k] < 0.8 * sat_k)
+    assert np.all(treat.state.drift["cognitive"].satiation[:, k] < 0.8 * sat_k)
     assert np.all(treat.expected_engagement(probe_items)[:, 0] > ee_treat)
 
 
@@ -236,7 +236,7 @@ def test_satiation_affects_utility_only_when_cognitive_on(make_world, enabled):
     k, items_k, _, _ = _pure_topic_items(w)
     slates = np.tile(items_k[:3], (4, 1))
     fresh, _ = w.slate_utility(slates)
-    w.state.satiation[:, k] = 1.0
+    w.state.drift["cognitive"].satiation[:, k] = 1.0
     bored, _ = w.slate_utility(slates)
     if enabled:
         assert np.all(bored < fresh - 0.5)
@@ -300,7 +300,7 @@ def test_novelty_repeat_of_recent_item_has_lower_utility(make_world, weight):
     u_seen1, _ = w.slate_utility(seen)
     u_unseen1, _ = w.slate_utility(unseen)
     np.testing.assert_allclose(u_unseen1, u_unseen0, atol=1e-5)
-    expected_drop = weight * w.state.novelty_seeking[:, None]
+    expected_drop = weight * w.state.drift["cognitive"].novelty_seeking[:, None]
     np.testing.assert_allclose(u_seen0 - u_seen1, expected_drop, atol=1e-5)
     if weight:
         assert np.all(u_seen1 < u_seen0 - 1e-3)
@@ -387,7 +387,7 @@ def test_sudden_shock_jumps_affected_users_at_its_step(make_world, enabled):
     extra = {"shock": {"enabled": enabled, "events": [{"kind": "sudden", "step": s, "fraction": 0.5, "strength": 0.8}]}}
     w = make_world("shock", extra, n_users=64, seed=6)
     cps = w.change_points()
-    target = w.state.shock_target.copy()
+    target = w.state.drift["shock"].target.copy()
     trace = _interest_trace(w, 10)
     change = np.abs(np.diff(trace, axis=0)).sum(-1)  # [steps, N]: change of step t -> t+1
     if not enabled:
@@ -396,7 +396,7 @@ def test_sudden_shock_jumps_affected_users_at_its_step(make_world, enabled):
     assert len(cps) == 1 and cps[0]["kind"] == "sudden" and cps[0]["step"] == s
     affected = cps[0]["affected"]
     assert 0 < affected.sum() < 64
-    np.testing.assert_array_equal(affected, w.state.shock_draw < 0.5)
+    np.testing.assert_array_equal(affected, w.state.drift["shock"].draw < 0.5)
     # The jump happens while the user is at episode step s (interest at s -> s+1).
     assert np.all(change[s, affected] > 0.1)
     assert change[s, ~affected].max() == 0.0
@@ -412,11 +412,11 @@ def test_shock_targets_are_another_communitys_tastes(make_world):
     s = w.state
     # With community_strength 1 a profile is its community's centre: the target is another centre.
     own = np.abs(s.interest[:, None, :] - w.centres[None]).sum(-1).argmin(1)
-    target = np.abs(s.shock_target[:, None, :] - w.centres[None]).sum(-1).argmin(1)
+    target = np.abs(s.drift["shock"].target[:, None, :] - w.centres[None]).sum(-1).argmin(1)
     np.testing.assert_array_equal(own, s.community)
     assert np.all(target != own)
     assert len(np.unique(target)) == 4
-    np.testing.assert_allclose(s.shock_target, w.centres[target], atol=1e-6)
+    np.testing.assert_allclose(s.drift["shock"].target, w.centres[target], atol=1e-6)
 
 
 def test_gradual_shock_spreads_over_its_window(make_world):
@@ -430,7 +430,7 @@ def test_gradual_shock_spreads_over_its_window(make_world):
     w = make_world("shock", extra, n_users=16, seed=7)
     cp = w.change_points()[0]
     assert (cp["step"], cp["end_step"]) == (s, s + d - 1)
-    target = w.state.shock_target.copy()
+    target = w.state.drift["shock"].target.copy()
     trace = _interest_trace(w, 12)
     change = np.abs(np.diff(trace, axis=0)).sum(-1)
     window = np.arange(s, s + d)
@@ -446,7 +446,7 @@ def test_shock_magnitude_scales_the_blend(make_world):
     extra = {"shock": {"magnitude": 0.5, "events": [{"kind": "sudden", "step": 2, "strength": 0.8}]}}
     w = make_world("shock", extra, n_users=8, seed=8)
     assert w.change_points()[0]["blend"] == pytest.approx(0.4)
-    target = w.state.shock_target.copy()
+    target = w.state.drift["shock"].target.copy()
     trace = _interest_trace(w, 3)
     np.testing.assert_allclose(trace[3], trace[2] + 0.4 * (target - trace[2]), atol=1e-5)
     zero = make_world("shock", {"shock": {"magnitude": 0.0}}, n_users=8, seed=8)

@@ -594,7 +594,7 @@ def test_slate_fit_is_taken_before_the_steps_shock(tiny_overrides):
         before = venv.slate_fit(actions)
         venv.step(actions)
         after = venv.ground_truth()["fit"]
-        hit = venv.world.state.shock_draw < 0.5
+        hit = venv.world.state.drift["shock"].draw < 0.5
         if t == 2:
             assert hit.any() and not hit.all()
             assert np.all(after[hit] != before[hit])

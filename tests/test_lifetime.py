@@ -18,8 +18,8 @@ from agents.item_score import ATTRACTIVENESS, QUALITY, ItemScorePolicy
 from agents.oracles import LifetimeOracle, MyopicOracle, SessionOracle
 from envs import RecEnv, RecVectorEnv, make_scenario
 from experiments.harness import evaluate
-from simulator import FAMILIES, FAMILY_NAMES, World, WorldConfig, cognitive, lifetime, seasonal, social
-from simulator.drift import DriftParams, GapContext
+from simulator import World, WorldConfig, cognitive, family_names, lifetime, registered_families, seasonal, social
+from simulator.drift import DriftFamily, DriftParams, GapContext, overrides
 from simulator.lifetime import LifetimeParams
 
 TINY_LIFE = {
@@ -44,19 +44,20 @@ def _gap(world: World, days: float, seed: int = 0) -> None:
     idx = np.arange(world.n_users)
     before = world.state.day.copy()
     noise = np.random.default_rng(seed).random((world.n_users, world.config.catalog.n_topics), dtype=np.float32)
-    ctx = GapContext(idx=idx, day_before=before, day_after=before + days, walk_noise=noise)
-    for family in FAMILIES:
-        if family.between_visits is not None:
-            family.between_visits(world, ctx)
+    ctx = GapContext(idx=idx, day_before=before, day_after=before + days, noise={"cognitive": noise})
+    for family in world.families:
+        family.between_visits(world, ctx)
     world.state.day[:] = before + days
 
 
 # -------------------------------------------------------------- one contract
 def test_every_family_is_one_registered_module_with_the_shared_switches():
-    assert FAMILY_NAMES == ("shock", "cognitive", "social", "seasonal")
+    assert family_names()[:4] == ("shock", "cognitive", "social", "seasonal")
     config = WorldConfig()
-    for family in FAMILIES:
+    for family in registered_families():
+        assert isinstance(family, DriftFamily)
         params = getattr(config, family.name)
+        assert params is config.params_of(family.name)
         assert isinstance(params, DriftParams) and isinstance(params, family.params)
         assert params.scale == 0.0  # off by default
         on = dataclasses.replace(params, enabled=True, magnitude=2.0)
@@ -87,18 +88,19 @@ def test_a_month_away_moves_interests_more_than_a_day(family):
 
 def test_satiation_built_in_a_session_has_faded_after_a_week():
     w = life_world({"cognitive": {"enabled": True}}, n_users=32)
-    w.state.satiation[:] = 0.6  # as after a binge on every topic
+    satiation = w.state.drift["cognitive"].satiation
+    satiation[:] = 0.6  # as after a binge on every topic
     _gap(w, 7.0)
-    assert w.state.satiation.max() < 0.6 * 0.5**6  # half a day's recovery per day, compounded
-    assert w.state.satiation.min() > 0.0
+    assert satiation.max() < 0.6 * 0.5**6  # half a day's recovery per day, compounded
+    assert satiation.min() > 0.0
 
 
 def test_seasons_follow_the_date():
     w = life_world({"seasonal": {"weekly_amplitude": 0.0}}, n_users=4)
-    in_season_now = np.argmax(w.season(), axis=1)
+    in_season_now = np.argmax(seasonal.FAMILY.appeal(w, w.state), axis=1)
     w.state.day[:] += w.config.seasonal.period / 2  # half a year later
-    w._season_now = None
-    later = w.season()
+    w.clock_cache = {}  # the clock moved
+    later = seasonal.FAMILY.appeal(w, w.state)
     assert np.all(np.argmax(later, axis=1) != in_season_now)
     # Every user sees the same season on the same date (one calendar).
     assert np.allclose(later, later[0], atol=0.02)  # first visits differ by hours only
@@ -311,13 +313,13 @@ def test_gap_hooks_are_pure_state_updates_on_the_users_away():
         idx=idx,
         day_before=w.state.day[idx].copy(),
         day_after=w.state.day[idx] + 10.0,
-        walk_noise=np.full((8, 10), 0.9, np.float32),
+        noise={"cognitive": np.full((8, 10), 0.9, np.float32)},
     )
-    cognitive.between_visits(w, ctx)
-    social.between_visits(w, ctx)
+    cognitive.FAMILY.between_visits(w, ctx)
+    social.FAMILY.between_visits(w, ctx)
     changed = np.abs(w.state.interest - before).sum(axis=1) > 0
     assert changed[idx].all() and not changed[1::2].any()  # the users at home are untouched
-    assert seasonal.FAMILY.between_visits is None
+    assert not overrides(seasonal.FAMILY, "between_visits")
 
 
 # ------------------------------------------------------------ metrics over days

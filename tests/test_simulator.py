@@ -165,7 +165,7 @@ def test_step_result_fit_is_the_served_items_fit(make_cfg, random_slates):
         slates = random_slates(w, rng, 3)
         before = w.slate_fit(slates)
         np.testing.assert_array_equal(before, w.slate_utility(slates, positions=False)[1])
-        hit = (w.state.step == 3) & (w.state.shock_draw < 0.5)
+        hit = (w.state.step == 3) & (w.state.drift["shock"].draw < 0.5)
         r = w.step(slates)
         assert r.fit.shape == (16, 3) and r.fit.dtype == np.float32
         # Equal before and after the step unless a shock hit the user at this step.
@@ -221,7 +221,7 @@ def test_reset_users_only_touches_masked_users(make_world, random_slates):
     mask = np.array([True, False, True, False, False, False])
     w.reset_users(mask)
     assert np.all(w.state.step[mask] == 0) and np.all(w.state.step[~mask] == 5)
-    assert np.all(w.state.satiation[mask] == 0.0)
+    assert np.all(w.state.drift["cognitive"].satiation[mask] == 0.0)
     assert np.all(w.state.recent_items[mask] == -1)
     np.testing.assert_array_equal(w.state.interest[~mask], before.interest[~mask])
     np.testing.assert_array_equal(w.state.interest[mask], w.state.initial_interest[mask])
@@ -233,7 +233,7 @@ def test_ground_truth_is_a_copy(make_world):
     gt = w.ground_truth()
     gt["interest"][:] = 99.0
     gt["satiation"][:] = 99.0
-    assert np.all(w.state.interest <= 1.0) and np.all(w.state.satiation == 0.0)
+    assert np.all(w.state.interest <= 1.0) and np.all(w.state.drift["cognitive"].satiation == 0.0)
     assert set(gt) >= {"interest", "effective_interest", "satiation", "satisfaction", "budget", "calendar"}
 
 
@@ -309,7 +309,8 @@ def test_world_with_extreme_parameters_stays_finite_and_in_range(make_cfg, rando
                 if arr.dtype.kind == "f":
                     assert np.all(np.isfinite(arr)), name
             assert np.all(np.isfinite(w.effective_interest()))
-            assert s.satiation.min() >= 0.0 and s.satiation.max() <= 1.0
+            satiation = s.drift["cognitive"].satiation
+            assert satiation.min() >= 0.0 and satiation.max() <= 1.0
             assert s.satisfaction.min() >= 0.0 and s.satisfaction.max() <= 1.0
             assert s.interest.min() >= -1.0 and s.interest.max() <= 1.0
             # quality_refund = 0: every step costs at least the browse cost.
@@ -347,7 +348,7 @@ def test_copy_steps_independently_and_identically(make_world, random_slates):
     results_c = [c.step(s) for s in slates]
     # Stepping the copy leaves the original untouched.
     for k, v in snapshot.arrays().items():
-        np.testing.assert_array_equal(getattr(w.state, k), v, err_msg=k)
+        np.testing.assert_array_equal(w.state.arrays()[k], v, err_msg=k)
     results_w = [w.step(s) for s in slates]
     assert all(_results_equal(x, y) for x, y in zip(results_w, results_c))
     assert _state_equal(w, c)
@@ -373,7 +374,7 @@ def test_save_load_round_trip(make_world, random_slates, tmp_path):
     # Load into a world built with the same config but a different seed: the state wins.
     other = World(w.config, 10, seed=999)
     other.load(path)
-    assert np.array_equal(other.neighbours, w.neighbours)
+    assert np.array_equal(other.state.drift["social"].neighbours, w.state.drift["social"].neighbours)
     r2 = other.step(slates)
     assert _results_equal(r1, r2)
     assert _state_equal(w, other)
@@ -405,10 +406,11 @@ def test_tile_layout_and_independence(make_world, random_slates):
         for j in range(3):
             np.testing.assert_array_equal(t.state.interest[i * 3 + j], w.state.interest[i])
             # copy j of user i follows copy j of its neighbours
-            np.testing.assert_array_equal(t.neighbours[i * 3 + j], w.neighbours[i] * 3 + j)
+            graph, tiled = w.state.drift["social"].neighbours, t.state.drift["social"].neighbours
+            np.testing.assert_array_equal(tiled[i * 3 + j], graph[i] * 3 + j)
     t.step(np.zeros((15, 1), dtype=np.int64))
     for k, v in snapshot.arrays().items():
-        np.testing.assert_array_equal(getattr(w.state, k), v, err_msg=k)
+        np.testing.assert_array_equal(w.state.arrays()[k], v, err_msg=k)
 
 
 def test_tile_noise_groups_share_noise(make_world):
@@ -497,8 +499,9 @@ def test_a_second_community_pulls_tastes_toward_it_and_changes_nothing_else(make
     assert np.all(residual[rows, best] < 1e-5) and np.all(best != off.state.community)
     shares = coef[rows, best]
     assert shares.min() > 0 and shares.max() <= share_max + 1e-5 and shares.std() > 0.1  # ~ U(0, max)
-    for name in ("budget", "novelty_seeking", "susceptibility", "shock_draw", "shock_target", "community"):
-        assert np.array_equal(getattr(on.state, name), getattr(off.state, name)), name
+    traits = ("budget", "community", "cognitive.novelty_seeking", "social.susceptibility", "shock.draw", "shock.target")
+    for name in traits:
+        assert np.array_equal(on.state.arrays()[name], off.state.arrays()[name]), name
     default = make_world("stationary", {"users": {"second_community": 0.0}}, n_users=256, seed=3)
     assert _state_equal(off, default)
 

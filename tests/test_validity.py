@@ -106,7 +106,9 @@ def test_state_of_community_replaces_tastes_only(make_world):
     s = w.state_of_community()
     strength = np.float32(w.config.users.community_strength)
     np.testing.assert_array_equal(s.interest, strength * w.centres[w.state.community])
-    np.testing.assert_array_equal(s.satiation, w.state.satiation)  # not a taste: stays current
+    np.testing.assert_array_equal(
+        s.drift["cognitive"].satiation, w.state.drift["cognitive"].satiation
+    )  # not a taste: stays current
     np.testing.assert_array_equal(s.satisfaction, w.state.satisfaction)
 
 
@@ -124,7 +126,7 @@ def test_state_at_start_undoes_drift_only(make_world):
         w.step(np.zeros((6, 1), dtype=np.int64))
     start = w.state_at_start()
     np.testing.assert_array_equal(start.interest, w.state.initial_interest)
-    assert not start.satiation.any()
+    assert not start.drift["cognitive"].satiation.any()
     np.testing.assert_array_equal(start.calendar_offset + start.step, w.state.calendar_offset)
     np.testing.assert_array_equal(start.satisfaction, w.state.satisfaction)  # not a taste: stays current
     assert not np.array_equal(w.state.interest, w.state.initial_interest)  # the world itself is untouched

@@ -19,12 +19,12 @@ from typing import Any
 from agents.registry import RETRAIN_SUFFIX, days_variant, get_agent, parse_variant, retrain_days, variant_base
 from envs.config import PRESETS, ScenarioConfig, make_scenario
 from experiments.runs import DEVICES
-from simulator.families import FAMILY_NAMES
+from simulator.families import family_names
 from simulator.params import check_int, check_range, merge_overrides
 
 NO_DRIFT = "none"  # the family name of the training regime itself
 
-FAMILIES = FAMILY_NAMES  # simulator.families: a family's name is its config section too
+FAMILIES = family_names()  # the default grid: the registered families (a family's name is its config section)
 DEFAULT_AGENTS = ("ppo", "sasrec", "sasrec-retrain", "bandit")
 # --smoke: the grid at toy sizes (with runs.SMOKE_SCENARIO/SMOKE_MODEL and each agent's smoke settings).
 STRESS_SMOKE = dict(seeds=(0, 1), magnitudes=(0.0, 1.0, 2.0), eval_users=32, shock_step=5, steps=512)
@@ -87,9 +87,9 @@ class StressSettings:
             raise ValueError("no agents to stress: give --agents or --load")
         if len(set(self.agents)) != len(self.agents):
             raise ValueError(f"an agent is listed twice in {list(self.agents)}")
-        for f in self.families:
-            if f not in FAMILIES:
-                raise ValueError(f"unknown drift family '{f}'; valid families: {', '.join(FAMILIES)}")
+        for f in self.families:  # the training scenario's: a family it names under families: counts
+            if f not in preset.world.family_names:
+                raise ValueError(f"unknown drift family '{f}'; valid families: {', '.join(preset.world.family_names)}")
         if not self.families:
             raise ValueError("give at least one drift family")
         if not self.magnitudes:
