@@ -204,14 +204,21 @@ def _rope_table(half: int, size: int, device: torch.device) -> Tensor:
     return table
 
 
-def rope(x: Tensor, position: Tensor) -> Tensor:
-    """Rotary position embedding: x [..., L, heads, d_head] rotated by position [..., L] (long, >= 0;
-    pairs of the two halves of d_head, frequencies ROPE_BASE^(-2i / d_head)); dot products of two
-    rotated vectors depend on their positions' difference only."""
-    half = x.shape[-1] // 2
+def rotation(position: Tensor, d_head: int, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """cos and sin [..., L, 1, d_head // 2] of positions [..., L] (long, >= 0), for :func:`rope`: one
+    lookup shared by every block's queries and keys."""
+    half = d_head // 2
     size = int(position.max()) + 1 if position.numel() else 1
-    cos, sin = _rope_table(half, size, x.device)[position].to(x.dtype).unbind(-2)  # [..., L, half] each
-    cos, sin = cos[..., None, :], sin[..., None, :]
+    cos, sin = _rope_table(half, size, position.device)[position].to(dtype).unbind(-2)
+    return cos[..., None, :], sin[..., None, :]
+
+
+def rope(x: Tensor, turn: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotary position embedding: x [..., L, heads, d_head] rotated by `turn` (:func:`rotation` of its
+    positions; pairs of the two halves of d_head, frequencies ROPE_BASE^(-2i / d_head)): dot products of
+    two rotated vectors depend on their positions' difference only."""
+    cos, sin = turn
+    half = cos.shape[-1]
     a, b = x[..., :half], x[..., half : 2 * half]
     return torch.cat([a * cos - b * sin, a * sin + b * cos, x[..., 2 * half :]], dim=-1)
 
@@ -399,19 +406,19 @@ class StreamHistoryEncoder(nn.Module):
         return features if column < 0 else first_seen_days(features, mask, column, self.days_scale)
 
     def _qkv(
-        self, block: nn.Module, x: Tensor, position: Tensor, keys_only: bool = False
+        self, block: nn.Module, x: Tensor, turn: tuple[Tensor, Tensor], keys_only: bool = False
     ) -> tuple[Tensor | None, Tensor, Tensor]:
-        """x [B, L, d] -> rotated q, k and v [B, L, heads, d_head] of `block`'s attention (q None with
-        `keys_only`: rows nothing queries from)."""
+        """x [B, L, d] -> q, k and v [B, L, heads, d_head] of `block`'s attention, q and k rotated by
+        `turn` (:func:`rotation` of the rows' positions); q None with `keys_only`: rows nothing queries."""
         b, length, d = x.shape
         heads = self.config.n_heads
         proj = block.attn.qkv
         if keys_only:
             kv = F.linear(block.ln1(x), proj.weight[d:], proj.bias[d:]).view(b, length, 2, heads, d // heads)
             k, v = kv.unbind(2)
-            return None, rope(k, position), v
+            return None, rope(k, turn), v
         q, k, v = proj(block.ln1(x)).view(b, length, 3, heads, d // heads).unbind(2)
-        return rope(q, position), rope(k, position), v
+        return rope(q, turn), rope(k, turn), v
 
     def _finish(self, block: nn.Module, x: Tensor, attended: Tensor) -> Tensor:
         """x [B, L, d] + out(attended [B, L, heads, d_head]), then the feed-forward half of `block`."""
@@ -499,12 +506,14 @@ class StreamHistoryEncoder(nn.Module):
         c = self.embed_readout(None if context is None else context[slots.user, slots.step], slots.user.shape)
         keys, values = [], []
         blocks = self.stack.blocks
+        d_head = self.config.d_model // self.config.n_heads
+        token_turn, readout_turn = rotation(position[None], d_head, x.dtype), rotation(slots.position, d_head, x.dtype)
         for i, block in enumerate(blocks):
             last = i == len(blocks) - 1
-            q, k, v = self._qkv(block, x, position[None], keys_only=last)
+            q, k, v = self._qkv(block, x, token_turn, keys_only=last)
             keys.append(k[0])
             values.append(v[0])
-            qc, kc, vc = self._qkv(block, c, slots.position)
+            qc, kc, vc = self._qkv(block, c, readout_turn)
             if not last:  # nothing reads the token rows of the last block
                 x = self._finish(block, x, self._sliding(q[0], k[0], v[0], segment)[None])
             block_k = torch.cat([slots.take(k[0]), kc], dim=1)
@@ -604,8 +613,9 @@ class StreamHistoryEncoder(nn.Module):
         readout_keys = torch.cat([readable, readable.new_ones(readable.shape[0], 1)], dim=1)[:, None]
         keys, values = [], []
         blocks = self.stack.blocks
+        turn = rotation(torch.stack([position, count], dim=1), self.config.d_model // self.config.n_heads, x.dtype)
         for i, block in enumerate(blocks):
-            q, k, v = self._qkv(block, torch.cat([x, c], dim=1), torch.stack([position, count], dim=1))
+            q, k, v = self._qkv(block, torch.cat([x, c], dim=1), turn)
             keys.append(self.append(cache.keys[i], k[:, 0], real))
             values.append(self.append(cache.values[i], v[:, 0], real))
             if i < len(blocks) - 1:
@@ -640,5 +650,6 @@ __all__ = [
     "first_seen_days",
     "keep_last",
     "rope",
+    "rotation",
     "same_window",
 ]
