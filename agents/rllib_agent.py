@@ -64,6 +64,7 @@ class PPOParams(LogParams):
     critic_warmup_steps: int = 0  # env steps at the start in which only the value head learns (0: none)
     freeze_history_encoder: bool = False  # keep the warm-started history Transformer fixed (needs pretrain_epochs)
     max_seq_len: int = 32  # "stream" encoders: steps per sequence the learner reads in one causal pass
+    gamma_per_day: float = 0.0  # lifetimes, "stream" encoders: discount per day between steps instead of gamma (0: off)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -86,6 +87,7 @@ class PPOParams(LogParams):
         check_int(o, "critic_warmup_steps", self.critic_warmup_steps, 0)
         check_bool(o, "freeze_history_encoder", self.freeze_history_encoder)
         check_int(o, "max_seq_len", self.max_seq_len, 1, MAX_SEQ_LEN)
+        check_range(o, "gamma_per_day", self.gamma_per_day, 0.0, 1.0)
         if self.freeze_history_encoder and not self.pretrain_epochs:
             raise ValueError(
                 "algo.freeze_history_encoder needs the warm start (algo.pretrain_epochs > 0): "
@@ -328,6 +330,13 @@ class RLlibPPOAgent(TrainableAgent):
         )
         self.item_features = probe.item_features
         self.model_overrides = dict(model or {})
+        if params.gamma_per_day > 0 and not scenario.world.lifetime.enabled:
+            raise ValueError(
+                f"algo.gamma_per_day discounts over calendar days: {scenario.name!r} has no calendar "
+                "(a lifetime scenario has); use algo.gamma"
+            )
+        if params.gamma_per_day > 0 and self.encoder_config.history_mode != "stream":
+            raise ValueError("algo.gamma_per_day needs model.history_mode stream (its train batch carries the days)")
         p = self.params
         if not ray.is_initialized():
             if ray_address:
@@ -424,7 +433,16 @@ class RLlibPPOAgent(TrainableAgent):
         from agents.rllib_stream import train_batch_connector
 
         p = self.params
-        connector = train_batch_connector(p.gamma, p.lambda_)
+        calendar = {}
+        if p.gamma_per_day > 0:
+            from envs.core import context_features
+
+            calendar = dict(
+                gamma_per_day=p.gamma_per_day,
+                horizon_days=self.scenario.world.lifetime.horizon_days,
+                progress_column=context_features(self.scenario).index("progress"),
+            )
+        connector = train_batch_connector(p.gamma, p.lambda_, **calendar)
         return dict(
             learner_connector=lambda *args, **kwargs: connector(), add_default_connectors_to_learner_pipeline=False
         )

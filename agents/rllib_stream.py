@@ -51,27 +51,52 @@ def _episode_arrays(episode: Any, state_key: str, initial: dict[str, np.ndarray]
 
 
 def advantages(
-    rewards: np.ndarray, values: np.ndarray, last_value: np.ndarray, steps: np.ndarray, gamma: float, lambda_: float
+    rewards: np.ndarray,
+    values: np.ndarray,
+    last_value: np.ndarray,
+    steps: np.ndarray,
+    gamma: float | np.ndarray,
+    lambda_: float,
 ) -> np.ndarray:
     """GAE over chunks side by side: rewards, values [E, L] (zero past each chunk's `steps` [E]),
-    last_value [E] the value after the last step (0 where the episode terminated) -> advantages [E, L]."""
+    last_value [E] the value after the last step (0 where the episode terminated), gamma a number or
+    [E, L], the discount from each step to the next -> advantages [E, L]:
+
+        delta_t = r_t + gamma_t V_{t+1} - V_t,   A_t = delta_t + gamma_t lambda A_{t+1}.
+    """
     e, length = rewards.shape
     rows = np.arange(e)
-    following = values.copy()
+    gamma = np.broadcast_to(np.asarray(gamma, dtype=np.float64), (e, length))
+    following = values.astype(np.float64)
     following[:, :-1] = values[:, 1:]
     following[rows, np.maximum(steps - 1, 0)] = last_value  # the value after each chunk's last step
     delta = rewards + gamma * following - values
-    out = np.zeros_like(delta)
+    out = np.zeros(delta.shape, dtype=np.float64)
     running = np.zeros(e, dtype=np.float64)
     for t in range(length - 1, -1, -1):
         inside = t < steps
-        running = np.where(inside, delta[:, t] + gamma * lambda_ * running, 0.0)
+        running = np.where(inside, delta[:, t] + gamma[:, t] * lambda_ * running, 0.0)
         out[:, t] = running
     return out
 
 
-def train_batch_connector(gamma: float, lambda_: float):
-    """The learner connector (a ConnectorV2 class, built lazily: importing ray is slow)."""
+def calendar_discounts(
+    progress: np.ndarray, steps: np.ndarray, horizon_days: float, gamma_per_day: float
+) -> np.ndarray:
+    """Discounts over calendar time: progress [E, L + 1] (the observations' day / horizon, before each
+    step and after the last) -> [E, L] gamma_per_day ** (days from step t's observation to the next),
+    so a return visit weeks later counts as weeks, not as one step."""
+    days = np.diff(progress.astype(np.float64) * horizon_days, axis=1)
+    inside = np.arange(days.shape[1])[None, :] < steps[:, None]
+    return np.where(inside, gamma_per_day ** np.maximum(days, 0.0), 0.0)
+
+
+def train_batch_connector(
+    gamma: float, lambda_: float, gamma_per_day: float = 0.0, horizon_days: float = 0.0, progress_column: int = -1
+):
+    """The learner connector (a ConnectorV2 class, built lazily: importing ray is slow). With
+    `gamma_per_day` > 0 (lifetimes) the discount between two steps is gamma_per_day to the days between
+    their observations (context column `progress_column` is day / `horizon_days`) instead of `gamma`."""
     import torch
     from ray.rllib.connectors.connector_v2 import ConnectorV2
     from ray.rllib.core import DEFAULT_MODULE_ID
@@ -154,7 +179,20 @@ def train_batch_connector(gamma: float, lambda_: float):
             longest = int(steps.max()) if len(steps) else 0
             grid = lambda key: np.stack([np.pad(c[key], (0, longest - len(c[key]))) for c in chunks])  # noqa: E731
             values = grid("values")
-            adv = advantages(grid("rewards"), values, np.where(terminated, 0.0, last_value), steps, gamma, lambda_)
+            discount = gamma
+            if gamma_per_day > 0:
+                progress = np.stack(
+                    [
+                        np.pad(
+                            c["obs"]["context"][:, progress_column],
+                            (0, longest + 1 - len(c["obs"]["context"])),
+                            mode="edge",
+                        )
+                        for c in chunks
+                    ]
+                )
+                discount = calendar_discounts(progress, steps, horizon_days, gamma_per_day)
+            adv = advantages(grid("rewards"), values, np.where(terminated, 0.0, last_value), steps, discount, lambda_)
             inside = np.arange(longest)[None, :] < steps[:, None]
             flat_adv = np.zeros(int(rows.sum()), dtype=np.float32)
             flat_target = np.zeros(int(rows.sum()), dtype=np.float32)

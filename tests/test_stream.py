@@ -273,3 +273,39 @@ def test_the_train_batch_in_arrays_is_rllibs_pipeline_batch(ray_session, monkeyp
     finally:
         ours.close()
         theirs.close()
+
+
+def test_calendar_discounting_changes_the_advantages_exactly_as_its_formula_says():
+    from agents.rllib_stream import advantages, calendar_discounts
+
+    rewards = np.array([[1.0, 0.0, 2.0, 0.5]])
+    values = np.array([[0.3, 0.1, 0.4, 0.2]])
+    steps, last = np.array([4]), np.array([0.7])
+    # Control: one day between every two steps is per-step discounting with gamma = gamma_per_day.
+    one_day = calendar_discounts(np.array([[0, 1, 2, 3, 4]]) / 60.0, steps, 60.0, 0.9)
+    np.testing.assert_allclose(one_day, 0.9)
+    np.testing.assert_allclose(
+        advantages(rewards, values, last, steps, one_day, 0.95), advantages(rewards, values, last, steps, 0.9, 0.95)
+    )
+    # Treatment: a two-week gap after step 1 discounts what follows it by 0.9 ** 14, exactly.
+    days = np.array([[0.0, 0.01, 14.01, 14.02, 14.03]])
+    gamma = calendar_discounts(days / 60.0, steps, 60.0, 0.9)
+    np.testing.assert_allclose(gamma, 0.9 ** np.diff(days), rtol=1e-9)
+    adv = advantages(rewards, values, last, steps, gamma, 0.95)
+    following = np.array([0.1, 0.4, 0.2, 0.7])
+    delta = rewards[0] + gamma[0] * following - values[0]
+    expected = np.zeros(4)
+    for t in range(3, -1, -1):
+        expected[t] = delta[t] + (gamma[0, t] * 0.95 * expected[t + 1] if t < 3 else 0.0)
+    np.testing.assert_allclose(adv[0], expected, rtol=1e-9)
+    assert adv[0, 1] < advantages(rewards, values, last, steps, 0.9, 0.95)[0, 1]  # the far future weighs less
+
+
+def test_calendar_discounting_is_refused_without_a_calendar_in_one_line(ray_session):
+    from agents.rllib_agent import PPOParams, RLlibPPOAgent
+
+    config = make_scenario("mixed", TINY)
+    with pytest.raises(ValueError, match="gamma_per_day discounts over calendar days: 'mixed' has no calendar"):
+        RLlibPPOAgent(config, PPOParams(**RLLIB_ALGO, gamma_per_day=0.97), model=MODEL)
+    with pytest.raises(ValueError, match="algo.max_seq_len must be"):
+        PPOParams(max_seq_len=0)
