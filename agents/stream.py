@@ -278,7 +278,9 @@ class StreamCache:
     of the last `size` token rows (for the readout and the tokens still to come), the target
     attention's keys and values of their embeddings, and the window they were computed from.
 
-    keys, values: per block [B, size, heads, d_head]; position [B, size] long; mask [B, size] bool;
+    Ring buffers, written in place (a step copies nothing it keeps): the token at position p sits in
+    slot p % size. keys, values: per block [B, size + 1, heads, d_head], the extra last slot holding
+    the step's readout's own key and value; position [B, size] long; mask [B, size] bool;
     target_keys, target_values [B, size, d]; window: the CarriedWindow these caches belong to (a row
     continues from the cache only when the caller hands that window back).
     """
@@ -562,15 +564,26 @@ class StreamHistoryEncoder(nn.Module):
         :class:`~agents.encoder.TargetAttention`) its keys and values of the token embeddings too."""
         size = self.cache_len
         position, valid = out.last(out.position, size)
+        slot = torch.where(valid, position % size, torch.arange(size, device=position.device))
+        b = torch.arange(len(slot), device=slot.device)[:, None]
+
+        def ring(x: Tensor, extra: int = 0) -> Tensor:
+            last, _ = out.last(x, size)
+            buffer = last.new_zeros((last.shape[0], size + extra, *last.shape[2:]))
+            buffer[b, slot] = last
+            return buffer
+
         target_keys = target_values = None
         if target is not None:
             with _autocast(out.tokens, self.config.autocast_bf16):
-                target_keys, target_values = (out.last(z, size)[0] for z in target.key_values(out.tokens))
+                target_keys, target_values = (ring(z) for z in target.key_values(out.tokens))
+        mask = torch.zeros_like(valid)
+        mask[b, slot] = valid
         return StreamCache(
-            [out.last(k, size)[0] for k in out.keys],
-            [out.last(v, size)[0] for v in out.values],
-            position,
-            valid,
+            [ring(k, 1) for k in out.keys],
+            [ring(v, 1) for v in out.values],
+            ring(out.position),
+            mask,
             target_keys,
             target_values,
             out.window,
@@ -595,35 +608,36 @@ class StreamHistoryEncoder(nn.Module):
         feature = obs["history_features"][:, -1]
         real = obs["history_mask"][:, -1] > 0.5  # [B]
         window = cache.window
+        size = self.cache_len
         position = window.count  # the new token's
         count = window.count + real.long()
+        rows = real.nonzero()[:, 0]  # rows whose observation brings a token (all, but for empty histories)
+        slot = position[rows] % size
+        write = lambda buffer, value: buffer.index_put_((rows, slot), value[rows].to(buffer.dtype))  # noqa: E731
         x = self.embed_tokens(item[:, None], feature[:, None], real[:, None])  # [B, 1, d]
-        target_keys, target_values = cache.target_keys, cache.target_values
-        if target is not None and target_keys is not None:
+        if target is not None and cache.target_keys is not None:
             new_key, new_value = target.key_values(x)
-            target_keys = self.append(target_keys, new_key[:, 0], real)
-            target_values = self.append(target_values, new_value[:, 0], real)
+            write(cache.target_keys, new_key[:, 0])
+            write(cache.target_values, new_value[:, 0])
         c = self.embed_readout(obs.get("context"), (item.shape[0],))[:, None]
-        cached_position = self.append(cache.position, position, real)
-        cached_mask = self.append(cache.mask, real, real)
-        ago = position[:, None] - cached_position
-        token_keys = (cached_mask & (ago >= 0) & (ago < self.window))[:, None]  # [B, 1, size]
-        since = count[:, None] - cached_position
-        readable = cached_mask & (since > 0) & (since <= self.memory)
+        write(cache.position, position)
+        write(cache.mask, real)
+        ago = position[:, None] - cache.position
+        token_keys = (cache.mask & (ago >= 0) & (ago < self.window))[:, None]  # [B, 1, size]
+        since = count[:, None] - cache.position
+        readable = cache.mask & (since > 0) & (since <= self.memory)
         readout_keys = torch.cat([readable, readable.new_ones(readable.shape[0], 1)], dim=1)[:, None]
-        keys, values = [], []
         blocks = self.stack.blocks
         turn = rotation(torch.stack([position, count], dim=1), self.config.d_model // self.config.n_heads, x.dtype)
         for i, block in enumerate(blocks):
             q, k, v = self._qkv(block, torch.cat([x, c], dim=1), turn)
-            keys.append(self.append(cache.keys[i], k[:, 0], real))
-            values.append(self.append(cache.values[i], v[:, 0], real))
+            keys, values = cache.keys[i], cache.values[i]
+            write(keys, k[:, 0])
+            write(values, v[:, 0])
+            keys[:, size], values[:, size] = k[:, 1], v[:, 1]  # the readout's own key and value
             if i < len(blocks) - 1:
-                x = self._finish(block, x, self._attend(q[:, :1], keys[i], values[i], token_keys))
-            y = self._attend(
-                q[:, 1:], torch.cat([keys[i], k[:, 1:]], dim=1), torch.cat([values[i], v[:, 1:]], dim=1), readout_keys
-            )
-            c = self._finish(block, c, y)
+                x = self._finish(block, x, self._attend(q[:, :1], keys[:, :size], values[:, :size], token_keys))
+            c = self._finish(block, c, self._attend(q[:, 1:], keys, values, readout_keys))
         state = self.final_norm(c[:, 0]).float()
         carried = CarriedWindow(
             self.append(window.items, item, real),
@@ -631,7 +645,9 @@ class StreamHistoryEncoder(nn.Module):
             self.append(window.mask, real, real),
             count,
         )
-        new = StreamCache(keys, values, cached_position, cached_mask, target_keys, target_values, carried)
+        new = StreamCache(
+            cache.keys, cache.values, cache.position, cache.mask, cache.target_keys, cache.target_values, carried
+        )
         return state, new, readable
 
     @staticmethod
