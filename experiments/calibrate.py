@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments import calibration as cal
+from experiments.studies.calibration import fit as cal
 from simulator.realdata import RealDataUnavailable, load_movielens, load_obd
 
 PRESET_FILE = Path(__file__).resolve().parents[1] / "envs" / "movielens.json"

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.runs import changed_dynamics, config_label, read_json, run_status, writable_dir
-from experiments.stats import mean_interval
+from experiments.core.stats import mean_interval
+from experiments.core.training import changed_dynamics, config_label, read_json, run_status, writable_dir
 
 METRICS = (
     "return_mean",

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from agents.registry import get_agent
 from envs.config import PRESETS
-from experiments import offline_eval as oe
-from experiments.runs import SMOKE_MODEL, SMOKE_SCENARIO, writable_dir
+from experiments.core.training import SMOKE_MODEL, SMOKE_SCENARIO, writable_dir
+from experiments.studies.offline import study as oe
 
 SMOKE = dict(seeds=(0, 1), eval_users=24, log_users=16, log_steps=60)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from agents.registry import AGENTS, get_agent
 from envs.config import PRESETS
-from experiments.harness import EVAL_SEED
-from experiments.runs import (
+from experiments.core.harness import EVAL_SEED
+from experiments.core.training import (
     LIFETIME_RUN_DEFAULTS,
     Interrupted,
     RunSettings,

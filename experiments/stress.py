@@ -34,14 +34,14 @@ from typing import Any
 
 from agents.registry import RETRAIN_SUFFIX, get_agent
 from envs.config import PRESETS, has_calendar
-from experiments.runs import (
+from experiments.core.training import (
     LIFETIME_ALGO_DEFAULTS,
     LIFETIME_RUN_DEFAULTS,
     SMOKE_MODEL,
     SMOKE_SCENARIO,
     load_config_sections,
 )
-from experiments.stresstest import (
+from experiments.studies.stress import (
     DEFAULT_AGENTS,
     FAMILIES,
     STRESS_SMOKE,
@@ -50,8 +50,8 @@ from experiments.stresstest import (
     stress,
     write_outputs,
 )
-from experiments.stresstest.report import recovery_markdown, robustness_markdown
-from experiments.stresstest.settings import (
+from experiments.studies.stress.report import recovery_markdown, robustness_markdown
+from experiments.studies.stress.settings import (
     SESSION_REFERENCE,
     SMOKE_LIFETIME_SCENARIO,
     STRESS_SMOKE_LIFETIME,

@@ -24,8 +24,8 @@ import time
 
 from agents.registry import AGENTS
 from envs.config import PRESETS
-from experiments.runs import RunSettings, settings_from_config
-from experiments.sweeps import SCHEDULERS, SweepSettings, load_space, print_table, sweep
+from experiments.core.training import RunSettings, settings_from_config
+from experiments.studies.sweeps.tune import SCHEDULERS, SweepSettings, load_space, print_table, sweep
 
 DEFAULTS = RunSettings()
 

@@ -28,8 +28,8 @@ import pandas as pd
 
 from agents.registry import get_agent
 from envs.config import PRESETS
-from experiments import gates as g
-from experiments.runs import SMOKE_MODEL, SMOKE_SCENARIO, writable_dir
+from experiments.core.training import SMOKE_MODEL, SMOKE_SCENARIO, writable_dir
+from experiments.studies.validity import gates as g
 
 SMOKE = dict(seeds=(0, 1), users=32, steps=512, history_seeds=(0,), magnitudes=(1.0, 2.0))
 

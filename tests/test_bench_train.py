@@ -6,7 +6,7 @@ import json
 import math
 
 from experiments import bench
-from experiments.benchmarks.train import TrainingClock
+from experiments.studies.benchmarks.train import TrainingClock
 
 KEYS = {"agent", "device", "env_steps_per_s", "sample_s", "learn_s", "final_return", "time_to_target_s"}
 

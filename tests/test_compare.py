@@ -10,8 +10,8 @@ from agents.oracles import LookaheadOracle, LookaheadParams, SessionOracle
 from agents.registry import AGENTS, get_agent
 from envs import RecVectorEnv, make_scenario
 from experiments import compare, run
-from experiments.harness import retention
-from experiments.stats import mean_interval
+from experiments.core.harness import retention
+from experiments.core.stats import mean_interval
 
 TINY = {"catalog": {"n_items": 100}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 20}}
 SMALL_ALGO = {

@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments import compare, run, runs
+from experiments import compare, run
+from experiments.core import training as runs
 
 ROOT = Path(__file__).resolve().parents[1]
 SB3_SMOKE = ["--agent", "sb3-ppo", "--smoke", "--checkpoint-every", "1", "--eval-interval", "256"]
@@ -68,7 +69,7 @@ def test_a_scheduler_signal_checkpoints_and_the_resumed_run_loses_nothing(tmp_pa
 
 
 def test_keep_best_ends_with_the_snapshot_best_on_validation_users(tmp_path, capsys):
-    from experiments.harness import EVAL_SEED, VALIDATION_SEED, evaluate
+    from experiments.core.harness import EVAL_SEED, VALIDATION_SEED, evaluate
 
     # Evaluations at 256, 512, ... steps: seven snapshots to choose among, on the validation users.
     assert run.main([*SB3_SMOKE, "--steps", "1792", "--keep-best", "--logdir", str(tmp_path)]) == 0

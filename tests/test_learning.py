@@ -29,7 +29,7 @@ from agents.policy import RandomPolicy
 from agents.rllib_agent import PPOParams, RLlibPPOAgent
 from agents.sb3_agent import SB3PPOAgent, SB3PPOParams
 from envs import make_scenario
-from experiments.harness import EVAL_SEED, evaluate
+from experiments.core.harness import EVAL_SEED, evaluate
 
 # ---------------------------------------------------------------- the whole tiny setup
 SEED = 0  # training seed and the random policy's seed

@@ -17,7 +17,7 @@ import envs
 from agents.item_score import ATTRACTIVENESS, QUALITY, ItemScorePolicy
 from agents.oracles import LifetimeOracle, MyopicOracle, SessionOracle
 from envs import RecEnv, RecVectorEnv, make_scenario
-from experiments.harness import evaluate
+from experiments.core.harness import evaluate
 from simulator import FAMILIES, FAMILY_NAMES, World, WorldConfig, cognitive, lifetime, seasonal, social
 from simulator.drift import DriftParams, GapContext
 from simulator.lifetime import LifetimeParams
@@ -322,7 +322,7 @@ def test_gap_hooks_are_pure_state_updates_on_the_users_away():
 
 # ------------------------------------------------------------ metrics over days
 def test_retention_has_a_known_answer():
-    from experiments.harness import retention
+    from experiments.core.harness import retention
 
     first = np.array([0.0, 0.5, 0.2, 0.9])
     last = np.array([0.1, 8.0, 31.0, 3.0])  # active since first for 0.1, 7.5, 30.8, 2.1 days
@@ -344,7 +344,7 @@ def test_lifetime_evaluations_report_retention_and_per_day_curves():
 
 
 def test_long_evaluations_report_progress_with_the_day(monkeypatch):
-    from experiments import harness
+    from experiments.core import harness
 
     monkeypatch.setattr(harness, "PROGRESS_SECONDS", 0.0)  # a line every step
     said: list[str] = []
@@ -361,7 +361,12 @@ def test_lifetime_runs_default_to_a_15_minute_budget_under_flags_and_config(tmp_
     from dataclasses import asdict
 
     from experiments import run
-    from experiments.runs import LIFETIME_ALGO_DEFAULTS, LIFETIME_BEST_SNAPSHOT, LIFETIME_RUN_DEFAULTS, config_label
+    from experiments.core.training import (
+        LIFETIME_ALGO_DEFAULTS,
+        LIFETIME_BEST_SNAPSHOT,
+        LIFETIME_RUN_DEFAULTS,
+        config_label,
+    )
 
     life = run.settings_from_args(run.parse_args(["--scenario", "lifetime"]))
     session = run.settings_from_args(run.parse_args(["--scenario", "mixed"]))

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from agents.oracles import MyopicOracle
-from experiments import offline_eval as oe
-from experiments.runs import SMOKE_MODEL
+from experiments.core.training import SMOKE_MODEL
+from experiments.studies.offline import study as oe
 
 TINY = {"catalog": {"n_items": 120}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 20}}
 SMALL = dict(

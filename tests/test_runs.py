@@ -9,8 +9,8 @@ import types
 import pytest
 
 from agents.registry import AGENTS, get_agent, parse_variant
-from experiments import runs
-from experiments.runs import RunSettings
+from experiments.core import training as runs
+from experiments.core.training import RunSettings
 
 
 @pytest.mark.parametrize(
@@ -164,7 +164,7 @@ def test_runs_started_in_the_same_second_get_distinct_directories(tmp_path, monk
     # mkdir itself, not by an exists() check another process can pass at the same moment.
     import threading
 
-    from experiments import tracking
+    from experiments.core import tracking
 
     monkeypatch.setattr(tracking.time, "strftime", lambda fmt: "20261203-170425")
     monkeypatch.setattr(tracking.Path, "exists", lambda self: False)  # every racer saw it free

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import stress, stresstest
-from experiments.stresstest import analysis as sa
-from experiments.stresstest.plots import is_png
+from experiments import stress
+from experiments.studies import stress as stresstest
+from experiments.studies.stress import analysis as sa
+from experiments.studies.stress.plots import is_png
 
 TINY = {"catalog": {"n_items": 100}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 20}}
 TINY_ALGO = {"sasrec": {"log_users": 16, "log_steps": 30, "epochs": 1}}
@@ -230,7 +231,7 @@ def test_an_interrupted_stress_test_resumes_from_its_saved_evaluations(tiny_run,
     evaluations are all saved is not even built."""
     import shutil
 
-    from experiments.stresstest import jobs
+    from experiments.studies.stress import jobs
 
     settings, res, done = tiny_run
     out = tmp_path / "again"
@@ -276,7 +277,7 @@ def test_a_trained_agent_is_reused_when_finished_and_resumed_when_interrupted(tm
     test restores a finished run, resumes an interrupted one from its checkpoint, or starts one."""
     import json
 
-    from experiments.stresstest import jobs
+    from experiments.studies.stress import jobs
 
     settings = tiny_settings(agents=("ppo",), seeds=(3,), steps=64, algo={})
     calls = []
@@ -492,7 +493,7 @@ def test_temporal_settings_resolve_defaults_variants_and_regimes():
 def test_temporal_cli_trains_ppo_with_the_lifetime_run_defaults():
     """On a calendar the CLI gives trained agents run.py's lifetime budget and settings (a session
     budget of 250,000 steps would take hours on lives); flags and the config file still win."""
-    from experiments.runs import LIFETIME_ALGO_DEFAULTS, LIFETIME_RUN_DEFAULTS
+    from experiments.core.training import LIFETIME_ALGO_DEFAULTS, LIFETIME_RUN_DEFAULTS
 
     parse = lambda *argv: stress.settings_from_args(stress.parse_args(["--train-scenario", "lifetime", *argv]))  # noqa: E731
     s = parse("--agents", "ppo", "sasrec")

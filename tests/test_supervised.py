@@ -18,7 +18,7 @@ from agents.supervised import (
     serving_versions,
 )
 from envs import RecVectorEnv, make_scenario
-from experiments.harness import evaluate
+from experiments.core.harness import evaluate
 
 TINY = {"catalog": {"n_items": 100}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 30}}
 MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 1}
@@ -508,7 +508,7 @@ def test_bad_cadences_in_days_name_the_field(algo, match):
 
 
 def test_days_are_refused_without_a_calendar_and_past_the_horizon():
-    from experiments.runs import RunSettings
+    from experiments.core.training import RunSettings
 
     with pytest.raises(ValueError, match="algo.retrain_every_days is for lifetime scenarios: 'mixed' has no calendar"):
         RunSettings(agent="sasrec", scenario="mixed", algo={"retrain_every_days": 7})
@@ -537,7 +537,7 @@ def test_results_rows_with_different_columns_line_up(tmp_path):
     """A final row with a policy's serving stats, then a baseline row without them (and back)."""
     import pandas as pd
 
-    from experiments.tracking import RunLogger
+    from experiments.core.tracking import RunLogger
 
     logger = RunLogger(tmp_path)
     logger.evaluation({"return_mean": 1.0}, 0, tensorboard=False, agent="a", phase="train")

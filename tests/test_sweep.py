@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from experiments import run, sweep
-from experiments.runs import RunSettings
-from experiments.sweeps import SweepSettings, sample_configs, sections
+from experiments.core.training import RunSettings
+from experiments.studies.sweeps.tune import SweepSettings, sample_configs, sections
 
 SPACE = """\
 algo.lr: {loguniform: [1.0e-4, 1.0e-3]}

@@ -13,9 +13,11 @@ from agents.item_score import QUALITY, FeatureModelPolicy, ItemScoreParams, Item
 from agents.oracles import CommunityOracle, SessionOracle, StaleStateOracle
 from agents.registry import get_agent
 from envs import RecVectorEnv
-from experiments import gates, runs, validity
-from experiments.harness import evaluate
-from experiments.runs import RunSettings
+from experiments import validity
+from experiments.core import training as runs
+from experiments.core.harness import evaluate
+from experiments.core.training import RunSettings
+from experiments.studies.validity import gates
 from simulator import response
 from simulator.response import ResponseParams
 

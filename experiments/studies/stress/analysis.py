@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.harness import concentration
-from experiments.stats import mean_interval
-from experiments.stresstest.settings import NO_DRIFT, StressSettings
+from experiments.core.harness import concentration
+from experiments.core.stats import mean_interval
+from experiments.studies.stress.settings import NO_DRIFT, StressSettings
 
 MIN_ACTIVE_SHARE = 0.1  # per-step curves stop where fewer than this share of users are still in session
 # Recovery in days (temporal mode): the pre-shock level over a week (a whole weekly season), a

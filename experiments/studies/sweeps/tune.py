@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 
 from envs.config import load_overrides
-from experiments.runs import (
+from experiments.core.training import (
     CONFIG_SECTIONS,
     RunSettings,
     TrainingObserver,

@@ -45,7 +45,7 @@ import pandas as pd
 
 from envs.config import make_scenario
 from envs.core import RecommenderCore
-from experiments.harness import concentration, shares
+from experiments.core.harness import concentration, shares
 from simulator.params import check_int, merge_overrides
 from simulator.realdata import MovieLens, load_movielens, load_obd
 

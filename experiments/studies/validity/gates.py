@@ -46,9 +46,9 @@ from agents.oracles import (
 from agents.policy import RandomPolicy
 from agents.registry import get_agent
 from envs.config import PRESETS, ScenarioConfig, has_calendar, make_scenario
-from experiments.harness import EVAL_SEED, evaluate
-from experiments.runs import RunSettings, load_run, restore_policy, run_one, run_status, scenario_differences
-from experiments.stats import mean_interval
+from experiments.core.harness import EVAL_SEED, evaluate
+from experiments.core.stats import mean_interval
+from experiments.core.training import RunSettings, load_run, restore_policy, run_one, run_status, scenario_differences
 from simulator.families import FAMILY_NAMES
 from simulator.params import check_int, merge_overrides
 

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 
 from agents.registry import parse_variant, retrain_days
-from experiments.stresstest import analysis as sa
-from experiments.stresstest import plots
-from experiments.stresstest.analysis import StressResult, analyse
-from experiments.stresstest.settings import StressSettings
-from experiments.tracking import RunLogger
+from experiments.core.tracking import RunLogger
+from experiments.studies.stress import analysis as sa
+from experiments.studies.stress import plots
+from experiments.studies.stress.analysis import StressResult, analyse
+from experiments.studies.stress.settings import StressSettings
 
 
 def _cell(row: Any, metric: str, digits: int = 3) -> str:

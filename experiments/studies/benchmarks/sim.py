@@ -88,7 +88,7 @@ def measure(path: str, config: str, n_users: int, seconds: float, seed: int = 0)
 def peak_memory(path: str, config: str, n_users: int) -> dict:
     """Peak resident memory of a fresh process that builds `n_users` users and steps them 5 times."""
     code = (
-        f"from experiments.benchmarks.sim import measure, _peak_rss_mb; "
+        f"from experiments.studies.benchmarks.sim import measure, _peak_rss_mb; "
         f"measure({path!r}, {config!r}, {n_users}, 0.0); print(_peak_rss_mb())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

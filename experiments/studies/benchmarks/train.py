@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from experiments.runs import (
+from experiments.core.training import (
     RunSettings,
     TrainingObserver,
     cuda_available,

@@ -37,8 +37,8 @@ from agents.encoder import EncoderConfig
 from agents.policy import RandomPolicy
 from agents.registry import AGENTS, AgentSpec, get_agent
 from envs.config import PRESETS, ScenarioConfig, has_calendar, load_overrides, make_scenario
-from experiments.harness import EVAL_SEED, VALIDATION_SEED, evaluate
-from experiments.tracking import EVAL_TAGS, RunLogger, new_run_dir
+from experiments.core.harness import EVAL_SEED, VALIDATION_SEED, evaluate
+from experiments.core.tracking import EVAL_TAGS, RunLogger, new_run_dir
 from simulator.params import merge_overrides
 
 CONFIG_SECTIONS = ("scenario", "model", "algo")

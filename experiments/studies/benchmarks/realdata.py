@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from agents.nextitem import NextItemParams
-from experiments import realseq
+from experiments.studies.benchmarks import realseq
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from agents.nextitem import NextItemParams, score_all, train_next_item
-from experiments.ranking import accuracy_metrics
+from experiments.core.ranking import accuracy_metrics
 from simulator.realdata import LeaveOneOut, leave_one_out, load_movielens, sequences
 
 CUTOFF = 10
-RUNNER = Path(__file__).resolve().parent / "benchmarks" / "recbole_runner.py"
+RUNNER = Path(__file__).resolve().with_name("recbole_runner.py")
 RECBOLE_VENV = Path(os.environ.get("DRIFTREC_RECBOLE_VENV", "/tmp/driftrec-recbole-venv"))
 # What the RecBole venv needs beside the system site packages (recbole's own dependencies but ray,
 # which stays at the project's 2.60: recbole imports only ray.tune at module level).

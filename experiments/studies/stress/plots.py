@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.stresstest.analysis import MIN_ACTIVE_SHARE, NO_DRIFT
+from experiments.studies.stress.analysis import MIN_ACTIVE_SHARE, NO_DRIFT
 
 
 def _pyplot():

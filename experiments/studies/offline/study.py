@@ -44,12 +44,12 @@ from agents.offline import LoggedSteps, export_minari, logged_steps
 from agents.registry import get_agent
 from envs.config import PRESETS, ScenarioConfig, make_scenario
 from envs.vector import RecVectorEnv
-from experiments import ope
-from experiments import ranking as rk
-from experiments.gates import frame_markdown
-from experiments.harness import EVAL_SEED, evaluate
-from experiments.runs import load_run, restore_policy
-from experiments.stats import mean_interval
+from experiments.core import ranking as rk
+from experiments.core.harness import EVAL_SEED, evaluate
+from experiments.core.stats import mean_interval
+from experiments.core.training import load_run, restore_policy
+from experiments.studies.offline import ope
+from experiments.studies.validity.gates import frame_markdown
 from simulator.params import check_int, check_range, merge_overrides
 from simulator.world import World
 

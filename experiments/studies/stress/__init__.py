@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.runs import read_json, writable_dir
-from experiments.stresstest.analysis import StressResult
-from experiments.stresstest.jobs import run_job, run_jobs
-from experiments.stresstest.report import load_outputs, write_outputs
-from experiments.stresstest.settings import DEFAULT_AGENTS, FAMILIES, NO_DRIFT, STRESS_SMOKE, StressSettings
+from experiments.core.training import read_json, writable_dir
+from experiments.studies.stress.analysis import StressResult
+from experiments.studies.stress.jobs import run_job, run_jobs
+from experiments.studies.stress.report import load_outputs, write_outputs
+from experiments.studies.stress.settings import DEFAULT_AGENTS, FAMILIES, NO_DRIFT, STRESS_SMOKE, StressSettings
 
 
 def stress(

@@ -26,8 +26,8 @@ from typing import Any
 import pandas as pd
 
 from agents.registry import RETRAIN_SUFFIX, get_agent, retrain_days
-from experiments.harness import EVAL_SEED, evaluate
-from experiments.runs import (
+from experiments.core.harness import EVAL_SEED, evaluate
+from experiments.core.training import (
     STATUS_FILE,
     RunSettings,
     load_run,
@@ -38,7 +38,7 @@ from experiments.runs import (
     run_one,
     run_status,
 )
-from experiments.stresstest.settings import StressSettings, base_agent, same_regime
+from experiments.studies.stress.settings import StressSettings, base_agent, same_regime
 
 
 def plan_jobs(settings: StressSettings) -> list[dict[str, Any]]:
