@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from experiments.core.rundirs import read_json, run_status, writable_dir
+from experiments.core.settings import changed_dynamics, config_label
 from experiments.core.stats import mean_interval
-from experiments.core.training import changed_dynamics, config_label, read_json, run_status, writable_dir
 
 METRICS = (
     "return_mean",

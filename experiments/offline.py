@@ -23,7 +23,8 @@ from pathlib import Path
 
 from agents.registry import get_agent
 from envs.config import PRESETS
-from experiments.core.training import SMOKE_MODEL, SMOKE_SCENARIO, writable_dir
+from experiments.core.rundirs import writable_dir
+from experiments.core.settings import SMOKE_MODEL, SMOKE_SCENARIO
 from experiments.studies.offline import study as oe
 
 SMOKE = dict(seeds=(0, 1), eval_users=24, log_users=16, log_steps=60)

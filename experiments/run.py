@@ -20,16 +20,12 @@ from pathlib import Path
 
 from agents.registry import AGENTS, get_agent
 from envs.config import PRESETS
+from experiments.core.checkpoints import Interrupted
+from experiments.core.fanout import run_seeds
 from experiments.core.harness import EVAL_SEED
-from experiments.core.training import (
-    LIFETIME_RUN_DEFAULTS,
-    Interrupted,
-    RunSettings,
-    load_run,
-    run_one,
-    run_seeds,
-    settings_from_config,
-)
+from experiments.core.restore import load_run
+from experiments.core.settings import LIFETIME_RUN_DEFAULTS, RunSettings, settings_from_config
+from experiments.core.training import run_one
 
 DEFAULTS = RunSettings()
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from agents.registry import RETRAIN_SUFFIX, get_agent
 from envs.config import PRESETS, has_calendar
-from experiments.core.training import (
+from experiments.core.settings import (
     LIFETIME_ALGO_DEFAULTS,
     LIFETIME_RUN_DEFAULTS,
     SMOKE_MODEL,

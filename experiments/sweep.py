@@ -24,7 +24,7 @@ import time
 
 from agents.registry import AGENTS
 from envs.config import PRESETS
-from experiments.core.training import RunSettings, settings_from_config
+from experiments.core.settings import RunSettings, settings_from_config
 from experiments.studies.sweeps.tune import SCHEDULERS, SweepSettings, load_space, print_table, sweep
 
 DEFAULTS = RunSettings()

@@ -28,7 +28,8 @@ import pandas as pd
 
 from agents.registry import get_agent
 from envs.config import PRESETS
-from experiments.core.training import SMOKE_MODEL, SMOKE_SCENARIO, writable_dir
+from experiments.core.rundirs import writable_dir
+from experiments.core.settings import SMOKE_MODEL, SMOKE_SCENARIO
 from experiments.studies.validity import gates as g
 
 SMOKE = dict(seeds=(0, 1), users=32, steps=512, history_seeds=(0,), magnitudes=(1.0, 2.0))

@@ -19,7 +19,11 @@ import pandas as pd
 import pytest
 
 from experiments import compare, run
-from experiments.core import training as runs
+from experiments.core.checkpoints import save_checkpoint
+from experiments.core.restore import load_run, restore_policy
+from experiments.core.rundirs import run_status, write_status
+from experiments.core.settings import config_label
+from experiments.core.training import build_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 SB3_SMOKE = ["--agent", "sb3-ppo", "--smoke", "--checkpoint-every", "1", "--eval-interval", "256"]
@@ -56,7 +60,7 @@ def test_a_scheduler_signal_checkpoints_and_the_resumed_run_loses_nothing(tmp_pa
     assert proc.returncode == 128 + sig, err
     assert f"{signal.Signals(sig).name}: checkpoint saved; continue with --resume" in err
     run_dir = _only_run(tmp_path)
-    assert runs.run_status(run_dir) == "interrupted"
+    assert run_status(run_dir) == "interrupted"
     saved = json.loads((run_dir / "checkpoint" / "state.json").read_text())["env_steps"]
     logged = _train_rows(run_dir).env_steps.max()
     assert saved >= logged  # the stop checkpointed after the last logged evaluation: nothing lost
@@ -64,7 +68,7 @@ def test_a_scheduler_signal_checkpoints_and_the_resumed_run_loses_nothing(tmp_pa
     assert run.main(["--resume", str(run_dir), "--steps", str(saved + 1024)]) == 0
     steps = _train_rows(run_dir).env_steps.to_numpy()
     assert (steps[1:] > steps[:-1]).all(), steps  # no duplicated or rolled-back rows
-    assert runs.run_status(run_dir) == "finished"
+    assert run_status(run_dir) == "finished"
     assert (pd.read_csv(run_dir / "results.csv").phase == "final").sum() == 1
 
 
@@ -84,10 +88,10 @@ def test_keep_best_ends_with_the_snapshot_best_on_validation_users(tmp_path, cap
     assert final.env_steps == best.env_steps  # the final evaluation is of the best snapshot, not the last
     assert f"at {int(best.env_steps):,} env steps" in capsys.readouterr().err
     # Never pooled with runs that end on their last snapshot.
-    assert runs.config_label(json.loads((run_dir / "run.json").read_text())) != ""
+    assert config_label(json.loads((run_dir / "run.json").read_text())) != ""
     # The snapshot scores what was logged on the validation users, and the final figure on the final ones.
-    settings = runs.load_run(run_dir)
-    agent = runs.build_agent(settings, "cpu")
+    settings = load_run(run_dir)
+    agent = build_agent(settings, "cpu")
     try:
         agent.restore(run_dir / "best")
         config = settings.scenario_config()
@@ -125,15 +129,15 @@ def test_a_checkpoint_torn_mid_write_leaves_the_previous_one_loadable(tmp_path, 
         (Path(path) / "half.bin").write_bytes(b"\0" * 10)
         raise KeyboardInterrupt
 
-    settings = runs.load_run(run_dir)
-    agent = runs.build_agent(settings, "cpu")
+    settings = load_run(run_dir)
+    agent = build_agent(settings, "cpu")
     monkeypatch.setattr(SB3PPOAgent, "save", dies_mid_write)
     with pytest.raises(KeyboardInterrupt):
-        runs.save_checkpoint(agent, ckpt, {"iteration": 99, "next_eval": 0})
+        save_checkpoint(agent, ckpt, {"iteration": 99, "next_eval": 0})
     agent.close()
     assert (ckpt / "state.json").read_text() == before  # untouched
     monkeypatch.undo()
-    _, policy = runs.restore_policy(run_dir)  # and it still loads
+    _, policy = restore_policy(run_dir)  # and it still loads
     assert policy is not None
     assert run.main(["--resume", str(run_dir), "--steps", "1536"]) == 0  # the torn copy is cleared
     assert not (run_dir / "checkpoint.tmp").exists()
@@ -193,7 +197,7 @@ def _fake_run(root: Path, agent: str, seed: int, ret: float, stamp: str, status:
     (run_dir / "run.json").write_text(json.dumps(dict(agent=agent, scenario="mixed", seed=seed, **settings)))
     row = dict(agent=agent, scenario="mixed", seed=seed, phase="final", env_steps=0, return_mean=ret)
     pd.DataFrame([row]).to_csv(run_dir / "results.csv", index=False)
-    runs.write_status(run_dir, status)
+    write_status(run_dir, status)
     return run_dir
 
 

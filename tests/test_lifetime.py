@@ -361,7 +361,7 @@ def test_lifetime_runs_default_to_a_15_minute_budget_under_flags_and_config(tmp_
     from dataclasses import asdict
 
     from experiments import run
-    from experiments.core.training import (
+    from experiments.core.settings import (
         LIFETIME_ALGO_DEFAULTS,
         LIFETIME_BEST_SNAPSHOT,
         LIFETIME_RUN_DEFAULTS,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from agents.oracles import MyopicOracle
-from experiments.core.training import SMOKE_MODEL
+from experiments.core.settings import SMOKE_MODEL
 from experiments.studies.offline import study as oe
 
 TINY = {"catalog": {"n_items": 120}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 20}}

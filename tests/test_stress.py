@@ -493,7 +493,7 @@ def test_temporal_settings_resolve_defaults_variants_and_regimes():
 def test_temporal_cli_trains_ppo_with_the_lifetime_run_defaults():
     """On a calendar the CLI gives trained agents run.py's lifetime budget and settings (a session
     budget of 250,000 steps would take hours on lives); flags and the config file still win."""
-    from experiments.core.training import LIFETIME_ALGO_DEFAULTS, LIFETIME_RUN_DEFAULTS
+    from experiments.core.settings import LIFETIME_ALGO_DEFAULTS, LIFETIME_RUN_DEFAULTS
 
     parse = lambda *argv: stress.settings_from_args(stress.parse_args(["--train-scenario", "lifetime", *argv]))  # noqa: E731
     s = parse("--agents", "ppo", "sasrec")

@@ -508,7 +508,7 @@ def test_bad_cadences_in_days_name_the_field(algo, match):
 
 
 def test_days_are_refused_without_a_calendar_and_past_the_horizon():
-    from experiments.core.training import RunSettings
+    from experiments.core.settings import RunSettings
 
     with pytest.raises(ValueError, match="algo.retrain_every_days is for lifetime scenarios: 'mixed' has no calendar"):
         RunSettings(agent="sasrec", scenario="mixed", algo={"retrain_every_days": 7})

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from experiments import run, sweep
-from experiments.core.training import RunSettings
+from experiments.core.settings import RunSettings
 from experiments.studies.sweeps.tune import SweepSettings, sample_configs, sections
 
 SPACE = """\

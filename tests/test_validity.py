@@ -16,7 +16,7 @@ from envs import RecVectorEnv
 from experiments import validity
 from experiments.core import training as runs
 from experiments.core.harness import evaluate
-from experiments.core.training import RunSettings
+from experiments.core.settings import RunSettings
 from experiments.studies.validity import gates
 from simulator import response
 from simulator.response import ResponseParams

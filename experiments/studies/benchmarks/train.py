@@ -31,15 +31,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from experiments.core.training import (
-    RunSettings,
-    TrainingObserver,
-    cuda_available,
-    load_config_sections,
-    resolve_device,
-    run_one,
-    with_smoke_sizes,
-)
+from experiments.core.devices import cuda_available, resolve_device
+from experiments.core.settings import RunSettings, load_config_sections, with_smoke_sizes
+from experiments.core.training import TrainingObserver, run_one
 
 AGENTS = ("ppo", "sb3-ppo")
 

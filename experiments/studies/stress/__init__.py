@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.core.training import read_json, writable_dir
+from experiments.core.rundirs import read_json, writable_dir
 from experiments.studies.stress.analysis import StressResult
 from experiments.studies.stress.jobs import run_job, run_jobs
 from experiments.studies.stress.report import load_outputs, write_outputs

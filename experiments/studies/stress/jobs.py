@@ -26,18 +26,13 @@ from typing import Any
 import pandas as pd
 
 from agents.registry import RETRAIN_SUFFIX, get_agent, retrain_days
+from experiments.core.devices import resolve_device
+from experiments.core.fanout import ray_device, ray_tasks
 from experiments.core.harness import EVAL_SEED, evaluate
-from experiments.core.training import (
-    STATUS_FILE,
-    RunSettings,
-    load_run,
-    ray_device,
-    ray_tasks,
-    resolve_device,
-    restore_policy,
-    run_one,
-    run_status,
-)
+from experiments.core.restore import load_run, restore_policy
+from experiments.core.rundirs import STATUS_FILE, run_status
+from experiments.core.settings import RunSettings
+from experiments.core.training import run_one
 from experiments.studies.stress.settings import StressSettings, base_agent, same_regime
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from agents.registry import RETRAIN_SUFFIX, days_variant, get_agent, parse_variant, retrain_days, variant_base
 from envs.config import PRESETS, ScenarioConfig, make_scenario
-from experiments.core.training import DEVICES
+from experiments.core.devices import DEVICES
 from simulator.families import FAMILY_NAMES
 from simulator.params import check_int, check_range, merge_overrides
 

@@ -33,14 +33,10 @@ from typing import Any
 import pandas as pd
 
 from envs.config import load_overrides
-from experiments.core.training import (
-    CONFIG_SECTIONS,
-    RunSettings,
-    TrainingObserver,
-    ray_device,
-    run_one,
-    writable_dir,
-)
+from experiments.core.fanout import ray_device
+from experiments.core.rundirs import writable_dir
+from experiments.core.settings import CONFIG_SECTIONS, RunSettings
+from experiments.core.training import TrainingObserver, run_one
 from simulator.params import check_int, merge_overrides
 
 SCHEDULERS = ("asha", "fifo")

@@ -47,8 +47,11 @@ from agents.policy import RandomPolicy
 from agents.registry import get_agent
 from envs.config import PRESETS, ScenarioConfig, has_calendar, make_scenario
 from experiments.core.harness import EVAL_SEED, evaluate
+from experiments.core.restore import load_run, restore_policy
+from experiments.core.rundirs import run_status
+from experiments.core.settings import RunSettings, scenario_differences
 from experiments.core.stats import mean_interval
-from experiments.core.training import RunSettings, load_run, restore_policy, run_one, run_status, scenario_differences
+from experiments.core.training import run_one
 from simulator.families import FAMILY_NAMES
 from simulator.params import check_int, merge_overrides
 
