@@ -32,10 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agents.registry import RETRAIN_SUFFIX, get_agent
+from agents.registry import AGENTS, RETRAIN_SUFFIX, get_agent
 from envs.config import PRESETS, has_calendar
 from experiments.core.settings import (
-    LIFETIME_ALGO_DEFAULTS,
     LIFETIME_RUN_DEFAULTS,
     SMOKE_MODEL,
     SMOKE_SCENARIO,
@@ -156,7 +155,9 @@ def settings_from_args(args: argparse.Namespace) -> StressSettings:
     stressed = {base_agent(a) for a in agents} | {reference}
     if temporal and not args.smoke:  # trained agents get run.py's lifetime budget and settings
         kw["steps"] = LIFETIME_RUN_DEFAULTS["steps"]
-        algo = {name: dict(LIFETIME_ALGO_DEFAULTS[name]) for name in stressed if name in LIFETIME_ALGO_DEFAULTS}
+        algo = {
+            name: dict(AGENTS[name].lifetime.algo) for name in stressed if name in AGENTS and AGENTS[name].lifetime.algo
+        }
     if args.smoke:  # toy sizes first: flags and the config file override them
         kw.update(STRESS_SMOKE, scenario_overrides=SMOKE_SCENARIO, model=SMOKE_MODEL)
         if temporal:

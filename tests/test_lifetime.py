@@ -360,13 +360,9 @@ def test_long_evaluations_report_progress_with_the_day(monkeypatch):
 def test_lifetime_runs_default_to_a_15_minute_budget_under_flags_and_config(tmp_path):
     from dataclasses import asdict
 
+    from agents.registry import get_agent
     from experiments import run
-    from experiments.core.settings import (
-        LIFETIME_ALGO_DEFAULTS,
-        LIFETIME_BEST_SNAPSHOT,
-        LIFETIME_RUN_DEFAULTS,
-        config_label,
-    )
+    from experiments.core.settings import LIFETIME_RUN_DEFAULTS, config_label
 
     life = run.settings_from_args(run.parse_args(["--scenario", "lifetime"]))
     session = run.settings_from_args(run.parse_args(["--scenario", "mixed"]))
@@ -374,10 +370,10 @@ def test_lifetime_runs_default_to_a_15_minute_budget_under_flags_and_config(tmp_
         LIFETIME_RUN_DEFAULTS[k] for k in ("steps", "final_eval_users", "eval_users")
     )
     # PPO learns its critic first and keeps its best snapshot on validation users, evaluated 6 times.
-    best = LIFETIME_BEST_SNAPSHOT["ppo"]
+    ppo = get_agent("ppo").lifetime  # the registry entry holds PPO's lifetime defaults
     assert life.keep_best and life.eval_seed != run.EVAL_SEED
-    assert life.interval == life.steps // best["evaluations"] == 8_192
-    assert dict(life.algo) == {**LIFETIME_ALGO_DEFAULTS["ppo"], **best["algo"]}
+    assert life.interval == life.steps // ppo.keep_best_evaluations == 8_192
+    assert dict(life.algo) == {**ppo.algo, **ppo.keep_best_algo}
     assert life.params.critic_warmup_steps == 16_384
     plain = run.settings_from_args(run.parse_args(["--scenario", "lifetime", "--no-keep-best"]))
     assert not plain.keep_best and plain.eval_seed == run.EVAL_SEED and plain.interval == plain.steps // 2
@@ -392,7 +388,7 @@ def test_lifetime_runs_default_to_a_15_minute_budget_under_flags_and_config(tmp_
     smoke = run.settings_from_args(run.parse_args(["--scenario", "lifetime", "--smoke"]))
     assert smoke.steps == 512 and smoke.interval == 51
     assert not smoke.keep_best and smoke.params.critic_warmup_steps == 0  # toy runs are shorter than the warm-up
-    assert smoke.algo["log_users"] < LIFETIME_ALGO_DEFAULTS["ppo"]["log_users"]
+    assert smoke.algo["log_users"] < ppo.algo["log_users"]
     # Agents without lifetime algo defaults get the run sizes only.
     sasrec = run.settings_from_args(run.parse_args(["--agent", "sasrec", "--scenario", "lifetime"]))
     assert dict(sasrec.algo) == {} and not sasrec.keep_best and sasrec.interval == sasrec.steps // 2

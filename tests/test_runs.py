@@ -66,6 +66,11 @@ def test_every_agent_describes_itself_consistently():
     for name, spec in AGENTS.items():
         assert spec.name == name and spec.description
         spec.make_params(spec.smoke)  # its smoke sizes are valid settings
+        life = spec.lifetime  # and so are its lifetime defaults; only a training run has a best snapshot
+        spec.make_params({**life.algo, **life.keep_best_algo})
+        assert life.keep_best_evaluations >= 0 and (
+            spec.trains or not (life.keep_best_evaluations or life.keep_best_algo)
+        )
         if spec.params is None:
             assert spec.make_params() is None and not spec.smoke
     assert {n for n, s in AGENTS.items() if s.trains} == {"ppo", "sb3-ppo"}

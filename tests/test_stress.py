@@ -493,11 +493,12 @@ def test_temporal_settings_resolve_defaults_variants_and_regimes():
 def test_temporal_cli_trains_ppo_with_the_lifetime_run_defaults():
     """On a calendar the CLI gives trained agents run.py's lifetime budget and settings (a session
     budget of 250,000 steps would take hours on lives); flags and the config file still win."""
-    from experiments.core.settings import LIFETIME_ALGO_DEFAULTS, LIFETIME_RUN_DEFAULTS
+    from agents.registry import get_agent
+    from experiments.core.settings import LIFETIME_RUN_DEFAULTS
 
     parse = lambda *argv: stress.settings_from_args(stress.parse_args(["--train-scenario", "lifetime", *argv]))  # noqa: E731
     s = parse("--agents", "ppo", "sasrec")
-    assert s.steps == LIFETIME_RUN_DEFAULTS["steps"] and s.algo["ppo"] == LIFETIME_ALGO_DEFAULTS["ppo"]
+    assert s.steps == LIFETIME_RUN_DEFAULTS["steps"] and s.algo["ppo"] == get_agent("ppo").lifetime.algo
     assert parse("--agents", "ppo", "--steps", "4096").steps == 4096
     assert "ppo" not in parse("--agents", "sasrec").algo  # not stressed, so no settings for it
     assert stress.settings_from_args(stress.parse_args(["--agents", "ppo"])).steps == 250_000  # sessions

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.encoder import EncoderConfig
-from agents.registry import AGENTS, AgentSpec, get_agent
+from agents.registry import AGENTS, AgentSpec, LifetimeDefaults, get_agent
 from envs.config import PRESETS, ScenarioConfig, has_calendar, load_overrides, make_scenario
 from experiments.core.devices import DEVICES
 from experiments.core.harness import EVAL_SEED, VALIDATION_SEED
@@ -33,18 +33,11 @@ SMOKE_SIZES = dict(steps=512, eval_users=16, final_eval_users=32, eval_interval=
 # 128 interactions), sized so that `run.py --agent ppo --scenario lifetime` finishes in 15 minutes on
 # 2 CPU cores (README): fewer training steps, two small evaluations during training, 128 final users
 # (every agent on a lifetime scenario is evaluated on the same 128 users by default: a neural policy
-# decides a few hundred times a second on 2 cores, and a life is about a thousand decisions), and a
-# PPO warm start on fewer logs. Flags, the config file and --smoke sizes override them.
+# decides a few hundred times a second on 2 cores, and a life is about a thousand decisions). Each
+# agent adds its own (AgentSpec.lifetime: PPO's warm start on fewer logs, its best snapshot). Flags,
+# the config file and --smoke sizes override them.
 LIFETIME_RUN_DEFAULTS = dict(steps=49_152, eval_users=32, final_eval_users=128)
-LIFETIME_EVALUATIONS = 2  # during training: eval_interval = steps / 2 unless given
-LIFETIME_ALGO_DEFAULTS = {"ppo": dict(pretrain_epochs=1, log_users=64)}
-# run.py's (and sweep.py's) lifetime PPO on top of that budget. PPO on lifetimes is unstable: the
-# snapshot a run stops at decides its figure (docs/lifetime). So by default only its critic learns
-# for the first steps (the warm-started policy does not move on a fresh critic's advantages), and
-# the run ends with its best snapshot on validation users, evaluated `evaluations` times over the
-# steps (--no-keep-best: the last snapshot, LIFETIME_EVALUATIONS evaluations). stress.py's temporal
-# test trains the budget alone, as its report (docs/stress/lifetime) measured.
-LIFETIME_BEST_SNAPSHOT = {"ppo": dict(evaluations=6, algo=dict(critic_warmup_steps=16_384))}
+LIFETIME_EVALUATIONS = 2  # during training: eval_interval = steps / 2 unless given (or the agent keeps its best)
 # EncoderConfig fields read from the env (the rest are the `model:` section's).
 _ENV_SIZED = ("n_items", "history_len", "item_feature_dim", "history_feature_dim", "context_dim")
 
@@ -238,13 +231,13 @@ def settings_from_config(
     given = {k: v for k, v in fields.items() if v is not None}
     run_defaults, algo_defaults, evaluations = {}, {}, LIFETIME_EVALUATIONS
     if scenario in PRESETS and has_calendar(scenario, sections.get("scenario", {})):
-        run_defaults, algo_defaults = LIFETIME_RUN_DEFAULTS, LIFETIME_ALGO_DEFAULTS.get(agent, {})
-        best = LIFETIME_BEST_SNAPSHOT.get(agent) if not smoke else None  # a warm-up longer than toy runs
-        if best:
+        life = get_agent(agent).lifetime if agent in AGENTS else LifetimeDefaults()
+        run_defaults, algo_defaults = LIFETIME_RUN_DEFAULTS, dict(life.algo)
+        if life.keep_best_evaluations and not smoke:  # a warm-up longer than toy runs
             run_defaults = {**run_defaults, "keep_best": True}
-            algo_defaults = {**algo_defaults, **best["algo"]}
+            algo_defaults = {**algo_defaults, **life.keep_best_algo}
             if given.get("keep_best", True):  # --no-keep-best: the plain budget's evaluations
-                evaluations = best["evaluations"]
+                evaluations = life.keep_best_evaluations
         if smoke and agent in AGENTS:  # the toy sizes win over the lifetime defaults
             algo_defaults = {**algo_defaults, **get_agent(agent).smoke}
     settings = RunSettings(
