@@ -1,4 +1,5 @@
-"""Shared tiny-config fixtures for the simulator, drift, env and oracle tests.
+"""Shared tiny-config fixtures for the simulator, drift, env and oracle tests, and `cli` to run an entry
+point in-process.
 
 Fixtures here are session-scoped factories (pure functions), so hypothesis tests
 may use them without the function-scoped-fixture health check firing.
@@ -7,7 +8,9 @@ may use them without the function-scoped-fixture health check firing.
 from __future__ import annotations
 
 import copy
+import runpy
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +19,7 @@ import pytest
 from envs import make_scenario
 from simulator import World
 
+ROOT = Path(__file__).resolve().parents[1]
 # Small enough that every test runs in milliseconds.
 TINY: dict[str, Any] = {
     "catalog": {"n_items": 100},
@@ -78,3 +82,14 @@ def random_slates():
         return np.argsort(keys, axis=1)[:, :k].astype(np.int64)
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """cli(name, argv) -> what experiments/<name>.py's main(argv) returns (an exit status; bench.py: its
+    records, None on an error). The entry point runs in-process with runpy: nothing imports a CLI."""
+
+    def _run(name: str, argv: list[str]) -> Any:
+        return runpy.run_path(str(ROOT / "experiments" / f"{name}.py"))["main"](argv)
+
+    return _run

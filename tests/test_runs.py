@@ -144,7 +144,7 @@ def _recorded_run(tmp_path, record):
 
 
 def test_a_run_of_a_preset_as_it_was_before_a_change_is_never_read_as_todays(tmp_path):
-    from experiments import compare
+    from experiments.studies.comparison import analysis
 
     record = RunSettings(agent="ppo", scenario="mixed").to_dict()
     assert record["scenario_config"]["world"]["users"]["n_communities"] == 4  # what mixed resolves to today
@@ -155,7 +155,7 @@ def test_a_run_of_a_preset_as_it_was_before_a_change_is_never_read_as_todays(tmp
     old = _recorded_run(tmp_path / "then", record)
     with pytest.raises(ValueError, match=r"trained on 'mixed' as it was then.*\(in world.users\)"):
         load_run(old)
-    assert compare._config(old) == "earlier dynamics"  # a separate row in every comparison, never pooled
+    assert analysis._config(old) == "earlier dynamics"  # a separate row in every comparison, never pooled
     # A field added to the config since the run was recorded had its default then (a new mechanism
     # comes in off): not a change; the same field recorded at another value is one.
     record["scenario_config"]["world"]["users"]["n_communities"] = 4

@@ -519,15 +519,14 @@ def test_days_are_refused_without_a_calendar_and_past_the_horizon():
     assert RunSettings(agent="sasrec", scenario="lifetime", algo={"retrain_every_days": 7}).name == "sasrec-retrain-7d"
 
 
-def test_run_py_refuses_bad_days_in_one_line_before_any_work(tmp_path, capsys):
-    from experiments import run
+def test_run_py_refuses_bad_days_in_one_line_before_any_work(cli, tmp_path, capsys):
 
     for argv, match in (
         (["--agent", "sasrec", "--scenario", "mixed", "--retrain-every-days", "7"], "has no calendar"),
         (["--agent", "sasrec", "--scenario", "lifetime", "--retrain-every-days", "-1"], "algo.retrain_every_days"),
         (["--agent", "bandit", "--scenario", "lifetime", "--retrain-every-days", "7"], "applies to --agent sasrec"),
     ):
-        assert run.main([*argv, "--smoke", "--logdir", str(tmp_path)]) == 2
+        assert cli("run", [*argv, "--smoke", "--logdir", str(tmp_path)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0], err
     assert not list(tmp_path.rglob("run.json"))  # nothing was started

@@ -13,9 +13,8 @@ from agents.item_score import QUALITY, FeatureModelPolicy, ItemScoreParams, Item
 from agents.oracles import CommunityOracle, SessionOracle, StaleStateOracle
 from agents.registry import get_agent
 from envs import RecVectorEnv
-from experiments import validity
-from experiments.core import training as runs
 from experiments.core.harness import evaluate
+from experiments.core.rundirs import write_status
 from experiments.core.settings import RunSettings
 from experiments.studies.validity import gates
 from simulator import response
@@ -142,9 +141,10 @@ def test_item_score_is_a_named_baseline_that_reads_item_features_only(tiny_cfgs)
     np.testing.assert_array_equal(policy.act(obs), policy.act(blanked))  # nothing but the item features
 
 
-def test_validity_report_end_to_end_at_smoke_sizes(tmp_path, capsys):
+def test_validity_report_end_to_end_at_smoke_sizes(cli, tmp_path, capsys):
     out = tmp_path / "report"
-    code = validity.main(
+    code = cli(
+        "validity",
         [
             "--smoke",
             "--presets",
@@ -158,7 +158,7 @@ def test_validity_report_end_to_end_at_smoke_sizes(tmp_path, capsys):
             "0",
             "--out",
             str(out),
-        ]
+        ],
     )
     assert code in (0, 1)  # 1: a gate fails at toy sizes, which the report must say, not hide
     gates_table = pd.read_csv(out / "gates.csv")
@@ -192,16 +192,16 @@ def test_validity_refuses_a_history_run_that_has_not_finished(tmp_path):
     (run_dir / "checkpoint").mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps(RunSettings(agent="ppo", scenario="mixed").to_dict()))
     (run_dir / "checkpoint" / "state.json").write_text(json.dumps({"env_steps": 4096}))
-    runs.write_status(run_dir, "running")  # still training: its checkpoint is a half-trained policy
+    write_status(run_dir, "running")  # still training: its checkpoint is a half-trained policy
     with pytest.raises(ValueError, match=f"--history-runs {run_dir} is running, not finished"):
         gates.ValiditySettings(history_runs=(str(run_dir),))
     with pytest.raises(ValueError, match="no run directory"):
         gates.ValiditySettings(history_runs=(str(tmp_path / "missing"),))
 
 
-def test_validity_report_covers_lifetimes_with_their_own_reference(tmp_path):
+def test_validity_report_covers_lifetimes_with_their_own_reference(cli, tmp_path):
     out = tmp_path / "report"
-    code = validity.main(["--smoke", "--presets", "mixed", "lifetime", "--history-agents", "--out", str(out)])
+    code = cli("validity", ["--smoke", "--presets", "mixed", "lifetime", "--history-agents", "--out", str(out)])
     assert code in (0, 1)
     table = pd.read_csv(out / "gates.csv")
     lifetime = table[table["where"] == "lifetime"]
@@ -215,13 +215,13 @@ def test_validity_report_covers_lifetimes_with_their_own_reference(tmp_path):
     assert {"sessions_mean", "churn_rate"} <= set(policies.columns)
 
 
-def test_validity_update_replaces_the_remeasured_presets_and_keeps_the_rest(tmp_path):
+def test_validity_update_replaces_the_remeasured_presets_and_keeps_the_rest(cli, tmp_path):
     out = tmp_path / "report"
     base = ["--smoke", "--history-agents", "--presets"]
-    assert validity.main([*base, "stationary", "shock", "--out", str(out)]) in (0, 1)
+    assert cli("validity", [*base, "stationary", "shock", "--out", str(out)]) in (0, 1)
     before = pd.read_csv(out / "policies.csv")
     # Re-measure one preset: its rows are replaced (reproduced: same seeds), the other preset's are kept.
-    assert validity.main([*base, "shock", "--update", str(out)]) in (0, 1)
+    assert cli("validity", [*base, "shock", "--update", str(out)]) in (0, 1)
     after = pd.read_csv(out / "policies.csv")
     assert len(after) == len(before)
     pd.testing.assert_frame_equal(
@@ -237,12 +237,12 @@ def test_validity_update_replaces_the_remeasured_presets_and_keeps_the_rest(tmp_
     assert "--update" in (out / "report.md").read_text()
 
 
-def test_two_updates_of_one_report_running_side_by_side_keep_each_others_rows(tmp_path, monkeypatch):
+def test_two_updates_of_one_report_running_side_by_side_keep_each_others_rows(cli, tmp_path, monkeypatch):
     """An update that finishes while another is measuring: the later one merges into the report as
     it is when it finishes, not as it was when it started."""
     out = tmp_path / "report"
     base = ["--smoke", "--history-agents", "--presets"]
-    assert validity.main([*base, "stationary", "shock", "--out", str(out)]) in (0, 1)
+    assert cli("validity", [*base, "stationary", "shock", "--out", str(out)]) in (0, 1)
     measure_drift = gates.measure_drift
 
     def drift_while_another_update_lands(settings):
@@ -252,19 +252,19 @@ def test_two_updates_of_one_report_running_side_by_side_keep_each_others_rows(tm
         return measure_drift(settings)
 
     monkeypatch.setattr(gates, "measure_drift", drift_while_another_update_lands)
-    assert validity.main([*base, "shock", "--update", str(out)]) in (0, 1)
+    assert cli("validity", [*base, "shock", "--update", str(out)]) in (0, 1)
     after = pd.read_csv(out / "policies.csv")
     assert (after[after.preset == "stationary"].return_mean == 123.0).all()
     assert (after[after.preset == "shock"].return_mean != 123.0).all()
 
 
-def test_validity_update_refuses_a_foreign_directory_before_any_work(tmp_path, capsys):
-    assert validity.main(["--smoke", "--presets", "shock", "--update", str(tmp_path)]) == 2
+def test_validity_update_refuses_a_foreign_directory_before_any_work(cli, tmp_path, capsys):
+    assert cli("validity", ["--smoke", "--presets", "shock", "--update", str(tmp_path)]) == 2
     assert "no policies.csv there" in capsys.readouterr().err
     (tmp_path / "policies.csv").write_text("preset,seed,policy,return_mean\nshock,7,random,1.0\n")
     (tmp_path / "drift.csv").write_text("")
     (tmp_path / "history.csv").write_text("")
-    assert validity.main(["--smoke", "--presets", "shock", "--update", str(tmp_path)]) == 2
+    assert cli("validity", ["--smoke", "--presets", "shock", "--update", str(tmp_path)]) == 2
     assert "measured on seeds [7]" in capsys.readouterr().err
 
 
@@ -274,7 +274,7 @@ def test_validity_refuses_a_history_run_trained_on_other_dynamics(tmp_path):
     (run_dir / "checkpoint").mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps(settings.to_dict()))
     (run_dir / "checkpoint" / "state.json").write_text(json.dumps({"env_steps": 4096}))
-    runs.write_status(run_dir, "finished")
+    write_status(run_dir, "finished")
     with pytest.raises(
         ValueError, match=r"trained on another 'mixed' than this report measures \(differs in: world.users\)"
     ):

@@ -35,15 +35,18 @@ preset, in `envs/movielens.json`; `python experiments/calibrate.py --update-pres
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from envs.config import make_scenario
+from envs.config import MOVIELENS_FILE, make_scenario
 from envs.core import RecommenderCore
 from experiments.core.harness import concentration, shares
 from simulator.params import check_int, merge_overrides
@@ -590,9 +593,6 @@ def write_report(
     command: str,
 ) -> None:
     """report.md, statistics.csv, genres.csv, slots.csv, fit_trail.csv, fitted.json and genres.png in `out`."""
-    import json
-    from pathlib import Path
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     scalars.to_csv(out / "statistics.csv", index=False)
@@ -694,3 +694,21 @@ def write_report(
         plt.close(fig)
     except ImportError:  # matplotlib is a dependency; a missing backend only costs the plot
         pass
+
+
+def calibrate(
+    settings: CalibrationSettings, out: str | Path | None, command: str, update_preset: bool = False
+) -> tuple[pd.DataFrame, Path, Path | None]:
+    """Fit the preset to the real data, compare it with them and write the report into `out` (default
+    runs/calibration/<time>); with `update_preset`, rewrite envs/movielens.json with the fit. Missing
+    real-data packages raise RealDataUnavailable before any work. Returns (the compared statistics,
+    report.md, the preset file written or None)."""
+    ml, obd = load_movielens(), load_obd("random")
+    out = Path(out) if out else Path("runs") / "calibration" / time.strftime("%Y%m%d-%H%M%S")
+    result = fit(ml, obd, settings, progress=lambda line: print(line, flush=True))
+    scalars, genres, slots = compare(result["overrides"], ml, obd, settings, result["real"])
+    write_report(out, result, scalars, genres, slots, settings, command)
+    if not update_preset:
+        return scalars, out / "report.md", None
+    MOVIELENS_FILE.write_text(json.dumps(preset_document(result["overrides"], command), indent=2) + "\n")
+    return scalars, out / "report.md", MOVIELENS_FILE
