@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.encoder import EncoderConfig, HistoryEncoder, RecommenderEncoder
-from agents.supervised import KINDS, GRUHistoryEncoder
+from agents.sequence_models import KINDS, GRUHistoryEncoder
 from simulator.params import check_int, check_range
 
 

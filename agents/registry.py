@@ -140,7 +140,7 @@ AGENTS: dict[str, AgentSpec] = {
             "agents.sb3_agent:SB3PPOParams",
             trains=True,
             uses_device=True,
-            smoke={"num_envs": 16, "n_steps": 16, "batch_size": 128, "n_epochs": 1},
+            smoke={"num_envs": 16, "n_steps": 16, "batch_size": 128, "n_epochs": 1, **_SMOKE_LOGS},
         ),
         AgentSpec("random", "uniformly random candidates", f"{_F}:build_random"),
         AgentSpec(

@@ -20,7 +20,7 @@ def test_train_benchmark_prints_one_json_record_per_agent(cli, capsys):
         assert r["env_steps"] >= 512 and r["env_steps_per_s"] > 0
         assert r["sample_s"] > 0 and r["learn_s"] > 0 and math.isfinite(r["final_return"])
         assert r["time_to_target_s"] is not None and r["time_to_target_s"] <= r["train_wall_s"]  # target 0: reached
-    assert records[0]["pretrain_s"] > 0 and records[1]["pretrain_s"] == 0  # only PPO warm-starts its encoder
+    assert records[0]["pretrain_s"] > 0 and records[1]["pretrain_s"] == 0  # sb3-ppo warm-starts only when asked
 
 
 def test_a_target_never_reached_is_said_so_not_timed():

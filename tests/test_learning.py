@@ -21,6 +21,8 @@ chance and reach 0.52.)
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -121,8 +123,7 @@ def test_sb3_ppo_beats_random(random_returns):
 
 
 def test_rllib_ppo_warm_starts_its_encoder_from_sasrec_on_logs(ray_session, monkeypatch):
-    from agents.factory import logged_data
-    from agents.supervised import SupervisedParams, SupervisedRecommender
+    from agents.warm_start import pretrain_encoder
 
     logs = {"log_users": 16, "log_steps": 40}
     params = PPOParams(**{**RLLIB_ALGO, "pretrain_epochs": 1, **logs})
@@ -130,13 +131,10 @@ def test_rllib_ppo_warm_starts_its_encoder_from_sasrec_on_logs(ray_session, monk
     try:
         before = {k: v.clone() for k, v in agent.policy().model.encoder.state_dict().items()}
         agent.pretrain()
-        rec = SupervisedRecommender.for_scenario(
-            "sasrec", SCENARIO, SupervisedParams(epochs=1, **logs), model=MODEL, seed=SEED
-        )
-        rec.fit(logged_data(SCENARIO, rec.params, SEED, None))
-        # The policy that samples (the env runners') now holds sasrec's encoder, weight for weight.
+        # The policy that samples (the env runners') now holds sasrec's encoder fitted on those logs
+        # (test_supervised: the same weights as the sasrec agent's), weight for weight.
         after = agent.policy().model.encoder.state_dict()
-        for key, value in rec.net.encoder.state_dict().items():
+        for key, value in pretrain_encoder(SCENARIO, params, MODEL, SEED).items():
             torch.testing.assert_close(after[key], value, rtol=0, atol=0, msg=key)
         assert any(not torch.equal(before[k], after[k]) for k in before)
     finally:
@@ -267,3 +265,39 @@ def test_rllib_ppo_restored_into_a_live_agent_serves_the_snapshot(ray_session, t
         assert all(torch.equal(snapshot[k], served[k]) for k in snapshot) and agent.env_steps == steps
     finally:
         agent.close()
+
+
+@pytest.mark.parametrize("pretrain_epochs", [1, 0])
+def test_sb3_ppo_warm_starts_its_encoder_like_rllib_ppo(pretrain_epochs):
+    """Treatment (pretrain_epochs 1) against control (0), same seed: the warm-started encoder holds the
+    pretrained weights when its first PPO update starts, the control's its own initial ones."""
+    from agents.warm_start import pretrain_encoder
+
+    logs = {"log_users": 16, "log_steps": 40}
+    params = SB3PPOParams(**{**SB3_ALGO, "pretrain_epochs": pretrain_epochs, **logs})
+    pretrained = pretrain_encoder(SCENARIO, dataclasses.replace(params, pretrain_epochs=1), MODEL, SEED)
+    agent = SB3PPOAgent(SCENARIO, params, seed=SEED, device="cpu", model=MODEL)
+    encoder = agent.model.policy.net.encoder
+    initial = {k: v.clone() for k, v in encoder.state_dict().items()}
+    seen = {}
+    update = agent.model.train  # SB3's PPO update, after the rollout
+
+    def first_update_sees_the_weights() -> None:
+        if not seen:  # the weights as the first update starts
+            seen.update({k: v.clone() for k, v in encoder.state_dict().items()})
+        update()
+
+    agent.model.train = first_update_sees_the_weights
+    try:
+        assert bool(agent.warm_start_pending) == bool(pretrain_epochs)
+        metrics = agent.train_iteration()
+        agent.train_iteration()  # a second iteration does not warm-start again
+    finally:
+        agent.close()
+    same = all(torch.equal(seen[k], v) for k, v in pretrained.items())
+    if pretrain_epochs:
+        assert same and metrics["pretrain_s"] > 0 and not agent.warm_start_pending
+        assert any(not torch.equal(initial[k], v) for k, v in pretrained.items())
+    else:
+        assert not same and np.isnan(metrics["pretrain_s"])
+        assert all(torch.equal(seen[k], v) for k, v in initial.items())

@@ -1,4 +1,5 @@
-"""Supervised baselines (agents.supervised): examples from logs, training, serving, retraining."""
+"""Supervised baselines (agents.supervised, agents.training_examples, agents.sequence_models,
+agents.deployment): examples from logs, training, serving, retraining, dated deployment."""
 
 from __future__ import annotations
 
@@ -6,17 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from agents.deployment import serving_versions
 from agents.logs import EpsilonPopularity, collect_logs, log_columns
 from agents.policy import Policy, RandomPolicy
-from agents.supervised import (
-    SupervisedParams,
-    SupervisedRecommender,
-    _Chain,
-    _Examples,
-    _ReplayBuffer,
-    examples_from_logs,
-    serving_versions,
-)
+from agents.supervised import SupervisedParams, SupervisedRecommender
+from agents.training_examples import ExampleChain, Examples, ReplayBuffer, examples_from_logs
 from envs import RecVectorEnv, make_scenario
 from experiments.core.harness import evaluate
 
@@ -230,7 +225,7 @@ def test_retraining_refits_during_evaluation(logs, slate_size):
 
 
 def _adam_steps(rec) -> int:
-    return max(int(state["step"]) for state in rec.optimizer.state.values())
+    return max(int(state["step"]) for state in rec.learner.optimizer.state.values())
 
 
 def test_a_refit_is_refit_batches_minibatches_or_a_whole_epoch(logs):
@@ -331,14 +326,14 @@ class TrainingSpy:
 
     def __init__(self, rec: SupervisedRecommender) -> None:
         self.latest: list[float] = []
-        train_on = rec._train_on
+        train_on = rec.learner.train_on
 
         def spy(data, batches):
             rows = np.unique(np.concatenate(batches))
             self.latest.append(float(data.rows(rows)["context"][:, 2].max()) * rec.horizon_days)
             return train_on(data, batches)
 
-        rec._train_on = spy
+        rec.learner.train_on = spy
 
 
 def test_logs_of_the_first_days_stop_at_that_day():
@@ -373,7 +368,7 @@ class Deployment:
     def act(self, obs):
         actions = self.rec.act(obs)
         self.day_now = self.env.world.state.day.copy()  # the truth, not the recommender's clocks
-        self.served_cutoff = self.rec._serving[1].copy()
+        self.served_cutoff = self.rec.deployment.serving[1].copy()
         return actions
 
     def observe(self, obs, actions, rewards, info) -> None:
@@ -386,10 +381,10 @@ class Deployment:
             self.newest.append(fitted[np.searchsorted(fitted, day, side="right") - 1])
         self.rec.observe(obs, actions, rewards, info)
         self.step += 1
-        kept, live = [v.cutoff for v in self.rec._kept], self.rec._live
+        kept, live = [v.cutoff for v in self.rec.deployment.kept], self.rec.deployment.live
         assert kept[-1] == self.rec.versions[-1]["cutoff"]  # the newest is always kept
         if live.any() and len(kept) > 1:  # the oldest kept is still needed by the slowest live user
-            assert kept[1] > self.rec._clock[live].min()
+            assert kept[1] > self.rec.deployment.clock[live].min()
         self.pruned |= len(kept) < len(self.rec.versions)
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -549,11 +544,11 @@ def test_results_rows_with_different_columns_line_up(tmp_path):
     assert rows.churn_rate.tolist()[2] == 0.5 and rows.churn_rate.isna().sum() == 2
 
 
-def _served_chunk(first_step: int, n: int, k: int, history: int = 3) -> _Examples:
+def _served_chunk(first_step: int, n: int, k: int, history: int = 3) -> Examples:
     """n user-steps of k impressions each, every field numbered by its global step (and slot)."""
     steps = np.arange(first_step, first_step + n)
     rows = (steps[:, None] * 10 + np.arange(k)).ravel()
-    return _Examples(
+    return Examples(
         history_items=np.repeat(steps[:, None], history, axis=1).astype(np.int32),
         history_features=np.repeat(steps[:, None, None], 5, axis=2).repeat(history, axis=1).astype(np.float32),
         history_mask=np.ones((n, history), np.float32),
@@ -572,7 +567,7 @@ def test_replay_buffer_holds_the_newest_steps_in_order_and_chains_with_the_logs(
     """The ring buffer keeps exactly the newest `capacity` served steps, oldest first, whatever the
     chunk sizes (one larger than the capacity among them), and a chain of logs + buffer reads the
     same rows as their concatenation would."""
-    buffer = _ReplayBuffer(capacity=7)
+    buffer = ReplayBuffer(capacity=7)
     assert len(buffer) == 0 and np.isnan(buffer.max_day())
     sizes, first = [2, 4, 3, 9, 1, 5], 0
     for n in sizes:
@@ -585,7 +580,7 @@ def test_replay_buffer_holds_the_newest_steps_in_order_and_chains_with_the_logs(
         np.testing.assert_array_equal(got["history_items"][:, 0], np.repeat(held, k))
         assert buffer.max_day() == pytest.approx(held[-1] / 10.0)
     logs = _served_chunk(100, 4, k)
-    chain = _Chain([logs, buffer])
+    chain = ExampleChain([logs, buffer])
     assert len(chain) == len(logs) + len(buffer) and chain.n_steps == 4 + 7
     rows = np.random.default_rng(0).permutation(len(chain))
     whole = {
@@ -593,3 +588,23 @@ def test_replay_buffer_holds_the_newest_steps_in_order_and_chains_with_the_logs(
     }
     for key, value in chain.rows(rows).items():
         np.testing.assert_array_equal(value, whole[key][rows])
+
+
+def test_the_ppo_warm_start_is_the_encoder_of_sasrec_fitted_on_the_same_logs():
+    """agents.warm_start.pretrain_encoder (both PPO agents' warm start) fits no recommender, yet gives the
+    encoder weights of the sasrec agent fitted on the same logs with the same seed, weight for weight."""
+    from agents.factory import logged_data
+    from agents.warm_start import WarmStartParams, pretrain_encoder
+
+    params = WarmStartParams(log_users=16, log_steps=40, pretrain_epochs=1)
+    state = pretrain_encoder(config(), params, MODEL, seed=2)
+    rec = SupervisedRecommender.for_scenario(
+        "sasrec", config(), SupervisedParams(epochs=1, log_users=16, log_steps=40), model=MODEL, seed=2
+    )
+    rec.fit(logged_data(config(), rec.params, 2, None))
+    for key, value in rec.net.encoder.state_dict().items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
+    other = pretrain_encoder(config(), params, MODEL, seed=3)  # control: another seed, other weights
+    assert any(not torch.equal(other[k], v) for k, v in state.items())
+    with pytest.raises(ValueError, match="algo.pretrain_epochs"):
+        WarmStartParams(pretrain_epochs=-1)
