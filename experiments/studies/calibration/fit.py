@@ -49,6 +49,7 @@ import pandas as pd
 from envs.config import MOVIELENS_FILE, make_scenario
 from envs.core import RecommenderCore
 from experiments.core.harness import concentration, shares
+from experiments.core.tables import markdown_table
 from simulator.params import check_int, merge_overrides
 from simulator.realdata import MovieLens, load_movielens, load_obd
 
@@ -577,10 +578,7 @@ def _fmt(x: Any) -> str:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
+    return markdown_table(frame.columns, ([_fmt(v) for v in row] for row in frame.itertuples(index=False)))
 
 
 def write_report(

@@ -21,6 +21,7 @@ import pandas as pd
 from experiments.core.rundirs import read_json, run_status, writable_dir
 from experiments.core.settings import changed_dynamics, config_label
 from experiments.core.stats import mean_interval
+from experiments.core.tables import markdown_table
 
 METRICS = (
     "return_mean",
@@ -127,10 +128,8 @@ def markdown(summary: pd.DataFrame, metrics=METRICS) -> str:
         }
         seeds = {r.agent: r.seeds for r in g[g.metric == "return_mean"].itertuples()}
         out.append(f"### {scenario}\n")
-        out.append("| agent | seeds | " + " | ".join(shown) + " |")
-        out.append("|---|---|" + "---|" * len(shown))
-        for a in agents:
-            out.append(f"| {a} | {seeds[a]} | " + " | ".join(cell.get((a, m), "") for m in shown) + " |")
+        rows = [[a, seeds[a], *(cell.get((a, m), "") for m in shown)] for a in agents]
+        out.append(markdown_table(["agent", "seeds", *shown], rows))
         out.append("")
     out.append(
         "Mean over seeds [95% t interval]; return in minutes watched per episode "

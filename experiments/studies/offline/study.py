@@ -48,8 +48,8 @@ from experiments.core import ranking as rk
 from experiments.core.harness import EVAL_SEED, evaluate
 from experiments.core.restore import load_run, restore_policy
 from experiments.core.stats import mean_interval
+from experiments.core.tables import frame_markdown
 from experiments.studies.offline import ope
-from experiments.studies.validity.gates import frame_markdown
 from simulator.params import check_int, check_range, merge_overrides
 from simulator.world import World
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from agents.registry import parse_variant, retrain_days
+from experiments.core.tables import markdown_table
 from experiments.core.tracking import RunLogger
 from experiments.studies.stress import analysis as sa
 from experiments.studies.stress import plots
@@ -33,15 +34,11 @@ def robustness_markdown(table: pd.DataFrame, metric: str) -> str:
     out = []
     for family, g in table.groupby("family", sort=False):
         mags = sorted(g.magnitude.unique())
-        out += [
-            f"**{family}**\n",
-            "| agent | " + " | ".join(f"m={m:g}" for m in mags) + " |",
-            "|---|" + "---|" * len(mags),
-        ]
+        rows = []
         for agent, a in g.groupby("agent", sort=False):
             by = {r.magnitude: r for r in a.itertuples()}
-            out.append(f"| {agent} | " + " | ".join(_cell(by[m], metric) if m in by else "" for m in mags) + " |")
-        out.append("")
+            rows.append([agent, *(_cell(by[m], metric) if m in by else "" for m in mags)])
+        out += [f"**{family}**\n", markdown_table(["agent", *(f"m={m:g}" for m in mags)], rows), ""]
     return "\n".join(out)
 
 
@@ -77,18 +74,12 @@ def recovery_markdown(summary: pd.DataFrame) -> str:
     dated = "recovery_days" in summary
     cols = DATED_RECOVERY_COLUMNS if dated else RECOVERY_COLUMNS
     extra = ["cadence"] if dated else []
-    out = [
-        "| agent | "
-        + "".join(f"{e} | " for e in extra)
-        + "seeds | "
-        + " | ".join(c[1] for c in cols)
-        + " | not recovered |",
-        "|---|" + "---|" * (len(extra) + 1) + "---|" * len(cols) + "---|",
+    header = ["agent", *extra, "seeds", *(c[1] for c in cols), "not recovered"]
+    rows = [
+        [r.agent, *(cadence(r.agent) for _ in extra), r.seeds, *(_cell(r, c) for c, _ in cols), r.not_recovered]
+        for r in summary.itertuples()
     ]
-    for r in summary.itertuples():
-        lead = f"| {r.agent} | " + "".join(f"{cadence(r.agent)} | " for _ in extra)
-        out.append(lead + f"{r.seeds} | " + " | ".join(_cell(r, c) for c, _ in cols) + f" | {r.not_recovered} |")
-    return "\n".join(out)
+    return markdown_table(header, rows)
 
 
 def weekly_markdown(weekly: pd.DataFrame) -> str:
@@ -101,16 +92,11 @@ def weekly_markdown(weekly: pd.DataFrame) -> str:
         weeks = sorted(g.week.unique())
         spans = {w: g[g.week == w] for w in weeks}
         heads = [f"days {7 * w}-{int(spans[w].days_to.max())}" for w in weeks]
-        out += [
-            f"**{family} x{mag:g}**\n",
-            "| agent | cadence | " + " | ".join(heads) + " |",
-            "|---|---|" + "---|" * len(weeks),
-        ]
+        rows = []
         for agent, a in g.groupby("agent", sort=False):
             by = {r.week: r for r in a.itertuples()}
-            cells = [_cell(by[w], "relative") if w in by else "" for w in weeks]
-            out.append(f"| {agent} | {cadence(agent)} | " + " | ".join(cells) + " |")
-        out.append("")
+            rows.append([agent, cadence(agent), *(_cell(by[w], "relative") if w in by else "" for w in weeks)])
+        out += [f"**{family} x{mag:g}**\n", markdown_table(["agent", "cadence", *heads], rows), ""]
     return "\n".join(out)
 
 
@@ -257,14 +243,15 @@ def write_report(
             f"largest magnitude ({score:.1%}). Per family (relative return at the largest magnitude; "
             f"slope per unit of magnitude; whether it falls at every step of the sweep):"
         )
-        lines += ["", "| family | " + " | ".join(agents) + " | degrades least |", "|---|" + "---|" * (len(agents) + 1)]
+        rows = []
         for family, g in deg.groupby("family", sort=False):
             by = {r.agent: r for r in g.itertuples()}
             cells = [
                 f"{by[a].relative_at_max:.3f} ({by[a].slope:+.3f}{', falls' if by[a].monotone_decrease else ''})"
                 for a in agents
             ]
-            lines.append(f"| {family} | " + " | ".join(cells) + f" | {sa.least_degraded(g)[0]} |")
+            rows.append([family, *cells, sa.least_degraded(g)[0]])
+        lines += ["", markdown_table(["family", *agents, "degrades least"], rows)]
         falls = deg.groupby("family", sort=False).monotone_decrease.all()
         lines += [
             "",

@@ -36,6 +36,7 @@ from envs.config import load_overrides
 from experiments.core.fanout import ray_device
 from experiments.core.rundirs import writable_dir
 from experiments.core.settings import CONFIG_SECTIONS, RunSettings
+from experiments.core.tables import markdown_table
 from experiments.core.training import TrainingObserver, run_one
 from simulator.params import check_int, merge_overrides
 
@@ -313,7 +314,7 @@ def sweep(settings: SweepSettings, out: str | Path) -> tuple[pd.DataFrame, Path]
     grid = tuner.fit()
     table = results_table(grid, list(settings.space))
     table.to_csv(out / "results.csv", index=False)
-    (out / "results.md").write_text(markdown_table(table) + "\n")
+    (out / "results.md").write_text(results_markdown(table) + "\n")
     best_path = write_best(settings, table, out / "best.yaml")
     return table, best_path
 
@@ -343,15 +344,15 @@ def results_table(grid: Any, fields: list[str]) -> pd.DataFrame:
     return table.drop(columns="_done").reset_index(drop=True)
 
 
-def markdown_table(table: pd.DataFrame) -> str:
+def results_markdown(table: pd.DataFrame) -> str:
+    """results.md: the results table with floats in 4 significant digits, missing values empty."""
+
     def cell(v: Any) -> str:
         if isinstance(v, float):
             return "" if math.isnan(v) else f"{v:.4g}"
         return "" if v is None else str(v)
 
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
+    return markdown_table(table.columns, ([cell(v) for v in row] for row in table.itertuples(index=False)))
 
 
 def write_best(settings: SweepSettings, table: pd.DataFrame, path: Path) -> Path:

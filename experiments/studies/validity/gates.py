@@ -51,6 +51,7 @@ from experiments.core.restore import load_run, restore_policy
 from experiments.core.rundirs import run_status
 from experiments.core.settings import RunSettings, scenario_differences
 from experiments.core.stats import mean_interval
+from experiments.core.tables import markdown_table
 from experiments.core.training import run_one
 from simulator.families import FAMILY_NAMES
 from simulator.params import check_int, merge_overrides
@@ -388,9 +389,8 @@ def evaluate_gates(policies: pd.DataFrame, drift: pd.DataFrame, history: pd.Data
 
 
 def gates_markdown(gates: list[Gate]) -> str:
-    lines = ["| gate | where | result | figures |", "|---|---|---|---|"]
-    lines += [f"| {g.name} | {g.where} | {'PASS' if g.passed else '**FAIL**'} | {g.figures} |" for g in gates]
-    return "\n".join(lines)
+    rows = [(g.name, g.where, "PASS" if g.passed else "**FAIL**", g.figures) for g in gates]
+    return markdown_table(("gate", "where", "result", "figures"), rows)
 
 
 def policies_markdown(summary: pd.DataFrame) -> str:
@@ -402,22 +402,4 @@ def policies_markdown(summary: pd.DataFrame) -> str:
         else f"{r.return_mean:.1f}"
         for r in summary.itertuples()
     }
-    lines = ["| policy | " + " | ".join(presets) + " |", "|---|" + "---|" * len(presets)]
-    lines += [f"| {p} | " + " | ".join(cell.get((s, p), "") for s in presets) + " |" for p in policies]
-    return "\n".join(lines)
-
-
-def frame_markdown(frame: pd.DataFrame, fmt: str = ".3f") -> str:
-    """A markdown table of a DataFrame with a named index (its rows) and columns."""
-    names = [str(n) for n in (frame.index.names if frame.index.nlevels > 1 else [frame.index.name or ""])]
-    lines = [
-        "| " + " | ".join(names + [str(c) for c in frame.columns]) + " |",
-        "|" + "---|" * (len(names) + len(frame.columns)),
-    ]
-    for key, row in frame.iterrows():
-        keys = key if isinstance(key, tuple) else (key,)
-        cells = [
-            f"{v:{fmt}}" if isinstance(v, float) and np.isfinite(v) else ("" if pd.isna(v) else str(v)) for v in row
-        ]
-        lines.append("| " + " | ".join(map(str, keys)) + " | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(["policy", *presets], [[p, *(cell.get((s, p), "") for s in presets)] for p in policies])

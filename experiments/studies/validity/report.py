@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.core.rundirs import writable_dir
+from experiments.core.tables import frame_markdown
 from experiments.studies.validity import gates as g
 
 TABLES = ("policies", "drift", "history")
@@ -109,10 +110,10 @@ def write_report(
     ]
     if len(tables["drift"]):
         d = tables["drift"].groupby(["preset", "magnitude"], sort=False).ratio.mean().unstack()
-        lines += ["## Drift: stale-state over true-state oracle", "", g.frame_markdown(d, ".3f"), ""]
+        lines += ["## Drift: stale-state over true-state oracle", "", frame_markdown(d, ".3f"), ""]
     if len(tables["history"]):
         h = tables["history"].groupby(["preset", "agent", "history_len"], sort=False).return_mean.mean().unstack()
-        lines += ["## History ablation (mean return)", "", g.frame_markdown(h, ".1f"), ""]
+        lines += ["## History ablation (mean return)", "", frame_markdown(h, ".1f"), ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
