@@ -93,3 +93,12 @@ def cli():
         return runpy.run_path(str(ROOT / "experiments" / f"{name}.py"))["main"](argv)
 
     return _run
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The real-data tests skip without the data packages (README: Real data): say so in the summary,
+    with the reason (the install command), rather than as a lone `s` in the dots."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "test_realdata" in r.nodeid]
+    if skipped:
+        reason = skipped[0].longrepr[-1] if isinstance(skipped[0].longrepr, tuple) else ""
+        terminalreporter.write_line(f"{len(skipped)} real-data tests skipped: {reason}", yellow=True)
