@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import copy
 import runpy
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from envs import make_scenario
 from simulator import World
 
 ROOT = Path(__file__).resolve().parents[1]
+# The tests' models are tiny: torch's intra-op threads only add synchronisation to every op (on two
+# cores shared with other work, a smoke training run took 60 s with two threads and 5 s with one).
+torch.set_num_threads(1)
 # Small enough that every test runs in milliseconds.
 TINY: dict[str, Any] = {
     "catalog": {"n_items": 100},
@@ -93,6 +98,23 @@ def cli():
         return runpy.run_path(str(ROOT / "experiments" / f"{name}.py"))["main"](argv)
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def ppo_smoke_run(tmp_path_factory, cli) -> Path:
+    """A finished `run.py --agent ppo --smoke` run directory (RLlib PPO, checkpointed), trained once for
+    the tests that read, resume or break one: each works on its own copy (`copy_run`)."""
+    logdir = tmp_path_factory.mktemp("ppo-smoke")
+    assert cli("run", ["--agent", "ppo", "--smoke", "--logdir", str(logdir)]) == 0
+    (run_dir,) = [p for p in logdir.glob("*/*/*") if p.is_dir()]
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def copy_run():
+    """copy_run(run_dir, into) -> a copy of the run directory in `into`, as <scenario>/<agent>/<run>
+    (run.py's layout under a --logdir)."""
+    return lambda run_dir, into: Path(shutil.copytree(run_dir, Path(into) / Path(*Path(run_dir).parts[-3:])))
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -33,6 +33,15 @@ def _only_run(logdir: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def sb3_run(tmp_path_factory, cli) -> Path:
+    """An SB3 PPO smoke run of 1,024 steps, checkpointed and evaluated every 256, trained once for the
+    tests that resume, tear or corrupt one: each works on its own copy (copy_run)."""
+    logdir = tmp_path_factory.mktemp("sb3")
+    assert cli("run", [*SB3_SMOKE, "--steps", "1024", "--logdir", str(logdir)]) == 0
+    return _only_run(logdir)
+
+
 def _train_rows(run_dir: Path) -> pd.DataFrame:
     rows = pd.read_csv(run_dir / "results.csv")
     return rows[rows.phase == "train"]
@@ -42,7 +51,8 @@ def _train_rows(run_dir: Path) -> pd.DataFrame:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_a_scheduler_signal_checkpoints_and_the_resumed_run_loses_nothing(cli, tmp_path, sig):
     argv = [sys.executable, "experiments/run.py", *SB3_SMOKE, "--steps", "200000", "--logdir", str(tmp_path)]
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one torch thread, as in this process (conftest)
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:  # wait for a checkpoint and a few evaluations
@@ -64,7 +74,7 @@ def test_a_scheduler_signal_checkpoints_and_the_resumed_run_loses_nothing(cli, t
     logged = _train_rows(run_dir).env_steps.max()
     assert saved >= logged  # the stop checkpointed after the last logged evaluation: nothing lost
 
-    assert cli("run", ["--resume", str(run_dir), "--steps", str(saved + 1024)]) == 0
+    assert cli("run", ["--resume", str(run_dir), "--steps", str(saved + 256)]) == 0  # one more iteration
     steps = _train_rows(run_dir).env_steps.to_numpy()
     assert (steps[1:] > steps[:-1]).all(), steps  # no duplicated or rolled-back rows
     assert run_status(run_dir) == "finished"
@@ -102,9 +112,8 @@ def test_keep_best_ends_with_the_snapshot_best_on_validation_users(cli, tmp_path
         agent.close()
 
 
-def test_resume_truncates_what_was_logged_after_the_checkpoint(cli, tmp_path):
-    assert cli("run", [*SB3_SMOKE, "--steps", "2048", "--logdir", str(tmp_path)]) == 0
-    run_dir = _only_run(tmp_path)
+def test_resume_truncates_what_was_logged_after_the_checkpoint(cli, sb3_run, copy_run, tmp_path):
+    run_dir = copy_run(sb3_run, tmp_path)
     state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
     rows = pd.read_csv(run_dir / "results.csv")
     # As after a kill -9 between an evaluation and the next checkpoint: rows past the checkpoint.
@@ -115,11 +124,10 @@ def test_resume_truncates_what_was_logged_after_the_checkpoint(cli, tmp_path):
     assert state["env_steps"] + 999 not in steps and (steps[1:] > steps[:-1]).all()
 
 
-def test_a_checkpoint_torn_mid_write_leaves_the_previous_one_loadable(cli, tmp_path, monkeypatch):
+def test_a_checkpoint_torn_mid_write_leaves_the_previous_one_loadable(cli, sb3_run, copy_run, tmp_path, monkeypatch):
     from agents.sb3_agent import SB3PPOAgent
 
-    assert cli("run", [*SB3_SMOKE, "--steps", "1024", "--logdir", str(tmp_path)]) == 0
-    run_dir = _only_run(tmp_path)
+    run_dir = copy_run(sb3_run, tmp_path)
     ckpt = run_dir / "checkpoint"
     before = (ckpt / "state.json").read_text()
 
@@ -144,9 +152,8 @@ def test_a_checkpoint_torn_mid_write_leaves_the_previous_one_loadable(cli, tmp_p
 
 # ------------------------------------------------------------ corrupted files
 @pytest.mark.parametrize("target", ["state.json", "run.json"])
-def test_truncated_run_files_are_one_line_naming_the_file(cli, tmp_path, capsys, target):
-    assert cli("run", [*SB3_SMOKE, "--steps", "512", "--logdir", str(tmp_path)]) == 0
-    run_dir = _only_run(tmp_path)
+def test_truncated_run_files_are_one_line_naming_the_file(cli, sb3_run, copy_run, tmp_path, capsys, target):
+    run_dir = copy_run(sb3_run, tmp_path)
     path = run_dir / ("checkpoint/state.json" if target == "state.json" else "run.json")
     path.write_text(path.read_text()[:17])
     capsys.readouterr()
@@ -157,13 +164,12 @@ def test_truncated_run_files_are_one_line_naming_the_file(cli, tmp_path, capsys,
     assert time.perf_counter() - started < 5  # before any expensive setup
 
 
-def test_a_corrupted_sb3_checkpoint_names_the_file(cli, tmp_path, capsys):
-    assert cli("run", [*SB3_SMOKE, "--steps", "512", "--logdir", str(tmp_path)]) == 0
-    run_dir = _only_run(tmp_path)
+def test_a_corrupted_sb3_checkpoint_names_the_file(cli, sb3_run, copy_run, tmp_path, capsys):
+    run_dir = copy_run(sb3_run, tmp_path)
     (zipped,) = list((run_dir / "checkpoint").glob("*.zip"))
     zipped.write_bytes(zipped.read_bytes()[:100])
     capsys.readouterr()
-    assert cli("run", ["--resume", str(run_dir), "--steps", "1024"]) == 2
+    assert cli("run", ["--resume", str(run_dir), "--steps", "2048"]) == 2
     err = capsys.readouterr().err
     assert "cannot read the SB3 PPO checkpoint" in err and str(zipped) in err
 
@@ -233,15 +239,14 @@ def test_a_read_only_logdir_is_refused(cli, tmp_path, capsys):
     assert "cannot be written" in capsys.readouterr().err
 
 
-def test_a_truncated_ppo_checkpoint_names_the_file(cli, tmp_path, capsys):
-    assert cli("run", ["--agent", "ppo", "--smoke", "--steps", "256", "--logdir", str(tmp_path)]) == 0
-    run_dir = _only_run(tmp_path)
+def test_a_truncated_ppo_checkpoint_names_the_file(cli, ppo_smoke_run, copy_run, tmp_path, capsys):
+    run_dir = copy_run(ppo_smoke_run, tmp_path)
     agent_json = run_dir / "checkpoint" / "agent.json"
     text = agent_json.read_text()
     agent_json.write_text(text[:9])
     capsys.readouterr()
     started = time.perf_counter()
-    assert cli("run", ["--resume", str(run_dir), "--steps", "512"]) == 2
+    assert cli("run", ["--resume", str(run_dir), "--steps", "1024"]) == 2
     err = capsys.readouterr().err.strip()
     assert str(agent_json) in err and len(err.splitlines()) == 1
     assert time.perf_counter() - started < 5  # refused before Ray and the module are built
@@ -252,7 +257,7 @@ def test_a_truncated_ppo_checkpoint_names_the_file(cli, tmp_path, capsys):
     assert pickles
     biggest = max(pickles, key=lambda p: p.stat().st_size)
     biggest.write_bytes(biggest.read_bytes()[:64])
-    assert cli("run", ["--resume", str(run_dir), "--steps", "512"]) == 2
+    assert cli("run", ["--resume", str(run_dir), "--steps", "1024"]) == 2
     err = capsys.readouterr().err
     assert "cannot restore the PPO checkpoint" in err and str(run_dir / "checkpoint" / "algorithm") in err
 

@@ -64,15 +64,6 @@ Z = 3.0  # standard errors of the paired difference
 MIN_GAIN = 0.5  # trained: >= 0.74 on every seed tried; untrained: <= 0.04
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Tiny tensors on 2 shared cores: intra-op threads only contend.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ray_session():
     """RLlibPPOAgent starts a local Ray when none runs; shut down only one this module started."""

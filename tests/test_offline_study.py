@@ -32,7 +32,6 @@ SMALL = dict(
 
 @pytest.fixture(scope="module")
 def study():
-    torch.set_num_threads(1)
     settings = oe.OfflineSettings(**SMALL, agents=("random", "popularity", "bandit", "sasrec", "oracle-myopic"))
     return settings, oe.run_study(settings, progress=lambda line: None)
 

@@ -64,9 +64,8 @@ def test_reference_policy_run_writes_results(cli, tmp_path):
     assert "eval/return_mean" in _scalar_tags(run_dir)
 
 
-def test_ppo_smoke_writes_checkpoint_and_eval_and_resumes(cli, tmp_path):
-    assert cli("run", ["--agent", "ppo", "--smoke", "--logdir", str(tmp_path)]) == 0
-    run_dir = _run_dir(tmp_path, "mixed", "ppo")
+def test_ppo_smoke_writes_checkpoint_and_eval_and_resumes(cli, ppo_smoke_run, copy_run, tmp_path):
+    run_dir = copy_run(ppo_smoke_run, tmp_path)  # `run.py --agent ppo --smoke` (conftest), resumed here
     ckpt = run_dir / "checkpoint"
     assert (ckpt / "state.json").is_file() and (ckpt / "algorithm").is_dir()
     tags = _scalar_tags(run_dir)
@@ -84,9 +83,8 @@ def test_ppo_smoke_writes_checkpoint_and_eval_and_resumes(cli, tmp_path):
     assert (after.phase == "final").sum() == 1 and after[after.phase == "final"].env_steps.item() == steps_after
 
 
-def test_resume_with_an_incompatible_checkpoint_is_an_error(cli, tmp_path, capsys):
-    assert cli("run", ["--agent", "ppo", "--smoke", "--logdir", str(tmp_path)]) == 0
-    run_dir = _run_dir(tmp_path, "mixed", "ppo")
+def test_resume_with_an_incompatible_checkpoint_is_an_error(cli, ppo_smoke_run, copy_run, tmp_path, capsys):
+    run_dir = copy_run(ppo_smoke_run, tmp_path)
     settings = json.loads((run_dir / "run.json").read_text())
     settings["model"]["d_model"] = 32  # the saved network has d_model 16
     (run_dir / "run.json").write_text(json.dumps(settings))

@@ -20,15 +20,6 @@ MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 1}
 KINDS = ("sasrec", "gru4rec")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: intra-op threads only add overhead, and thrash on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def config(slate_size: int = 1):
     return make_scenario("cognitive", {**TINY, "env": {**TINY["env"], "slate_size": slate_size}})
 

@@ -4,6 +4,8 @@ on tiny configs (the full report is a benchmark: experiments/validity.py)."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -215,10 +217,20 @@ def test_validity_report_covers_lifetimes_with_their_own_reference(cli, tmp_path
     assert {"sessions_mean", "churn_rate"} <= set(policies.columns)
 
 
-def test_validity_update_replaces_the_remeasured_presets_and_keeps_the_rest(cli, tmp_path):
-    out = tmp_path / "report"
-    base = ["--smoke", "--history-agents", "--presets"]
-    assert cli("validity", [*base, "stationary", "shock", "--out", str(out)]) in (0, 1)
+UPDATE = ["--smoke", "--history-agents", "--presets"]  # the update tests: no history ablation
+
+
+@pytest.fixture(scope="module")
+def stationary_and_shock_report(cli, tmp_path_factory):
+    """A smoke validity report of stationary and shock, measured once; the update tests copy it."""
+    out = tmp_path_factory.mktemp("validity") / "report"
+    assert cli("validity", [*UPDATE, "stationary", "shock", "--out", str(out)]) in (0, 1)
+    return out
+
+
+def test_validity_update_replaces_the_remeasured_presets_and_keeps_the_rest(cli, stationary_and_shock_report, tmp_path):
+    out = Path(shutil.copytree(stationary_and_shock_report, tmp_path / "report"))
+    base = UPDATE
     before = pd.read_csv(out / "policies.csv")
     # Re-measure one preset: its rows are replaced (reproduced: same seeds), the other preset's are kept.
     assert cli("validity", [*base, "shock", "--update", str(out)]) in (0, 1)
@@ -237,12 +249,13 @@ def test_validity_update_replaces_the_remeasured_presets_and_keeps_the_rest(cli,
     assert "--update" in (out / "report.md").read_text()
 
 
-def test_two_updates_of_one_report_running_side_by_side_keep_each_others_rows(cli, tmp_path, monkeypatch):
+def test_two_updates_of_one_report_running_side_by_side_keep_each_others_rows(
+    cli, stationary_and_shock_report, tmp_path, monkeypatch
+):
     """An update that finishes while another is measuring: the later one merges into the report as
     it is when it finishes, not as it was when it started."""
-    out = tmp_path / "report"
-    base = ["--smoke", "--history-agents", "--presets"]
-    assert cli("validity", [*base, "stationary", "shock", "--out", str(out)]) in (0, 1)
+    out = Path(shutil.copytree(stationary_and_shock_report, tmp_path / "report"))
+    base = UPDATE
     measure_drift = gates.measure_drift
 
     def drift_while_another_update_lands(settings):
