@@ -27,9 +27,8 @@ SMALL_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 1}
 @pytest.mark.parametrize("slate_size", [1, 2])
 def test_every_baseline_acts_validly(name, slate_size, tmp_path):
     scenario = make_scenario("mixed", {**TINY, "env": {**TINY["env"], "slate_size": slate_size}})
-    policy = get_agent(name).build(
-        scenario, SMALL_ALGO.get(name, {}), seed=0, device="cpu", model=SMALL_MODEL, run_dir=tmp_path
-    )
+    algo = {**get_agent(name).smoke, **SMALL_ALGO.get(name, {})}  # toy sizes: acting validly is the point
+    policy = get_agent(name).build(scenario, algo, seed=0, device="cpu", model=SMALL_MODEL, run_dir=tmp_path)
     env = RecVectorEnv(6, scenario, seed=3)
     if hasattr(policy, "bind"):
         policy.bind(env)

@@ -161,7 +161,8 @@ def test_magnitude_zero_is_the_training_regime_or_turns_the_family_off():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("stress")
-    settings = tiny_settings(agents=("bandit", "sasrec", "sasrec-retrain"), retrain_every=3)
+    # Every family at magnitudes 0 and 1 (the regimes test covers 2): the grid, its report and recovery.
+    settings = tiny_settings(agents=("bandit", "sasrec", "sasrec-retrain"), retrain_every=3, magnitudes=(0.0, 1.0))
     return settings, stresstest.stress(settings, out), out
 
 
@@ -243,7 +244,7 @@ def test_an_interrupted_stress_test_resumes_from_its_saved_evaluations(tiny_run,
         (out / name).unlink()
     saved = sorted((out / jobs.EVALUATIONS).glob("*.pkl"))
     assert len(saved) == len(settings.regimes()) * (3 * 2 + 1)  # 3 agents x 2 seeds, and the reference
-    lost = jobs.evaluation_path(out, "bandit", 1, "shock", 2.0)
+    lost = jobs.evaluation_path(out, "bandit", 1, "shock", 1.0)
     lost.unlink()
     corrupted = jobs.evaluation_path(out, "oracle-session", 0, "none", 0.0)
     corrupted.write_bytes(b"\x80\x04 truncated")
@@ -324,8 +325,9 @@ def test_config_file_sets_the_training_regime_and_agent_settings(tmp_path):
 
 
 def test_smoke_trains_ppo_then_load_stresses_its_checkpoint(cli, tmp_path):
-    """The trainable path: --smoke trains PPO through run.py's loop, restores its checkpoint and
-    stresses it; --load then stresses that checkpoint again, giving the same numbers."""
+    """The trainable path: --smoke trains PPO (SB3's: the path is the same for RLlib's, which takes
+    longer to build) through run.py's loop, restores its checkpoint and stresses it; --load then
+    stresses that checkpoint again, giving the same numbers."""
     common = [
         "--smoke",
         "--seeds",
@@ -338,12 +340,12 @@ def test_smoke_trains_ppo_then_load_stresses_its_checkpoint(cli, tmp_path):
         "--reference",
         "oracle-session",
     ]
-    assert cli("stress", common + ["--agents", "ppo", "--out", str(tmp_path / "train")]) == 0
+    assert cli("stress", common + ["--agents", "sb3-ppo", "--out", str(tmp_path / "train")]) == 0
     trained = pd.read_csv(tmp_path / "train" / "grid.csv")
     run_dir = next((tmp_path / "train" / "runs").rglob("checkpoint")).parent
     assert cli("stress", common + ["--load", str(run_dir), "--out", str(tmp_path / "load")]) == 0
     loaded = pd.read_csv(tmp_path / "load" / "grid.csv")
-    ppo = lambda g: g[g.agent == "ppo"].return_mean.to_numpy()  # noqa: E731
+    ppo = lambda g: g[g.agent == "sb3-ppo"].return_mean.to_numpy()  # noqa: E731
     assert len(ppo(trained)) == 2
     np.testing.assert_allclose(ppo(loaded), ppo(trained))
     assert is_png(tmp_path / "load" / "recovery.png")

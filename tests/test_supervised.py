@@ -225,7 +225,7 @@ def test_a_refit_is_refit_batches_minibatches_or_a_whole_epoch(logs):
     fitted = _adam_steps(rec)
     evaluate(rec, config(), n_users=16, seed=5)
     assert rec.n_refits >= 2 and _adam_steps(rec) == fitted + 3 * rec.n_refits
-    epoch = make_rec("sasrec", epochs=1, retrain_every=4, refit_batches=0, batch_size=64)
+    epoch = make_rec("sasrec", epochs=1, retrain_every=8, refit_batches=0, batch_size=64)  # fewer, whole-epoch refits
     epoch.fit(logs[1])
     evaluate(epoch, config(), n_users=16, seed=5)
     assert _adam_steps(epoch) - fitted >= epoch.n_refits * (fitted - 1)  # an epoch per refit

@@ -3,6 +3,8 @@ on tiny configs (the full report is a benchmark: experiments/validity.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -143,25 +145,24 @@ def test_item_score_is_a_named_baseline_that_reads_item_features_only(tiny_cfgs)
     np.testing.assert_array_equal(policy.act(obs), policy.act(blanked))  # nothing but the item features
 
 
-def test_validity_report_end_to_end_at_smoke_sizes(cli, tmp_path, capsys):
-    out = tmp_path / "report"
-    code = cli(
-        "validity",
-        [
-            "--smoke",
-            "--presets",
-            "stationary",
-            "shock",
-            "--history-agents",
-            "sasrec",
-            "--history-presets",
-            "cognitive",
-            "--history-seeds",
-            "0",
-            "--out",
-            str(out),
-        ],
-    )
+UPDATE = ["--smoke", "--history-agents", "--presets"]  # the updates: no history ablation (the report's is kept)
+
+
+@pytest.fixture(scope="module")
+def stationary_and_shock_report(cli, tmp_path_factory):
+    """(folder, exit status, what it printed) of a smoke validity report of stationary and shock with the
+    history ablation of sasrec on cognitive, measured once: the end-to-end test reads it, the update
+    tests copy it."""
+    out = tmp_path_factory.mktemp("validity") / "report"
+    argv = ["--smoke", "--presets", "stationary", "shock", "--history-agents", "sasrec"]
+    argv += ["--history-presets", "cognitive", "--history-seeds", "0", "--out", str(out)]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        code = cli("validity", argv)
+    return out, code, printed.getvalue()
+
+
+def test_validity_report_end_to_end_at_smoke_sizes(stationary_and_shock_report):
+    out, code, printed = stationary_and_shock_report
     assert code in (0, 1)  # 1: a gate fails at toy sizes, which the report must say, not hide
     gates_table = pd.read_csv(out / "gates.csv")
     names = set(gates_table.name)
@@ -177,7 +178,7 @@ def test_validity_report_end_to_end_at_smoke_sizes(cli, tmp_path, capsys):
     assert set(pd.read_csv(out / "history.csv").preset) == {"cognitive"}
     report = (out / "report.md").read_text()
     assert "## Gates" in report and "oracle-stale" in report and "item-score" in report
-    assert ("FAIL" in capsys.readouterr().out) == (code == 1)
+    assert ("FAIL" in printed) == (code == 1)
 
 
 def test_validity_settings_fail_before_any_work():
@@ -217,19 +218,8 @@ def test_validity_report_covers_lifetimes_with_their_own_reference(cli, tmp_path
     assert {"sessions_mean", "churn_rate"} <= set(policies.columns)
 
 
-UPDATE = ["--smoke", "--history-agents", "--presets"]  # the update tests: no history ablation
-
-
-@pytest.fixture(scope="module")
-def stationary_and_shock_report(cli, tmp_path_factory):
-    """A smoke validity report of stationary and shock, measured once; the update tests copy it."""
-    out = tmp_path_factory.mktemp("validity") / "report"
-    assert cli("validity", [*UPDATE, "stationary", "shock", "--out", str(out)]) in (0, 1)
-    return out
-
-
 def test_validity_update_replaces_the_remeasured_presets_and_keeps_the_rest(cli, stationary_and_shock_report, tmp_path):
-    out = Path(shutil.copytree(stationary_and_shock_report, tmp_path / "report"))
+    out = Path(shutil.copytree(stationary_and_shock_report[0], tmp_path / "report"))
     base = UPDATE
     before = pd.read_csv(out / "policies.csv")
     # Re-measure one preset: its rows are replaced (reproduced: same seeds), the other preset's are kept.
@@ -245,7 +235,7 @@ def test_validity_update_replaces_the_remeasured_presets_and_keeps_the_rest(cli,
     )
     assert set(pd.read_csv(out / "gates.csv")["where"]) >= {"stationary", "shock"}
     commands = pd.read_csv(out / "commands.csv")
-    assert list(commands.presets) == ["stationary shock", "shock"]
+    assert list(commands.presets) == ["stationary shock (history: sasrec on cognitive)", "shock"]
     assert "--update" in (out / "report.md").read_text()
 
 
@@ -254,7 +244,7 @@ def test_two_updates_of_one_report_running_side_by_side_keep_each_others_rows(
 ):
     """An update that finishes while another is measuring: the later one merges into the report as
     it is when it finishes, not as it was when it started."""
-    out = Path(shutil.copytree(stationary_and_shock_report, tmp_path / "report"))
+    out = Path(shutil.copytree(stationary_and_shock_report[0], tmp_path / "report"))
     base = UPDATE
     measure_drift = gates.measure_drift
 
