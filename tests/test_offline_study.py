@@ -1,4 +1,4 @@
-"""The offline-evaluation study (experiments.offline_eval) and its CLI (experiments/offline.py) at toy sizes."""
+"""The offline-evaluation study (experiments.studies.offline.study) and its CLI (experiments/offline.py), tiny."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Offline ranking metrics (experiments.ranking) against hand-computed examples, and the off-policy
-estimators (experiments.ope) against closed forms."""
+"""Offline ranking metrics (experiments.core.ranking) against hand-computed examples, and the off-policy
+estimators (experiments.studies.offline.ope) against closed forms."""
 
 from __future__ import annotations
 

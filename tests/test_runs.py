@@ -1,4 +1,4 @@
-"""The runs library (experiments/runs.py) and the agent registry: settings are validated before any
+"""The run library (experiments/core/) and the agent registry: settings are validated before any
 work, agents describe themselves, and Ray jobs ask for the device their run trains on."""
 
 from __future__ import annotations

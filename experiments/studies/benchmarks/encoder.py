@@ -16,7 +16,7 @@ window ``--window`` and with dense attention (window 0): how the cost per decisi
 history length.
 
 Called as ``experiments/bench.py encoder [flags]`` or on its own:
-``python -m experiments.benchmarks.encoder --batch 64 --history 16 --iters 2``.
+``python -m experiments.studies.benchmarks.encoder --batch 64 --history 16 --iters 2``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Supervised baselines on real ml-100k sequences: ours (sasrec, gru4rec) next to RecBole's, same split.
 
 Leave-one-out (each user's last rating is the test target), full ranking over all 1,682 items,
-NDCG@10, Recall@10 and MRR from experiments.ranking for both sides. RecBole 1.2.1 runs in its own
+NDCG@10, Recall@10 and MRR from experiments.core.ranking for both sides. RecBole 1.2.1 runs in its own
 venv (it requires ray <= 2.6.3; this project pins ray 2.60): --recbole-venv, created on first use
 with the system site packages and recbole's dependencies but ray installed --no-deps. The same
 budget on both sides: epochs, batch size, learning rate, history length, embedding size (and for

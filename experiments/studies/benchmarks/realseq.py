@@ -4,13 +4,13 @@ Each user's ratings in time order are a sequence (`simulator.realdata.sequences`
 the test target, the one before it the validation target, the rest train (`leave_one_out`). A model
 trains on every prefix of the training sequences (`agents.nextitem`), then ranks all items after
 each user's test input (training items + validation item); NDCG@10, Recall@10 and MRR come from
-`experiments.ranking` (full ranking, no item excluded: RecBole ranks sequential models the same way).
+`experiments.core.ranking` (full ranking, no item excluded: RecBole ranks sequential models the same way).
 
 RecBole's own SASRec and GRU4Rec run on the very same split (`recbole_atomic`: the sequences written
 as RecBole atomic files, their order as the timestamp, so its leave-one-out `LS` split with time
 order gives the same targets) and the same budget (epochs, batch size, learning rate, history
 length, embedding size), in a separate Python environment (recbole 1.2.1 requires ray <= 2.6.3,
-beside this project's ray 2.60), by `experiments/benchmarks/recbole_runner.py`, which writes its
+beside this project's ray 2.60), by `experiments/studies/benchmarks/recbole_runner.py`, which writes its
 scores over all items; the metrics come from the same functions here.
 """
 

@@ -1,9 +1,9 @@
 """Run one RecBole sequential model on a prepared leave-one-out split; write its scores over all items.
 
-Not part of the project's import graph: `experiments.realseq.run_recbole` runs it with the Python of
+Not part of the project's import graph: `experiments.studies.benchmarks.realseq.run_recbole` runs it with the Python of
 a separate venv where recbole 1.2.1 is installed (it cannot be installed beside this project's ray).
 
-  <recbole venv>/bin/python experiments/benchmarks/recbole_runner.py JOB.json
+  <recbole venv>/bin/python experiments/studies/benchmarks/recbole_runner.py JOB.json
 
 JOB.json: data_path, dataset (RecBole atomic files under data_path/dataset/), model (SASRec or
 GRU4Rec), params (agents.nextitem.NextItemParams as a dict: the shared budget), n_items, n_users,

@@ -1,7 +1,7 @@
 """Training throughput: env-steps/s of RLlib PPO and SB3 PPO, sampling and learning timed apart, and
 the wall time until the evaluation return first reaches a target.
 
-Each agent trains through the project's own run path (experiments.runs.run_one: the same training
+Each agent trains through the project's own run path (experiments.core.training.run_one: the same training
 loop, evaluations and final evaluation as `run.py`), with a TrainingObserver for clocks. A record:
 
   agent, device, torch_threads, env_steps       what ran (env steps actually trained)

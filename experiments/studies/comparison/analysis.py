@@ -42,7 +42,7 @@ METRICS = (
     "watch_per_active_day",
 )
 AFTER_DAYS = (7, 14, 21)  # --from-day T: retention given day T is read T + 7, 14 and 21 days on
-BY_DAY_FILE = "eval_by_day.csv"  # written by lifetime runs (experiments.tracking.Tracker.curves)
+BY_DAY_FILE = "eval_by_day.csv"  # written by lifetime runs (experiments.core.tracking.RunLogger.curves)
 BY_DAY_PANELS = (("retention", "share of users still active"), ("watch_per_active_user", "minutes per active user"))
 
 
@@ -195,7 +195,7 @@ def from_day(curve: pd.DataFrame, return_mean: float, day: int, after_days: tupl
     retention_d<T+D>_given_d<T>, for each D in `after_days`: r(T + D) / r(T) from the retention
     curve r, the share of the users still there on day T who are still there D days later (exactly
     that share where every user is followed to day T + D: r counts only users followed that long,
-    `experiments.harness.retention`). NaN where the curve stops before T + D or nobody was left.
+    `experiments.core.harness.retention`). NaN where the curve stops before T + D or nobody was left.
     """
     c = curve.set_index("day")
     r, at_t = c.retention, float(c.retention.get(day, np.nan))

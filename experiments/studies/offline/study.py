@@ -9,8 +9,8 @@ most online? The simulator knows the answer, so every offline number sits next t
 2. Per evaluation seed s: held-out logs of the same logging policy on the harness's users of seed
    EVAL_SEED + s (one episode per user: the users `evaluate` shows every agent), and of new users
    (the scenario with `users.past_interactions` 0), for the cold-start split.
-3. Offline ranking metrics (experiments/ranking.py) of every agent that scores candidates;
-   off-policy estimates (experiments/ope.py) of every agent that acts on observations; the true
+3. Offline ranking metrics (experiments/core/ranking.py) of every agent that scores candidates;
+   off-policy estimates (experiments/studies/offline/ope.py) of every agent that acts on observations; the true
    return from the harness on the same users. An OPE estimate is per logged step; times the
    logged steps per user it estimates the return (the assumption a one-step estimate makes: the
    target keeps the logging policy's session lengths). The logs also carry the one-step truth

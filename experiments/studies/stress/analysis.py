@@ -95,7 +95,7 @@ def robustness_table(
 
 
 def _mean_ci(frame: pd.DataFrame, metrics) -> dict[str, float]:
-    """metric, metric_lo, metric_hi: the mean over rows (seeds) and its 95% t interval (experiments/stats.py)."""
+    """metric, metric_lo, metric_hi: the mean over rows (seeds) and its 95% t interval (experiments/core/stats.py)."""
     out = {}
     for metric in metrics:
         values = frame[metric].to_numpy(dtype=float)

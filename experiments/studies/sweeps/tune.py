@@ -8,7 +8,7 @@ A search space maps dotted fields of the run config to Tune search domains (or f
   algo.num_epochs: {randint: [2, 6]}        # Tune's randint: 2, 3, 4 or 5 (the high end excluded)
   algo.entropy_coeff: 0.005                 # fixed in every trial
 
-Every trial trains through the project's own run path (experiments.runs.run_one: the same training
+Every trial trains through the project's own run path (experiments.core.training.run_one: the same training
 loop, evaluations, run directories and checkpoints as run.py) and reports each evaluation's return to
 Tune, so an ASHA scheduler stops the trials that trail; the last report is the final evaluation on
 `final_eval_users` users. The configs are sampled here, seeded, and each one is checked by building
