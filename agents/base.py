@@ -1,4 +1,4 @@
-"""What a trainable agent offers the experiment driver (experiments/runs.py).
+"""What a trainable agent offers the experiment driver (experiments/core/training.py).
 
 The driver owns the loop: it calls `train_iteration()` until the step budget is
 spent, logs the returned scalars under `train/`, evaluates `policy()` with the

@@ -2,7 +2,7 @@
 
 The same sequence models as `agents.supervised`, without an env around them: ``sasrec`` is the
 project's Transformer history encoder (`agents.encoder.HistoryEncoder`), ``gru4rec`` its GRU
-variant (`agents.supervised.GRUHistoryEncoder`); the item tower (`agents.encoder.ItemTower`,
+variant (`agents.sequence_models.GRUHistoryEncoder`); the item tower (`agents.encoder.ItemTower`,
 sharing the id embeddings) gives every catalog item a vector, and the score of item i after a
 history is the scaled dot product of the history's state and the item's vector
 (`RecommenderEncoder.score`). Training: every prefix of every training sequence predicts its next
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agents.encoder import EncoderConfig, HistoryEncoder, RecommenderEncoder
-from agents.supervised import KINDS, GRUHistoryEncoder
+from agents.sequence_models import KINDS, GRUHistoryEncoder
 from simulator.params import check_int, check_range
 
 

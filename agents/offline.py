@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from agents.logs import validate_offline_logs
-from agents.supervised import step_examples
+from agents.training_examples import step_examples
 from envs.config import ScenarioConfig
 from envs.core import action_space, observation_space
 from simulator.world import World

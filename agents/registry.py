@@ -10,7 +10,8 @@ is, so the experiment drivers never keep lists of names:
             `retrain_every`) and, on lifetime scenarios, NAME-retrain-<D>d (every D days, `retrain_every_days`);
   uses_ray  it takes a Ray address and env-runner processes;
   uses_device  it trains torch models (--device applies);
-  smoke     its `algo:` settings at the toy sizes of --smoke.
+  smoke     its `algo:` settings at the toy sizes of --smoke;
+  lifetime  its defaults on lifetime scenarios (LifetimeDefaults: `algo:` settings, keeping the best snapshot).
 
 Adding an agent: write its module (a Policy, or a TrainableAgent, with a Params dataclass
 validated in `__post_init__`), add a factory to agents/factory.py, and one entry below.
@@ -43,6 +44,23 @@ class RunContext:
     ray_address: str | None = None  # an existing Ray cluster to join (uses_ray agents)
 
 
+@dataclass(frozen=True)
+class LifetimeDefaults:
+    """An agent's own defaults on lifetime scenarios (a calendar), on top of the run sizes every agent
+    gets there (experiments.core.settings.LIFETIME_RUN_DEFAULTS); flags, the config file and the --smoke
+    sizes override them.
+
+    algo: its `algo:` settings there (run.py, sweep.py and stress.py's temporal mode).
+    keep_best_evaluations: > 0: a run.py or sweep.py run keeps its best snapshot on validation users by
+        default (--no-keep-best: the last), chosen among this many evaluations over the steps (not under
+        --smoke: toy runs are shorter than a warm-up); keep_best_algo: the `algo:` settings that go with it.
+    """
+
+    algo: Mapping[str, Any] = field(default_factory=dict)
+    keep_best_evaluations: int = 0
+    keep_best_algo: Mapping[str, Any] = field(default_factory=dict)
+
+
 def _load(path: str) -> Any:
     module, attr = path.split(":")
     return getattr(importlib.import_module(module), attr)
@@ -62,6 +80,7 @@ class AgentSpec:
     uses_ray: bool = False
     uses_device: bool = False
     smoke: Mapping[str, Any] = field(default_factory=dict)
+    lifetime: LifetimeDefaults = field(default_factory=LifetimeDefaults)
 
     def make_params(self, algo: Mapping[str, Any] | None = None) -> Any:
         """The validated settings: defaults with `algo` applied. An unknown key or a bad value is a
@@ -103,6 +122,16 @@ AGENTS: dict[str, AgentSpec] = {
                 "pretrain_epochs": 1,
                 **_SMOKE_LOGS,
             },
+            # Lifetimes: a warm start on fewer logs within the 15-minute budget (README). PPO on lifetimes
+            # is unstable: the snapshot a run stops at decides its figure (docs/lifetime). So only its
+            # critic learns for the first steps (the warm-started policy does not move on a fresh critic's
+            # advantages), and a run ends with its best snapshot on validation users, evaluated 6 times.
+            # stress.py's temporal test trains the budget alone, as its report (docs/stress/lifetime) measured.
+            lifetime=LifetimeDefaults(
+                algo={"pretrain_epochs": 1, "log_users": 64},
+                keep_best_evaluations=6,
+                keep_best_algo={"critic_warmup_steps": 16_384},
+            ),
         ),
         AgentSpec(
             "sb3-ppo",
@@ -111,7 +140,7 @@ AGENTS: dict[str, AgentSpec] = {
             "agents.sb3_agent:SB3PPOParams",
             trains=True,
             uses_device=True,
-            smoke={"num_envs": 16, "n_steps": 16, "batch_size": 128, "n_epochs": 1},
+            smoke={"num_envs": 16, "n_steps": 16, "batch_size": 128, "n_epochs": 1, **_SMOKE_LOGS},
         ),
         AgentSpec("random", "uniformly random candidates", f"{_F}:build_random"),
         AgentSpec(

@@ -448,24 +448,15 @@ class RLlibPPOAgent(TrainableAgent):
         )
 
     def pretrain(self) -> None:
-        """Warm-start the encoder: fit sasrec (the same encoder) on logs of the training scenario, copy
-        its encoder into the learner's module and sync the env runners. Runs before the first
+        """Warm-start the encoder (agents.warm_start): sasrec's encoder fitted on logs of the training
+        scenario goes into the learner's module, and the env runners are synced. Runs before the first
         iteration of a fresh run (a resumed run has its trained weights)."""
         from ray.rllib.core import DEFAULT_MODULE_ID
 
-        from agents.factory import logged_data
-        from agents.supervised import SupervisedParams, SupervisedRecommender
+        from agents.warm_start import pretrain_encoder
 
-        p = self.params
-        supervised = SupervisedParams(
-            log_users=p.log_users, log_steps=p.log_steps, epsilon=p.epsilon, epochs=p.pretrain_epochs
-        )
         # On the learner's device: on cuda the warm start is a GPU job too.
-        rec = SupervisedRecommender.for_scenario(
-            "sasrec", self.scenario, supervised, model=self.model_overrides, seed=self.seed, device=self.device
-        )
-        rec.fit(logged_data(self.scenario, supervised, self.seed, run_dir=None))
-        state = {k: v.detach().cpu() for k, v in rec.net.encoder.state_dict().items()}
+        state = pretrain_encoder(self.scenario, self.params, self.model_overrides, self.seed, self.device)
         self.algo.learner_group.foreach_learner(
             lambda learner: learner.module[DEFAULT_MODULE_ID].net.encoder.load_state_dict(state)
         )

@@ -36,6 +36,7 @@ from stable_baselines3.common.vec_env import VecMonitor
 
 from agents.base import TrainableAgent
 from agents.model import ActorCritic, GreedyPolicy, encoder_config
+from agents.warm_start import WarmStartParams, pretrain_encoder, warm_start_note
 from envs.config import ScenarioConfig
 from envs.sb3 import SB3VecEnv
 from simulator.params import check_int, check_range
@@ -58,11 +59,14 @@ _ARCH_FIELDS = (
 
 
 @dataclass(frozen=True)
-class SB3PPOParams:
+class SB3PPOParams(WarmStartParams):
     """Every SB3 PPO hyperparameter in one place (override with the run config's `algo:` section).
 
     One iteration collects num_envs * n_steps transitions, then runs n_epochs passes of
-    minibatches of batch_size over them.
+    minibatches of batch_size over them. With `pretrain_epochs` > 0 the encoder starts from sasrec's
+    fitted for that many epochs on logged data (WarmStartParams: log_users, log_steps, epsilon of the
+    logging policy; agents.warm_start, as RLlib PPO's), then PPO fine-tunes it; 0 (the default): from
+    its initial weights.
     """
 
     num_envs: int = 64  # users stepped per env call (SB3's n_envs)
@@ -78,6 +82,7 @@ class SB3PPOParams:
     max_grad_norm: float = 0.5
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         o = "algo"
         check_int(o, "num_envs", self.num_envs, 1, 1_000_000)
         check_int(o, "n_steps", self.n_steps, 1)
@@ -220,6 +225,7 @@ class SB3PPOAgent(TrainableAgent):
             raise ValueError(f"SB3PPOAgent.params must be SB3PPOParams, got {type(params).__name__}")
         self.scenario, self.seed, self.device = scenario, seed, device
         self.params = params
+        self.model_overrides = dict(model or {})
         p = self.params
         vec_env = SB3VecEnv(p.num_envs, scenario, seed=seed)
         core = vec_env.core
@@ -255,14 +261,36 @@ class SB3PPOAgent(TrainableAgent):
         self.model.set_logger(Logger(folder=None, output_formats=[]))
         self._eval_net = ActorCritic(self.encoder_config, scenario.env.slate_size, self.item_features)
         self._clock = RolloutClock()
+        self._pretrained = False
 
     @property
     def env_steps(self) -> int:
         return int(self.model.num_timesteps)
 
+    def pretrain(self) -> None:
+        """Warm-start the encoder (agents.warm_start): sasrec's encoder fitted on logs of the training
+        scenario replaces the policy's. Runs before the first iteration of a fresh run (a resumed run
+        has its trained weights)."""
+        state = pretrain_encoder(self.scenario, self.params, self.model_overrides, self.seed, self.device)
+        self.model.policy.net.encoder.load_state_dict(state)  # in place: the optimizer keeps its parameters
+        self._pretrained = True
+
+    @property
+    def warm_start_pending(self) -> str:
+        """What the first iteration's warm start will do ("" when none is due)."""
+        if not self.params.pretrain_epochs or self.env_steps or self._pretrained:
+            return ""
+        return warm_start_note(self.params)
+
     def train_iteration(self) -> dict[str, float]:
-        """One rollout of num_envs * n_steps transitions, then one PPO update; returns scalars."""
+        """One rollout of num_envs * n_steps transitions, then one PPO update; returns scalars. The first
+        iteration of a fresh run warm-starts the encoder first (pretrain_s; iteration_s excludes it)."""
         p = self.params
+        pretrain_s = np.nan
+        if self.warm_start_pending:
+            start = time.perf_counter()
+            self.pretrain()
+            pretrain_s = time.perf_counter() - start
         logger = self.model.logger
         logger.dump()  # clear leftovers: a value missing after learn() reads as NaN, never stale
         steps_before = self.model.num_timesteps
@@ -289,6 +317,7 @@ class SB3PPOAgent(TrainableAgent):
             iteration_s=elapsed,
             sample_s=self._clock.sample_s,  # collect_rollouts (with the advantages)
             learn_s=elapsed - self._clock.sample_s,  # the PPO update
+            pretrain_s=pretrain_s,
         )
 
     def policy(self) -> GreedyPolicy:

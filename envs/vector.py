@@ -118,7 +118,7 @@ class RecVectorEnv(VectorEnv):
 
     `ground_truth()` (hidden state after the last step) and `slate_fit(actions)` (true
     fit of the slates the actions would show now) are for evaluation and analysis,
-    e.g. `experiments.harness.evaluate`: never give them to an agent.
+    e.g. `experiments.core.harness.evaluate`: never give them to an agent.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from experiments.benchmarks import encoder, realdata, sim, train
+from experiments.studies.benchmarks import encoder, realdata, sim, train
 
 BENCHMARKS = {"sim": sim, "encoder": encoder, "train": train, "realdata": realdata}
 

@@ -10,7 +10,7 @@ from agents.baselines import BanditParams, LinUCBPolicy, PopularityPolicy
 from agents.logs import LIST_COLUMNS, LOG_COLUMNS, EpsilonPopularity, collect_logs, load_logs, log_columns, save_logs
 from agents.policy import Policy, RandomPolicy
 from envs import RecVectorEnv, make_scenario
-from experiments.harness import evaluate
+from experiments.core.harness import evaluate
 
 TINY = {"catalog": {"n_items": 100}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 30}}
 N_ITEMS = 100

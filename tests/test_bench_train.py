@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import math
 
-from experiments import bench
-from experiments.benchmarks.train import TrainingClock
+from experiments.studies.benchmarks.train import TrainingClock
 
 KEYS = {"agent", "device", "env_steps_per_s", "sample_s", "learn_s", "final_return", "time_to_target_s"}
 
 
-def test_train_benchmark_prints_one_json_record_per_agent(capsys):
+def test_train_benchmark_prints_one_json_record_per_agent(cli, capsys):
     argv = ["train", "--json", "--smoke", "--agent", "both", "--device", "cpu", "--target", "0"]
-    assert bench.main(argv) is not None
+    assert cli("bench", argv) is not None
     records = json.loads(capsys.readouterr().out)  # stdout holds the records only
     assert [r["agent"] for r in records] == ["ppo", "sb3-ppo"]
     for r in records:
@@ -21,7 +20,7 @@ def test_train_benchmark_prints_one_json_record_per_agent(capsys):
         assert r["env_steps"] >= 512 and r["env_steps_per_s"] > 0
         assert r["sample_s"] > 0 and r["learn_s"] > 0 and math.isfinite(r["final_return"])
         assert r["time_to_target_s"] is not None and r["time_to_target_s"] <= r["train_wall_s"]  # target 0: reached
-    assert records[0]["pretrain_s"] > 0 and records[1]["pretrain_s"] == 0  # only PPO warm-starts its encoder
+    assert records[0]["pretrain_s"] > 0 and records[1]["pretrain_s"] == 0  # sb3-ppo warm-starts only when asked
 
 
 def test_a_target_never_reached_is_said_so_not_timed():
@@ -34,9 +33,9 @@ def test_a_target_never_reached_is_said_so_not_timed():
     assert clock.time_to_target_s is not None and clock.steps_to_target == 4096
 
 
-def test_an_algo_section_with_both_agents_is_one_clear_error(tmp_path, capsys):
+def test_an_algo_section_with_both_agents_is_one_clear_error(cli, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("algo: {lr: 0.001}\n")
-    assert bench.main(["train", "--config", str(cfg), "--agent", "both"]) is None
+    assert cli("bench", ["train", "--config", str(cfg), "--agent", "both"]) is None
     err = capsys.readouterr().err
     assert err.startswith("error:") and "give --agent" in err and len(err.strip().splitlines()) == 1

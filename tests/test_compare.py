@@ -9,9 +9,9 @@ import pytest
 from agents.oracles import LookaheadOracle, LookaheadParams, SessionOracle
 from agents.registry import AGENTS, get_agent
 from envs import RecVectorEnv, make_scenario
-from experiments import compare, run
-from experiments.harness import retention
-from experiments.stats import mean_interval
+from experiments.core.harness import retention
+from experiments.core.stats import mean_interval
+from experiments.studies.comparison import analysis
 
 TINY = {"catalog": {"n_items": 100}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 20}}
 SMALL_ALGO = {
@@ -27,9 +27,8 @@ SMALL_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 1}
 @pytest.mark.parametrize("slate_size", [1, 2])
 def test_every_baseline_acts_validly(name, slate_size, tmp_path):
     scenario = make_scenario("mixed", {**TINY, "env": {**TINY["env"], "slate_size": slate_size}})
-    policy = get_agent(name).build(
-        scenario, SMALL_ALGO.get(name, {}), seed=0, device="cpu", model=SMALL_MODEL, run_dir=tmp_path
-    )
+    algo = {**get_agent(name).smoke, **SMALL_ALGO.get(name, {})}  # toy sizes: acting validly is the point
+    policy = get_agent(name).build(scenario, algo, seed=0, device="cpu", model=SMALL_MODEL, run_dir=tmp_path)
     env = RecVectorEnv(6, scenario, seed=3)
     if hasattr(policy, "bind"):
         policy.bind(env)
@@ -103,11 +102,11 @@ def test_seed_interval_holds_its_coverage_with_three_seeds():
     assert np.mean(covered) == pytest.approx(0.95, abs=0.02)
 
 
-def test_compare_builds_its_table_from_tiny_runs(tmp_path, capsys):
+def test_compare_builds_its_table_from_tiny_runs(cli, tmp_path, capsys):
     for agent in ("random", "oracle-session"):
-        assert run.main(["--agent", agent, "--smoke", "--seeds", "0", "1", "--logdir", str(tmp_path / "runs")]) == 0
+        assert cli("run", ["--agent", agent, "--smoke", "--seeds", "0", "1", "--logdir", str(tmp_path / "runs")]) == 0
     out = tmp_path / "report"
-    assert compare.main([str(tmp_path / "runs"), "--out", str(out), "--reference", "oracle-session"]) == 0
+    assert cli("compare", [str(tmp_path / "runs"), "--out", str(out), "--reference", "oracle-session"]) == 0
     table = pd.read_csv(out / "comparison.csv")
     ret = table[table.metric == "return_mean"].set_index("agent")
     assert set(ret.index) == {"random", "oracle-session"} and (ret.seeds == 2).all()
@@ -118,17 +117,17 @@ def test_compare_builds_its_table_from_tiny_runs(tmp_path, capsys):
     assert (out / "return.png").stat().st_size > 1000
 
 
-def test_compare_without_runs_is_an_error(tmp_path, capsys):
-    assert compare.main([str(tmp_path)]) == 2
+def test_compare_without_runs_is_an_error(cli, tmp_path, capsys):
+    assert cli("compare", [str(tmp_path)]) == 2
     assert "no finished runs" in capsys.readouterr().err
 
 
-def test_compare_shows_retention_and_plots_per_day_curves_on_lifetimes(tmp_path, capsys):
+def test_compare_shows_retention_and_plots_per_day_curves_on_lifetimes(cli, tmp_path, capsys):
     for agent in ("random", "oracle-session"):
         argv = ["--agent", agent, "--scenario", "lifetime", "--smoke", "--seeds", "0", "1"]
-        assert run.main([*argv, "--logdir", str(tmp_path / "runs")]) == 0
+        assert cli("run", [*argv, "--logdir", str(tmp_path / "runs")]) == 0
     out = tmp_path / "report"
-    assert compare.main([str(tmp_path / "runs"), "--out", str(out), "--reference", "oracle-session"]) == 0
+    assert cli("compare", [str(tmp_path / "runs"), "--out", str(out), "--reference", "oracle-session"]) == 0
     table = pd.read_csv(out / "comparison.csv")
     assert {"retention_d1", "churn_rate", "sessions_mean", "watch_per_active_day"} <= set(table.metric)
     assert "retention_d1" in (out / "comparison.md").read_text()
@@ -141,13 +140,13 @@ def test_compare_shows_retention_and_plots_per_day_curves_on_lifetimes(tmp_path,
     assert np.allclose(day0["mean"], 1.0)  # every user is active on the day of their first visit
     assert (out / "by_day_lifetime.png").stat().st_size > 1000
     # Retention given day 1, from the same curves: per seed r(1 + D) / r(1), then over seeds.
-    assert compare.main([str(tmp_path / "runs"), "--out", str(out), "--from-day", "1", "--after-days", "1"]) == 0
+    assert cli("compare", [str(tmp_path / "runs"), "--out", str(out), "--from-day", "1", "--after-days", "1"]) == 0
     given = pd.read_csv(out / "comparison.csv").query("metric == 'retention_d2_given_d1'").set_index("agent")
-    for agent, g in compare.load_by_day(compare.load_runs([tmp_path / "runs"])).groupby("agent"):
+    for agent, g in analysis.load_by_day(analysis.load_runs([tmp_path / "runs"])).groupby("agent"):
         r = g.pivot(index="seed", columns="day", values="retention")
         assert given.loc[agent, "mean"] == pytest.approx((r[2] / r[1]).mean())
     assert "retention_d2_given_d1" in (out / "comparison.md").read_text()
-    assert compare.main([str(tmp_path / "runs"), "--out", str(out), "--from-day", "400"]) == 2
+    assert cli("compare", [str(tmp_path / "runs"), "--out", str(out), "--from-day", "400"]) == 2
     assert "--from-day 400 is past the runs' last day" in capsys.readouterr().err
 
 
@@ -156,33 +155,33 @@ def test_retention_given_a_day_is_the_share_of_that_days_users_still_there_later
     first, last = np.zeros(1000), rng.uniform(0.0, 60.0, 1000)  # every first visit on day 0, a 60-day horizon
     days = np.arange(61)
     curve = pd.DataFrame(dict(day=days, retention=retention(first, last, days, 60.0)))
-    given = compare.from_day(curve, 0.0, 30, (7, 21, 40))
+    given = analysis.from_day(curve, 0.0, 30, (7, 21, 40))
     assert given["retention_d37_given_d30"] == pytest.approx((last >= 37).sum() / (last >= 30).sum())
     assert given["retention_d51_given_d30"] == pytest.approx((last >= 51).sum() / (last >= 30).sum())
     assert np.isnan(given["retention_d70_given_d30"])  # the curve stops at day 60
     nobody = pd.DataFrame(dict(day=[0, 1, 2], retention=[1.0, 0.0, 0.0]))
-    assert np.isnan(compare.from_day(nobody, 0.0, 1, (1,))["retention_d2_given_d1"])  # nobody left on day 1
+    assert np.isnan(analysis.from_day(nobody, 0.0, 1, (1,))["retention_d2_given_d1"])  # nobody left on day 1
 
 
-def test_watch_from_the_deployment_day_is_what_the_deployed_model_served(tmp_path, capsys):
+def test_watch_from_the_deployment_day_is_what_the_deployed_model_served(cli, tmp_path, capsys):
     """A supervised model deployed on day T: compare's watch_from_d<T>, read from the per-day curves,
     is the harness's return_served_mean (minutes per user watched from T on, under the model)."""
     (tmp_path / "day1.yaml").write_text("algo: {train_days: 1}\n")  # toy lives are short: deployed on day 1
     argv = ["--agent", "sasrec", "--scenario", "lifetime", "--smoke", "--seed", "0"]
     argv += ["--config", str(tmp_path / "day1.yaml")]
-    assert run.main([*argv, "--logdir", str(tmp_path / "runs")]) == 0
+    assert cli("run", [*argv, "--logdir", str(tmp_path / "runs")]) == 0
     (results,) = (tmp_path / "runs").rglob("results.csv")
     final = pd.read_csv(results).query("phase == 'final'").iloc[-1]
     day = int(final.served_from_day)
     assert day == final.served_from_day > 0 and final.return_served_mean > 0
-    assert compare.main([str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--from-day", str(day)]) == 0
+    assert cli("compare", [str(tmp_path / "runs"), "--out", str(tmp_path / "o"), "--from-day", str(day)]) == 0
     table = pd.read_csv(tmp_path / "o" / "comparison.csv").query("agent == 'sasrec'").set_index("metric")["mean"]
     assert table[f"watch_from_d{day}"] == pytest.approx(final.return_served_mean, rel=1e-9)
     assert table[f"watch_from_d{day}"] < table["return_mean"]  # the logging policy served the days before T
 
 
-def test_compare_rejects_a_bad_retention_day(tmp_path, capsys):
-    assert run.main(["--agent", "random", "--smoke", "--seeds", "0", "--logdir", str(tmp_path / "runs")]) == 0
+def test_compare_rejects_a_bad_retention_day(cli, tmp_path, capsys):
+    assert cli("run", ["--agent", "random", "--smoke", "--seeds", "0", "--logdir", str(tmp_path / "runs")]) == 0
     compare_with = [str(tmp_path / "runs"), "--out", str(tmp_path / "o")]
     for flags, message in [
         (["--from-day", "-3"], "--from-day must be a day >= 0, got -3"),
@@ -190,5 +189,5 @@ def test_compare_rejects_a_bad_retention_day(tmp_path, capsys):
         (["--after-days", "7"], "--after-days reads retention given a day: it needs --from-day T"),
         (["--from-day", "30"], "--from-day needs lifetime runs"),
     ]:
-        assert compare.main([*compare_with, *flags]) == 2
+        assert cli("compare", [*compare_with, *flags]) == 2
         assert message in capsys.readouterr().err

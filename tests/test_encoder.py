@@ -383,10 +383,8 @@ def test_a_long_history_is_read_whole_by_the_state_with_a_window():
         assert not torch.allclose(windowed(obs)[0], dense(obs)[0])  # 6 do not: block-local reading
 
 
-def test_serving_benchmark_reports_decisions_per_second_per_history_and_window():
-    from experiments import bench
-
+def test_serving_benchmark_reports_decisions_per_second_per_history_and_window(cli):
     argv = ["encoder", "--serving", "--batch", "4", "--histories", "8", "12", "--window", "4", "--iters", "1"]
-    records = bench.main([*argv, "--warmup", "0", "--d-model", "16", "--heads", "2", "--json"])
+    records = cli("bench", [*argv, "--warmup", "0", "--d-model", "16", "--heads", "2", "--json"])
     assert [(r["history_len"], r["window"]) for r in records] == [(8, 4), (8, 0), (12, 4), (12, 0)]
     assert all(r["decisions_per_s"] > 0 and r["impl"] == "driftrec-serving" for r in records)

@@ -18,7 +18,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments import compare, run, runs
+from experiments.core.checkpoints import save_checkpoint
+from experiments.core.restore import load_run, restore_policy
+from experiments.core.rundirs import run_status, write_status
+from experiments.core.settings import config_label
+from experiments.core.training import build_agent
 
 ROOT = Path(__file__).resolve().parents[1]
 SB3_SMOKE = ["--agent", "sb3-ppo", "--smoke", "--checkpoint-every", "1", "--eval-interval", "256"]
@@ -29,6 +33,15 @@ def _only_run(logdir: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def sb3_run(tmp_path_factory, cli) -> Path:
+    """An SB3 PPO smoke run of 1,024 steps, checkpointed and evaluated every 256, trained once for the
+    tests that resume, tear or corrupt one: each works on its own copy (copy_run)."""
+    logdir = tmp_path_factory.mktemp("sb3")
+    assert cli("run", [*SB3_SMOKE, "--steps", "1024", "--logdir", str(logdir)]) == 0
+    return _only_run(logdir)
+
+
 def _train_rows(run_dir: Path) -> pd.DataFrame:
     rows = pd.read_csv(run_dir / "results.csv")
     return rows[rows.phase == "train"]
@@ -36,9 +49,10 @@ def _train_rows(run_dir: Path) -> pd.DataFrame:
 
 # ------------------------------------------------------------------ signals
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
-def test_a_scheduler_signal_checkpoints_and_the_resumed_run_loses_nothing(tmp_path, sig):
+def test_a_scheduler_signal_checkpoints_and_the_resumed_run_loses_nothing(cli, tmp_path, sig):
     argv = [sys.executable, "experiments/run.py", *SB3_SMOKE, "--steps", "200000", "--logdir", str(tmp_path)]
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one torch thread, as in this process (conftest)
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:  # wait for a checkpoint and a few evaluations
@@ -55,23 +69,23 @@ def test_a_scheduler_signal_checkpoints_and_the_resumed_run_loses_nothing(tmp_pa
     assert proc.returncode == 128 + sig, err
     assert f"{signal.Signals(sig).name}: checkpoint saved; continue with --resume" in err
     run_dir = _only_run(tmp_path)
-    assert runs.run_status(run_dir) == "interrupted"
+    assert run_status(run_dir) == "interrupted"
     saved = json.loads((run_dir / "checkpoint" / "state.json").read_text())["env_steps"]
     logged = _train_rows(run_dir).env_steps.max()
     assert saved >= logged  # the stop checkpointed after the last logged evaluation: nothing lost
 
-    assert run.main(["--resume", str(run_dir), "--steps", str(saved + 1024)]) == 0
+    assert cli("run", ["--resume", str(run_dir), "--steps", str(saved + 256)]) == 0  # one more iteration
     steps = _train_rows(run_dir).env_steps.to_numpy()
     assert (steps[1:] > steps[:-1]).all(), steps  # no duplicated or rolled-back rows
-    assert runs.run_status(run_dir) == "finished"
+    assert run_status(run_dir) == "finished"
     assert (pd.read_csv(run_dir / "results.csv").phase == "final").sum() == 1
 
 
-def test_keep_best_ends_with_the_snapshot_best_on_validation_users(tmp_path, capsys):
-    from experiments.harness import EVAL_SEED, VALIDATION_SEED, evaluate
+def test_keep_best_ends_with_the_snapshot_best_on_validation_users(cli, tmp_path, capsys):
+    from experiments.core.harness import EVAL_SEED, VALIDATION_SEED, evaluate
 
     # Evaluations at 256, 512, ... steps: seven snapshots to choose among, on the validation users.
-    assert run.main([*SB3_SMOKE, "--steps", "1792", "--keep-best", "--logdir", str(tmp_path)]) == 0
+    assert cli("run", [*SB3_SMOKE, "--steps", "1792", "--keep-best", "--logdir", str(tmp_path)]) == 0
     run_dir = _only_run(tmp_path)
     rows = pd.read_csv(run_dir / "results.csv")
     train = rows[rows.phase == "train"]
@@ -83,10 +97,10 @@ def test_keep_best_ends_with_the_snapshot_best_on_validation_users(tmp_path, cap
     assert final.env_steps == best.env_steps  # the final evaluation is of the best snapshot, not the last
     assert f"at {int(best.env_steps):,} env steps" in capsys.readouterr().err
     # Never pooled with runs that end on their last snapshot.
-    assert runs.config_label(json.loads((run_dir / "run.json").read_text())) != ""
+    assert config_label(json.loads((run_dir / "run.json").read_text())) != ""
     # The snapshot scores what was logged on the validation users, and the final figure on the final ones.
-    settings = runs.load_run(run_dir)
-    agent = runs.build_agent(settings, "cpu")
+    settings = load_run(run_dir)
+    agent = build_agent(settings, "cpu")
     try:
         agent.restore(run_dir / "best")
         config = settings.scenario_config()
@@ -98,24 +112,22 @@ def test_keep_best_ends_with_the_snapshot_best_on_validation_users(tmp_path, cap
         agent.close()
 
 
-def test_resume_truncates_what_was_logged_after_the_checkpoint(tmp_path):
-    assert run.main([*SB3_SMOKE, "--steps", "2048", "--logdir", str(tmp_path)]) == 0
-    run_dir = _only_run(tmp_path)
+def test_resume_truncates_what_was_logged_after_the_checkpoint(cli, sb3_run, copy_run, tmp_path):
+    run_dir = copy_run(sb3_run, tmp_path)
     state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
     rows = pd.read_csv(run_dir / "results.csv")
     # As after a kill -9 between an evaluation and the next checkpoint: rows past the checkpoint.
     extra = rows[rows.phase == "train"].tail(1).assign(env_steps=state["env_steps"] + 999)
     pd.concat([rows, extra]).to_csv(run_dir / "results.csv", index=False)
-    assert run.main(["--resume", str(run_dir), "--steps", str(state["env_steps"] + 512)]) == 0
+    assert cli("run", ["--resume", str(run_dir), "--steps", str(state["env_steps"] + 512)]) == 0
     steps = _train_rows(run_dir).env_steps.to_numpy()
     assert state["env_steps"] + 999 not in steps and (steps[1:] > steps[:-1]).all()
 
 
-def test_a_checkpoint_torn_mid_write_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
+def test_a_checkpoint_torn_mid_write_leaves_the_previous_one_loadable(cli, sb3_run, copy_run, tmp_path, monkeypatch):
     from agents.sb3_agent import SB3PPOAgent
 
-    assert run.main([*SB3_SMOKE, "--steps", "1024", "--logdir", str(tmp_path)]) == 0
-    run_dir = _only_run(tmp_path)
+    run_dir = copy_run(sb3_run, tmp_path)
     ckpt = run_dir / "checkpoint"
     before = (ckpt / "state.json").read_text()
 
@@ -124,64 +136,62 @@ def test_a_checkpoint_torn_mid_write_leaves_the_previous_one_loadable(tmp_path, 
         (Path(path) / "half.bin").write_bytes(b"\0" * 10)
         raise KeyboardInterrupt
 
-    settings = runs.load_run(run_dir)
-    agent = runs.build_agent(settings, "cpu")
+    settings = load_run(run_dir)
+    agent = build_agent(settings, "cpu")
     monkeypatch.setattr(SB3PPOAgent, "save", dies_mid_write)
     with pytest.raises(KeyboardInterrupt):
-        runs.save_checkpoint(agent, ckpt, {"iteration": 99, "next_eval": 0})
+        save_checkpoint(agent, ckpt, {"iteration": 99, "next_eval": 0})
     agent.close()
     assert (ckpt / "state.json").read_text() == before  # untouched
     monkeypatch.undo()
-    _, policy = runs.restore_policy(run_dir)  # and it still loads
+    _, policy = restore_policy(run_dir)  # and it still loads
     assert policy is not None
-    assert run.main(["--resume", str(run_dir), "--steps", "1536"]) == 0  # the torn copy is cleared
+    assert cli("run", ["--resume", str(run_dir), "--steps", "1536"]) == 0  # the torn copy is cleared
     assert not (run_dir / "checkpoint.tmp").exists()
 
 
 # ------------------------------------------------------------ corrupted files
 @pytest.mark.parametrize("target", ["state.json", "run.json"])
-def test_truncated_run_files_are_one_line_naming_the_file(tmp_path, capsys, target):
-    assert run.main([*SB3_SMOKE, "--steps", "512", "--logdir", str(tmp_path)]) == 0
-    run_dir = _only_run(tmp_path)
+def test_truncated_run_files_are_one_line_naming_the_file(cli, sb3_run, copy_run, tmp_path, capsys, target):
+    run_dir = copy_run(sb3_run, tmp_path)
     path = run_dir / ("checkpoint/state.json" if target == "state.json" else "run.json")
     path.write_text(path.read_text()[:17])
     capsys.readouterr()
     started = time.perf_counter()
-    assert run.main(["--resume", str(run_dir)]) == 2
+    assert cli("run", ["--resume", str(run_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(path) in err and "not valid JSON" in err
     assert time.perf_counter() - started < 5  # before any expensive setup
 
 
-def test_a_corrupted_sb3_checkpoint_names_the_file(tmp_path, capsys):
-    assert run.main([*SB3_SMOKE, "--steps", "512", "--logdir", str(tmp_path)]) == 0
-    run_dir = _only_run(tmp_path)
+def test_a_corrupted_sb3_checkpoint_names_the_file(cli, sb3_run, copy_run, tmp_path, capsys):
+    run_dir = copy_run(sb3_run, tmp_path)
     (zipped,) = list((run_dir / "checkpoint").glob("*.zip"))
     zipped.write_bytes(zipped.read_bytes()[:100])
     capsys.readouterr()
-    assert run.main(["--resume", str(run_dir), "--steps", "1024"]) == 2
+    assert cli("run", ["--resume", str(run_dir), "--steps", "2048"]) == 2
     err = capsys.readouterr().err
     assert "cannot read the SB3 PPO checkpoint" in err and str(zipped) in err
 
 
-def test_malformed_yaml_is_one_line_naming_the_file(tmp_path, capsys):
+def test_malformed_yaml_is_one_line_naming_the_file(cli, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("scenario: {env: {num_candidates: 10}\nalgo: [unclosed\n")
-    assert run.main(["--config", str(bad), "--logdir", str(tmp_path)]) == 2
+    assert cli("run", ["--config", str(bad), "--logdir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"config file {bad} is not valid YAML" in err
 
 
-def test_an_unwritable_output_location_fails_first_with_one_line(tmp_path, capsys):
+def test_an_unwritable_output_location_fails_first_with_one_line(cli, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    assert run.main(["--agent", "random", "--smoke", "--logdir", str(blocker / "runs")]) == 2
+    assert cli("run", ["--agent", "random", "--smoke", "--logdir", str(blocker / "runs")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--logdir" in err and "cannot be written" in err
 
 
-def test_resume_refuses_flags_it_would_ignore(tmp_path, capsys):
-    assert run.main(["--resume", str(tmp_path), "--scenario", "cognitive"]) == 2
+def test_resume_refuses_flags_it_would_ignore(cli, tmp_path, capsys):
+    assert cli("run", ["--resume", str(tmp_path), "--scenario", "cognitive"]) == 2
     assert "--scenario would be ignored" in capsys.readouterr().err
 
 
@@ -192,11 +202,11 @@ def _fake_run(root: Path, agent: str, seed: int, ret: float, stamp: str, status:
     (run_dir / "run.json").write_text(json.dumps(dict(agent=agent, scenario="mixed", seed=seed, **settings)))
     row = dict(agent=agent, scenario="mixed", seed=seed, phase="final", env_steps=0, return_mean=ret)
     pd.DataFrame([row]).to_csv(run_dir / "results.csv", index=False)
-    runs.write_status(run_dir, status)
+    write_status(run_dir, status)
     return run_dir
 
 
-def test_compare_counts_distinct_seeds_per_configuration_and_skips_what_is_broken(tmp_path, capsys):
+def test_compare_counts_distinct_seeds_per_configuration_and_skips_what_is_broken(cli, tmp_path, capsys):
     _fake_run(tmp_path, "ppo", 0, 50.0, "20260101-000000")
     _fake_run(tmp_path, "ppo", 0, 60.0, "20260102-000000")  # a rerun of seed 0: the latest counts, once
     _fake_run(tmp_path, "ppo", 1, 62.0, "20260101-000000")
@@ -205,7 +215,7 @@ def test_compare_counts_distinct_seeds_per_configuration_and_skips_what_is_broke
     garbled = _fake_run(tmp_path, "ppo", 4, 1.0, "20260101-000000")
     (garbled / "results.csv").write_bytes(b'agent,scen\x00\xff\n"unclosed')
     out = tmp_path / "out"
-    assert compare.main([str(tmp_path / "mixed"), "--out", str(out)]) == 0
+    assert cli("compare", [str(tmp_path / "mixed"), "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "the run is interrupted" in err and str(garbled) in err
     table = pd.read_csv(out / "comparison.csv")
@@ -215,29 +225,28 @@ def test_compare_counts_distinct_seeds_per_configuration_and_skips_what_is_broke
     assert ret.loc[other, "seeds"] == 1 and ret.loc[other, "mean"] == pytest.approx(10.0)
 
 
-def test_seeds_listed_twice_are_an_error(tmp_path, capsys):
-    assert run.main(["--agent", "random", "--smoke", "--seeds", "1", "1", "--logdir", str(tmp_path)]) == 2
+def test_seeds_listed_twice_are_an_error(cli, tmp_path, capsys):
+    assert cli("run", ["--agent", "random", "--smoke", "--seeds", "1", "1", "--logdir", str(tmp_path)]) == 2
     assert "lists a seed twice" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
-def test_a_read_only_logdir_is_refused(tmp_path, capsys):
+def test_a_read_only_logdir_is_refused(cli, tmp_path, capsys):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
-    assert run.main(["--agent", "random", "--smoke", "--logdir", str(ro)]) == 2
+    assert cli("run", ["--agent", "random", "--smoke", "--logdir", str(ro)]) == 2
     assert "cannot be written" in capsys.readouterr().err
 
 
-def test_a_truncated_ppo_checkpoint_names_the_file(tmp_path, capsys):
-    assert run.main(["--agent", "ppo", "--smoke", "--steps", "256", "--logdir", str(tmp_path)]) == 0
-    run_dir = _only_run(tmp_path)
+def test_a_truncated_ppo_checkpoint_names_the_file(cli, ppo_smoke_run, copy_run, tmp_path, capsys):
+    run_dir = copy_run(ppo_smoke_run, tmp_path)
     agent_json = run_dir / "checkpoint" / "agent.json"
     text = agent_json.read_text()
     agent_json.write_text(text[:9])
     capsys.readouterr()
     started = time.perf_counter()
-    assert run.main(["--resume", str(run_dir), "--steps", "512"]) == 2
+    assert cli("run", ["--resume", str(run_dir), "--steps", "1024"]) == 2
     err = capsys.readouterr().err.strip()
     assert str(agent_json) in err and len(err.splitlines()) == 1
     assert time.perf_counter() - started < 5  # refused before Ray and the module are built
@@ -248,19 +257,17 @@ def test_a_truncated_ppo_checkpoint_names_the_file(tmp_path, capsys):
     assert pickles
     biggest = max(pickles, key=lambda p: p.stat().st_size)
     biggest.write_bytes(biggest.read_bytes()[:64])
-    assert run.main(["--resume", str(run_dir), "--steps", "512"]) == 2
+    assert cli("run", ["--resume", str(run_dir), "--steps", "1024"]) == 2
     err = capsys.readouterr().err
     assert "cannot restore the PPO checkpoint" in err and str(run_dir / "checkpoint" / "algorithm") in err
 
 
-def test_validity_and_compare_refuse_unwritable_outputs(tmp_path, capsys):
-    from experiments import validity
-
+def test_validity_and_compare_refuse_unwritable_outputs(cli, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert validity.main(["--smoke", "--presets", "stationary", "--out", str(blocker / "v")]) == 2
+    assert cli("validity", ["--smoke", "--presets", "stationary", "--out", str(blocker / "v")]) == 2
     assert "--out" in capsys.readouterr().err
-    assert compare.main([str(tmp_path), "--out", str(blocker / "c")]) == 2
+    assert cli("compare", [str(tmp_path), "--out", str(blocker / "c")]) == 2
     assert "cannot be written" in capsys.readouterr().err
 
 

@@ -25,7 +25,7 @@ from agents.oracles import (
     StaleStateOracle,
 )
 from envs import RecVectorEnv, make_scenario
-from experiments.harness import evaluate
+from experiments.core.harness import evaluate
 from simulator import World
 
 TINY = {"catalog": {"n_items": 100}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 30}}

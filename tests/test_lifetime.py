@@ -17,7 +17,7 @@ import envs
 from agents.item_score import ATTRACTIVENESS, QUALITY, ItemScorePolicy
 from agents.oracles import LifetimeOracle, MyopicOracle, SessionOracle
 from envs import RecEnv, RecVectorEnv, make_scenario
-from experiments.harness import evaluate
+from experiments.core.harness import evaluate
 from simulator import World, WorldConfig, cognitive, family_names, lifetime, registered_families, seasonal, social
 from simulator.drift import DriftFamily, DriftParams, GapContext, overrides
 from simulator.lifetime import LifetimeParams
@@ -324,7 +324,7 @@ def test_gap_hooks_are_pure_state_updates_on_the_users_away():
 
 # ------------------------------------------------------------ metrics over days
 def test_retention_has_a_known_answer():
-    from experiments.harness import retention
+    from experiments.core.harness import retention
 
     first = np.array([0.0, 0.5, 0.2, 0.9])
     last = np.array([0.1, 8.0, 31.0, 3.0])  # active since first for 0.1, 7.5, 30.8, 2.1 days
@@ -346,7 +346,7 @@ def test_lifetime_evaluations_report_retention_and_per_day_curves():
 
 
 def test_long_evaluations_report_progress_with_the_day(monkeypatch):
-    from experiments import harness
+    from experiments.core import harness
 
     monkeypatch.setattr(harness, "PROGRESS_SECONDS", 0.0)  # a line every step
     said: list[str] = []
@@ -362,36 +362,38 @@ def test_long_evaluations_report_progress_with_the_day(monkeypatch):
 def test_lifetime_runs_default_to_a_15_minute_budget_under_flags_and_config(tmp_path):
     from dataclasses import asdict
 
-    from experiments import run
-    from experiments.runs import LIFETIME_ALGO_DEFAULTS, LIFETIME_BEST_SNAPSHOT, LIFETIME_RUN_DEFAULTS, config_label
+    from agents.registry import get_agent
+    from experiments.core.flags import build_parser, settings_from_args
+    from experiments.core.harness import EVAL_SEED
+    from experiments.core.settings import LIFETIME_RUN_DEFAULTS, config_label
 
-    life = run.settings_from_args(run.parse_args(["--scenario", "lifetime"]))
-    session = run.settings_from_args(run.parse_args(["--scenario", "mixed"]))
+    settings = lambda *argv: settings_from_args(build_parser().parse_args(list(argv)))  # noqa: E731
+
+    life = settings("--scenario", "lifetime")
+    session = settings("--scenario", "mixed")
     assert (life.steps, life.final_eval_users, life.eval_users) == tuple(
         LIFETIME_RUN_DEFAULTS[k] for k in ("steps", "final_eval_users", "eval_users")
     )
     # PPO learns its critic first and keeps its best snapshot on validation users, evaluated 6 times.
-    best = LIFETIME_BEST_SNAPSHOT["ppo"]
-    assert life.keep_best and life.eval_seed != run.EVAL_SEED
-    assert life.interval == life.steps // best["evaluations"] == 8_192
-    assert dict(life.algo) == {**LIFETIME_ALGO_DEFAULTS["ppo"], **best["algo"]}
+    ppo = get_agent("ppo").lifetime  # the registry entry holds PPO's lifetime defaults
+    assert life.keep_best and life.eval_seed != EVAL_SEED
+    assert life.interval == life.steps // ppo.keep_best_evaluations == 8_192
+    assert dict(life.algo) == {**ppo.algo, **ppo.keep_best_algo}
     assert life.params.critic_warmup_steps == 16_384
-    plain = run.settings_from_args(run.parse_args(["--scenario", "lifetime", "--no-keep-best"]))
-    assert not plain.keep_best and plain.eval_seed == run.EVAL_SEED and plain.interval == plain.steps // 2
+    plain = settings("--scenario", "lifetime", "--no-keep-best")
+    assert not plain.keep_best and plain.eval_seed == EVAL_SEED and plain.interval == plain.steps // 2
     assert (session.steps, session.final_eval_users, dict(session.algo)) == (250_000, 1024, {})
     # Flags and the config file win; the interval follows the steps given; smoke sizes win too.
     cfg = tmp_path / "c.yaml"
     cfg.write_text("algo: {pretrain_epochs: 0}\n")
-    mine = run.settings_from_args(
-        run.parse_args(["--scenario", "lifetime", "--steps", "1000", "--final-eval-users", "8", "--config", str(cfg)])
-    )
+    mine = settings("--scenario", "lifetime", "--steps", "1000", "--final-eval-users", "8", "--config", str(cfg))
     assert (mine.steps, mine.interval, mine.final_eval_users, mine.algo["pretrain_epochs"]) == (1000, 166, 8, 0)
-    smoke = run.settings_from_args(run.parse_args(["--scenario", "lifetime", "--smoke"]))
+    smoke = settings("--scenario", "lifetime", "--smoke")
     assert smoke.steps == 512 and smoke.interval == 51
     assert not smoke.keep_best and smoke.params.critic_warmup_steps == 0  # toy runs are shorter than the warm-up
-    assert smoke.algo["log_users"] < LIFETIME_ALGO_DEFAULTS["ppo"]["log_users"]
+    assert smoke.algo["log_users"] < ppo.algo["log_users"]
     # Agents without lifetime algo defaults get the run sizes only.
-    sasrec = run.settings_from_args(run.parse_args(["--agent", "sasrec", "--scenario", "lifetime"]))
+    sasrec = settings("--agent", "sasrec", "--scenario", "lifetime")
     assert dict(sasrec.algo) == {} and not sasrec.keep_best and sasrec.interval == sasrec.steps // 2
     # compare.py labels configurations against these defaults: default lifetime runs pool unlabelled.
     assert config_label(asdict(life)) == config_label(asdict(sasrec)) == "" != config_label(asdict(mine))
@@ -406,12 +408,10 @@ def test_lifetime_runs_default_to_a_15_minute_budget_under_flags_and_config(tmp_
 
 # ------------------------------------------------------------ every agent on lifetimes
 @pytest.mark.parametrize("agent", sorted(__import__("agents.registry", fromlist=["AGENTS"]).AGENTS))
-def test_every_agent_runs_a_smoke_lifetime_through_the_harness(agent, tmp_path):
+def test_every_agent_runs_a_smoke_lifetime_through_the_harness(cli, agent, tmp_path):
     import pandas as pd
 
-    from experiments import run
-
-    assert run.main(["--agent", agent, "--scenario", "lifetime", "--smoke", "--logdir", str(tmp_path)]) == 0
+    assert cli("run", ["--agent", agent, "--scenario", "lifetime", "--smoke", "--logdir", str(tmp_path)]) == 0
     (results,) = list(tmp_path.glob("lifetime/*/*/results.csv"))
     final = pd.read_csv(results).query("phase == 'final'")
     assert final.return_mean.notna().all() and {"retention_d1", "sessions_mean", "churn_rate"} <= set(final.columns)

@@ -20,7 +20,7 @@ from agents.logs import (
 )
 from agents.offline import OBS_KEYS, export_minari, logged_steps
 from envs import make_scenario
-from experiments.harness import evaluate
+from experiments.core.harness import evaluate
 
 TINY = {"catalog": {"n_items": 100}, "env": {"num_candidates": 6, "history_len": 8, "max_steps": 12}}
 LIFE = {

@@ -1,10 +1,8 @@
-"""The offline-evaluation study (experiments.offline_eval) and its CLI (experiments/offline.py) at toy sizes."""
+"""The offline-evaluation study (experiments.studies.offline.study) and its CLI (experiments/offline.py), tiny."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,8 +10,8 @@ import pytest
 import torch
 
 from agents.oracles import MyopicOracle
-from experiments import offline_eval as oe
-from experiments.runs import SMOKE_MODEL
+from experiments.core.settings import SMOKE_MODEL
+from experiments.studies.offline import study as oe
 
 TINY = {"catalog": {"n_items": 120}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 20}}
 SMALL = dict(
@@ -32,18 +30,8 @@ SMALL = dict(
 )
 
 
-def _cli():
-    spec = importlib.util.spec_from_file_location(
-        "offline_cli", Path(__file__).parents[1] / "experiments" / "offline.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def study():
-    torch.set_num_threads(1)
     settings = oe.OfflineSettings(**SMALL, agents=("random", "popularity", "bandit", "sasrec", "oracle-myopic"))
     return settings, oe.run_study(settings, progress=lambda line: None)
 
@@ -137,18 +125,17 @@ def test_bad_settings_are_one_line_errors(change, match):
     assert "\n" not in str(err.value)
 
 
-def test_cli_errors_and_minari_export(tmp_path, capsys):
-    cli = _cli()
-    assert cli.main(["--k", "0", "--out", str(tmp_path / "x")]) == 2
+def test_cli_errors_and_minari_export(cli, tmp_path, capsys):
+    assert cli("offline", ["--k", "0", "--out", str(tmp_path / "x")]) == 2
     assert "cutoff K must be an integer >= 1" in capsys.readouterr().err
-    assert cli.main(["--export-minari", str(tmp_path), "--logs", str(tmp_path / "missing.parquet")]) == 2
+    assert cli("offline", ["--export-minari", str(tmp_path), "--logs", str(tmp_path / "missing.parquet")]) == 2
     assert "log file not found" in capsys.readouterr().err
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
-    assert cli.main(["--export-minari", str(tmp_path), "--logs", str(tmp_path / "broken.parquet")]) == 2
+    assert cli("offline", ["--export-minari", str(tmp_path), "--logs", str(tmp_path / "broken.parquet")]) == 2
     err = capsys.readouterr().err
     assert "not readable Parquet" in err and err.count("\n") == 1
     minari = pytest.importorskip("minari")
-    assert cli.main(["--smoke", "--log-users", "4", "--log-steps", "10", "--export-minari", str(tmp_path)]) == 0
+    assert cli("offline", ["--smoke", "--log-users", "4", "--log-steps", "10", "--export-minari", str(tmp_path)]) == 0
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MINARI_DATASETS_PATH", str(tmp_path))
         dataset = minari.load_dataset("driftrec/mixed/logs-v0")

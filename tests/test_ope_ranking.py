@@ -1,5 +1,5 @@
-"""Offline ranking metrics (experiments.ranking) against hand-computed examples, and the off-policy
-estimators (experiments.ope) against closed forms."""
+"""Offline ranking metrics (experiments.core.ranking) against hand-computed examples, and the off-policy
+estimators (experiments.studies.offline.ope) against closed forms."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from experiments import ope
-from experiments import ranking as rk
+from experiments.core import ranking as rk
+from experiments.studies.offline import ope
 
 # ------------------------------------------------------------------ ranking metrics
 # Step 0: scores rank c0 > c2 > c3 > c1; relevant c1 (rank 3) and c2 (rank 1). Step 1: nothing relevant.

@@ -9,7 +9,7 @@ import pytest
 from agents.oracles import MyopicOracle, SessionOracle, watch_per_budget
 from agents.policy import Policy, RandomPolicy, slate_from_scores
 from envs import RecVectorEnv
-from experiments.harness import evaluate
+from experiments.core.harness import evaluate
 
 POLICIES = [lambda: RandomPolicy(seed=0), MyopicOracle, SessionOracle]
 

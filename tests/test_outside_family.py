@@ -17,7 +17,7 @@ import envs
 from agents.oracles import LookaheadOracle, LookaheadParams, MyopicOracle
 from envs import RecEnv, RecVectorEnv, make_scenario
 from experiments import stress, validity
-from experiments.harness import evaluate
+from experiments.core.harness import evaluate
 from simulator import DriftFamily, FamilyState, ShockParams, World, WorldConfig, families, register_family
 
 TINY = {"catalog": {"n_items": 100}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 20}}

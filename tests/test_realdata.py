@@ -12,8 +12,8 @@ import pytest
 
 from agents.nextitem import NextItemParams, pad_histories, prefix_examples, score_all, train_next_item
 from envs import PRESETS, RecVectorEnv, make_scenario
-from experiments import calibration as cal
-from experiments import realseq
+from experiments.studies.benchmarks import realseq
+from experiments.studies.calibration import fit as cal
 from simulator import CatalogParams, World
 from simulator import realdata as rd
 from simulator.params import merge_overrides

@@ -1,4 +1,4 @@
-"""The runs library (experiments/runs.py) and the agent registry: settings are validated before any
+"""The run library (experiments/core/) and the agent registry: settings are validated before any
 work, agents describe themselves, and Ray jobs ask for the device their run trains on."""
 
 from __future__ import annotations
@@ -9,8 +9,11 @@ import types
 import pytest
 
 from agents.registry import AGENTS, get_agent, parse_variant
-from experiments import runs
-from experiments.runs import RunSettings
+from experiments.core import devices
+from experiments.core.devices import resolve_device
+from experiments.core.fanout import ray_device, ray_tasks, run_seeds
+from experiments.core.restore import load_run
+from experiments.core.settings import SMOKE_SCENARIO, SMOKE_SIZES, RunSettings, changed_dynamics, with_smoke_sizes
 
 
 @pytest.mark.parametrize(
@@ -51,18 +54,23 @@ def test_settings_round_trip_through_run_json_and_name_the_retraining_variant():
 
 def test_smoke_sizes_sit_under_explicit_flags_and_the_config():
     base = RunSettings(agent="sasrec", algo={"epochs": 4}, scenario_overrides={"catalog": {"n_items": 150}})
-    smoke = runs.with_smoke_sizes(base, eval_users=64)
+    smoke = with_smoke_sizes(base, eval_users=64)
     assert smoke.eval_users == 64  # an explicit flag wins
-    assert smoke.final_eval_users == runs.SMOKE_SIZES["final_eval_users"]
+    assert smoke.final_eval_users == SMOKE_SIZES["final_eval_users"]
     assert smoke.algo["epochs"] == 4 and smoke.algo["log_users"] == get_agent("sasrec").smoke["log_users"]
     assert smoke.scenario_config().world.catalog.n_items == 150  # the config's overrides win too
-    assert smoke.scenario_config().env.history_len == runs.SMOKE_SCENARIO["env"]["history_len"]
+    assert smoke.scenario_config().env.history_len == SMOKE_SCENARIO["env"]["history_len"]
 
 
 def test_every_agent_describes_itself_consistently():
     for name, spec in AGENTS.items():
         assert spec.name == name and spec.description
         spec.make_params(spec.smoke)  # its smoke sizes are valid settings
+        life = spec.lifetime  # and so are its lifetime defaults; only a training run has a best snapshot
+        spec.make_params({**life.algo, **life.keep_best_algo})
+        assert life.keep_best_evaluations >= 0 and (
+            spec.trains or not (life.keep_best_evaluations or life.keep_best_algo)
+        )
         if spec.params is None:
             assert spec.make_params() is None and not spec.smoke
     assert {n for n, s in AGENTS.items() if s.trains} == {"ppo", "sb3-ppo"}
@@ -73,7 +81,7 @@ def test_every_agent_describes_itself_consistently():
 
 def test_duplicate_seeds_are_an_error_before_any_run(tmp_path):
     with pytest.raises(ValueError, match="lists a seed twice"):
-        runs.run_seeds(RunSettings(agent="random"), [0, 1, 0], tmp_path)
+        run_seeds(RunSettings(agent="random"), [0, 1, 0], tmp_path)
     assert not list(tmp_path.iterdir())
 
 
@@ -101,28 +109,28 @@ class FakeRay(types.ModuleType):
 def test_ray_jobs_ask_for_a_gpu_on_cuda_and_never_fall_back_quietly(monkeypatch, capsys):
     fake = FakeRay(gpus=2)
     monkeypatch.setitem(sys.modules, "ray", fake)
-    assert runs.ray_tasks(lambda x: x + 1, [(1,), (2,)], parallel=2, device="cuda") == [2, 3]
+    assert ray_tasks(lambda x: x + 1, [(1,), (2,)], parallel=2, device="cuda") == [2, 3]
     assert fake.requested[-1] == {"num_cpus": 1, "num_gpus": 1}
-    runs.ray_tasks(lambda x: x, [(1,)], parallel=1, device="cpu")
+    ray_tasks(lambda x: x, [(1,)], parallel=1, device="cpu")
     assert fake.requested[-1] == {"num_cpus": 1, "num_gpus": 0}
     # `auto` is decided by the cluster's GPUs, not by the driver's.
-    assert runs.ray_device("auto", ray_address="ray://cluster:10001") == "cuda"
+    assert ray_device("auto", ray_address="ray://cluster:10001") == "cuda"
     monkeypatch.setitem(sys.modules, "ray", FakeRay(gpus=0))
     with pytest.raises(ValueError, match="Ray cluster has no GPU"):
-        runs.ray_tasks(lambda x: x, [(1,)], parallel=1, device="cuda")
+        ray_tasks(lambda x: x, [(1,)], parallel=1, device="cuda")
     with pytest.raises(ValueError, match="Ray cluster has no GPU"):
-        runs.ray_device("cuda", ray_address="ray://cluster:10001")
-    assert runs.ray_device("auto", ray_address="ray://cluster:10001") == "cpu"
+        ray_device("cuda", ray_address="ray://cluster:10001")
+    assert ray_device("auto", ray_address="ray://cluster:10001") == "cpu"
     assert "training on the CPU" in capsys.readouterr().err
 
 
 def test_cuda_is_resolved_in_the_driver_before_any_job(monkeypatch):
-    monkeypatch.setattr(runs, "cuda_available", lambda: False)
+    monkeypatch.setattr(devices, "cuda_available", lambda: False)
     with pytest.raises(ValueError, match="no CUDA GPU"):
-        runs.ray_device("cuda", ray_address=None)
-    assert runs.resolve_device("auto") == "cpu"
-    monkeypatch.setattr(runs, "cuda_available", lambda: True)
-    assert runs.resolve_device("auto") == "cuda" and runs.ray_device("auto", None) == "cuda"
+        ray_device("cuda", ray_address=None)
+    assert resolve_device("auto") == "cpu"
+    monkeypatch.setattr(devices, "cuda_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and ray_device("auto", None) == "cuda"
 
 
 def _recorded_run(tmp_path, record):
@@ -136,27 +144,27 @@ def _recorded_run(tmp_path, record):
 
 
 def test_a_run_of_a_preset_as_it_was_before_a_change_is_never_read_as_todays(tmp_path):
-    from experiments import compare
+    from experiments.studies.comparison import analysis
 
     record = RunSettings(agent="ppo", scenario="mixed").to_dict()
     assert record["scenario_config"]["world"]["users"]["n_communities"] == 4  # what mixed resolves to today
-    assert runs.changed_dynamics(record) == [] and runs.load_run(_recorded_run(tmp_path / "now", record))
+    assert changed_dynamics(record) == [] and load_run(_recorded_run(tmp_path / "now", record))
     # The same run.json as if written before a change of the population in `mixed`.
     record["scenario_config"]["world"]["users"]["n_communities"] = 16
-    assert runs.changed_dynamics(record) == ["world.users"]
+    assert changed_dynamics(record) == ["world.users"]
     old = _recorded_run(tmp_path / "then", record)
     with pytest.raises(ValueError, match=r"trained on 'mixed' as it was then.*\(in world.users\)"):
-        runs.load_run(old)
-    assert compare._config(old) == "earlier dynamics"  # a separate row in every comparison, never pooled
+        load_run(old)
+    assert analysis._config(old) == "earlier dynamics"  # a separate row in every comparison, never pooled
     # A field added to the config since the run was recorded had its default then (a new mechanism
     # comes in off): not a change; the same field recorded at another value is one.
     record["scenario_config"]["world"]["users"]["n_communities"] = 4
     del record["scenario_config"]["world"]["users"]["length_taste"]
-    assert runs.changed_dynamics(record) == []
+    assert changed_dynamics(record) == []
     record["scenario_config"]["world"]["users"]["length_taste"] = 0.5
-    assert runs.changed_dynamics(record) == ["world.users"]
+    assert changed_dynamics(record) == ["world.users"]
     del record["scenario_config"]  # runs from before the record: nothing to compare, read as today's
-    assert runs.changed_dynamics(record) == []
+    assert changed_dynamics(record) == []
 
 
 def test_runs_started_in_the_same_second_get_distinct_directories(tmp_path, monkeypatch):
@@ -164,7 +172,7 @@ def test_runs_started_in_the_same_second_get_distinct_directories(tmp_path, monk
     # mkdir itself, not by an exists() check another process can pass at the same moment.
     import threading
 
-    from experiments import tracking
+    from experiments.core import tracking
 
     monkeypatch.setattr(tracking.time, "strftime", lambda fmt: "20261203-170425")
     monkeypatch.setattr(tracking.Path, "exists", lambda self: False)  # every racer saw it free

@@ -22,15 +22,6 @@ ALGO = {"num_envs": 8, "n_steps": 16, "batch_size": 64, "n_epochs": 1}
 STEPS_PER_ITER = ALGO["num_envs"] * ALGO["n_steps"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Tiny tensors on shared cores: intra-op threads only contend (measured ~20x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def scenario(**env):
     overrides = {**SCENARIO, "env": {**SCENARIO["env"], **env}}
     return make_scenario("mixed", overrides)

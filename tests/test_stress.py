@@ -6,13 +6,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments import stress, stresstest
-from experiments.stresstest import analysis as sa
-from experiments.stresstest.plots import is_png
+from experiments.studies import stress as stresstest
+from experiments.studies.stress import analysis as sa
+from experiments.studies.stress import flags as stress_flags
+from experiments.studies.stress.plots import is_png
 
 TINY = {"catalog": {"n_items": 100}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 20}}
-TINY_ALGO = {"sasrec": {"log_users": 16, "log_steps": 30, "epochs": 1}}
+# Refits of 2 minibatches of 64 rows (not 32 of 512): sasrec-retrain still refits as it serves, in a tenth of the time.
+TINY_ALGO = {"sasrec": {"log_users": 16, "log_steps": 30, "epochs": 1, "refit_batches": 2, "batch_size": 64}}
 TINY_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 1}
+
+
+def stress_settings(*argv: str) -> stresstest.StressSettings:
+    """The StressSettings stress.py builds from `argv`."""
+    return stress_flags.settings_from_args(stress_flags.build_parser().parse_args(list(argv)))
 
 
 def tiny_settings(**kw) -> stresstest.StressSettings:
@@ -125,13 +132,13 @@ def test_bad_settings_are_clear_errors(kw, message):
         tiny_settings(**kw)
 
 
-def test_negative_magnitude_and_missing_checkpoint_exit_2_naming_the_problem(tmp_path, capsys):
-    assert stress.main(["--magnitudes", "0", "-1", "--out", str(tmp_path / "a")]) == 2
+def test_negative_magnitude_and_missing_checkpoint_exit_2_naming_the_problem(cli, tmp_path, capsys):
+    assert cli("stress", ["--magnitudes", "0", "-1", "--out", str(tmp_path / "a")]) == 2
     assert "stress.magnitude" in capsys.readouterr().err
     missing = tmp_path / "no-such-run"
-    assert stress.main(["--load", str(missing), "--out", str(tmp_path / "b")]) == 2
+    assert cli("stress", ["--load", str(missing), "--out", str(tmp_path / "b")]) == 2
     assert str(missing) in capsys.readouterr().err
-    assert stress.main(["--families", "weather", "--out", str(tmp_path / "c")]) == 2
+    assert cli("stress", ["--families", "weather", "--out", str(tmp_path / "c")]) == 2
     assert "unknown drift family 'weather'" in capsys.readouterr().err
 
 
@@ -153,11 +160,9 @@ def test_magnitude_zero_is_the_training_regime_or_turns_the_family_off():
 # ------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    import torch
-
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("stress")
-    settings = tiny_settings(agents=("bandit", "sasrec", "sasrec-retrain"), retrain_every=3)
+    # Every family at magnitudes 0 and 1 (the regimes test covers 2): the grid, its report and recovery.
+    settings = tiny_settings(agents=("bandit", "sasrec", "sasrec-retrain"), retrain_every=3, magnitudes=(0.0, 1.0))
     return settings, stresstest.stress(settings, out), out
 
 
@@ -213,14 +218,14 @@ def test_regimes_are_evaluated_on_fresh_copies_of_online_learners(tiny_run):
     np.testing.assert_allclose([r["return_mean"] for r in again["rows"]], first)
 
 
-def test_report_only_redoes_the_outputs_from_the_saved_evaluations(tiny_run, tmp_path, capsys):
+def test_report_only_redoes_the_outputs_from_the_saved_evaluations(cli, tiny_run, tmp_path, capsys):
     _, _, out = tiny_run
     before = pd.read_csv(out / "robustness.csv")
     (out / "report.md").unlink()
-    assert stress.main(["--report-only", str(out)]) == 0
+    assert cli("stress", ["--report-only", str(out)]) == 0
     assert (out / "report.md").is_file()
     pd.testing.assert_frame_equal(pd.read_csv(out / "robustness.csv"), before)
-    assert stress.main(["--report-only", str(tmp_path)]) == 2
+    assert cli("stress", ["--report-only", str(tmp_path)]) == 2
     assert f"no settings.json in {tmp_path}" in capsys.readouterr().err
 
 
@@ -230,7 +235,7 @@ def test_an_interrupted_stress_test_resumes_from_its_saved_evaluations(tiny_run,
     evaluations are all saved is not even built."""
     import shutil
 
-    from experiments.stresstest import jobs
+    from experiments.studies.stress import jobs
 
     settings, res, done = tiny_run
     out = tmp_path / "again"
@@ -239,7 +244,7 @@ def test_an_interrupted_stress_test_resumes_from_its_saved_evaluations(tiny_run,
         (out / name).unlink()
     saved = sorted((out / jobs.EVALUATIONS).glob("*.pkl"))
     assert len(saved) == len(settings.regimes()) * (3 * 2 + 1)  # 3 agents x 2 seeds, and the reference
-    lost = jobs.evaluation_path(out, "bandit", 1, "shock", 2.0)
+    lost = jobs.evaluation_path(out, "bandit", 1, "shock", 1.0)
     lost.unlink()
     corrupted = jobs.evaluation_path(out, "oracle-session", 0, "none", 0.0)
     corrupted.write_bytes(b"\x80\x04 truncated")
@@ -257,7 +262,7 @@ def test_an_interrupted_stress_test_resumes_from_its_saved_evaluations(tiny_run,
     assert "resumed" in (out / "report.md").read_text()
 
 
-def test_a_stress_test_with_other_settings_is_refused_in_the_same_directory(tiny_run, tmp_path, capsys):
+def test_a_stress_test_with_other_settings_is_refused_in_the_same_directory(cli, tiny_run, tmp_path, capsys):
     import shutil
 
     _, _, done = tiny_run
@@ -265,7 +270,7 @@ def test_a_stress_test_with_other_settings_is_refused_in_the_same_directory(tiny
     shutil.copytree(done, out)
     before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*")}
     argv = ["--smoke", "--agents", "bandit", "--seeds", "0", "--reference", "oracle-session", "--out", str(out)]
-    assert stress.main(argv) == 2
+    assert cli("stress", argv) == 2
     err = capsys.readouterr().err
     assert f"--out {out} holds a stress test with other settings" in err and "agents" in err
     assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing run, nothing written
@@ -276,7 +281,7 @@ def test_a_trained_agent_is_reused_when_finished_and_resumed_when_interrupted(tm
     test restores a finished run, resumes an interrupted one from its checkpoint, or starts one."""
     import json
 
-    from experiments.stresstest import jobs
+    from experiments.studies.stress import jobs
 
     settings = tiny_settings(agents=("ppo",), seeds=(3,), steps=64, algo={})
     calls = []
@@ -306,20 +311,23 @@ def test_a_trained_agent_is_reused_when_finished_and_resumed_when_interrupted(tm
 def test_config_file_sets_the_training_regime_and_agent_settings(tmp_path):
     cfg = tmp_path / "stress.yaml"
     cfg.write_text("scenario: {catalog: {n_items: 120}}\nmodel: {d_model: 16}\nalgo: {sasrec: {epochs: 2}}\n")
-    args = stress.parse_args(["--config", str(cfg), "--agents", "sasrec", "bandit", "--smoke"])
-    settings = stress.settings_from_args(args)
+    args = stress_flags.build_parser().parse_args(["--config", str(cfg), "--agents", "sasrec", "bandit", "--smoke"])
+    settings = stress_flags.settings_from_args(args)
     assert settings.train_config().world.catalog.n_items == 120
     assert settings.model["d_model"] == 16 and settings.algo["sasrec"]["epochs"] == 2
     assert settings.algo["sasrec"]["log_users"] == 16  # smoke sizes stay under the config's
     assert "ppo" not in settings.algo  # not stressed: its smoke sizes are dropped
     cfg.write_text("algo: {ppo: {lr: 0.001}}\n")
     with pytest.raises(ValueError, match="algo settings for 'ppo', which is not stressed"):
-        stress.settings_from_args(stress.parse_args(["--config", str(cfg), "--agents", "bandit"]))
+        stress_flags.settings_from_args(
+            stress_flags.build_parser().parse_args(["--config", str(cfg), "--agents", "bandit"])
+        )
 
 
-def test_smoke_trains_ppo_then_load_stresses_its_checkpoint(tmp_path):
-    """The trainable path: --smoke trains PPO through run.py's loop, restores its checkpoint and
-    stresses it; --load then stresses that checkpoint again, giving the same numbers."""
+def test_smoke_trains_ppo_then_load_stresses_its_checkpoint(cli, tmp_path):
+    """The trainable path: --smoke trains PPO (SB3's: the path is the same for RLlib's, which takes
+    longer to build) through run.py's loop, restores its checkpoint and stresses it; --load then
+    stresses that checkpoint again, giving the same numbers."""
     common = [
         "--smoke",
         "--seeds",
@@ -332,12 +340,12 @@ def test_smoke_trains_ppo_then_load_stresses_its_checkpoint(tmp_path):
         "--reference",
         "oracle-session",
     ]
-    assert stress.main(common + ["--agents", "ppo", "--out", str(tmp_path / "train")]) == 0
+    assert cli("stress", common + ["--agents", "sb3-ppo", "--out", str(tmp_path / "train")]) == 0
     trained = pd.read_csv(tmp_path / "train" / "grid.csv")
     run_dir = next((tmp_path / "train" / "runs").rglob("checkpoint")).parent
-    assert stress.main(common + ["--load", str(run_dir), "--out", str(tmp_path / "load")]) == 0
+    assert cli("stress", common + ["--load", str(run_dir), "--out", str(tmp_path / "load")]) == 0
     loaded = pd.read_csv(tmp_path / "load" / "grid.csv")
-    ppo = lambda g: g[g.agent == "ppo"].return_mean.to_numpy()  # noqa: E731
+    ppo = lambda g: g[g.agent == "sb3-ppo"].return_mean.to_numpy()  # noqa: E731
     assert len(ppo(trained)) == 2
     np.testing.assert_allclose(ppo(loaded), ppo(trained))
     assert is_png(tmp_path / "load" / "recovery.png")
@@ -492,31 +500,31 @@ def test_temporal_settings_resolve_defaults_variants_and_regimes():
 def test_temporal_cli_trains_ppo_with_the_lifetime_run_defaults():
     """On a calendar the CLI gives trained agents run.py's lifetime budget and settings (a session
     budget of 250,000 steps would take hours on lives); flags and the config file still win."""
-    from experiments.runs import LIFETIME_ALGO_DEFAULTS, LIFETIME_RUN_DEFAULTS
+    from agents.registry import get_agent
+    from experiments.core.settings import LIFETIME_RUN_DEFAULTS
 
-    parse = lambda *argv: stress.settings_from_args(stress.parse_args(["--train-scenario", "lifetime", *argv]))  # noqa: E731
+    parse = lambda *argv: stress_flags.settings_from_args(
+        stress_flags.build_parser().parse_args(["--train-scenario", "lifetime", *argv])
+    )  # noqa: E731
     s = parse("--agents", "ppo", "sasrec")
-    assert s.steps == LIFETIME_RUN_DEFAULTS["steps"] and s.algo["ppo"] == LIFETIME_ALGO_DEFAULTS["ppo"]
+    assert s.steps == LIFETIME_RUN_DEFAULTS["steps"] and s.algo["ppo"] == get_agent("ppo").lifetime.algo
     assert parse("--agents", "ppo", "--steps", "4096").steps == 4096
     assert "ppo" not in parse("--agents", "sasrec").algo  # not stressed, so no settings for it
-    assert stress.settings_from_args(stress.parse_args(["--agents", "ppo"])).steps == 250_000  # sessions
+    assert stress_settings("--agents", "ppo").steps == 250_000  # sessions
 
 
-def test_temporal_flags_on_a_session_preset_exit_2(tmp_path, capsys):
-    assert stress.main(["--train-days", "10", "--out", str(tmp_path / "a")]) == 2
+def test_temporal_flags_on_a_session_preset_exit_2(cli, tmp_path, capsys):
+    assert cli("stress", ["--train-days", "10", "--out", str(tmp_path / "a")]) == 2
     assert "train_days is for training scenarios with a calendar" in capsys.readouterr().err
     argv = ["--train-scenario", "lifetime", "--serve-days", "20", "--train-days", "30", "--out", str(tmp_path / "b")]
-    assert stress.main(argv) == 2
+    assert cli("stress", argv) == 2
     assert "serve_days must exceed train_days" in capsys.readouterr().err
-    assert stress.main(["--train-scenario", "lifetime", "--shock-step", "3", "--out", str(tmp_path / "c")]) == 2
+    assert cli("stress", ["--train-scenario", "lifetime", "--shock-step", "3", "--out", str(tmp_path / "c")]) == 2
     assert "--shock-step is for session scenarios" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
 def tiny_temporal_run(tmp_path_factory):
-    import torch
-
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("temporal")
     settings = tiny_temporal()
     return settings, stresstest.stress(settings, out), out
@@ -570,11 +578,11 @@ def test_tiny_temporal_shock_acts_only_from_its_day(tiny_temporal_run):
     assert (cognitive.watch != cognitive.watch_no_drift).any()
 
 
-def test_temporal_report_only_redoes_the_outputs(tiny_temporal_run):
+def test_temporal_report_only_redoes_the_outputs(cli, tiny_temporal_run):
     _, _, out = tiny_temporal_run
     before = pd.read_csv(out / "degradation_by_week.csv")
     (out / "report.md").unlink()
-    assert stress.main(["--report-only", str(out)]) == 0
+    assert cli("stress", ["--report-only", str(out)]) == 0
     assert "## Recovery after the dated shock" in (out / "report.md").read_text()
     pd.testing.assert_frame_equal(pd.read_csv(out / "degradation_by_week.csv"), before)
 

@@ -1,4 +1,5 @@
-"""Supervised baselines (agents.supervised): examples from logs, training, serving, retraining."""
+"""Supervised baselines (agents.supervised, agents.training_examples, agents.sequence_models,
+agents.deployment): examples from logs, training, serving, retraining, dated deployment."""
 
 from __future__ import annotations
 
@@ -6,32 +7,17 @@ import numpy as np
 import pytest
 import torch
 
+from agents.deployment import serving_versions
 from agents.logs import EpsilonPopularity, collect_logs, log_columns
 from agents.policy import Policy, RandomPolicy
-from agents.supervised import (
-    SupervisedParams,
-    SupervisedRecommender,
-    _Chain,
-    _Examples,
-    _ReplayBuffer,
-    examples_from_logs,
-    serving_versions,
-)
+from agents.supervised import SupervisedParams, SupervisedRecommender
+from agents.training_examples import ExampleChain, Examples, ReplayBuffer, examples_from_logs
 from envs import RecVectorEnv, make_scenario
-from experiments.harness import evaluate
+from experiments.core.harness import evaluate
 
 TINY = {"catalog": {"n_items": 100}, "env": {"num_candidates": 8, "history_len": 8, "max_steps": 30}}
 MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "ff_mult": 1}
 KINDS = ("sasrec", "gru4rec")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: intra-op threads only add overhead, and thrash on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def config(slate_size: int = 1):
@@ -230,7 +216,7 @@ def test_retraining_refits_during_evaluation(logs, slate_size):
 
 
 def _adam_steps(rec) -> int:
-    return max(int(state["step"]) for state in rec.optimizer.state.values())
+    return max(int(state["step"]) for state in rec.learner.optimizer.state.values())
 
 
 def test_a_refit_is_refit_batches_minibatches_or_a_whole_epoch(logs):
@@ -239,7 +225,7 @@ def test_a_refit_is_refit_batches_minibatches_or_a_whole_epoch(logs):
     fitted = _adam_steps(rec)
     evaluate(rec, config(), n_users=16, seed=5)
     assert rec.n_refits >= 2 and _adam_steps(rec) == fitted + 3 * rec.n_refits
-    epoch = make_rec("sasrec", epochs=1, retrain_every=4, refit_batches=0, batch_size=64)
+    epoch = make_rec("sasrec", epochs=1, retrain_every=8, refit_batches=0, batch_size=64)  # fewer, whole-epoch refits
     epoch.fit(logs[1])
     evaluate(epoch, config(), n_users=16, seed=5)
     assert _adam_steps(epoch) - fitted >= epoch.n_refits * (fitted - 1)  # an epoch per refit
@@ -331,14 +317,14 @@ class TrainingSpy:
 
     def __init__(self, rec: SupervisedRecommender) -> None:
         self.latest: list[float] = []
-        train_on = rec._train_on
+        train_on = rec.learner.train_on
 
         def spy(data, batches):
             rows = np.unique(np.concatenate(batches))
             self.latest.append(float(data.rows(rows)["context"][:, 2].max()) * rec.horizon_days)
             return train_on(data, batches)
 
-        rec._train_on = spy
+        rec.learner.train_on = spy
 
 
 def test_logs_of_the_first_days_stop_at_that_day():
@@ -373,7 +359,7 @@ class Deployment:
     def act(self, obs):
         actions = self.rec.act(obs)
         self.day_now = self.env.world.state.day.copy()  # the truth, not the recommender's clocks
-        self.served_cutoff = self.rec._serving[1].copy()
+        self.served_cutoff = self.rec.deployment.serving[1].copy()
         return actions
 
     def observe(self, obs, actions, rewards, info) -> None:
@@ -386,10 +372,10 @@ class Deployment:
             self.newest.append(fitted[np.searchsorted(fitted, day, side="right") - 1])
         self.rec.observe(obs, actions, rewards, info)
         self.step += 1
-        kept, live = [v.cutoff for v in self.rec._kept], self.rec._live
+        kept, live = [v.cutoff for v in self.rec.deployment.kept], self.rec.deployment.live
         assert kept[-1] == self.rec.versions[-1]["cutoff"]  # the newest is always kept
         if live.any() and len(kept) > 1:  # the oldest kept is still needed by the slowest live user
-            assert kept[1] > self.rec._clock[live].min()
+            assert kept[1] > self.rec.deployment.clock[live].min()
         self.pruned |= len(kept) < len(self.rec.versions)
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -508,7 +494,7 @@ def test_bad_cadences_in_days_name_the_field(algo, match):
 
 
 def test_days_are_refused_without_a_calendar_and_past_the_horizon():
-    from experiments.runs import RunSettings
+    from experiments.core.settings import RunSettings
 
     with pytest.raises(ValueError, match="algo.retrain_every_days is for lifetime scenarios: 'mixed' has no calendar"):
         RunSettings(agent="sasrec", scenario="mixed", algo={"retrain_every_days": 7})
@@ -519,15 +505,14 @@ def test_days_are_refused_without_a_calendar_and_past_the_horizon():
     assert RunSettings(agent="sasrec", scenario="lifetime", algo={"retrain_every_days": 7}).name == "sasrec-retrain-7d"
 
 
-def test_run_py_refuses_bad_days_in_one_line_before_any_work(tmp_path, capsys):
-    from experiments import run
+def test_run_py_refuses_bad_days_in_one_line_before_any_work(cli, tmp_path, capsys):
 
     for argv, match in (
         (["--agent", "sasrec", "--scenario", "mixed", "--retrain-every-days", "7"], "has no calendar"),
         (["--agent", "sasrec", "--scenario", "lifetime", "--retrain-every-days", "-1"], "algo.retrain_every_days"),
         (["--agent", "bandit", "--scenario", "lifetime", "--retrain-every-days", "7"], "applies to --agent sasrec"),
     ):
-        assert run.main([*argv, "--smoke", "--logdir", str(tmp_path)]) == 2
+        assert cli("run", [*argv, "--smoke", "--logdir", str(tmp_path)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and match in err[0], err
     assert not list(tmp_path.rglob("run.json"))  # nothing was started
@@ -537,7 +522,7 @@ def test_results_rows_with_different_columns_line_up(tmp_path):
     """A final row with a policy's serving stats, then a baseline row without them (and back)."""
     import pandas as pd
 
-    from experiments.tracking import RunLogger
+    from experiments.core.tracking import RunLogger
 
     logger = RunLogger(tmp_path)
     logger.evaluation({"return_mean": 1.0}, 0, tensorboard=False, agent="a", phase="train")
@@ -550,11 +535,11 @@ def test_results_rows_with_different_columns_line_up(tmp_path):
     assert rows.churn_rate.tolist()[2] == 0.5 and rows.churn_rate.isna().sum() == 2
 
 
-def _served_chunk(first_step: int, n: int, k: int, history: int = 3) -> _Examples:
+def _served_chunk(first_step: int, n: int, k: int, history: int = 3) -> Examples:
     """n user-steps of k impressions each, every field numbered by its global step (and slot)."""
     steps = np.arange(first_step, first_step + n)
     rows = (steps[:, None] * 10 + np.arange(k)).ravel()
-    return _Examples(
+    return Examples(
         history_items=np.repeat(steps[:, None], history, axis=1).astype(np.int32),
         history_features=np.repeat(steps[:, None, None], 5, axis=2).repeat(history, axis=1).astype(np.float32),
         history_mask=np.ones((n, history), np.float32),
@@ -573,7 +558,7 @@ def test_replay_buffer_holds_the_newest_steps_in_order_and_chains_with_the_logs(
     """The ring buffer keeps exactly the newest `capacity` served steps, oldest first, whatever the
     chunk sizes (one larger than the capacity among them), and a chain of logs + buffer reads the
     same rows as their concatenation would."""
-    buffer = _ReplayBuffer(capacity=7)
+    buffer = ReplayBuffer(capacity=7)
     assert len(buffer) == 0 and np.isnan(buffer.max_day())
     sizes, first = [2, 4, 3, 9, 1, 5], 0
     for n in sizes:
@@ -586,7 +571,7 @@ def test_replay_buffer_holds_the_newest_steps_in_order_and_chains_with_the_logs(
         np.testing.assert_array_equal(got["history_items"][:, 0], np.repeat(held, k))
         assert buffer.max_day() == pytest.approx(held[-1] / 10.0)
     logs = _served_chunk(100, 4, k)
-    chain = _Chain([logs, buffer])
+    chain = ExampleChain([logs, buffer])
     assert len(chain) == len(logs) + len(buffer) and chain.n_steps == 4 + 7
     rows = np.random.default_rng(0).permutation(len(chain))
     whole = {
@@ -594,3 +579,23 @@ def test_replay_buffer_holds_the_newest_steps_in_order_and_chains_with_the_logs(
     }
     for key, value in chain.rows(rows).items():
         np.testing.assert_array_equal(value, whole[key][rows])
+
+
+def test_the_ppo_warm_start_is_the_encoder_of_sasrec_fitted_on_the_same_logs():
+    """agents.warm_start.pretrain_encoder (both PPO agents' warm start) fits no recommender, yet gives the
+    encoder weights of the sasrec agent fitted on the same logs with the same seed, weight for weight."""
+    from agents.factory import logged_data
+    from agents.warm_start import WarmStartParams, pretrain_encoder
+
+    params = WarmStartParams(log_users=16, log_steps=40, pretrain_epochs=1)
+    state = pretrain_encoder(config(), params, MODEL, seed=2)
+    rec = SupervisedRecommender.for_scenario(
+        "sasrec", config(), SupervisedParams(epochs=1, log_users=16, log_steps=40), model=MODEL, seed=2
+    )
+    rec.fit(logged_data(config(), rec.params, 2, None))
+    for key, value in rec.net.encoder.state_dict().items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
+    other = pretrain_encoder(config(), params, MODEL, seed=3)  # control: another seed, other weights
+    assert any(not torch.equal(other[k], v) for k, v in state.items())
+    with pytest.raises(ValueError, match="algo.pretrain_epochs"):
+        WarmStartParams(pretrain_epochs=-1)

@@ -8,15 +8,17 @@ import json
 import pandas as pd
 import pytest
 
-from experiments import run, sweep
-from experiments.runs import RunSettings
-from experiments.sweeps import SweepSettings, sample_configs, sections
+from experiments.core.flags import build_parser, settings_from_args
+from experiments.core.settings import RunSettings
+from experiments.studies.sweeps.tune import SweepSettings, sample_configs, sections
 
+# The end-to-end sweep tunes SB3 PPO: the sweep is the same for any trainable agent, and SB3's trials
+# start no Ray processes of their own inside Tune's.
 SPACE = """\
-algo.lr: {loguniform: [1.0e-4, 1.0e-3]}
+algo.learning_rate: {loguniform: [1.0e-4, 1.0e-3]}
 model.d_model: {choice: [16, 32]}
 scenario.cognitive.magnitude: {uniform: [0.5, 1.5]}
-algo.num_epochs: 1
+algo.n_epochs: 1
 """
 
 
@@ -35,10 +37,10 @@ algo.num_epochs: 1
         ("[]", "must map at least one field"),
     ],
 )
-def test_a_bad_space_is_one_line_before_ray_starts(space, message, tmp_path, capsys):
+def test_a_bad_space_is_one_line_before_ray_starts(cli, space, message, tmp_path, capsys):
     path = tmp_path / "space.yaml"
     path.write_text(space + "\n")
-    assert sweep.main(["--space", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert cli("sweep", ["--space", str(path), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()  # nothing made, Ray not started
@@ -65,21 +67,24 @@ def test_trials_request_a_gpu_on_cuda_and_a_cpu_per_env_runner():
         SweepSettings(base=RunSettings(agent="random"), space=space)
 
 
-def test_two_trial_smoke_sweep_writes_a_table_and_a_best_config_run_py_takes(tmp_path):
+def test_two_trial_smoke_sweep_writes_a_table_and_a_best_config_run_py_takes(cli, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     out = tmp_path / "sweep"
-    argv = ["--agent", "ppo", "--space", str(space), "--smoke", "--num-samples", "2", "--scheduler", "fifo"]
-    assert sweep.main(argv + ["--num-cpus", "2", "--device", "cpu", "--out", str(out)]) == 0
+    argv = ["--agent", "sb3-ppo", "--space", str(space), "--smoke", "--num-samples", "2", "--scheduler", "fifo"]
+    assert cli("sweep", argv + ["--num-cpus", "2", "--device", "cpu", "--out", str(out)]) == 0
 
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 2 and set(table.status) == {"finished"} and set(table["eval"]) == {"final"}
     assert table.return_mean.is_monotonic_decreasing  # best first
-    assert "| algo.lr |" in (out / "results.md").read_text()
+    assert "| algo.learning_rate |" in (out / "results.md").read_text()
 
     # The best trial's run, as its run directory recorded it, is what run.py builds from best.yaml.
     best = table.iloc[0]
     trial = RunSettings.from_dict(json.loads((out / "runs" / best.run_dir.split("/runs/")[1] / "run.json").read_text()))
-    assert trial.algo["lr"] == pytest.approx(best["algo.lr"]) and trial.model["d_model"] == best["model.d_model"]
-    args = run.parse_args(["--agent", "ppo", "--config", str(out / "best.yaml"), "--smoke", "--device", "cpu"])
-    assert run.settings_from_args(args) == trial
+    assert trial.algo["learning_rate"] == pytest.approx(best["algo.learning_rate"])
+    assert trial.model["d_model"] == best["model.d_model"]
+    args = build_parser().parse_args(
+        ["--agent", "sb3-ppo", "--config", str(out / "best.yaml"), "--smoke", "--device", "cpu"]
+    )
+    assert settings_from_args(args) == trial  # what run.py builds from it

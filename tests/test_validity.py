@@ -3,7 +3,11 @@ on tiny configs (the full report is a benchmark: experiments/validity.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,9 +17,10 @@ from agents.item_score import QUALITY, FeatureModelPolicy, ItemScoreParams, Item
 from agents.oracles import CommunityOracle, SessionOracle, StaleStateOracle
 from agents.registry import get_agent
 from envs import RecVectorEnv
-from experiments import gates, runs, validity
-from experiments.harness import evaluate
-from experiments.runs import RunSettings
+from experiments.core.harness import evaluate
+from experiments.core.rundirs import write_status
+from experiments.core.settings import RunSettings
+from experiments.studies.validity import gates
 from simulator import response
 from simulator.response import ResponseParams
 
@@ -142,24 +147,24 @@ def test_item_score_is_a_named_baseline_that_reads_item_features_only(tiny_cfgs)
     np.testing.assert_array_equal(policy.act(obs), policy.act(blanked))  # nothing but the item features
 
 
-def test_validity_report_end_to_end_at_smoke_sizes(tmp_path, capsys):
-    out = tmp_path / "report"
-    code = validity.main(
-        [
-            "--smoke",
-            "--presets",
-            "stationary",
-            "shock",
-            "--history-agents",
-            "sasrec",
-            "--history-presets",
-            "cognitive",
-            "--history-seeds",
-            "0",
-            "--out",
-            str(out),
-        ]
-    )
+UPDATE = ["--smoke", "--history-agents", "--presets"]  # the updates: no history ablation (the report's is kept)
+
+
+@pytest.fixture(scope="module")
+def stationary_and_shock_report(cli, tmp_path_factory):
+    """(folder, exit status, what it printed) of a smoke validity report of stationary and shock with the
+    history ablation of sasrec on cognitive, measured once: the end-to-end test reads it, the update
+    tests copy it."""
+    out = tmp_path_factory.mktemp("validity") / "report"
+    argv = ["--smoke", "--presets", "stationary", "shock", "--history-agents", "sasrec"]
+    argv += ["--history-presets", "cognitive", "--history-seeds", "0", "--out", str(out)]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        code = cli("validity", argv)
+    return out, code, printed.getvalue()
+
+
+def test_validity_report_end_to_end_at_smoke_sizes(stationary_and_shock_report):
+    out, code, printed = stationary_and_shock_report
     assert code in (0, 1)  # 1: a gate fails at toy sizes, which the report must say, not hide
     gates_table = pd.read_csv(out / "gates.csv")
     names = set(gates_table.name)
@@ -175,7 +180,7 @@ def test_validity_report_end_to_end_at_smoke_sizes(tmp_path, capsys):
     assert set(pd.read_csv(out / "history.csv").preset) == {"cognitive"}
     report = (out / "report.md").read_text()
     assert "## Gates" in report and "oracle-stale" in report and "item-score" in report
-    assert ("FAIL" in capsys.readouterr().out) == (code == 1)
+    assert ("FAIL" in printed) == (code == 1)
 
 
 def test_validity_settings_fail_before_any_work():
@@ -192,16 +197,16 @@ def test_validity_refuses_a_history_run_that_has_not_finished(tmp_path):
     (run_dir / "checkpoint").mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps(RunSettings(agent="ppo", scenario="mixed").to_dict()))
     (run_dir / "checkpoint" / "state.json").write_text(json.dumps({"env_steps": 4096}))
-    runs.write_status(run_dir, "running")  # still training: its checkpoint is a half-trained policy
+    write_status(run_dir, "running")  # still training: its checkpoint is a half-trained policy
     with pytest.raises(ValueError, match=f"--history-runs {run_dir} is running, not finished"):
         gates.ValiditySettings(history_runs=(str(run_dir),))
     with pytest.raises(ValueError, match="no run directory"):
         gates.ValiditySettings(history_runs=(str(tmp_path / "missing"),))
 
 
-def test_validity_report_covers_lifetimes_with_their_own_reference(tmp_path):
+def test_validity_report_covers_lifetimes_with_their_own_reference(cli, tmp_path):
     out = tmp_path / "report"
-    code = validity.main(["--smoke", "--presets", "mixed", "lifetime", "--history-agents", "--out", str(out)])
+    code = cli("validity", ["--smoke", "--presets", "mixed", "lifetime", "--history-agents", "--out", str(out)])
     assert code in (0, 1)
     table = pd.read_csv(out / "gates.csv")
     lifetime = table[table["where"] == "lifetime"]
@@ -215,13 +220,12 @@ def test_validity_report_covers_lifetimes_with_their_own_reference(tmp_path):
     assert {"sessions_mean", "churn_rate"} <= set(policies.columns)
 
 
-def test_validity_update_replaces_the_remeasured_presets_and_keeps_the_rest(tmp_path):
-    out = tmp_path / "report"
-    base = ["--smoke", "--history-agents", "--presets"]
-    assert validity.main([*base, "stationary", "shock", "--out", str(out)]) in (0, 1)
+def test_validity_update_replaces_the_remeasured_presets_and_keeps_the_rest(cli, stationary_and_shock_report, tmp_path):
+    out = Path(shutil.copytree(stationary_and_shock_report[0], tmp_path / "report"))
+    base = UPDATE
     before = pd.read_csv(out / "policies.csv")
     # Re-measure one preset: its rows are replaced (reproduced: same seeds), the other preset's are kept.
-    assert validity.main([*base, "shock", "--update", str(out)]) in (0, 1)
+    assert cli("validity", [*base, "shock", "--update", str(out)]) in (0, 1)
     after = pd.read_csv(out / "policies.csv")
     assert len(after) == len(before)
     pd.testing.assert_frame_equal(
@@ -233,16 +237,17 @@ def test_validity_update_replaces_the_remeasured_presets_and_keeps_the_rest(tmp_
     )
     assert set(pd.read_csv(out / "gates.csv")["where"]) >= {"stationary", "shock"}
     commands = pd.read_csv(out / "commands.csv")
-    assert list(commands.presets) == ["stationary shock", "shock"]
+    assert list(commands.presets) == ["stationary shock (history: sasrec on cognitive)", "shock"]
     assert "--update" in (out / "report.md").read_text()
 
 
-def test_two_updates_of_one_report_running_side_by_side_keep_each_others_rows(tmp_path, monkeypatch):
+def test_two_updates_of_one_report_running_side_by_side_keep_each_others_rows(
+    cli, stationary_and_shock_report, tmp_path, monkeypatch
+):
     """An update that finishes while another is measuring: the later one merges into the report as
     it is when it finishes, not as it was when it started."""
-    out = tmp_path / "report"
-    base = ["--smoke", "--history-agents", "--presets"]
-    assert validity.main([*base, "stationary", "shock", "--out", str(out)]) in (0, 1)
+    out = Path(shutil.copytree(stationary_and_shock_report[0], tmp_path / "report"))
+    base = UPDATE
     measure_drift = gates.measure_drift
 
     def drift_while_another_update_lands(settings):
@@ -252,19 +257,19 @@ def test_two_updates_of_one_report_running_side_by_side_keep_each_others_rows(tm
         return measure_drift(settings)
 
     monkeypatch.setattr(gates, "measure_drift", drift_while_another_update_lands)
-    assert validity.main([*base, "shock", "--update", str(out)]) in (0, 1)
+    assert cli("validity", [*base, "shock", "--update", str(out)]) in (0, 1)
     after = pd.read_csv(out / "policies.csv")
     assert (after[after.preset == "stationary"].return_mean == 123.0).all()
     assert (after[after.preset == "shock"].return_mean != 123.0).all()
 
 
-def test_validity_update_refuses_a_foreign_directory_before_any_work(tmp_path, capsys):
-    assert validity.main(["--smoke", "--presets", "shock", "--update", str(tmp_path)]) == 2
+def test_validity_update_refuses_a_foreign_directory_before_any_work(cli, tmp_path, capsys):
+    assert cli("validity", ["--smoke", "--presets", "shock", "--update", str(tmp_path)]) == 2
     assert "no policies.csv there" in capsys.readouterr().err
     (tmp_path / "policies.csv").write_text("preset,seed,policy,return_mean\nshock,7,random,1.0\n")
     (tmp_path / "drift.csv").write_text("")
     (tmp_path / "history.csv").write_text("")
-    assert validity.main(["--smoke", "--presets", "shock", "--update", str(tmp_path)]) == 2
+    assert cli("validity", ["--smoke", "--presets", "shock", "--update", str(tmp_path)]) == 2
     assert "measured on seeds [7]" in capsys.readouterr().err
 
 
@@ -274,7 +279,7 @@ def test_validity_refuses_a_history_run_trained_on_other_dynamics(tmp_path):
     (run_dir / "checkpoint").mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps(settings.to_dict()))
     (run_dir / "checkpoint" / "state.json").write_text(json.dumps({"env_steps": 4096}))
-    runs.write_status(run_dir, "finished")
+    write_status(run_dir, "finished")
     with pytest.raises(
         ValueError, match=r"trained on another 'mixed' than this report measures \(differs in: world.users\)"
     ):

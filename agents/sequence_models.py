@@ -1,0 +1,196 @@
+"""The supervised sequence models and how they are fitted.
+
+Two models predict the engagement of showing an item to a user from the user's padded interaction
+history (the same observation the RL agents get):
+
+- ``sasrec``:  the project's Transformer :class:`~agents.encoder.RecommenderEncoder`
+  (a SASRec-style next-engagement model);
+- ``gru4rec``: the same token embeddings (``HistoryEncoder.embed``), but a GRU
+  instead of the Transformer blocks.
+
+Both have two heads over (state, candidate) pairs (`EngagementModel`): a click logit, trained with
+binary cross-entropy, and the watch time given a click (softplus, in units of the catalog's mean item
+length), trained by squared error on clicked rows. `EngagementLearner` fits one on training examples;
+the supervised recommender (agents.supervised) serves it and the PPO agents' warm start
+(agents.warm_start) reads its encoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from agents.encoder import EncoderConfig, HistoryEncoder, RecommenderEncoder
+from agents.training_examples import HISTORY_KEYS, ExampleChain, Examples
+
+KINDS = ("sasrec", "gru4rec")
+
+
+class GRUHistoryEncoder(HistoryEncoder):
+    """GRU4Rec-style history encoder: the tokens of ``HistoryEncoder.embed`` fed to a GRU.
+
+    Token t = item-id embedding + proj(item features) + proj(responses) + position, as
+    for the Transformer; the CLS token (+ proj(context)) is the initial hidden state.
+    One GRU cell replaces the Transformer blocks (``n_layers``/``n_heads`` are unused);
+    padded steps leave the hidden state unchanged, so an empty history gives the
+    CLS/context state. forward(obs) -> state [B, d_model].
+    """
+
+    def __init__(
+        self,
+        config: EncoderConfig,
+        item_embedding: nn.Embedding | None = None,
+        item_features: Tensor | np.ndarray | None = None,
+    ) -> None:
+        super().__init__(config, item_embedding=item_embedding, item_features=item_features)
+        self.stack = nn.GRUCell(config.d_model, config.d_model)
+
+    def encode_tokens(self, tokens: Tensor, key_mask: Tensor) -> Tensor:
+        """tokens [B, 1 + H, d] (CLS first), key_mask bool [B, 1 + H] -> state [B, d]."""
+        state = tokens[:, 0]
+        for t in range(1, tokens.shape[1]):
+            state = torch.where(key_mask[:, t, None], self.stack(tokens[:, t], state), state)
+        return self.final_norm(state)
+
+
+class EngagementModel(nn.Module):
+    """History encoder + item tower with a click head and a watch-time head.
+
+    forward(obs, positions) -> (click_logit [B, C], watch [B, C]): the click logit of
+    showing candidate c at slate position ``positions[b, c]`` (all top-slot when None),
+    and E[watch time | click] > 0 in units of the catalog's mean item length.
+    """
+
+    def __init__(self, kind: str, config: EncoderConfig, item_features: np.ndarray | None, n_positions: int) -> None:
+        super().__init__()
+        self.encoder = RecommenderEncoder(config, item_features=item_features)
+        if kind == "gru4rec":
+            self.encoder.history = GRUHistoryEncoder(config, self.encoder.item_tower.item_embedding, item_features)
+        d = config.d_model
+        self.click_bias = nn.Parameter(torch.zeros(()))
+        self.position_bias = nn.Parameter(torch.zeros(n_positions))  # position bias of the logged slates
+        self.watch_query = nn.Linear(d, d)
+        self.watch_bias = nn.Parameter(torch.zeros(()))  # softplus(0) = 0.69 mean lengths: a fair start
+
+    def forward(self, obs: Mapping[str, Tensor], positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        out = self.encoder(obs)
+        bias = self.position_bias[0] if positions is None else self.position_bias[positions]
+        click_logit = out.logits + self.click_bias + bias
+        watch = F.softplus(RecommenderEncoder.score(self.watch_query(out.user), out.candidates) + self.watch_bias)
+        return click_logit, watch
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device):
+    """Run a block with torch's RNG seeded, leaving the caller's RNG state as it was."""
+    devices = []
+    if device.type == "cuda":
+        devices = [torch.cuda.current_device() if device.index is None else device.index]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class EngagementLearner:
+    """An EngagementModel with its Adam optimizer and its shuffling RNG, all from one seed: it fits
+    training examples (agents.training_examples: Examples, ExampleChain or a ReplayBuffer) by one Adam
+    step per minibatch of rows. Loss = BCE(click logit, click) + squared error of the watch time (in
+    mean item lengths) on clicked rows; gradients clipped to norm 1.
+
+    kind: one of KINDS; config: the EncoderConfig; item_features: the catalog feature table
+    [n_items, F_item] (None when the observations carry ids only); n_positions: the slate positions of
+    the logged slates (the observation's C candidates); length_mean: the catalog's mean item length
+    (watch times are learnt in its units); lr, batch_size: Adam's step size and the minibatch of an
+    epoch; seed: the initial weights, the shuffling and dropout (same seed and data, same weights);
+    device: where it trains.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        config: EncoderConfig,
+        item_features: np.ndarray | None,
+        n_positions: int,
+        length_mean: float,
+        lr: float,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.length_mean, self.batch_size, self.device = float(length_mean), int(batch_size), device
+        with seeded(seed, device):
+            self.net = EngagementModel(kind, config, item_features, n_positions)
+        self.net.to(device)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
+        self.rng = np.random.default_rng(seed)
+        self.features = None if item_features is None else torch.as_tensor(item_features)
+
+    def batch(
+        self, data: Examples | ExampleChain, rows: np.ndarray
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
+        """(obs with one candidate per row [B, 1], positions [B, 1], click [B], watch [B] in mean lengths)."""
+        batch = data.rows(rows)
+        obs = {k: torch.from_numpy(batch[k]) for k in HISTORY_KEYS}
+        target = torch.from_numpy(batch["target_item"])[:, None]
+        obs["candidate_items"] = target
+        if self.features is not None:
+            obs["candidate_features"] = self.features[target]
+        obs = {k: v.to(self.device) for k, v in obs.items()}
+        positions = torch.from_numpy(batch["target_position"])[:, None].to(self.device)
+        click = torch.from_numpy(batch["click"]).to(self.device)
+        watch = torch.from_numpy(batch["watch_time"] / np.float32(self.length_mean)).to(self.device)
+        return obs, positions, click, watch
+
+    def train_epoch(self, data: Examples | ExampleChain) -> float:
+        """One shuffled pass over `data`; returns the mean loss per example."""
+        order = self.rng.permutation(len(data))
+        size = self.batch_size
+        return self.train_on(data, [order[i : i + size] for i in range(0, len(order), size)])
+
+    def train_on(self, data: Examples | ExampleChain, batches: list[np.ndarray]) -> float:
+        """One Adam step per batch of example rows of `data`; returns the mean loss per example."""
+        self.net.train()
+        total, count = 0.0, 0
+        with seeded(int(self.rng.integers(2**31)), self.device):  # dropout, if any
+            for rows in batches:
+                obs, positions, click, watch = self.batch(data, rows)
+                click_logit, watch_pred = self.net(obs, positions)
+                loss = F.binary_cross_entropy_with_logits(click_logit[:, 0], click)
+                clicked = click > 0
+                if clicked.any():
+                    loss = loss + F.mse_loss(watch_pred[clicked, 0], watch[clicked])
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+                self.optimizer.step()
+                total += float(loss.detach()) * len(rows)
+                count += len(rows)
+        self.net.eval()
+        return total / max(count, 1)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Copies of the weights, the optimizer's state and the shuffling RNG's state."""
+        return copy.deepcopy(
+            dict(net=self.net.state_dict(), optimizer=self.optimizer.state_dict(), rng=self.rng.bit_generator.state)
+        )
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Back to a `snapshot` (copied again: the snapshot stays as it was)."""
+        snapshot = copy.deepcopy(snapshot)
+        self.net.load_state_dict(snapshot["net"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self.rng.bit_generator.state = snapshot["rng"]
+
+    def frozen_copy(self) -> EngagementModel:
+        """A serving copy of the current weights (eval mode, no gradients)."""
+        net = copy.deepcopy(self.net).eval()
+        return net.requires_grad_(False)

@@ -1,0 +1,32 @@
+"""The one markdown-table writer: every report's tables (compare, stress, validity, offline, sweeps,
+calibration) go through `markdown_table`, each study formatting its own cells."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def markdown_table(header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> str:
+    """A markdown table: a line of the `header` cells, the separator, then one line per row of `rows`
+    (cells written with str(): format them first)."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def frame_markdown(frame: pd.DataFrame, fmt: str = ".3f") -> str:
+    """A markdown table of a DataFrame with a named index (its rows) and columns: finite floats in
+    `fmt`, missing values empty."""
+    names = [str(n) for n in (frame.index.names if frame.index.nlevels > 1 else [frame.index.name or ""])]
+    rows = []
+    for key, row in frame.iterrows():
+        keys = key if isinstance(key, tuple) else (key,)
+        cells = [
+            f"{v:{fmt}}" if isinstance(v, float) and np.isfinite(v) else ("" if pd.isna(v) else str(v)) for v in row
+        ]
+        rows.append([*map(str, keys), *cells])
+    return markdown_table(names + [str(c) for c in frame.columns], rows)

@@ -1,0 +1,1 @@
+"""The comparison of runs across seeds: tables, intervals, regret and per-day curves."""

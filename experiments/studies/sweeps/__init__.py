@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps on Ray Tune over any field of a run config."""
