@@ -16,7 +16,6 @@ from drift_mood import MOOD, Mood, MoodParams
 import envs
 from agents.oracles import LookaheadOracle, LookaheadParams, MyopicOracle
 from envs import RecEnv, RecVectorEnv, make_scenario
-from experiments import stress, validity
 from experiments.core.harness import evaluate
 from simulator import DriftFamily, FamilyState, ShockParams, World, WorldConfig, families, register_family
 
@@ -258,12 +257,12 @@ def test_the_oracles_plan_with_the_family():
 
 
 # ------------------------------------------------------------- stress and validity
-def test_stress_runs_the_family_on_its_magnitude_axis(tmp_path, capsys):
+def test_stress_runs_the_family_on_its_magnitude_axis(tmp_path, capsys, cli):
     config = tmp_path / "stress.yaml"
     config.write_text("scenario:\n  families: {mood: 'drift_mood:Mood'}\n  mood: {amplitude: 2.0}\n")
     common = ["--smoke", "--config", str(config), "--agents", "bandit", "--seeds", "0", "--reference", "oracle-session"]
     argv = common + ["--families", "mood", "--magnitudes", "0", "1", "2", "--out", str(tmp_path / "out")]
-    assert stress.main(argv) == 0
+    assert cli("stress", argv) == 0
     grid = pd.read_csv(tmp_path / "out" / "grid.csv")
     mood = grid[grid.family == "mood"]
     assert sorted(mood.magnitude.unique()) == [1.0, 2.0]  # magnitude 0 is the training regime (no mood)
@@ -272,19 +271,19 @@ def test_stress_runs_the_family_on_its_magnitude_axis(tmp_path, capsys):
     moody = mood[mood.magnitude == 2.0].set_index("agent").return_mean.reindex(calm.index)
     assert not np.allclose(moody, calm)
     # Without the scenario entry, the family is unknown; a bad module path is one line.
-    assert stress.main(["--families", "mood", "--out", str(tmp_path / "a")]) == 2
+    assert cli("stress", ["--families", "mood", "--out", str(tmp_path / "a")]) == 2
     assert "unknown drift family 'mood'; valid families: shock, cognitive, social, seasonal" in capsys.readouterr().err
     config.write_text("scenario:\n  families: {mood: 'drift_mood:Moody'}\n")
-    assert stress.main(common + ["--families", "mood", "--out", str(tmp_path / "b")]) == 2
+    assert cli("stress", common + ["--families", "mood", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "error: families.mood: module 'drift_mood' has no attribute 'Moody' (from 'drift_mood:Moody')"
 
 
-def test_validity_reports_on_a_scenario_that_turns_the_family_on(tmp_path, monkeypatch, capsys):
+def test_validity_reports_on_a_scenario_that_turns_the_family_on(tmp_path, monkeypatch, capsys, cli):
     monkeypatch.setitem(envs.PRESETS, "mood", {"families": {"mood": PATH}, "mood": {"enabled": True, "amplitude": 2.0}})
     out = tmp_path / "validity"
     argv = ["--smoke", "--presets", "mood", "--history-agents", "--users", "16", "--seeds", "0", "--out", str(out)]
-    assert validity.main(argv) in (0, 1)  # gates may fail at toy sizes; the report is what is checked
+    assert cli("validity", argv) in (0, 1)  # gates may fail at toy sizes; the report is what is checked
     drift = pd.read_csv(out / "drift.csv")
     assert set(drift.preset) == {"mood"} and sorted(drift.magnitude.unique()) == [0.0, 1.0, 2.0]
     ratio = drift.groupby("magnitude").ratio.mean()
