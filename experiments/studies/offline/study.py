@@ -46,7 +46,8 @@ from envs.config import PRESETS, ScenarioConfig, make_scenario
 from envs.vector import RecVectorEnv
 from experiments.core import ranking as rk
 from experiments.core.harness import EVAL_SEED, evaluate
-from experiments.core.restore import load_run, restore_policy
+from experiments.core.records import load_run
+from experiments.core.restore import restore_policy
 from experiments.core.stats import mean_interval
 from experiments.core.tables import frame_markdown
 from experiments.studies.offline import ope
@@ -119,7 +120,7 @@ class OfflineSettings:
         if self.eval_steps is not None:
             check_int(o, "eval_steps", self.eval_steps, 1)
         if self.ppo_run is not None:  # an unreadable run or one of another scenario fails before any work
-            run = load_run(self.ppo_run)
+            run = load_run(self.ppo_run, flag="--ppo-run").settings  # unfinished or inconsistent: refused
             if run.scenario != self.scenario:
                 raise ValueError(f"--ppo-run {self.ppo_run} was trained on '{run.scenario}', not '{self.scenario}'")
         truth, logged = self.config(), self.logs_config()  # bad overrides fail here, before any work
@@ -223,7 +224,7 @@ def build_agents(
         else:
             agents[name] = spec.build(config, algo, seed=settings.train_seed)
     if settings.ppo_run is not None:
-        agents["ppo"] = restore_policy(settings.ppo_run)[1]
+        agents["ppo"] = restore_policy(settings.ppo_run, flag="--ppo-run")[1]
     for policy in agents.values():
         if hasattr(policy, "bind"):
             policy.bind(probe)
