@@ -15,7 +15,7 @@ from gymnasium import spaces
 
 from envs.candidates import CandidateIndex, sample_candidates, source_sizes, with_popularity
 from envs.config import ScenarioConfig
-from simulator.params import check_memory
+from simulator.params import check_memory, check_seed
 from simulator.seasonal import WEEK_DAYS, season_angle
 from simulator.world import StepResult, World
 
@@ -136,6 +136,8 @@ class RecommenderCore:
 
     def __init__(self, config: ScenarioConfig, n_users: int, seed: int | None = None) -> None:
         self.config = config
+        if seed is not None:
+            check_seed("seed", seed)  # before numpy sees it: its error names no argument
         seed = int(np.random.SeedSequence().entropy % (2**31)) if seed is None else int(seed)
         e = config.env
         check_memory(
@@ -173,6 +175,7 @@ class RecommenderCore:
 
     def reseed(self, seed: int) -> None:
         """Restart every random stream from `seed` and start fresh episodes for all users."""
+        check_seed("seed", seed)
         self.seed = int(seed)
         world_seed, cand_seed, reset_seed = np.random.SeedSequence(self.seed).generate_state(3)
         self.world.reseed(int(world_seed))

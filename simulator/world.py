@@ -25,7 +25,7 @@ from simulator.catalog import Catalog, CatalogParams, make_catalog
 from simulator.drift import HOOKS, DriftFamily, DriftParams, GapContext, StepContext, overrides
 from simulator.families import load_family, registered_families
 from simulator.lifetime import MINUTES_PER_DAY, LifetimeParams
-from simulator.params import apply_overrides, check_int, check_memory
+from simulator.params import apply_overrides, check_int, check_memory, check_seed
 from simulator.response import ResponseParams
 from simulator.state import UserState
 from simulator.users import UserParams, community_centres, length_fit, length_prior, sample_users
@@ -213,6 +213,7 @@ class World:
 
     def __init__(self, config: WorldConfig, n_users: int, seed: int = 0) -> None:
         check_int("world", "n_users", n_users, 1, 100_000_000)
+        check_seed("world seed", seed)
         t = config.catalog.n_topics
         check_memory(
             f"world: {n_users:,} users x catalog.n_topics = {t}", float(n_users) * world_bytes_per_user(config)

@@ -82,7 +82,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         "--resume",
         default=None,
         metavar="RUN_DIR",
-        help="continue a killed run from its last checkpoint (its saved settings are used; --steps may extend it)",
+        help="continue a killed run from its last checkpoint (its saved settings are used; --steps may extend it, "
+        "--device and --final-eval-users change it; run.json records what it goes on with)",
     )
     p.add_argument(
         "--num-env-runners", type=int, default=None, help="RLlib env-runner processes (default 0: sample in the driver)"

@@ -76,11 +76,12 @@ def write_json_whole(path: str | Path, data: Any) -> Path:
 
 
 @contextmanager
-def staged(out: str | Path) -> Iterator[Path]:
+def staged(out: str | Path, folders: tuple[str, ...] = ()) -> Iterator[Path]:
     """A report written all or nothing: the block writes its files into a staging folder inside `out`
     (same file system); when it ends without an error, each file replaces its namesake in `out` with
-    os.replace, and on any error (a NaN refused, a plot that fails, a full disk) none does: `out` keeps
-    what it held, and the staging folder is removed either way.
+    os.replace, and each of `folders` (e.g. a report's TensorBoard tb/) replaces the folder of that name
+    whole; on any error (a NaN refused, a plot that fails, a full disk) nothing is replaced: `out` keeps
+    what it held. The staging folder is removed either way.
 
       with staged(out) as stage:
           table.to_csv(stage / "comparison.csv")
@@ -90,6 +91,10 @@ def staged(out: str | Path) -> Iterator[Path]:
     stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
         yield stage
+        for name in folders:
+            if (stage / name).is_dir():
+                shutil.rmtree(out / name, ignore_errors=True)
+                os.replace(stage / name, out / name)
         for path in sorted(p for p in stage.rglob("*") if not p.is_dir()):
             target = out / path.relative_to(stage)
             target.parent.mkdir(parents=True, exist_ok=True)

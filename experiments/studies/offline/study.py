@@ -48,6 +48,7 @@ from experiments.core import ranking as rk
 from experiments.core.harness import EVAL_SEED, evaluate
 from experiments.core.records import load_run
 from experiments.core.restore import restore_policy
+from experiments.core.rundirs import staged
 from experiments.core.stats import mean_interval
 from experiments.core.tables import frame_markdown
 from experiments.studies.offline import ope
@@ -562,7 +563,14 @@ def plot(table: pd.DataFrame, errors: pd.DataFrame, taus: pd.DataFrame, out: Pat
 
 
 def write_report(settings: OfflineSettings, result: StudyResult, out: Path, command: str, seconds: float) -> Path:
-    """report.md, agents.csv, kendall.csv, ope_errors.csv, the raw online/ranking/ope CSVs and the plots."""
+    """report.md, agents.csv, kendall.csv, ope_errors.csv, the raw online/ranking/ope CSVs and the plots
+    into `out`: all of them or none (a failure on the way leaves `out` as it was)."""
+    with staged(out) as stage:
+        _write_report(settings, result, stage, command, seconds)
+    return out / "report.md"
+
+
+def _write_report(settings: OfflineSettings, result: StudyResult, out: Path, command: str, seconds: float) -> Path:
     table = agent_table(result)
     taus = kendall_table(table)
     errors = ope_error_table(result)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import pickle
 import sys
 import time
@@ -31,7 +30,7 @@ from experiments.core.fanout import ray_device, ray_tasks
 from experiments.core.harness import EVAL_SEED, evaluate
 from experiments.core.records import load_run
 from experiments.core.restore import restore_policy
-from experiments.core.rundirs import STATUS_FILE, run_status
+from experiments.core.rundirs import STATUS_FILE, run_status, write_whole
 from experiments.core.settings import RunSettings
 from experiments.core.training import run_one
 from experiments.studies.stress.settings import StressSettings, base_agent, same_regime
@@ -141,9 +140,7 @@ def load_evaluation(path: Path) -> dict[str, Any] | None:
 def save_evaluation(path: Path, piece: dict[str, Any]) -> None:
     """Write atomically: a kill mid-write leaves no half file that a resume would trust."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pd.to_pickle(piece, tmp)
-    os.replace(tmp, path)
+    write_whole(path, lambda tmp: pd.to_pickle(piece, tmp))
 
 
 def _variant(policy: Any, name: str, settings: StressSettings) -> Any:

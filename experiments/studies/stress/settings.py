@@ -20,7 +20,7 @@ from agents.registry import RETRAIN_SUFFIX, days_variant, get_agent, parse_varia
 from envs.config import PRESETS, ScenarioConfig, make_scenario
 from experiments.core.devices import DEVICES
 from simulator.families import family_names
-from simulator.params import check_int, check_range, merge_overrides
+from simulator.params import check_int, check_range, check_seed, merge_overrides
 
 NO_DRIFT = "none"  # the family name of the training regime itself
 
@@ -96,8 +96,10 @@ class StressSettings:
             raise ValueError("give at least one magnitude")
         for m in self.magnitudes:
             check_range(o, "magnitude", m, 0.0, 100.0)
-        if not self.seeds:
-            raise ValueError("give at least one seed")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds must be distinct seeds, at least one, got {list(self.seeds)}")
+        for seed in self.seeds:  # before any directory or job: numpy's own error names no flag
+            check_seed("--seeds", seed)
         ref = get_agent(self.reference)
         if ref.trains:
             raise ValueError(f"the reference must be a policy that needs no training, got '{self.reference}'")
