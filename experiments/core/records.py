@@ -144,7 +144,7 @@ def _bad_row(line: str, header: list[str]) -> str | None:
         return f"is corrupted (phase {row['phase']!r})"
     for key, kind in (("seed", int), ("env_steps", int), ("return_mean", float)):
         try:
-            kind(row[key])
+            kind(row[key] or "nan" if key == "return_mean" else row[key])  # pandas writes a NaN as nothing
         except ValueError:
             return f"is corrupted ({key} {row[key]!r})"
     if not row["agent"] or not row["scenario"]:

@@ -250,7 +250,7 @@ def _open_run(
     lock = RunLock(run_dir).acquire("--resume")
     try:
         remove_torn(run_dir)  # a kill -9 mid-write leaves temporary files: never read, cleared here
-        resumes = read_record(run_dir, "--resume")[2]
+        recorded, _, resumes = read_record(run_dir, "--resume")
         state = checkpoint_state(run_dir, flag="--resume")
         if state is None:
             raise RunRefused(
@@ -258,7 +258,7 @@ def _open_run(
             )
         for record in sorted((run_dir / CHECKPOINT).glob("*.json")):  # the agent's own records too
             read_json(record, "checkpoint record")
-        if settings.steps < state["env_steps"]:
+        if settings.steps != recorded.steps and settings.steps < state["env_steps"]:  # a budget it is already past
             raise ValueError(
                 f"--steps {settings.steps:,} is below the {state['env_steps']:,} env steps {run_dir} has trained: "
                 f"a resumed run goes on from its checkpoint (give --steps {state['env_steps']:,} or more)"

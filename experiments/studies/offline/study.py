@@ -45,6 +45,7 @@ from agents.registry import get_agent
 from envs.config import PRESETS, ScenarioConfig, make_scenario
 from envs.vector import RecVectorEnv
 from experiments.core import ranking as rk
+from experiments.core.costs import check_evaluation_memory
 from experiments.core.harness import EVAL_SEED, evaluate
 from experiments.core.records import load_run
 from experiments.core.restore import restore_policy
@@ -125,6 +126,7 @@ class OfflineSettings:
             if run.scenario != self.scenario:
                 raise ValueError(f"--ppo-run {self.ppo_run} was trained on '{run.scenario}', not '{self.scenario}'")
         truth, logged = self.config(), self.logs_config()  # bad overrides fail here, before any work
+        check_evaluation_memory("--eval-users", self.eval_users, truth, dict(self.model))
         if logged.name != truth.name:
             a, b = (World(c.world, 1, 0).catalog.features for c in (truth, logged))
             if a.shape != b.shape or not np.array_equal(a, b):

@@ -18,7 +18,9 @@ from typing import Any
 
 from agents.registry import RETRAIN_SUFFIX, days_variant, get_agent, parse_variant, retrain_days, variant_base
 from envs.config import PRESETS, ScenarioConfig, make_scenario
+from experiments.core.costs import check_evaluation_memory
 from experiments.core.devices import DEVICES
+from experiments.core.records import load_run
 from simulator.families import family_names
 from simulator.params import check_int, check_range, check_seed, merge_overrides
 
@@ -131,6 +133,10 @@ class StressSettings:
                         raise ValueError(f"algo.{agent}.{key}: the stress test sets it (use {flag})")
             get_agent(agent).make_params(self.agent_algo(agent))
         self.train_config()  # bad scenario overrides fail here, before any work
+        # An evaluation of every regime holds eval_users users side by side, a network's forward pass with them.
+        check_evaluation_memory("--eval-users", self.eval_users, self.serve_config(), dict(self.model))
+        for run_dir in self.loads:  # unfinished (half-trained), truncated or inconsistent: refused, named
+            load_run(run_dir, flag="--load")
 
     def _resolve_mode(self, preset: ScenarioConfig) -> None:
         """Temporal mode on a calendar: check and fill in the day settings and expand NAME-retrain

@@ -46,6 +46,7 @@ from agents.oracles import (
 from agents.policy import RandomPolicy
 from agents.registry import get_agent
 from envs.config import PRESETS, ScenarioConfig, has_calendar, make_scenario
+from experiments.core.costs import check_evaluation_memory
 from experiments.core.harness import EVAL_SEED, evaluate
 from experiments.core.records import load_run
 from experiments.core.restore import restore_policy
@@ -111,6 +112,8 @@ class ValiditySettings:
         for agent, algo in self.algo.items():
             get_agent(agent).make_params(algo)
         self.scenario("stationary")  # bad overrides fail here, before any work
+        for preset in self.presets:  # each evaluation holds `users` users side by side (a network's too)
+            check_evaluation_memory("--users", self.users, self.scenario(preset), dict(self.model))
         for run_dir in self.history_runs:  # unfinished (half-trained), truncated or inconsistent: refused
             saved = load_run(run_dir, flag="--history-runs").settings
             if saved.scenario in PRESETS:  # a run of other dynamics would be measured as if of these
