@@ -257,9 +257,13 @@ def test_every_size_that_decides_memory_is_checked_on_a_small_machine(monkeypatc
         with pytest.raises(ValueError, match=named):
             check_run_memory(RunSettings(**{**lifetime, **changes}))
     assert (
-        cli("stress", ["--smoke", "--eval-users", "20000", "--train-scenario", "lifetime", "--out", str(tmp_path)]) == 2
-    )
-    assert "--eval-users 20,000" in capsys.readouterr().err
+        cli(
+            "stress",
+            ["--smoke", "--eval-users", "2000000", "--train-scenario", "lifetime", "--out", str(tmp_path / "s")],
+        )
+        == 2
+    )  # the smoke lifetime's users are small (~9 KB each): 2,000,000 of them are not
+    assert "--eval-users 2,000,000" in capsys.readouterr().err and not (tmp_path / "s").exists()
 
 
 # ============================================================ 3. signals and faults anywhere in a run's life
