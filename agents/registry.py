@@ -11,7 +11,9 @@ is, so the experiment drivers never keep lists of names:
   uses_ray  it takes a Ray address and env-runner processes;
   uses_device  it trains torch models (--device applies);
   smoke     its `algo:` settings at the toy sizes of --smoke;
-  lifetime  its defaults on lifetime scenarios (LifetimeDefaults: `algo:` settings, keeping the best snapshot).
+  model     its `model:` settings (EncoderConfig fields) unless the config file sets them;
+  lifetime  its defaults on lifetime scenarios (LifetimeDefaults: `algo:` and `model:` settings, keeping the
+            best snapshot).
 
 Adding an agent: write its module (a Policy, or a TrainableAgent, with a Params dataclass
 validated in `__post_init__`), add a factory to agents/factory.py, and one entry below.
@@ -59,6 +61,7 @@ class LifetimeDefaults:
     algo: Mapping[str, Any] = field(default_factory=dict)
     keep_best_evaluations: int = 0
     keep_best_algo: Mapping[str, Any] = field(default_factory=dict)
+    model: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _load(path: str) -> Any:
@@ -80,6 +83,7 @@ class AgentSpec:
     uses_ray: bool = False
     uses_device: bool = False
     smoke: Mapping[str, Any] = field(default_factory=dict)
+    model: Mapping[str, Any] = field(default_factory=dict)
     lifetime: LifetimeDefaults = field(default_factory=LifetimeDefaults)
 
     def make_params(self, algo: Mapping[str, Any] | None = None) -> Any:

@@ -318,7 +318,7 @@ class RLlibPPOAgent(TrainableAgent):
         from ray.rllib.algorithms.ppo import PPOConfig
         from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-        from envs.core import RecommenderCore, history_features
+        from envs.core import RecommenderCore, history_features, static_catalog
 
         self.scenario, self.seed, self.device = scenario, seed, device
         if not isinstance(params, PPOParams):
@@ -326,7 +326,7 @@ class RLlibPPOAgent(TrainableAgent):
         self.params = params
         probe = RecommenderCore(scenario, 1, seed)
         self.encoder_config = encoder_config(
-            probe.single_observation_space, probe.n_items, model, history_features(scenario)
+            probe.single_observation_space, probe.n_items, model, history_features(scenario), static_catalog(scenario)
         )
         self.item_features = probe.item_features
         self.model_overrides = dict(model or {})

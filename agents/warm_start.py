@@ -23,7 +23,7 @@ from agents.model import encoder_config
 from agents.sequence_models import EngagementLearner
 from agents.training_examples import fit_examples
 from envs.config import ScenarioConfig
-from envs.core import LIFETIME_HISTORY_FEATURES, RecommenderCore
+from envs.core import LIFETIME_HISTORY_FEATURES, RecommenderCore, history_features, static_catalog
 from simulator.params import check_int
 
 PRETRAIN_KIND = "sasrec"  # the engagement model whose encoder is the PPO agents' (the same architecture)
@@ -66,7 +66,9 @@ def pretrain_encoder(
     from agents.supervised import SupervisedParams
 
     core = RecommenderCore(scenario, 1, seed)
-    config = encoder_config(core.single_observation_space, core.n_items, model)
+    config = encoder_config(
+        core.single_observation_space, core.n_items, model, history_features(scenario), static_catalog(scenario)
+    )
     lifetime = config.history_feature_dim == len(LIFETIME_HISTORY_FEATURES)
     n_positions = int(core.single_observation_space["candidate_items"].shape[-1])
     length_mean = scenario.world.catalog.length_mean

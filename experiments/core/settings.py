@@ -77,7 +77,10 @@ class RunSettings:
     ("auto" picks cuda when a GPU is visible); ray_address: an existing Ray cluster to join;
     keep_best: evaluate during training on validation users (seed VALIDATION_SEED, not the final
     evaluation's) and end with the snapshot that did best there (saved to `best/` next to
-    `checkpoint/`), not the last.
+    `checkpoint/`), not the last. model_defaults: the agent's own `model:` defaults (its registry
+    entry's, and on a calendar its lifetime ones) under `model`, resolved when None and recorded in
+    run.json: a run keeps the model it was trained with when the defaults change (records from before
+    agents had model defaults read as {}).
     """
 
     agent: str = "ppo"
@@ -94,6 +97,7 @@ class RunSettings:
     checkpoint_every: int = 5
     ray_address: str | None = None
     keep_best: bool = False
+    model_defaults: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         spec = get_agent(self.agent)
@@ -119,13 +123,25 @@ class RunSettings:
         for name in ("scenario_overrides", "model", "algo"):
             if not isinstance(getattr(self, name), Mapping):
                 raise ValueError(f"{name} must be a mapping, got {type(getattr(self, name)).__name__}")
+        if self.model_defaults is None:
+            defaults = dict(spec.model)
+            if has_calendar(self.scenario, self.scenario_overrides):
+                defaults.update(spec.lifetime.model)
+            object.__setattr__(self, "model_defaults", defaults)
+        elif not isinstance(self.model_defaults, Mapping):
+            raise ValueError(f"model_defaults must be a mapping, got {type(self.model_defaults).__name__}")
         scenario = self.scenario_config()  # bad overrides fail here, before any work
         params = spec.make_params(self.algo)  # so do bad agent settings
         if hasattr(params, "check_scenario"):  # and settings the scenario cannot take (days without a calendar)
             params.check_scenario(scenario)
-        check_model_overrides(self.model)
+        check_model_overrides(self.resolved_model)
 
     # ------------------------------------------------------------------ derived
+    @property
+    def resolved_model(self) -> dict[str, Any]:
+        """The model settings the agent is built with: its defaults, then `model`."""
+        return {**self.model_defaults, **self.model}
+
     @property
     def spec(self) -> AgentSpec:
         return get_agent(self.agent)
@@ -156,6 +172,8 @@ class RunSettings:
         return make_scenario(self.scenario, self.scenario_overrides)
 
     def replace(self, **changes: Any) -> RunSettings:
+        if {"agent", "scenario", "scenario_overrides"} & set(changes) and "model_defaults" not in changes:
+            changes["model_defaults"] = None  # another agent or scenario: its own defaults
         return dataclasses.replace(self, **changes)
 
     # --------------------------------------------------------------- run.json
@@ -178,6 +196,7 @@ class RunSettings:
             raise ValueError(f"{where}: unknown setting '{unknown[0]}'")
         if values.get("eval_interval") is None:
             values["eval_interval"] = 0
+        values.setdefault("model_defaults", {})  # a record from before agents had model defaults
         return cls(**values)
 
 
@@ -311,11 +330,12 @@ def config_label(settings_dict: Mapping[str, Any]) -> str:
         defaults = dataclasses.asdict(settings_from_config(settings_dict["agent"], settings_dict["scenario"], None))
     except (KeyError, ValueError):  # a record of an agent or scenario that no longer exists
         defaults = dataclasses.asdict(RunSettings())
-    keys = ("scenario_overrides", "model", "algo", "steps")
+    keys = ("scenario_overrides", "model", "model_defaults", "algo", "steps")
     kept = bool(settings_dict.get("keep_best", False))  # records from before the flag kept the last snapshot
     if kept or defaults["keep_best"]:
         keys += ("keep_best", "eval_interval", "eval_users")
     given = {k: settings_dict.get(k, defaults[k]) for k in keys}
+    given["model_defaults"] = settings_dict.get("model_defaults") or {}  # records from before: none
     if "keep_best" in given:
         given["keep_best"] = kept
     agent = settings_dict.get("agent", defaults["agent"])

@@ -154,7 +154,7 @@ def build_agent(settings: RunSettings, device: str, run_dir: Path | None = None)
         settings.algo,
         seed=settings.seed,
         device=device,
-        model=dict(settings.model),
+        model=settings.resolved_model,
         run_dir=run_dir,
         ray_address=settings.ray_address,
     )
