@@ -87,5 +87,8 @@ def pretrain_encoder(
         torch.device(device),
     )
     for _ in range(params.pretrain_epochs):
-        learner.train_epoch(examples)
+        if config.history_mode == "stream":  # each logged trajectory read once, as PPO will read them
+            learner.train_sequences(examples)
+        else:
+            learner.train_epoch(examples)
     return {k: v.detach().cpu() for k, v in learner.net.encoder.state_dict().items()}
