@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,13 +45,19 @@ class PPOParams(LogParams):
     With `freeze_history_encoder` the warm-started history Transformer stays as sasrec fitted it and
     PPO learns the rest (the candidate tower, target attention, the policy and value heads): the
     learner then runs no backward pass through the history, most of its work on the CPU.
+
+    The sizes left None (num_env_runners, num_envs_per_env_runner, train_batch_size, minibatch_size)
+    are chosen from the learner's device when the agent is built (:meth:`for_device`): on the CPU the
+    values measured there (the sampler in the driver process, 64 users, batches of 2,048 in
+    minibatches of 512); on cuda env runners on every core but two, 256 users each, a train batch of
+    what they sample in one round and minibatches of up to 8,192.
     """
 
-    num_env_runners: int = 0  # 0: sample in the driver process
-    num_envs_per_env_runner: int = 64  # users stepped per env-runner call
+    num_env_runners: int | None = None  # None: from the device (cpu: 0, sample in the driver process)
+    num_envs_per_env_runner: int | None = None  # users stepped per env-runner call (None: cpu 64, cuda 256)
     rollout_fragment_length: int = 32
-    train_batch_size: int = 2048  # per learner
-    minibatch_size: int = 512
+    train_batch_size: int | None = None  # per learner (None: cpu 2,048; cuda what the runners sample per round)
+    minibatch_size: int | None = None  # None: cpu 512, cuda min(train batch, 8,192)
     num_epochs: int = 4
     lr: float = 5e-4
     gamma: float = 0.99
@@ -69,11 +76,12 @@ class PPOParams(LogParams):
     def __post_init__(self) -> None:
         super().__post_init__()
         o = "algo"
-        check_int(o, "num_env_runners", self.num_env_runners, 0, 256)
-        check_int(o, "num_envs_per_env_runner", self.num_envs_per_env_runner, 1)
+        for name, low, high in DEVICE_SIZES:
+            if getattr(self, name) is not None:
+                check_int(o, name, getattr(self, name), low, high)
         check_int(o, "rollout_fragment_length", self.rollout_fragment_length, 1)
-        check_int(o, "train_batch_size", self.train_batch_size, 1)
-        check_int(o, "minibatch_size", self.minibatch_size, 1, self.train_batch_size)
+        if self.train_batch_size is not None and self.minibatch_size is not None:
+            check_int(o, "minibatch_size", self.minibatch_size, 1, self.train_batch_size)
         check_int(o, "num_epochs", self.num_epochs, 1)
         check_range(o, "lr", self.lr, 0.0, 1.0, lo_open=True)
         check_range(o, "gamma", self.gamma, 0.0, 1.0)
@@ -93,6 +101,35 @@ class PPOParams(LogParams):
                 "algo.freeze_history_encoder needs the warm start (algo.pretrain_epochs > 0): "
                 "without it the frozen history encoder would keep its random weights"
             )
+
+    def for_device(self, device: str, cpus: int | None = None) -> PPOParams:
+        """These settings with the sizes left None chosen for a learner on `device` ("cpu" or "cuda") on a
+        machine of `cpus` cores (default: this one's)."""
+        if device == "cuda":
+            runners = (
+                self.num_env_runners if self.num_env_runners is not None else max(1, (cpus or os.cpu_count() or 2) - 2)
+            )
+            envs = self.num_envs_per_env_runner or 256
+            batch = self.train_batch_size or max(1, runners) * envs * self.rollout_fragment_length
+            sizes = dict(
+                num_env_runners=runners,
+                num_envs_per_env_runner=envs,
+                train_batch_size=batch,
+                minibatch_size=self.minibatch_size or min(batch, 8192),
+            )
+        else:
+            sizes = dict(num_env_runners=0, num_envs_per_env_runner=64, train_batch_size=2048, minibatch_size=512)
+            sizes = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in sizes.items()}
+            sizes["minibatch_size"] = min(sizes["minibatch_size"], sizes["train_batch_size"])
+        return dataclasses.replace(self, **{k: v for k, v in sizes.items() if getattr(self, k) is None})
+
+
+DEVICE_SIZES = (  # the sizes PPOParams.for_device chooses when left None: (field, lowest, highest)
+    ("num_env_runners", 0, 256),
+    ("num_envs_per_env_runner", 1, None),
+    ("train_batch_size", 1, None),
+    ("minibatch_size", 1, None),
+)
 
 
 def _rl_module_class():
@@ -323,6 +360,7 @@ class RLlibPPOAgent(TrainableAgent):
         self.scenario, self.seed, self.device = scenario, seed, device
         if not isinstance(params, PPOParams):
             raise ValueError(f"RLlibPPOAgent.params must be PPOParams, got {type(params).__name__}")
+        params = params.for_device(device)
         self.params = params
         probe = RecommenderCore(scenario, 1, seed)
         self.encoder_config = encoder_config(

@@ -309,3 +309,21 @@ def test_calendar_discounting_is_refused_without_a_calendar_in_one_line(ray_sess
         RLlibPPOAgent(config, PPOParams(**RLLIB_ALGO, gamma_per_day=0.97), model=MODEL)
     with pytest.raises(ValueError, match="algo.max_seq_len must be"):
         PPOParams(max_seq_len=0)
+
+
+def test_ppo_sizes_left_unset_are_chosen_from_the_device_and_set_ones_are_kept():
+    from agents.rllib_agent import PPOParams
+
+    cpu = PPOParams().for_device("cpu")
+    assert (cpu.num_env_runners, cpu.num_envs_per_env_runner, cpu.train_batch_size, cpu.minibatch_size) == (
+        0,
+        64,
+        2048,
+        512,
+    )
+    cuda = PPOParams().for_device("cuda", cpus=16)
+    assert (cuda.num_env_runners, cuda.num_envs_per_env_runner) == (14, 256)
+    assert cuda.train_batch_size == 14 * 256 * 32 and cuda.minibatch_size == 8192
+    mine = PPOParams(train_batch_size=1024, num_env_runners=2).for_device("cuda", cpus=16)
+    assert (mine.num_env_runners, mine.train_batch_size, mine.minibatch_size) == (2, 1024, 1024)
+    assert PPOParams(train_batch_size=256).for_device("cpu").minibatch_size == 256
