@@ -318,6 +318,7 @@ def _learner_class():
 
 
 RLLIB_ENV_NAME = "driftrec-vector"
+SAMPLER_FILE = "sampler.pt"  # in a checkpoint: the in-process sampler's users and carried histories
 
 
 def make_rllib_env(env_config: Mapping[str, Any]):
@@ -554,10 +555,21 @@ class RLlibPPOAgent(TrainableAgent):
             return StreamingGreedyPolicy(self._eval_net, self.name)
         return GreedyPolicy(self._eval_net, self.name)
 
+    def _sampler(self) -> Any:
+        """The env runner sampling in this process that keeps users' trajectories across iterations (the
+        batched runner of "stream" encoders, with num_env_runners 0), else None."""
+        runner = getattr(self.algo, "env_runner", None)
+        return runner if hasattr(runner, "sampling_state") and self.params.num_env_runners == 0 else None
+
     def save(self, path: Path) -> None:
         path = Path(path).resolve()
         path.mkdir(parents=True, exist_ok=True)
         self.algo.save_to_path(str(path / "algorithm"))
+        runner = self._sampler()
+        if runner is not None:  # the users being sampled and their carried histories: a resume goes on with them
+            import torch
+
+            torch.save(runner.sampling_state(), path / SAMPLER_FILE)
         (path / "agent.json").write_text(json.dumps(self._signature() | {"env_steps": self._env_steps}))
 
     def restore(self, path: Path) -> None:
@@ -589,6 +601,17 @@ class RLlibPPOAgent(TrainableAgent):
         weights = self.learner_weights()
         self.algo.env_runner_group.foreach_env_runner(lambda runner: runner.module.net.load_state_dict(weights))
         self._env_steps = int(saved["env_steps"])
+        runner, sampler = self._sampler(), path / SAMPLER_FILE
+        if runner is not None and sampler.is_file():
+            import torch
+
+            try:
+                state = torch.load(sampler, weights_only=False)
+                runner.load_sampling_state(state)
+            except Exception as err:  # a truncated or foreign file
+                raise ValueError(
+                    f"cannot restore the sampler state in {sampler}: {type(err).__name__}: {err}"
+                ) from None
 
     def learner_weights(self) -> dict[str, Any]:
         """A CPU copy of the learner's network weights (what trains; policy() holds what serves)."""

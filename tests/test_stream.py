@@ -327,3 +327,30 @@ def test_ppo_sizes_left_unset_are_chosen_from_the_device_and_set_ones_are_kept()
     mine = PPOParams(train_batch_size=1024, num_env_runners=2).for_device("cuda", cpus=16)
     assert (mine.num_env_runners, mine.train_batch_size, mine.minibatch_size) == (2, 1024, 1024)
     assert PPOParams(train_batch_size=256).for_device("cpu").minibatch_size == 256
+
+
+def test_a_resumed_run_carries_the_history_state(ray_session, monkeypatch, tmp_path):
+    """Treatment against control on one seed: a run checkpointed after two iterations and resumed in a
+    new agent goes on with the same users and their carried histories, and trains to the same weights
+    as the run that was never interrupted."""
+    uninterrupted = ppo(False, monkeypatch)
+    try:
+        for _ in range(2):
+            uninterrupted.train_iteration()
+        uninterrupted.save(tmp_path / "checkpoint")
+        uninterrupted.train_iteration()
+        control_window = uninterrupted.algo.env_runner._live["window"]
+        control_weights = uninterrupted.learner_weights()
+    finally:
+        uninterrupted.close()
+    resumed = ppo(False, monkeypatch)
+    try:
+        resumed.restore(tmp_path / "checkpoint")
+        assert resumed.env_steps > 0
+        resumed.train_iteration()
+        for a, b in zip(resumed.algo.env_runner._live["window"], control_window):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+        for key, value in resumed.learner_weights().items():
+            torch.testing.assert_close(value, control_weights[key], atol=0, rtol=0, msg=key)
+    finally:
+        resumed.close()
