@@ -15,7 +15,7 @@ import torch
 
 from agents.encoder import EncoderConfig, RecommenderEncoder
 from agents.model import ActorCritic, encoder_config
-from agents.stream import first_seen_days, keep_last, pack
+from agents.stream import first_seen_days
 from envs import make_scenario
 from envs.core import history_features
 from envs.vector import RecVectorEnv
@@ -123,15 +123,6 @@ def test_first_seen_days_turns_days_ago_into_the_gap_to_the_next_entry():
     np.testing.assert_allclose(gaps[1:], [31.0, 7.0, 2.0, 0.0], atol=1e-4)  # to the next entry; the newest as is
     assert seen[0, 0, 1] == features[0, 0, 1]  # padding untouched
     torch.testing.assert_close(seen[..., [0, 2]], features[..., [0, 2]])
-
-
-def test_pack_and_keep_last_place_the_true_entries():
-    mask = torch.tensor([[True, False, True, True], [False, False, False, True], [False] * 4])
-    index, valid = pack(mask, 3)
-    assert index.tolist()[0] == [0, 2, 3] and valid.tolist() == [[True] * 3, [True, False, False], [False] * 3]
-    index, valid = keep_last(mask, 2)
-    assert index.tolist()[0] == [2, 3] and valid.tolist() == [[True, True], [False, True], [False, False]]
-    assert index[1, 1] == 3
 
 
 @pytest.mark.parametrize(
