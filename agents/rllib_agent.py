@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from agents.base import TrainableAgent
-from agents.logs import LogParams
 from agents.model import ActorCritic, GreedyPolicy, StreamingGreedyPolicy, encoder_config
+from agents.warm_start import WarmStartParams, warm_start_note
 from envs.config import ScenarioConfig
 from simulator.params import check_bool, check_int, check_range
 
@@ -28,7 +28,7 @@ MAX_SEQ_LEN = 4096  # algo.max_seq_len: longer chunks make the learner's attenti
 
 
 @dataclass(frozen=True)
-class PPOParams(LogParams):
+class PPOParams(WarmStartParams):
     """Every PPO hyperparameter in one place (override with the run config's `algo:` section).
 
     With `pretrain_epochs` > 0 the encoder starts from a supervised next-engagement model (sasrec,
@@ -67,7 +67,7 @@ class PPOParams(LogParams):
     vf_loss_coeff: float = 0.5
     grad_clip: float = 1.0
     reward_scale: float = 0.25  # rewards are minutes; ~1 per step trains the critic better
-    pretrain_epochs: int = 3  # supervised warm start of the encoder on logs (0: none)
+    pretrain_epochs: int = 3  # supervised warm start of the encoder on logs (0: none; agents.warm_start)
     critic_warmup_steps: int = 0  # env steps at the start in which only the value head learns (0: none)
     freeze_history_encoder: bool = False  # keep the warm-started history Transformer fixed (needs pretrain_epochs)
     max_seq_len: int = 32  # "stream" encoders: steps per sequence the learner reads in one causal pass
@@ -91,7 +91,6 @@ class PPOParams(LogParams):
         check_range(o, "vf_loss_coeff", self.vf_loss_coeff, 0.0, 100.0)
         check_range(o, "grad_clip", self.grad_clip, 0.0, lo_open=True)
         check_range(o, "reward_scale", self.reward_scale, 0.0, lo_open=True)
-        check_int(o, "pretrain_epochs", self.pretrain_epochs, 0, 1000)
         check_int(o, "critic_warmup_steps", self.critic_warmup_steps, 0)
         check_bool(o, "freeze_history_encoder", self.freeze_history_encoder)
         check_int(o, "max_seq_len", self.max_seq_len, 1, MAX_SEQ_LEN)
@@ -510,7 +509,7 @@ class RLlibPPOAgent(TrainableAgent):
         p = self.params
         if not p.pretrain_epochs or self._env_steps or self._pretrained:
             return ""
-        return f"fitting sasrec on logs of {p.log_users} users x {p.log_steps} steps, {p.pretrain_epochs} epoch(s)"
+        return warm_start_note(p)
 
     def train_iteration(self) -> dict[str, float]:
         """One PPO iteration (sampling, then the learner's update); the first of a fresh run warm-starts

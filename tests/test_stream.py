@@ -345,3 +345,26 @@ def test_a_resumed_run_carries_the_history_state(ray_session, monkeypatch, tmp_p
             torch.testing.assert_close(value, control_weights[key], atol=0, rtol=0, msg=key)
     finally:
         resumed.close()
+
+
+@pytest.mark.parametrize("objective", ["engagement", "next_item"])
+def test_the_stream_warm_start_objective_decreases_on_logs(objective):
+    """Each pretraining objective of the stream encoder goes down epoch after epoch on the same logs
+    (next_item: self-supervised, the next interaction from the history)."""
+    from agents.factory import logged_data
+    from agents.sequence_models import EngagementLearner
+    from agents.training_examples import fit_examples
+    from agents.warm_start import WarmStartParams
+
+    config = make_scenario("mixed", TINY)
+    env = RecVectorEnv(num_envs=1, scenario=config, seed=0)
+    cfg = encoder_config(env.single_observation_space, env.core.n_items, MODEL, history_features(config))
+    logs = logged_data(config, WarmStartParams(log_users=16, log_steps=40), 0, run_dir=None)
+    examples = fit_examples(logs, env.core.n_items, 6, cfg.history_len, config.world.catalog.length_mean)
+    learner = EngagementLearner(
+        "sasrec", cfg, env.core.item_features, 6, config.world.catalog.length_mean, 3e-3, 128, 0, torch.device("cpu")
+    )
+    losses = [learner.train_sequences(examples, objective=objective) for _ in range(4)]
+    assert losses[-1] < losses[0] and all(np.isfinite(losses)), losses
+    with pytest.raises(ValueError, match="pretrain_objective must be one of engagement, next_item"):
+        WarmStartParams(pretrain_objective="masked")
