@@ -1,12 +1,11 @@
 """Agents from outside the package, as a researcher writes them in their own folder: a Policy class with
 its own settings, a trainable agent (a class and a factory of it), and the mistakes a module path can
-hold. The tests name them `agent_outside:TasteMatch`, `agent_outside:ItemValueLearner` and so on (this
+hold. The tests name them `agent_outside:FreshPopular`, `agent_outside:ItemValueLearner` and so on (this
 folder on the path), as `--agent` takes them; nothing here is imported by the package.
 
-TasteMatch serves the candidate whose topics are closest to what the user finished lately, plus a
-nudge toward well-rated items. ItemValueLearner learns each item's mean watch time from its own
-serving (epsilon-greedy over the candidates) and serves the best: a real, if small, training loop with
-checkpoints.
+FreshPopular serves the most popular candidate the user has not seen lately. ItemValueLearner learns
+each item's mean watch time from its own serving (epsilon-greedy over the candidates) and serves the
+best: a real, if small, training loop with checkpoints.
 """
 
 from __future__ import annotations
@@ -20,39 +19,37 @@ import numpy as np
 
 from agents.base import TrainableAgent
 from agents.policy import slate_from_scores
+from agents.registry import AgentSpec
 from envs import RecVectorEnv
 from simulator.params import check_int, check_range
 
 
 @dataclass(frozen=True)
-class TasteParams:
-    recent: int = 8  # history entries the taste profile reads
-    quality: float = 0.5  # weight of the observed rating
+class FreshParams:
+    repeat_penalty: float = 1.0  # score lost by a candidate the user's history holds already
+    recent: int = 16  # history entries that count as seen
 
     def __post_init__(self) -> None:
+        check_range("algo", "repeat_penalty", self.repeat_penalty, 0.0, 100.0)
         check_int("algo", "recent", self.recent, 1)
-        check_range("algo", "quality", self.quality, 0.0, 10.0)
 
 
-class TasteMatch:
-    """Serves what matches the topics the user finished lately, nudged toward well-rated items."""
+class FreshPopular:
+    """Serves the most popular candidate the user has not seen lately."""
 
-    name = "taste-match"
+    name = "fresh-popular"
 
-    def __init__(self, params: TasteParams) -> None:
-        self.params, self.topics, self.slate_size = params, None, 1
+    def __init__(self, params: FreshParams) -> None:
+        self.params, self.slate_size = params, 1
 
     def bind(self, env) -> None:
-        t = env.world.catalog.n_topics
-        self.topics, self.slate_size = np.asarray(env.core.item_features)[:, :t], env.config.env.slate_size
+        self.slate_size = env.config.env.slate_size
 
     def scores(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         r = self.params.recent
-        items = np.clip(obs["history_items"][:, -r:], 0, len(self.topics) - 1)
-        finished = obs["history_features"][:, -r:, 1] * obs["history_mask"][:, -r:]  # completion [N, r]
-        profile = np.einsum("nh,nht->nt", finished, self.topics[items])
-        cand, t = obs["candidate_features"], self.topics.shape[1]
-        return np.einsum("nt,nct->nc", profile, cand[..., :t]) + self.params.quality * cand[..., t]
+        history = np.where(obs["history_mask"][:, -r:] > 0, obs["history_items"][:, -r:], -1)  # [N, r]
+        seen = (obs["candidate_items"][:, :, None] == history[:, None, :]).any(axis=2)  # [N, C]
+        return obs["candidate_features"][..., -1] - self.params.repeat_penalty * seen
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         return slate_from_scores(self.scores(obs), self.slate_size)
@@ -171,4 +168,5 @@ def trains_but_says_not(scenario, params: LearnerParams, ctx):
     return ItemValueLearner(scenario, params, ctx)
 
 
-TASTE = TasteMatch(TasteParams())  # an instance: a module path names a class or a factory
+FRESH = FreshPopular(FreshParams())  # an instance: a module path names a class or a factory
+FRESH_SPEC = AgentSpec("fresh", "fresh popular, with its smoke sizes", FreshPopular, FreshParams, smoke={"recent": 4})
