@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from agents.logs import LogParams
+from agents.logs import LogParams, logged_data
 from agents.model import encoder_config
 from agents.sequence_models import PRETRAIN_OBJECTIVES, EngagementLearner
 from agents.training_examples import fit_examples
@@ -65,12 +65,11 @@ def pretrain_encoder(
     device: str = "cpu",
 ) -> dict[str, torch.Tensor]:
     """The state dict (on the CPU) of sasrec's encoder fitted on logs of `scenario`: `params` gives the
-    logs (LogParams fields: log_users, log_steps, epsilon; logged by agents.factory.logged_data with
+    logs (LogParams fields: log_users, log_steps, epsilon; logged by agents.logs.logged_data with
     `seed`) and the epochs (`pretrain_epochs`); `model` the EncoderConfig overrides, which must be the
     PPO agent's for the weights to fit its encoder; the fit runs on `device` (a cuda learner's warm start
     is a GPU job too). The model's own settings (batch size, learning rate) are sasrec's defaults
     (agents.supervised.SupervisedParams): the same weights as the `sasrec` agent fitted on those logs."""
-    from agents.factory import logged_data  # the factory builds agents, which import this module
     from agents.supervised import SupervisedParams
 
     core = RecommenderCore(scenario, 1, seed)
