@@ -17,10 +17,10 @@ class Policy(Protocol):
     ranking metrics read them). Optional hooks, called by the evaluation harness when present:
     bind(env) before an evaluation (oracles read the true state through it), and
     observe(obs, actions, rewards, info) after each step (online learners): obs is what act()
-    saw, rewards [N], info the vector env's step info: info["position"] [N] the clicked slate
-    position (-1: no click), info["served"] [N] False where the slot was being reset (its
-    action was ignored); the harness adds info["evaluated"] [N], True where the slot counts in
-    the evaluation and was served this policy's own action, and info["done"] [N], True where the
+    saw, rewards [N], info the vector env's step info: `info["position"]` [N] the clicked slate
+    position (-1: no click), `info["served"]` [N] False where the slot was being reset (its
+    action was ignored); the harness adds `info["evaluated"]` [N], True where the slot counts in
+    the evaluation and was served this policy's own action, and `info["done"]` [N], True where the
     slot's user ended at this step (terminated or truncated).
     Optional, lifetime scenarios: serves_from_day (float T) and warmup (a Policy): a policy
     deployed on day T; the harness serves each user with `warmup` until their clock reaches T.

@@ -167,9 +167,9 @@ def evaluate(
     T and by `policy` from T on (clocks diverge: both can serve in one step); lives are measured
     whole, and the metrics add return_served_mean (minutes per user watched from T on, under
     `policy`; 0 for users gone before T) and served_users (share of users `policy` served at all).
-    `observe` gets the step info plus info["evaluated"] [N]: the slot counts in this evaluation
+    `observe` gets the step info plus `info["evaluated"]` [N]: the slot counts in this evaluation
     and was served `policy`'s own action (False for a warm-up step or a slot past its user's life),
-    and info["done"] [N]: the slot's user ended at this step (terminated or truncated).
+    and `info["done"]` [N]: the slot's user ended at this step (terminated or truncated).
 
     Every slot is stepped until the last user's episode ends: a finished slot is reset to a newcomer
     (the vector env's autoreset) who is served by the policy and counts for nothing here, but on
