@@ -194,7 +194,7 @@ class LinUCBPolicy:
         self, obs: dict[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray, info: dict[str, np.ndarray]
     ) -> None:
         """Learn from one step: obs before it, actions [N] or [N, K], rewards [N],
-        info["position"] [N] (clicked slot, -1 none), info["served"] [N]."""
+        `info["position"]` [N] (clicked slot, -1 none), `info["served"]` [N]."""
         x = self.features(obs)  # [N, C, D]
         n = x.shape[0]
         slates = np.asarray(actions, dtype=np.int64).reshape(n, -1)  # [N, K]

@@ -45,11 +45,11 @@ class Binder(Protocol):
 @runtime_checkable
 class Observer(Protocol):
     """An online learner: observe(obs, actions, rewards, info) after each step. obs is what act() saw,
-    actions [N] or [N, K], rewards [N], info the vector env's step info: info["position"] [N] the clicked
-    slate position (-1: no click), info["served"] [N] False where the slot was being reset (its action was
-    ignored); the harness adds info["evaluated"] [N], True where the slot counts in the evaluation and was
-    served this policy's own action, and info["done"] [N], True where the slot's user ended at this step
-    (terminated or truncated)."""
+    actions `[N]` or `[N, K]`, rewards `[N]`, info the vector env's step info: `info["position"] [N]` the
+    clicked slate position (-1: no click), `info["served"] [N]` False where the slot was being reset (its
+    action was ignored); the harness adds `info["evaluated"] [N]`, True where the slot counts in the
+    evaluation and was served this policy's own action, and `info["done"] [N]`, True where the slot's user
+    ended at this step (terminated or truncated)."""
 
     def observe(
         self, obs: dict[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray, info: dict[str, np.ndarray]

@@ -170,8 +170,8 @@ def evaluate(
     return_served_mean (minutes per user watched from T on, under `policy`; 0 for users gone before T)
     and served_users (share of users `policy` served at all). An online learner (the protocol
     `agents.policy.Observer`) hears every step through `observe`, with the step info plus
-    info["evaluated"] [N]: the slot counts in this evaluation and was served `policy`'s own action
-    (False for a warm-up step or a slot past its user's life), and info["done"] [N]: the slot's user
+    `info["evaluated"] [N]`: the slot counts in this evaluation and was served `policy`'s own action
+    (False for a warm-up step or a slot past its user's life), and `info["done"] [N]`: the slot's user
     ended at this step (terminated or truncated).
 
     Every slot is stepped until the last user's episode ends: a finished slot is reset to a newcomer

@@ -45,6 +45,7 @@ from agents.registry import get_agent
 from envs.config import ScenarioConfig, make_scenario, scenario_label
 from envs.vector import RecVectorEnv
 from experiments.core import ranking as rk
+from experiments.core.commands import repo_relative
 from experiments.core.harness import EVAL_SEED, evaluate
 from experiments.core.restore import load_run, restore_policy
 from experiments.core.stats import mean_interval
@@ -561,7 +562,7 @@ def write_report(settings: OfflineSettings, result: StudyResult, out: Path, comm
     lines = [
         f"# Offline evaluation against the truth: `{settings.label}`{cutoff}",
         "",
-        f"`{command}` ({seconds / 60:.1f} min on this machine)",
+        f"`{repo_relative(command)}` ({seconds / 60:.1f} min on this machine)",
         "",
         f"Training logs: epsilon-popularity (epsilon {settings.epsilon}) on {settings.log_users} x "
         f"{settings.log_steps} steps (seed {LOG_SEED_OFFSET + settings.train_seed}); "
