@@ -160,16 +160,6 @@ def test_the_actor_critic_folds_the_target_attention_into_single_item_logits():
 
 
 # ---------------------------------------------------------------------------------- RLlib plumbing
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    started_here = not ray.is_initialized()
-    yield
-    if started_here and ray.is_initialized():
-        ray.shutdown()
-
-
 RLLIB_ALGO = dict(
     num_envs_per_env_runner=6,
     rollout_fragment_length=7,
