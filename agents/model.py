@@ -23,11 +23,14 @@ def encoder_config(
     n_items: int,
     overrides: Mapping[str, Any] | None = None,
     history_feature_names: tuple[str, ...] | None = None,
+    static_catalog: bool = False,
 ) -> EncoderConfig:
     """EncoderConfig sized from the env's single observation space, with model overrides.
 
-    `history_feature_names` (envs.core.history_features(scenario)) lets a "stream" encoder find the
-    days-ago column of lifetime histories (``days_ago_feature``) unless the overrides set it."""
+    For a "stream" encoder, unless the overrides set them: `history_feature_names`
+    (envs.core.history_features(scenario)) gives the days-ago column of lifetime histories
+    (``days_ago_feature``), and `static_catalog` (no item feature moves: envs.config.static_catalog)
+    turns on ``static_items``."""
     allowed = {f.name for f in dataclasses.fields(EncoderConfig)} - {
         "n_items",
         "history_len",
@@ -39,9 +42,10 @@ def encoder_config(
     unknown = sorted(set(merged) - allowed)
     if unknown:
         raise ValueError(f"unknown model config key '{unknown[0]}'; allowed: {', '.join(sorted(allowed))}")
-    streams = merged.get("history_mode") == "stream"
-    if streams and history_feature_names and "days_ago" in history_feature_names and "days_ago_feature" not in merged:
-        merged["days_ago_feature"] = history_feature_names.index("days_ago")
+    if merged.get("history_mode") == "stream":
+        if history_feature_names and "days_ago" in history_feature_names:
+            merged.setdefault("days_ago_feature", history_feature_names.index("days_ago"))
+        merged.setdefault("static_items", bool(static_catalog))
     return EncoderConfig.from_observation_space(observation_space, n_items=n_items, **merged)
 
 

@@ -60,6 +60,9 @@ class GRUHistoryEncoder(HistoryEncoder):
         return self.final_norm(state)
 
 
+PRETRAIN_OBJECTIVES = ("engagement", "next_item")  # EngagementLearner.train_sequences
+
+
 class EngagementModel(nn.Module):
     """History encoder + item tower with a click head and a watch-time head.
 
@@ -80,7 +83,19 @@ class EngagementModel(nn.Module):
         self.watch_bias = nn.Parameter(torch.zeros(()))  # softplus(0) = 0.69 mean lengths: a fair start
 
     def forward(self, obs: Mapping[str, Tensor], positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        out = self.encoder(obs)
+        return self._heads(self.encoder(obs), positions)
+
+    def forward_sequence(
+        self, window: Any, obs: Mapping[str, Tensor], positions: Tensor, steps: Tensor
+    ) -> tuple[Tensor, Tensor, Any]:
+        """A "stream" encoder's chunk of T steps from carried windows (agents.stream.CarriedWindow) in
+        one causal pass: obs [U, T, ...], positions [U, T, C], steps [U, T] bool (the steps to score)
+        -> (click_logit [U, T, C], watch [U, T, C], the window after the chunk)."""
+        out, read = self.encoder.forward_sequence(window, obs, steps)
+        click_logit, watch = self._heads(out, positions)
+        return click_logit, watch, read.window
+
+    def _heads(self, out: Any, positions: Tensor | None) -> tuple[Tensor, Tensor]:
         bias = self.position_bias[0] if positions is None else self.position_bias[positions]
         click_logit = out.logits + self.click_bias + bias
         watch = F.softplus(RecommenderEncoder.score(self.watch_query(out.user), out.candidates) + self.watch_bias)
@@ -176,6 +191,101 @@ class EngagementLearner:
                 count += len(rows)
         self.net.eval()
         return total / max(count, 1)
+
+    def train_sequences(self, data: Examples, chunk: int = 128, objective: str = "engagement") -> float:
+        """One shuffled pass over `data`'s trajectories for a "stream" encoder (agents.stream): each
+        logged trajectory ((seed, user), `data.opens`) is read once, in causal chunks of `chunk` steps
+        from the window carried from the chunk before (not differentiated through), with one Adam step
+        per chunk of a minibatch of trajectories holding about `batch_size` impressions. Returns the mean
+        loss per scored step or impression.
+
+        objective "engagement": the loss of :meth:`train_on` on the logged impressions (the logging
+        policy's slates and how users responded). "next_item" (self-supervised, as SASRec): each step's
+        state predicts the interaction its user had next (the item the env records in the history: the
+        click, or the top item without one), softmax over the whole catalog scored by the item tower;
+        no slate, click or watch time is read."""
+        if objective not in PRETRAIN_OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(PRETRAIN_OBJECTIVES)}, got {objective!r}")
+        if data.opens is None:
+            raise ValueError("train_sequences needs examples from logs (Examples.opens: where trajectories start)")
+        trajectory = np.cumsum(data.opens) - 1  # [S]
+        lengths = np.bincount(trajectory)
+        first = np.cumsum(lengths) - lengths
+        slate = len(data) // data.n_steps  # impressions per step (the logged slate's size)
+        if slate * data.n_steps != len(data):
+            raise ValueError(f"train_sequences needs one slate per step: {len(data)} rows over {data.n_steps} steps")
+        rows = np.argsort(data.step_index, kind="stable").reshape(data.n_steps, slate)  # [S, K] by step
+        per_batch = max(1, round(self.batch_size / max(1.0, lengths.mean() * slate)))
+        order = self.rng.permutation(len(lengths))
+        self.net.train()
+        total, count = 0.0, 0
+        with seeded(int(self.rng.integers(2**31)), self.device):
+            for start in range(0, len(order), per_batch):
+                chosen = order[start : start + per_batch]
+                longest = int(lengths[chosen].max())
+                steps = first[chosen, None] + np.arange(longest)  # [U, T] user-steps, padded past each end
+                real = np.arange(longest)[None, :] < lengths[chosen, None]
+                steps = np.where(real, steps, 0)
+                window = self.net.encoder.history.fresh_window(len(chosen), self.device)
+                for begin in range(0, longest, chunk):
+                    part = slice(begin, begin + chunk)
+                    score = self._sequence_loss if objective == "engagement" else self._next_item_loss
+                    loss, n, window = score(data, steps[:, part], real[:, part], rows, window)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+                    self.optimizer.step()
+                    window = type(window)(*(w.detach() for w in window))
+                    total += float(loss.detach()) * n
+                    count += n
+        self.net.eval()
+        return total / max(count, 1)
+
+    def _sequence_loss(
+        self, data: Examples, steps: np.ndarray, real: np.ndarray, rows: np.ndarray, window: Any
+    ) -> tuple[Tensor, int, Any]:
+        """The loss of user-steps `steps` [U, T] (`real` where they exist) from carried windows."""
+        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
+        obs = {k: to(getattr(data, k)[steps]) for k in HISTORY_KEYS}
+        obs["history_mask"] = obs["history_mask"] * to(real.astype(np.float32))[..., None]  # padding reads nothing
+        impressions = rows[steps]  # [U, T, K]
+        target = to(data.target_item[impressions])
+        obs["candidate_items"] = target
+        if self.features is not None:
+            obs["candidate_features"] = self.features.to(self.device)[target]
+        positions = to(data.target_position[impressions])
+        click = to(data.click[impressions])
+        watch = to(data.watch_time[impressions] / np.float32(self.length_mean))
+        live = to(real)
+        click_logit, watch_pred, window = self.net.forward_sequence(window, obs, positions, live)
+        keep = live[..., None].expand_as(click)
+        loss = F.binary_cross_entropy_with_logits(click_logit[keep], click[keep])
+        clicked = keep & (click > 0)
+        if clicked.any():
+            loss = loss + F.mse_loss(watch_pred[clicked], watch[clicked])
+        return loss, int(keep.sum()), window
+
+    def _next_item_loss(
+        self, data: Examples, steps: np.ndarray, real: np.ndarray, rows: np.ndarray, window: Any
+    ) -> tuple[Tensor, int, Any]:
+        """The next-interaction loss of user-steps `steps` [U, T] from carried windows."""
+        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
+        obs = {k: to(getattr(data, k)[steps]) for k in HISTORY_KEYS}
+        obs["history_mask"] = obs["history_mask"] * to(real.astype(np.float32))[..., None]
+        impressions = rows[steps]  # [U, T, K]
+        clicked = data.click[impressions] > 0
+        top = np.take_along_axis(impressions, np.argmin(data.target_position[impressions], axis=-1)[..., None], -1)
+        hit = np.take_along_axis(impressions, np.argmax(clicked, axis=-1)[..., None], -1)
+        entry = data.target_item[np.where(clicked.any(-1, keepdims=True), hit, top)[..., 0]]  # [U, T]
+        encoder = self.net.encoder
+        read = encoder.history.read(window, obs, to(real))
+        table = encoder.history.item_features
+        items = torch.arange(encoder.config.n_items, device=self.device)
+        catalog = encoder.item_tower(items, None if table is None else table.to(self.device))  # [I, d]
+        live = to(real)
+        logits = read.state[live] @ catalog.T / np.sqrt(catalog.shape[-1])
+        loss = F.cross_entropy(logits, to(entry)[live])
+        return loss, int(live.sum()), read.window
 
     def snapshot(self) -> dict[str, Any]:
         """Copies of the weights, the optimizer's state and the shuffling RNG's state."""

@@ -40,7 +40,9 @@ class Examples:
     Row level (M impressions): step_index [M] (row -> its user-step), target_item [M],
     target_position [M] (slate position, 0 = top), click [M] float32 (0/1),
     watch_time [M] float32 (minutes; 0 without a click); day [S] float64 (when each step was
-    served; served rows of a recommender refitting in days, else None).
+    served; served rows of a recommender refitting in days, else None); opens [S] bool (the
+    user-step is its trajectory's first: a (seed, user)'s first logged step; examples from logs,
+    else None).
     A slate of K items is K rows sharing one history, so this is K times smaller than
     the per-row arrays of :func:`examples_from_logs`.
     """
@@ -55,6 +57,7 @@ class Examples:
     click: np.ndarray
     watch_time: np.ndarray
     day: np.ndarray | None = None
+    opens: np.ndarray | None = None
 
     @property
     def n_steps(self) -> int:
@@ -252,6 +255,7 @@ def step_examples(logs: pd.DataFrame, history_len: int, length_mean: float, life
         target_position=position,
         click=click,
         watch_time=np.where(click > 0, watch, np.float32(0.0)).astype(np.float32),
+        opens=first_of_user,
     )
 
 

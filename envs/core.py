@@ -40,6 +40,13 @@ def context_features(config: ScenarioConfig) -> tuple[str, ...]:
     return LIFETIME_CONTEXT_FEATURES if config.world.lifetime.enabled else CONTEXT_FEATURES
 
 
+def static_catalog(config: ScenarioConfig) -> bool:
+    """Whether an item's observed features (`candidate_features`) never move, so they are the
+    catalog's `item_features` rows at every step: only the popularity column moves, and only with
+    `catalog.popularity_memory`."""
+    return not config.world.catalog.popularity_memory
+
+
 def log_days(days: np.ndarray, scale: float = DAYS_SCALE) -> np.ndarray:
     """Days (>= 0) as log1p(days) / log1p(scale), in [0, 1] (NaN -> 0)."""
     out = np.log1p(np.maximum(np.nan_to_num(days, nan=0.0), 0.0)) / np.float32(np.log1p(scale))

@@ -7,7 +7,18 @@ import math
 
 from experiments.studies.benchmarks.train import TrainingClock
 
-KEYS = {"agent", "device", "env_steps_per_s", "sample_s", "learn_s", "final_return", "time_to_target_s"}
+KEYS = {
+    "agent",
+    "device",
+    "env_steps_per_s",
+    "sample_s",
+    "learn_s",
+    "final_return",
+    "target",
+    "time_to_target_s",
+    "flops_per_env_step",
+    "peak_memory_mb",
+}
 
 
 def test_train_benchmark_prints_one_json_record_per_agent(cli, capsys):
@@ -20,6 +31,7 @@ def test_train_benchmark_prints_one_json_record_per_agent(cli, capsys):
         assert r["env_steps"] >= 512 and r["env_steps_per_s"] > 0
         assert r["sample_s"] > 0 and r["learn_s"] > 0 and math.isfinite(r["final_return"])
         assert r["time_to_target_s"] is not None and r["time_to_target_s"] <= r["train_wall_s"]  # target 0: reached
+        assert r["flops_per_env_step"] > 0 and r["peak_memory_mb"] > 0
     assert records[0]["pretrain_s"] > 0 and records[1]["pretrain_s"] == 0  # sb3-ppo warm-starts only when asked
 
 

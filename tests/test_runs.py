@@ -191,3 +191,27 @@ def test_runs_started_in_the_same_second_get_distinct_directories(tmp_path, monk
     for thread in threads:
         thread.join()
     assert not errors and len(set(made)) == 8 and all(path.is_dir() for path in made)
+
+
+def test_an_agents_model_defaults_are_recorded_and_a_record_keeps_the_model_it_was_trained_with(monkeypatch):
+    """Treatment against control: an agent whose registry entry gains model defaults builds new runs
+    with them (recorded in run.json, beneath the config file's model section), while a record from
+    before the defaults existed reads back with none and gets its own configuration label."""
+    import dataclasses
+
+    from experiments.core.settings import config_label
+
+    before = RunSettings(agent="sasrec").to_dict()  # the control: no model defaults yet
+    assert before["model_defaults"] == {}
+    spec = dataclasses.replace(get_agent("sasrec"), model={"d_model": 32})
+    monkeypatch.setitem(AGENTS, "sasrec", spec)
+    now = RunSettings(agent="sasrec", model={"n_layers": 1})
+    assert now.model_defaults == {"d_model": 32}
+    assert now.resolved_model == {"d_model": 32, "n_layers": 1}
+    assert RunSettings(agent="sasrec", model={"d_model": 16}).resolved_model == {"d_model": 16}  # the file wins
+    record = now.to_dict()
+    assert RunSettings.from_dict(record).resolved_model == now.resolved_model
+    old = {k: v for k, v in before.items() if k != "model_defaults"}  # written before model defaults
+    assert RunSettings.from_dict(old).resolved_model == {}
+    assert config_label(RunSettings(agent="sasrec").to_dict()) == ""  # today's defaults
+    assert config_label(old) != ""  # kept apart from today's default runs

@@ -14,7 +14,8 @@ that names the run, the file and why (`RunRefused`), what is unfinished, truncat
 - results.csv missing, with a row cut mid-line or corrupted, without its final evaluation and the
   random baseline written after it, or with a final return that is not a number;
 - a checkpoint that is not the policy that was evaluated (older or newer than the final evaluation);
-- where a policy is restored, a scenario that has changed since the run was trained.
+- where a policy is restored, a scenario (a preset's dynamics, or a scenario file) that has changed since the
+  run was trained.
 
 results.csv is validated row by row (`read_results`): a row is whole when it ends its line and has
 every column, with the run's keys and a numeric return. On resume, `rewind_results` drops what a
@@ -36,7 +37,7 @@ from typing import Any
 import pandas as pd
 
 from experiments.core.rundirs import lock_holder, read_json, read_status, write_json_whole, write_whole
-from experiments.core.settings import RunSettings, changed_dynamics
+from experiments.core.settings import RunSettings, changed_dynamics, scenario_file_change
 
 RECORD_FILE = "run.json"
 RESULTS_FILE = "results.csv"
@@ -254,6 +255,8 @@ def load_run(
             f"(in {', '.join(changed)}), so it cannot be resumed or measured as a run of today's: retrain it",
             flag,
         )
+    if same_dynamics and (change := scenario_file_change(record)) is not None:  # another world now
+        raise RunRefused(run_dir, RECORD_FILE, f"records a scenario file: {change}; retrain it", flag)
     status = read_status(run_dir)
     state = checkpoint_state(run_dir, flag=flag) if checkpoint is not False and settings.spec.trains else None
     if checkpoint and settings.spec.trains and state is None:

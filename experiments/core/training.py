@@ -3,10 +3,10 @@ then evaluate it and the random policy on the same users.
 
   run_dir, metrics = run_one(RunSettings(agent="ppo", scenario="cognitive"), "runs")
 
-A run writes runs/<scenario>/<name>/<seed>-<time>/: run.json (the settings), TensorBoard events
-(train/* and eval/* against environment steps), results.csv, episodes.csv, timeline.csv and
-checkpoint/ (trainable agents). experiments.core.restore reads a run back, experiments.core.fanout runs
-several seeds on Ray.
+A run writes runs/<scenario>/<name>/<seed>-<time>/ (<scenario>: a preset's name or a scenario file's
+label): run.json (the settings), TensorBoard events (train/* and eval/* against environment steps),
+results.csv, episodes.csv, timeline.csv and checkpoint/ (trainable agents). experiments.core.restore
+reads a run back, experiments.core.fanout runs several seeds on Ray.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from agents.policy import RandomPolicy
+from agents.policy import RandomPolicy, ServingStats
 from envs.config import ScenarioConfig
 from experiments.core.checkpoints import Interrupted, StopSignals, best_return, save_checkpoint
 from experiments.core.costs import check_run_memory
@@ -157,7 +157,7 @@ def _iteration(
         ev = evaluate(agent.policy(), scenario, settings.eval_users, settings.eval_seed, progress=progress.status)
         seconds = time.perf_counter() - started
         logger.evaluation(
-            ev.metrics, steps, agent=settings.name, scenario=settings.scenario, seed=settings.seed, phase="train"
+            ev.metrics, steps, agent=settings.name, scenario=settings.scenario_label, seed=settings.seed, phase="train"
         )
         observer.on_evaluation(steps, ev.metrics, seconds)
         state["next_eval"] = steps + settings.interval
@@ -186,7 +186,7 @@ def build_agent(settings: RunSettings, device: str, run_dir: Path | None = None)
         settings.algo,
         seed=settings.seed,
         device=device,
-        model=dict(settings.model),
+        model=settings.resolved_model,
         run_dir=run_dir,
         ray_address=settings.ray_address,
     )
@@ -235,7 +235,7 @@ def _open_run(
     """The run directory, locked: a new one with run.json, or the resumed one with its checkpoint's state
     (read and checked before the expensive setup) and its resumes so far."""
     if not resume:
-        run_dir = new_run_dir(logdir, settings.scenario, settings.name, settings.seed)
+        run_dir = new_run_dir(logdir, settings.scenario_label, settings.name, settings.seed)
         stop.run_dir = run_dir
         try:
             lock = RunLock(run_dir).acquire("--logdir")
@@ -335,9 +335,9 @@ def _run(
             raise RunFailed(f"{run_dir}: the final evaluation's return_mean is {final.metrics['return_mean']}: refused")
         baseline = evaluate(RandomPolicy(seed=settings.seed), scenario, settings.final_eval_users, EVAL_SEED)
         phase = "writing the results"
-        common = dict(scenario=settings.scenario, seed=settings.seed)
+        common = dict(scenario=settings.scenario_label, seed=settings.seed)
         # What the policy says of its own serving (refits, their time, a deployed model's staleness).
-        served = policy.serving_stats() if hasattr(policy, "serving_stats") else {}
+        served = policy.serving_stats() if isinstance(policy, ServingStats) else {}
         logger.evaluation({**final.metrics, **served}, steps, agent=settings.name, phase="final", **common)
         # The random policy on the same users, for reference (not under this run's eval/ tags).
         logger.evaluation(baseline.metrics, steps, tensorboard=False, agent="random", phase="baseline", **common)
@@ -345,7 +345,7 @@ def _run(
         write_whole(run_dir / "timeline.csv", lambda tmp: final.timeline.to_csv(tmp, index=False))
         if final.by_day is not None:  # lifetime scenarios: per-day curves (eval/by_day/*, eval_by_day.csv)
             logger.curves("eval/by_day", final.by_day, step="day")
-        hp = dict(agent=settings.name, scenario=settings.scenario, seed=settings.seed, steps=steps)
+        hp = dict(agent=settings.name, scenario=settings.scenario_label, seed=settings.seed, steps=steps)
         if agent is not None:
             hp.update(agent.hparams())
         logger.hparams(hp, final.metrics)

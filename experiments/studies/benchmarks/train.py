@@ -13,8 +13,14 @@ loop, evaluations and final evaluation as `run.py`), with a TrainingObserver for
                     above, and checkpoints)
   final_return      the final evaluation (final_eval_users users, seed EVAL_SEED, as run.py)
   target, time_to_target_s  the first evaluation during training at or above `target` minutes, as
-                    wall time from the start of training; None (and `target_note` says so) when the
-                    return never got there within `env_steps`
+                    wall time from the start of training (the warm start included); None (and `target_note`
+                    says so) when the return never got there within `env_steps`. The default target is
+                    TARGETS[scenario] (95% of the 5-seed mean of the default run before the stream
+                    encoder on `mixed`, that mean itself on `lifetime`); other scenarios need --target
+  flops_per_env_step  torch's FlopCounterMode over one training iteration after the run (sampling and
+                    the learner's update, every epoch; no warm start) / its env steps
+  peak_memory_mb    the run's peak resident memory of this process (the learner, and the sampler with
+                    num_env_runners 0), polled; on cuda also the device's peak allocation (peak_cuda_mb)
   load_start, load_end  the 1-minute load average around the run (other jobs slow it down)
 
 --device auto measures the CPU, and CUDA too when a GPU is visible.
@@ -25,8 +31,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,12 +44,19 @@ from experiments.core.settings import RunSettings, load_config_sections, with_sm
 from experiments.core.training import TrainingObserver, run_one
 
 AGENTS = ("ppo", "sb3-ppo")
+TARGETS = {"mixed": 50.8, "lifetime": 2825.0}  # issue 35: the time-to-return targets of the default runs
+MEMORY_POLL_S = 0.2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", choices=(*AGENTS, "both"), default="both", help="which PPO (default: both)")
     parser.add_argument("--steps", type=int, default=None, help="env steps per agent (default: run.py's 250,000)")
-    parser.add_argument("--target", type=float, default=60.0, help="evaluation return to reach, minutes (default 60)")
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help=f"evaluation return to reach, minutes (default: {', '.join(f'{k} {v:g}' for k, v in TARGETS.items())})",
+    )
     parser.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -97,11 +112,76 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def measure(settings: RunSettings, target: float, logdir: str | Path) -> dict:
+class PeakMemory:
+    """The peak resident memory of this process while the block runs (a thread polls /proc every
+    MEMORY_POLL_S; elsewhere the process's lifetime peak), and on cuda the device's peak allocation."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.peak_mb, self.cuda_mb = device, 0.0, None
+        self._stop = threading.Event()
+
+    @staticmethod
+    def resident_mb() -> float:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, ValueError, IndexError):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def _poll(self) -> None:
+        while not self._stop.wait(MEMORY_POLL_S):
+            self.peak_mb = max(self.peak_mb, self.resident_mb())
+
+    def __enter__(self) -> PeakMemory:
+        self.peak_mb = self.resident_mb()
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self.resident_mb())
+        if self.device == "cuda":
+            import torch
+
+            self.cuda_mb = torch.cuda.max_memory_allocated() / 2**20
+
+
+def flops_per_env_step(settings: RunSettings) -> float:
+    """FLOPs of one training iteration of `settings`' agent (sampling and the learner's update, every
+    epoch; after one iteration to settle, without the warm start) per env step, by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from experiments.core.training import build_agent
+
+    algo, params = dict(settings.algo), settings.params
+    if getattr(params, "pretrain_epochs", 0) and not getattr(params, "freeze_history_encoder", False):
+        algo["pretrain_epochs"] = 0  # the iterations' cost; a frozen encoder needs its warm start
+    agent = build_agent(settings.replace(algo=algo), settings.device)
+    try:
+        agent.train_iteration()
+        before = agent.env_steps
+        counter = FlopCounterMode(display=False)
+        with counter:
+            agent.train_iteration()
+        return counter.get_total_flops() / max(agent.env_steps - before, 1)
+    finally:
+        agent.close()
+
+
+def measure(settings: RunSettings, target: float | None, logdir: str | Path) -> dict:
     """Train and evaluate one run of `settings` (device resolved) and time it."""
-    clock = TrainingClock(target)
+    clock = TrainingClock(float("inf") if target is None else target)
     load_start = os.getloadavg()[0]
-    _, final = run_one(settings, logdir, observer=clock)
+    with PeakMemory(settings.device) as memory:
+        _, final = run_one(settings, logdir, observer=clock)
+    load_end = os.getloadavg()[0]
+    flops = flops_per_env_step(settings)
     reached = clock.time_to_target_s is not None
     record = dict(
         agent=settings.agent,
@@ -119,9 +199,19 @@ def measure(settings: RunSettings, target: float, logdir: str | Path) -> dict:
         target=target,
         time_to_target_s=round(clock.time_to_target_s, 2) if reached else None,
         steps_to_target=clock.steps_to_target,
-        target_note="" if reached else f"not reached within {clock.trained_steps:,d} steps",
+        target_note=""
+        if reached
+        else (
+            f"no target for {settings.scenario!r} (give --target)"
+            if target is None
+            else f"not reached within {clock.trained_steps:,d} steps"
+        ),
+        flops_per_env_step=round(flops),
+        peak_memory_mb=round(memory.peak_mb, 1),
+        peak_cuda_mb=None if memory.cuda_mb is None else round(memory.cuda_mb, 1),
+        model=dict(settings.resolved_model),
         load_start=round(load_start, 2),
-        load_end=round(os.getloadavg()[0], 2),
+        load_end=round(load_end, 2),
     )
     return record
 
@@ -156,7 +246,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     # run_one prints its results table on stdout, which belongs to the records (--json).
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp, contextlib.redirect_stdout(sys.stderr):
         for settings in plans:
-            records.append(measure(settings, args.target, args.logdir or tmp))
+            target = args.target if args.target is not None else TARGETS.get(settings.scenario)
+            records.append(measure(settings, target, args.logdir or tmp))
             print(_line(records[-1]), file=sys.stderr, flush=True)
     return records
 
@@ -167,6 +258,7 @@ def _line(r: dict) -> str:
         if r["time_to_target_s"] is not None
         else r["target_note"]
     )
+    target += f", {r['flops_per_env_step'] / 1e6:,.1f} MFLOP/env step, peak {r['peak_memory_mb']:,.0f} MB"
     return (
         f"{r['agent']:>8} {r['device']:>4}  {r['env_steps_per_s']:>8,.0f} env-steps/s  "
         f"(sample {r['sample_s']:,.0f} s, learn {r['learn_s']:,.0f} s, warm start {r['pretrain_s']:,.0f} s, "

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.core.commands import repo_relative
 from experiments.core.rundirs import read_json, writable_dir, write_json_whole, write_whole
 from experiments.studies.stress.analysis import StressResult
 from experiments.studies.stress.jobs import run_job, run_jobs
@@ -57,7 +58,7 @@ def stress(
     # The raw evaluations: --report-only redoes the analysis, tables and plots from them.
     write_whole(out / "jobs.pkl", lambda tmp: pd.to_pickle(results, tmp))
     seconds = time.perf_counter() - started
-    write_json_whole(out / "command.json", dict(command=command, seconds=seconds, resumed=resumed))
+    write_json_whole(out / "command.json", dict(command=repo_relative(command), seconds=seconds, resumed=resumed))
     return write_outputs(settings, results, out)
 
 
