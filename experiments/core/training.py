@@ -120,10 +120,40 @@ def train(
     observer.on_start(run_dir, agent.env_steps)
     if getattr(agent, "warm_start_pending", False):  # minutes on lifetimes: say what the wait is
         progress.status(f"warm start: {agent.warm_start_pending}")
+
+    def iteration() -> None:
+        """One training iteration, its train/* scalars and, when one is due, an evaluation (and a best snapshot)."""
+        metrics = agent.train_iteration()
+        state["iteration"] += 1
+        steps = agent.env_steps
+        logger.scalars("train", metrics, steps)
+        observer.on_iteration(steps, metrics)
+        note = ""
+        if steps >= state["next_eval"]:
+            started = time.perf_counter()
+            ev = evaluate(agent.policy(), scenario, settings.eval_users, settings.eval_seed, progress=progress.status)
+            seconds = time.perf_counter() - started
+            logger.evaluation(
+                ev.metrics,
+                steps,
+                agent=settings.name,
+                scenario=settings.scenario_label,
+                seed=settings.seed,
+                phase="train",
+            )
+            observer.on_evaluation(steps, ev.metrics, seconds)
+            state["next_eval"] = steps + settings.interval
+            note = f"eval {ev.metrics['return_mean']:.1f}"
+            if settings.keep_best and ev.metrics["return_mean"] > best_return(run_dir):
+                # The snapshot records its own score: a kill between it and the next checkpoint loses nothing.
+                save_checkpoint(agent, run_dir / BEST, dict(state, best_return=float(ev.metrics["return_mean"])))
+                note += " (best so far)"
+        progress.update(steps, metrics, note)
+
     with nullcontext(stop) if stop is not None else StopSignals(run_dir) as stop:
         while agent.env_steps < settings.steps:
             with stop.deferred():
-                _iteration(agent, settings, scenario, logger, run_dir, state, observer, progress)
+                iteration()
                 if stop.received is not None or state["iteration"] % settings.checkpoint_every == 0:
                     save_checkpoint(agent, ckpt, state)
             if stop.received is not None:
@@ -133,40 +163,6 @@ def train(
         with stop.deferred():
             save_checkpoint(agent, ckpt, state)
         stop.check()
-
-
-def _iteration(
-    agent: Any,
-    settings: RunSettings,
-    scenario: ScenarioConfig,
-    logger: RunLogger,
-    run_dir: Path,
-    state: dict[str, Any],
-    observer: TrainingObserver,
-    progress: Progress,
-) -> None:
-    """One training iteration, its train/* scalars and, when one is due, an evaluation (and a best snapshot)."""
-    metrics = agent.train_iteration()
-    state["iteration"] += 1
-    steps = agent.env_steps
-    logger.scalars("train", metrics, steps)
-    observer.on_iteration(steps, metrics)
-    note = ""
-    if steps >= state["next_eval"]:
-        started = time.perf_counter()
-        ev = evaluate(agent.policy(), scenario, settings.eval_users, settings.eval_seed, progress=progress.status)
-        seconds = time.perf_counter() - started
-        logger.evaluation(
-            ev.metrics, steps, agent=settings.name, scenario=settings.scenario_label, seed=settings.seed, phase="train"
-        )
-        observer.on_evaluation(steps, ev.metrics, seconds)
-        state["next_eval"] = steps + settings.interval
-        note = f"eval {ev.metrics['return_mean']:.1f}"
-        if settings.keep_best and ev.metrics["return_mean"] > best_return(run_dir):
-            # The snapshot records its own score: a kill between it and the next checkpoint loses nothing.
-            save_checkpoint(agent, run_dir / BEST, dict(state, best_return=float(ev.metrics["return_mean"])))
-            note += " (best so far)"
-    progress.update(steps, metrics, note)
 
 
 def format_metrics(rows: Mapping[str, Mapping[str, float]]) -> str:

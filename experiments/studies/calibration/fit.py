@@ -583,21 +583,6 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def write_report(
-    out: Any,
-    result: Mapping[str, Any],
-    scalars: pd.DataFrame,
-    genres: pd.DataFrame,
-    slots: pd.DataFrame,
-    settings: CalibrationSettings,
-    command: str,
-) -> None:
-    """report.md, statistics.csv, genres.csv, slots.csv, fit_trail.csv, fitted.json and genres.png in `out`:
-    all of them or none (a failure on the way leaves `out` as it was)."""
-    with staged(writable_dir(out, "--out")) as stage:
-        _write_report(stage, result, scalars, genres, slots, settings, command)
-
-
-def _write_report(
     out: Path,
     result: Mapping[str, Any],
     scalars: pd.DataFrame,
@@ -606,6 +591,8 @@ def _write_report(
     settings: CalibrationSettings,
     command: str,
 ) -> None:
+    """report.md, statistics.csv, genres.csv, slots.csv, fit_trail.csv, fitted.json and genres.png in `out`
+    (calibrate writes them into a staging folder: all of them or none)."""
     scalars.to_csv(out / "statistics.csv", index=False)
     genres.to_csv(out / "genres.csv", index=False)
     slots.to_csv(out / "slots.csv", index=False)
@@ -718,7 +705,8 @@ def calibrate(
     out = writable_dir(out or Path("runs") / "calibration" / time.strftime("%Y%m%d-%H%M%S"), "--out")
     result = fit(ml, obd, settings, progress=lambda line: print(line, flush=True))
     scalars, genres, slots = compare(result["overrides"], ml, obd, settings, result["real"])
-    write_report(out, result, scalars, genres, slots, settings, command)
+    with staged(out) as stage:  # all of the report or none (a failure on the way leaves `out` as it was)
+        write_report(stage, result, scalars, genres, slots, settings, command)
     if not update_preset:
         return scalars, out / "report.md", None
     write_text_whole(MOVIELENS_FILE, json.dumps(preset_document(result["overrides"], command), indent=2) + "\n")
