@@ -11,7 +11,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envs
 from envs import PRESETS, RecEnv, RecVectorEnv, make_scenario
-from envs.core import dedupe_slates
+from envs.core import days_ago, dedupe_slates
 from envs.sb3 import SB3VecEnv
 
 
@@ -641,3 +641,15 @@ def test_overrides_next_to_a_built_config_are_an_error_not_ignored(make_cfg):
             build(overrides={"env": {"max_steps": 5}})
         with pytest.raises(ValueError, match="apply to a preset name"):
             build(config_file="x.yaml")
+
+
+def test_days_ago_of_padding_is_zero_and_real_entries_unchanged():
+    """The masked form (padding skipped) against the whole computation times the mask, bit for bit."""
+    rng = np.random.default_rng(0)
+    now = (rng.random((50, 1)) * 60.0).astype(np.float32)
+    then = (now - rng.random((50, 16)) * np.array([0.01, 3.0, 400.0])[rng.integers(0, 3, (50, 16))]).astype(np.float32)
+    mask = (rng.random((50, 16)) < 0.7).astype(np.float32)
+    then[mask == 0] = 0.0  # padding holds day 0
+    masked = days_ago(now, then, mask)
+    np.testing.assert_array_equal(masked.view(np.int32), (days_ago(now, then) * mask).view(np.int32))
+    assert masked[mask == 0].max() == 0.0 and masked[mask == 1].min() > 0.0
