@@ -11,6 +11,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envs
 from envs import PRESETS, RecEnv, RecVectorEnv, make_scenario, parallel
+from envs.candidates import CandidateIndex, sample_candidates
 from envs.core import days_ago, dedupe_slates
 from envs.sb3 import SB3VecEnv
 
@@ -772,3 +773,19 @@ def test_days_ago_of_padding_is_zero_and_real_entries_unchanged():
     masked = days_ago(now, then, mask)
     np.testing.assert_array_equal(masked.view(np.int32), (days_ago(now, then) * mask).view(np.int32))
     assert masked[mask == 0].max() == 0.0 and masked[mask == 1].min() > 0.0
+
+
+def test_a_topic_without_items_falls_back_to_a_uniform_pick():
+    """Topic-near candidates of a user anchored on a topic that has no item are uniform picks over the
+    catalog; users anchored elsewhere draw from their topic's items."""
+    index = CandidateIndex(
+        alias_prob=np.ones(6, np.float32),
+        alias_item=np.arange(6, dtype=np.int32),
+        by_topic=np.array([0, 1, 2, 3, 4, 5], np.int32),  # topic 0: items 0-2, topic 1: none, topic 2: items 3-5
+        topic_start=np.array([0, 3, 3], np.int32),
+        topic_count=np.array([3, 0, 3], np.int32),
+        n_initial=6,
+    )
+    uniform = np.array([[0.1, 0.5, 0.9], [0.1, 0.5, 0.9], [0.1, 0.5, 0.9]], np.float32)
+    items = sample_candidates(index, np.zeros(6), np.array([0, 1, 2]), np.zeros(3), (0, 3, 0), uniform)
+    np.testing.assert_array_equal(items, [[0, 1, 2], [0, 3, 5], [3, 4, 5]])
