@@ -194,7 +194,7 @@ class LinUCBPolicy:
         self, obs: dict[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray, info: dict[str, np.ndarray]
     ) -> None:
         """Learn from one step: obs before it, actions [N] or [N, K], rewards [N],
-        info["position"] [N] (clicked slot, -1 none), info["served"] [N]."""
+        `info["position"]` [N] (clicked slot, -1 none), `info["served"]` [N]."""
         x = self.features(obs)  # [N, C, D]
         n = x.shape[0]
         slates = np.asarray(actions, dtype=np.int64).reshape(n, -1)  # [N, K]
@@ -205,3 +205,14 @@ class LinUCBPolicy:
         clicked = position >= 0
         target[rows[clicked], position[clicked]] = np.asarray(rewards, dtype=np.float64).reshape(n)[clicked]
         self.update(x[rows[:, None], slates][served].reshape(-1, self.dim), target[served].reshape(-1))
+
+    def fit_steps(self, steps: Any, batch: int = 4096) -> LinUCBPolicy:
+        """Learn from logged steps (an agents.offline.LoggedSteps) as if it had served them: its ridge
+        regression learns the slot rewards of the logged slates, `batch` steps at a time. Needs bind()."""
+        clicked = np.where(steps.click.any(axis=1), steps.click.argmax(axis=1), -1)
+        for start in range(0, len(steps), batch):
+            rows = slice(start, start + batch)
+            obs = {k: v[rows] for k, v in steps.obs.items()}
+            info = {"position": clicked[rows], "served": np.ones(len(clicked[rows]), bool)}
+            self.observe(obs, steps.slate[rows], steps.reward[rows], info)
+        return self

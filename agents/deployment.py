@@ -184,7 +184,7 @@ class Deployment:
         return rows, day[rows].copy()
 
     def advance(self, info: Mapping[str, Any]) -> None:
-        """After a step (and record_served): move the clocks to info["day"] [N], take the users who
+        """After a step (and record_served): move the clocks to `info["day"]` [N], take the users who
         ended (info `done` [N]) or whose slot restarted out of the deployment, fit every version that
         has become due and drop the versions no live user can be served by again."""
         served = np.asarray(info["served"], dtype=bool)

@@ -382,6 +382,24 @@ class BlockStack(nn.Module):
 # --------------------------------------------------------------------------- public modules
 
 
+def add_token_parts(module: nn.Module, config: EncoderConfig, item_features: Tensor | np.ndarray | None) -> None:
+    """Register on `module`, in this order, what every history encoder builds its tokens and CLS from:
+    item_proj (item features -> d), the `item_features` buffer (the catalog's static features
+    [n_items, F_item], looked up by history item id: the observation carries ids only; required when
+    item_feature_dim > 0), response_proj (history features -> d) and context_proj (context -> d)."""
+    d = config.d_model
+    module.item_proj = nn.Linear(config.item_feature_dim, d) if config.item_feature_dim else None
+    table = None if item_features is None else torch.as_tensor(np.asarray(item_features), dtype=torch.float32)
+    if table is not None and tuple(table.shape) != (config.n_items, config.item_feature_dim):
+        raise ValueError(
+            f"item_features must have shape (n_items={config.n_items}, "
+            f"item_feature_dim={config.item_feature_dim}), got {tuple(table.shape)}"
+        )
+    module.register_buffer("item_features", table, persistent=False)
+    module.response_proj = nn.Linear(config.history_feature_dim, d) if config.history_feature_dim else None
+    module.context_proj = nn.Linear(config.context_dim, d) if config.context_dim else None
+
+
 class HistoryEncoder(nn.Module):
     """Padded interaction history (+ context) -> state vector ``[B, d_model]``.
 
@@ -404,18 +422,7 @@ class HistoryEncoder(nn.Module):
         super().__init__()
         self.config = config
         d = config.d_model
-        self.item_proj = nn.Linear(config.item_feature_dim, d) if config.item_feature_dim else None
-        # The catalog's static item features [n_items, F_item], looked up by history item id
-        # (the observation carries ids only); required when item_feature_dim > 0.
-        table = None if item_features is None else torch.as_tensor(np.asarray(item_features), dtype=torch.float32)
-        if table is not None and tuple(table.shape) != (config.n_items, config.item_feature_dim):
-            raise ValueError(
-                f"item_features must have shape (n_items={config.n_items}, "
-                f"item_feature_dim={config.item_feature_dim}), got {tuple(table.shape)}"
-            )
-        self.register_buffer("item_features", table, persistent=False)
-        self.response_proj = nn.Linear(config.history_feature_dim, d) if config.history_feature_dim else None
-        self.context_proj = nn.Linear(config.context_dim, d) if config.context_dim else None
+        add_token_parts(self, config, item_features)
         self.position = nn.Parameter(torch.empty(config.history_len, d))
         self.cls_token = nn.Parameter(torch.empty(d))
         self.drop = nn.Dropout(config.dropout)

@@ -1,19 +1,21 @@
-"""Factories of the agents in agents/registry.py: f(scenario, params, ctx) -> agent.
+"""Factories of the package's agents (registered in agents/registry.py): f(scenario, params, ctx) -> agent,
+the same signature a researcher's factory has.
 
 `params` is the agent's validated settings dataclass (or None for agents without settings);
-`ctx` a registry.RunContext (seed, device, model overrides, run_dir, ray_address). Supervised
-baselines and popularity see logged data only: a logging policy runs in the simulator first
-(its logs are saved to run_dir/logs.parquet).
+`ctx` a registry.RunContext (seed, device, model overrides, run_dir, ray_address, logs). Supervised
+baselines and popularity see logged data only: the logs of ctx.logs when given (the offline study's),
+else a logging policy runs in the simulator first (agents.logs.logged_data; saved to
+run_dir/logs.parquet). Given logs, the bandit starts from what they teach.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 from typing import Any
 
 from agents.baselines import BanditParams, LinUCBPolicy, PopularityPolicy
 from agents.item_score import ItemScoreParams, tune_item_score
-from agents.logs import EpsilonPopularity, LogParams, collect_logs, save_logs
+from agents.logs import LogParams, logged_data
 from agents.oracles import (
     CommunityOracle,
     LifetimeOracle,
@@ -28,27 +30,7 @@ from agents.policy import Policy, RandomPolicy
 from agents.registry import RunContext
 from envs.config import ScenarioConfig
 
-LOG_SEED_OFFSET = 1_000  # logs come from other users than training (seed) and evaluation
-TUNE_SEED_OFFSET = 2_000  # so do the users the item score is tuned on
-
-
-def logged_data(
-    scenario: ScenarioConfig, params: LogParams, seed: int, run_dir: Path | None, until_day: float | None = None
-):
-    """Logs of the epsilon-popularity logging policy on users of seed LOG_SEED_OFFSET + seed:
-    `log_steps` steps, or with `until_day` (lifetime scenarios) the days [0, until_day) of
-    `log_users` lives (at most `env.max_steps` steps, a life's longest)."""
-    logs = collect_logs(
-        scenario,
-        EpsilonPopularity(params.epsilon, seed),
-        params.log_users,
-        params.log_steps if until_day is None else scenario.env.max_steps,
-        seed=LOG_SEED_OFFSET + seed,
-        until_day=until_day,
-    )
-    if run_dir is not None:
-        save_logs(logs, Path(run_dir) / "logs.parquet")
-    return logs
+TUNE_SEED_OFFSET = 2_000  # the item score is tuned on other users than training (seed) and evaluation
 
 
 def build_ppo(scenario: ScenarioConfig, params: Any, ctx: RunContext):
@@ -99,7 +81,8 @@ def build_popularity(scenario: ScenarioConfig, params: LogParams, ctx: RunContex
     from envs.core import RecommenderCore
 
     n_items = RecommenderCore(scenario, 1, ctx.seed).n_items
-    return PopularityPolicy.from_logs(logged_data(scenario, params, ctx.seed, ctx.run_dir), n_items)
+    logs = ctx.logs if ctx.logs is not None else logged_data(scenario, params, ctx.seed, ctx.run_dir)
+    return PopularityPolicy.from_logs(logs, n_items)
 
 
 def build_item_score(scenario: ScenarioConfig, params: ItemScoreParams, ctx: RunContext) -> Policy:
@@ -107,18 +90,28 @@ def build_item_score(scenario: ScenarioConfig, params: ItemScoreParams, ctx: Run
 
 
 def build_bandit(scenario: ScenarioConfig, params: BanditParams, ctx: RunContext) -> Policy:
-    return LinUCBPolicy(params)
+    bandit = LinUCBPolicy(params)
+    if ctx.logs is not None:  # the logged slates, as if it had served them (their observations rebuilt)
+        from agents.offline import logged_steps
+        from envs.vector import RecVectorEnv
+
+        bandit.bind(RecVectorEnv(num_envs=1, scenario=scenario, seed=0))
+        bandit.fit_steps(logged_steps(ctx.logs, ctx.logs_scenario or scenario))
+    return bandit
 
 
 def _build_supervised(kind: str):
     def build(scenario: ScenarioConfig, params: Any, ctx: RunContext) -> Policy:
         from agents.supervised import SupervisedRecommender
 
+        if ctx.logs is not None:  # logs taken whole: served from day 0, not deployed on a date
+            params = dataclasses.replace(params, train_days=0.0)
         rec = SupervisedRecommender.for_scenario(
             kind, scenario, params, model=ctx.model, seed=ctx.seed, device=ctx.device
         )
-        # Deployed on day T (lifetime scenarios): the logs a platform holds on day T.
-        rec.fit(logged_data(scenario, params, ctx.seed, ctx.run_dir, until_day=rec.serves_from_day or None))
+        # Deployed on day T (lifetime scenarios), it collects the logs a platform holds on day T.
+        until = rec.serves_from_day or None
+        rec.fit(ctx.logs if ctx.logs is not None else logged_data(scenario, params, ctx.seed, ctx.run_dir, until))
         return rec
 
     build.__name__ = f"build_{kind}"

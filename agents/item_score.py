@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.policy import slate_from_scores
+from agents.policy import bind, slate_from_scores
 from envs.config import ScenarioConfig
 from envs.vector import RecVectorEnv
 from simulator import response
@@ -121,8 +121,7 @@ class ItemScoreParams:
 def mean_return(policy: Any, config: ScenarioConfig, n_users: int, seed: int) -> float:
     """Mean minutes watched in one episode per user, for tuning (evaluation uses the harness)."""
     env = RecVectorEnv(num_envs=n_users, scenario=config, seed=seed)
-    if hasattr(policy, "bind"):
-        policy.bind(env)
+    bind(policy, env)
     obs, _ = env.reset(seed=seed)
     total, active = np.zeros(n_users), np.ones(n_users, dtype=bool)
     while active.any():

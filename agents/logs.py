@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from agents.policy import slate_from_scores
+from agents.policy import Propensities, bind, slate_from_scores
 from envs.config import ScenarioConfig
 from envs.core import context_features, dedupe_slates
 from envs.vector import RecVectorEnv
@@ -112,6 +112,29 @@ class LogParams:
         check_int("algo", "log_users", self.log_users, 1)
         check_int("algo", "log_steps", self.log_steps, 1)
         check_range("algo", "epsilon", self.epsilon, 0.0, 1.0)
+
+
+LOG_SEED_OFFSET = 1_000  # an agent's own logs come from other users than its training (seed) and evaluation
+
+
+def logged_data(
+    scenario: ScenarioConfig, params: LogParams, seed: int, run_dir: Path | None, until_day: float | None = None
+) -> pd.DataFrame:
+    """The logs an agent learns from when it collects its own (the factories', the PPO warm start's):
+    the epsilon-popularity logging policy on users of seed LOG_SEED_OFFSET + seed, `log_steps` steps,
+    or with `until_day` (lifetime scenarios) the days [0, until_day) of `log_users` lives (at most
+    `env.max_steps` steps, a life's longest); saved to run_dir/logs.parquet when `run_dir` is given."""
+    logs = collect_logs(
+        scenario,
+        EpsilonPopularity(params.epsilon, seed),
+        params.log_users,
+        params.log_steps if until_day is None else scenario.env.max_steps,
+        seed=LOG_SEED_OFFSET + seed,
+        until_day=until_day,
+    )
+    if run_dir is not None:
+        save_logs(logs, Path(run_dir) / "logs.parquet")
+    return logs
 
 
 class EpsilonPopularity:
@@ -191,13 +214,12 @@ def collect_logs(
     slot i is user i; with the same seed and `n_users`, those are the users the evaluation
     harness shows the same policy (common random numbers)."""
     env = RecVectorEnv(num_envs=n_users, scenario=config, seed=seed)
-    if hasattr(policy, "bind"):
-        policy.bind(env)
+    bind(policy, env)
     obs, _ = env.reset(seed=seed)
     lifetime = config.world.lifetime.enabled
     names = context_features(config)  # the context columns, by name (season_sin, season_cos, progress, ...)
     n_candidates, slate_size = config.env.num_candidates, config.env.slate_size
-    reports = hasattr(policy, "position_probabilities") and hasattr(policy, "slate_probability")
+    reports = isinstance(policy, Propensities)
     episode = np.arange(n_users)  # session (or life) id of each slot
     next_episode = n_users
     step = np.zeros(n_users, dtype=np.int64)  # episode step of each slot

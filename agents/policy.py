@@ -13,22 +13,89 @@ class Policy(Protocol):
 
     act(obs) -> actions: obs is the vector env's dict (leading user axis N);
     actions are candidate indices [N] (or [N, K] for slates).
-    Optional: scores(obs) -> [N, C], the candidate scores a ranking policy serves by (offline
-    ranking metrics read them). Optional hooks, called by the evaluation harness when present:
-    bind(env) before an evaluation (oracles read the true state through it), and
-    observe(obs, actions, rewards, info) after each step (online learners): obs is what act()
-    saw, rewards [N], info the vector env's step info: info["position"] [N] the clicked slate
-    position (-1: no click), info["served"] [N] False where the slot was being reset (its
-    action was ignored); the harness adds info["evaluated"] [N], True where the slot counts in
-    the evaluation and was served this policy's own action, and info["done"] [N], True where the
-    slot's user ended at this step (terminated or truncated).
-    Optional, lifetime scenarios: serves_from_day (float T) and warmup (a Policy): a policy
-    deployed on day T; the harness serves each user with `warmup` until their clock reaches T.
+
+    Optional hooks, each a Protocol of its own below, checked with isinstance (never by name):
+    `Scorer` (scores: what offline ranking metrics read), `Binder` (bind: called before an
+    evaluation), `Observer` (observe: an online learner), `Propensities` (its action
+    distribution: what the off-policy estimators and the logs read), `DatedDeployment`
+    (serves_from_day and warmup: a policy deployed on a date) and `ServingStats`.
     """
 
     name: str
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """A ranking policy: scores(obs) -> [N, C], the candidate scores it serves by, best highest (offline
+    ranking metrics rank the candidates by them)."""
+
+    def scores(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Binder(Protocol):
+    """bind(env) before an evaluation (or a log collection) on the vector env `env`: the slate size, the
+    catalog's item features, and for oracles the true user state it reads."""
+
+    def bind(self, env: Any) -> None: ...
+
+
+@runtime_checkable
+class Observer(Protocol):
+    """An online learner: observe(obs, actions, rewards, info) after each step. obs is what act() saw,
+    actions `[N]` or `[N, K]`, rewards `[N]`, info the vector env's step info: `info["position"] [N]` the
+    clicked slate position (-1: no click), `info["served"] [N]` False where the slot was being reset (its
+    action was ignored); the harness adds `info["evaluated"] [N]`, True where the slot counts in the
+    evaluation and was served this policy's own action, and `info["done"] [N]`, True where the slot's user
+    ended at this step (terminated or truncated)."""
+
+    def observe(
+        self, obs: dict[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray, info: dict[str, np.ndarray]
+    ) -> None: ...
+
+
+@runtime_checkable
+class Propensities(Protocol):
+    """A stochastic policy that knows its own action distribution: position_probabilities(obs) [N, K, C]
+    the probability of each candidate at each slate position, slate_probability(obs, slates) [N] that of
+    a whole slate [N, K]. The off-policy estimators read the first, logs record both as propensities."""
+
+    def position_probabilities(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+    def slate_probability(self, obs: dict[str, np.ndarray], slates: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class DatedDeployment(Protocol):
+    """A policy deployed on a date (lifetime scenarios): serves_from_day (float T) and warmup (a Policy,
+    the platform's policy before T, or None: served from day 0). The harness serves each user with
+    `warmup` until their own clock reaches T."""
+
+    serves_from_day: float
+    warmup: Policy | None
+
+
+@runtime_checkable
+class ServingStats(Protocol):
+    """serving_stats() -> what a policy says of its own serving (refits, their time, a deployed model's
+    staleness): columns a run adds to its final evaluation in results.csv."""
+
+    def serving_stats(self) -> dict[str, float]: ...
+
+
+def deployment(policy: Any) -> tuple[Any, float]:
+    """(warmup policy, day T) of a policy deployed on a date; (None, 0.0) for any other."""
+    if isinstance(policy, DatedDeployment) and policy.warmup is not None:
+        return policy.warmup, float(policy.serves_from_day)
+    return None, 0.0
+
+
+def bind(policy: Any, env: Any) -> None:
+    """policy.bind(env) when the policy is a Binder."""
+    if isinstance(policy, Binder):
+        policy.bind(env)
 
 
 def slate_from_scores(scores: np.ndarray, slate_size: int) -> np.ndarray:

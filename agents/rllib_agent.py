@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from agents.base import TrainableAgent
-from agents.logs import LogParams
 from agents.model import ActorCritic, GreedyPolicy, StreamingGreedyPolicy, encoder_config
+from agents.warm_start import WarmStartParams, warm_start_note
 from envs.config import ScenarioConfig
 from simulator.params import check_bool, check_int, check_range
 
@@ -27,7 +28,7 @@ MAX_SEQ_LEN = 4096  # algo.max_seq_len: longer chunks make the learner's attenti
 
 
 @dataclass(frozen=True)
-class PPOParams(LogParams):
+class PPOParams(WarmStartParams):
     """Every PPO hyperparameter in one place (override with the run config's `algo:` section).
 
     With `pretrain_epochs` > 0 the encoder starts from a supervised next-engagement model (sasrec,
@@ -44,13 +45,19 @@ class PPOParams(LogParams):
     With `freeze_history_encoder` the warm-started history Transformer stays as sasrec fitted it and
     PPO learns the rest (the candidate tower, target attention, the policy and value heads): the
     learner then runs no backward pass through the history, most of its work on the CPU.
+
+    The sizes left None (num_env_runners, num_envs_per_env_runner, train_batch_size, minibatch_size)
+    are chosen from the learner's device when the agent is built (:meth:`for_device`): on the CPU the
+    values measured there (the sampler in the driver process, 64 users, batches of 2,048 in
+    minibatches of 512); on cuda env runners on every core but two, 256 users each, a train batch of
+    what they sample in one round and minibatches of up to 8,192.
     """
 
-    num_env_runners: int = 0  # 0: sample in the driver process
-    num_envs_per_env_runner: int = 64  # users stepped per env-runner call
+    num_env_runners: int | None = None  # None: from the device (cpu: 0, sample in the driver process)
+    num_envs_per_env_runner: int | None = None  # users stepped per env-runner call (None: cpu 64, cuda 256)
     rollout_fragment_length: int = 32
-    train_batch_size: int = 2048  # per learner
-    minibatch_size: int = 512
+    train_batch_size: int | None = None  # per learner (None: cpu 2,048; cuda what the runners sample per round)
+    minibatch_size: int | None = None  # None: cpu 512, cuda min(train batch, 8,192)
     num_epochs: int = 4
     lr: float = 5e-4
     gamma: float = 0.99
@@ -60,7 +67,7 @@ class PPOParams(LogParams):
     vf_loss_coeff: float = 0.5
     grad_clip: float = 1.0
     reward_scale: float = 0.25  # rewards are minutes; ~1 per step trains the critic better
-    pretrain_epochs: int = 3  # supervised warm start of the encoder on logs (0: none)
+    pretrain_epochs: int = 3  # supervised warm start of the encoder on logs (0: none; agents.warm_start)
     critic_warmup_steps: int = 0  # env steps at the start in which only the value head learns (0: none)
     freeze_history_encoder: bool = False  # keep the warm-started history Transformer fixed (needs pretrain_epochs)
     max_seq_len: int = 32  # "stream" encoders: steps per sequence the learner reads in one causal pass
@@ -69,11 +76,12 @@ class PPOParams(LogParams):
     def __post_init__(self) -> None:
         super().__post_init__()
         o = "algo"
-        check_int(o, "num_env_runners", self.num_env_runners, 0, 256)
-        check_int(o, "num_envs_per_env_runner", self.num_envs_per_env_runner, 1)
+        for name, low, high in DEVICE_SIZES:
+            if getattr(self, name) is not None:
+                check_int(o, name, getattr(self, name), low, high)
         check_int(o, "rollout_fragment_length", self.rollout_fragment_length, 1)
-        check_int(o, "train_batch_size", self.train_batch_size, 1)
-        check_int(o, "minibatch_size", self.minibatch_size, 1, self.train_batch_size)
+        if self.train_batch_size is not None and self.minibatch_size is not None:
+            check_int(o, "minibatch_size", self.minibatch_size, 1, self.train_batch_size)
         check_int(o, "num_epochs", self.num_epochs, 1)
         check_range(o, "lr", self.lr, 0.0, 1.0, lo_open=True)
         check_range(o, "gamma", self.gamma, 0.0, 1.0)
@@ -83,7 +91,6 @@ class PPOParams(LogParams):
         check_range(o, "vf_loss_coeff", self.vf_loss_coeff, 0.0, 100.0)
         check_range(o, "grad_clip", self.grad_clip, 0.0, lo_open=True)
         check_range(o, "reward_scale", self.reward_scale, 0.0, lo_open=True)
-        check_int(o, "pretrain_epochs", self.pretrain_epochs, 0, 1000)
         check_int(o, "critic_warmup_steps", self.critic_warmup_steps, 0)
         check_bool(o, "freeze_history_encoder", self.freeze_history_encoder)
         check_int(o, "max_seq_len", self.max_seq_len, 1, MAX_SEQ_LEN)
@@ -93,6 +100,35 @@ class PPOParams(LogParams):
                 "algo.freeze_history_encoder needs the warm start (algo.pretrain_epochs > 0): "
                 "without it the frozen history encoder would keep its random weights"
             )
+
+    def for_device(self, device: str, cpus: int | None = None) -> PPOParams:
+        """These settings with the sizes left None chosen for a learner on `device` ("cpu" or "cuda") on a
+        machine of `cpus` cores (default: this one's)."""
+        if device == "cuda":
+            runners = (
+                self.num_env_runners if self.num_env_runners is not None else max(1, (cpus or os.cpu_count() or 2) - 2)
+            )
+            envs = self.num_envs_per_env_runner or 256
+            batch = self.train_batch_size or max(1, runners) * envs * self.rollout_fragment_length
+            sizes = dict(
+                num_env_runners=runners,
+                num_envs_per_env_runner=envs,
+                train_batch_size=batch,
+                minibatch_size=self.minibatch_size or min(batch, 8192),
+            )
+        else:
+            sizes = dict(num_env_runners=0, num_envs_per_env_runner=64, train_batch_size=2048, minibatch_size=512)
+            sizes = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in sizes.items()}
+            sizes["minibatch_size"] = min(sizes["minibatch_size"], sizes["train_batch_size"])
+        return dataclasses.replace(self, **{k: v for k, v in sizes.items() if getattr(self, k) is None})
+
+
+DEVICE_SIZES = (  # the sizes PPOParams.for_device chooses when left None: (field, lowest, highest)
+    ("num_env_runners", 0, 256),
+    ("num_envs_per_env_runner", 1, None),
+    ("train_batch_size", 1, None),
+    ("minibatch_size", 1, None),
+)
 
 
 def _rl_module_class():
@@ -281,6 +317,7 @@ def _learner_class():
 
 
 RLLIB_ENV_NAME = "driftrec-vector"
+SAMPLER_FILE = "sampler.pt"  # in a checkpoint: the in-process sampler's users and carried histories
 
 
 def make_rllib_env(env_config: Mapping[str, Any]):
@@ -323,6 +360,7 @@ class RLlibPPOAgent(TrainableAgent):
         self.scenario, self.seed, self.device = scenario, seed, device
         if not isinstance(params, PPOParams):
             raise ValueError(f"RLlibPPOAgent.params must be PPOParams, got {type(params).__name__}")
+        params = params.for_device(device)
         self.params = params
         probe = RecommenderCore(scenario, 1, seed)
         self.encoder_config = encoder_config(
@@ -471,7 +509,7 @@ class RLlibPPOAgent(TrainableAgent):
         p = self.params
         if not p.pretrain_epochs or self._env_steps or self._pretrained:
             return ""
-        return f"fitting sasrec on logs of {p.log_users} users x {p.log_steps} steps, {p.pretrain_epochs} epoch(s)"
+        return warm_start_note(p)
 
     def train_iteration(self) -> dict[str, float]:
         """One PPO iteration (sampling, then the learner's update); the first of a fresh run warm-starts
@@ -516,10 +554,21 @@ class RLlibPPOAgent(TrainableAgent):
             return StreamingGreedyPolicy(self._eval_net, self.name)
         return GreedyPolicy(self._eval_net, self.name)
 
+    def _sampler(self) -> Any:
+        """The env runner sampling in this process that keeps users' trajectories across iterations (the
+        batched runner of "stream" encoders, with num_env_runners 0), else None."""
+        runner = getattr(self.algo, "env_runner", None)
+        return runner if hasattr(runner, "sampling_state") and self.params.num_env_runners == 0 else None
+
     def save(self, path: Path) -> None:
         path = Path(path).resolve()
         path.mkdir(parents=True, exist_ok=True)
         self.algo.save_to_path(str(path / "algorithm"))
+        runner = self._sampler()
+        if runner is not None:  # the users being sampled and their carried histories: a resume goes on with them
+            import torch
+
+            torch.save(runner.sampling_state(), path / SAMPLER_FILE)
         (path / "agent.json").write_text(json.dumps(self._signature() | {"env_steps": self._env_steps}))
 
     def restore(self, path: Path) -> None:
@@ -551,6 +600,17 @@ class RLlibPPOAgent(TrainableAgent):
         weights = self.learner_weights()
         self.algo.env_runner_group.foreach_env_runner(lambda runner: runner.module.net.load_state_dict(weights))
         self._env_steps = int(saved["env_steps"])
+        runner, sampler = self._sampler(), path / SAMPLER_FILE
+        if runner is not None and sampler.is_file():
+            import torch
+
+            try:
+                state = torch.load(sampler, weights_only=False)
+                runner.load_sampling_state(state)
+            except Exception as err:  # a truncated or foreign file
+                raise ValueError(
+                    f"cannot restore the sampler state in {sampler}: {type(err).__name__}: {err}"
+                ) from None
 
     def learner_weights(self) -> dict[str, Any]:
         """A CPU copy of the learner's network weights (what trains; policy() holds what serves)."""

@@ -20,6 +20,8 @@ device. tests/test_stream.py checks it against RLlib's own pipeline on the same 
 
 from __future__ import annotations
 
+import copy
+import pickle
 from typing import Any
 
 import numpy as np
@@ -312,6 +314,39 @@ def env_runner_class():
             self._log_env_steps(metric=self._metrics_num_env_steps_sampled, num_steps=ts)
             self._increase_sampled_metrics(ts, len(done))
             return done + ongoing
+
+        def sampling_state(self) -> dict:
+            """What sampling continues from: the vector env itself (its users, histories, candidates and
+            random streams), each slot's carried window and open episode, and the global torch and numpy
+            random states (actions, minibatch shuffles). A checkpoint keeps it, so a resumed run continues
+            the very trajectories it left, as the uninterrupted run does."""
+            env = self.env.unwrapped
+            spec, env.spec = env.spec, None  # gym's registration (lambdas) stays out of the pickle
+            try:
+                data = pickle.dumps(env)
+            finally:
+                env.spec = spec
+            return dict(
+                env=data,
+                live=None if self._live is None else copy.deepcopy(self._live),
+                needs_initial_reset=self._needs_initial_reset,
+                torch_rng=torch.get_rng_state(),
+                numpy_rng=np.random.get_state(),
+            )
+
+        def load_sampling_state(self, state: dict) -> None:
+            """Continue from a :meth:`sampling_state`: the vector env under RLlib's wrappers is replaced."""
+            env = pickle.loads(state["env"])
+            env.spec = self.env.unwrapped.spec
+            wrapper = self.env
+            while wrapper.env is not self.env.unwrapped:
+                wrapper = wrapper.env
+            wrapper.env = env
+            self._live = state["live"]
+            self._needs_initial_reset = state["needs_initial_reset"]
+            self.module._cache = None  # rebuilt from the carried windows
+            torch.set_rng_state(state["torch_rng"])
+            np.random.set_state(state["numpy_rng"])
 
         def _episodes(self, records: list[dict], live: dict) -> tuple[list, list]:
             """The fragment's step records [K] of [N] -> (finished episode chunks, ongoing chunks).

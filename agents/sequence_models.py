@@ -60,6 +60,9 @@ class GRUHistoryEncoder(HistoryEncoder):
         return self.final_norm(state)
 
 
+PRETRAIN_OBJECTIVES = ("engagement", "next_item")  # EngagementLearner.train_sequences
+
+
 class EngagementModel(nn.Module):
     """History encoder + item tower with a click head and a watch-time head.
 
@@ -189,12 +192,20 @@ class EngagementLearner:
         self.net.eval()
         return total / max(count, 1)
 
-    def train_sequences(self, data: Examples, chunk: int = 128) -> float:
+    def train_sequences(self, data: Examples, chunk: int = 128, objective: str = "engagement") -> float:
         """One shuffled pass over `data`'s trajectories for a "stream" encoder (agents.stream): each
         logged trajectory ((seed, user), `data.opens`) is read once, in causal chunks of `chunk` steps
         from the window carried from the chunk before (not differentiated through), with one Adam step
-        per chunk of a minibatch of trajectories holding about `batch_size` impressions. The same loss
-        as :meth:`train_on`; returns the mean loss per impression."""
+        per chunk of a minibatch of trajectories holding about `batch_size` impressions. Returns the mean
+        loss per scored step or impression.
+
+        objective "engagement": the loss of :meth:`train_on` on the logged impressions (the logging
+        policy's slates and how users responded). "next_item" (self-supervised, as SASRec): each step's
+        state predicts the interaction its user had next (the item the env records in the history: the
+        click, or the top item without one), softmax over the whole catalog scored by the item tower;
+        no slate, click or watch time is read."""
+        if objective not in PRETRAIN_OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(PRETRAIN_OBJECTIVES)}, got {objective!r}")
         if data.opens is None:
             raise ValueError("train_sequences needs examples from logs (Examples.opens: where trajectories start)")
         trajectory = np.cumsum(data.opens) - 1  # [S]
@@ -218,7 +229,8 @@ class EngagementLearner:
                 window = self.net.encoder.history.fresh_window(len(chosen), self.device)
                 for begin in range(0, longest, chunk):
                     part = slice(begin, begin + chunk)
-                    loss, n, window = self._sequence_loss(data, steps[:, part], real[:, part], rows, window)
+                    score = self._sequence_loss if objective == "engagement" else self._next_item_loss
+                    loss, n, window = score(data, steps[:, part], real[:, part], rows, window)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
@@ -252,6 +264,28 @@ class EngagementLearner:
         if clicked.any():
             loss = loss + F.mse_loss(watch_pred[clicked], watch[clicked])
         return loss, int(keep.sum()), window
+
+    def _next_item_loss(
+        self, data: Examples, steps: np.ndarray, real: np.ndarray, rows: np.ndarray, window: Any
+    ) -> tuple[Tensor, int, Any]:
+        """The next-interaction loss of user-steps `steps` [U, T] from carried windows."""
+        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
+        obs = {k: to(getattr(data, k)[steps]) for k in HISTORY_KEYS}
+        obs["history_mask"] = obs["history_mask"] * to(real.astype(np.float32))[..., None]
+        impressions = rows[steps]  # [U, T, K]
+        clicked = data.click[impressions] > 0
+        top = np.take_along_axis(impressions, np.argmin(data.target_position[impressions], axis=-1)[..., None], -1)
+        hit = np.take_along_axis(impressions, np.argmax(clicked, axis=-1)[..., None], -1)
+        entry = data.target_item[np.where(clicked.any(-1, keepdims=True), hit, top)[..., 0]]  # [U, T]
+        encoder = self.net.encoder
+        read = encoder.history.read(window, obs, to(real))
+        table = encoder.history.item_features
+        items = torch.arange(encoder.config.n_items, device=self.device)
+        catalog = encoder.item_tower(items, None if table is None else table.to(self.device))  # [I, d]
+        live = to(real)
+        logits = read.state[live] @ catalog.T / np.sqrt(catalog.shape[-1])
+        loss = F.cross_entropy(logits, to(entry)[live])
+        return loss, int(live.sum()), read.window
 
     def snapshot(self) -> dict[str, Any]:
         """Copies of the weights, the optimizer's state and the shuffling RNG's state."""

@@ -55,6 +55,7 @@ from agents.encoder import (
     _ids,
     _init_weights,
     _item_table,
+    add_token_parts,
     merge_rows,
 )
 
@@ -223,38 +224,6 @@ def rope(x: Tensor, turn: tuple[Tensor, Tensor]) -> Tensor:
     return torch.cat([a * cos - b * sin, a * sin + b * cos, x[..., 2 * half :]], dim=-1)
 
 
-def keep_last(mask: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """mask bool [B, N] -> (index [B, size] into N, valid [B, size] bool): each row's last `size` True
-    entries, right-aligned and oldest first (invalid slots point at entry 0)."""
-    rank = mask.flip(1).long().cumsum(1).flip(1)  # True entries at or after j
-    return _place(mask, torch.where(mask & (rank <= size), size - rank, size), size)
-
-
-def pack(mask: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """mask bool [B, N] -> (index [B, size] into N, valid [B, size] bool): each row's first `size`
-    True entries, left-aligned in order (invalid slots point at entry 0)."""
-    rank = mask.long().cumsum(1)  # True entries at or before j
-    return _place(mask, torch.where(mask & (rank <= size), rank - 1, size), size)
-
-
-def _place(mask: Tensor, slot: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """Entry j of each row to column slot[b, j] (column `size`: dropped)."""
-    b, n = mask.shape
-    index = torch.zeros(b, size + 1, dtype=torch.long, device=mask.device)
-    index.scatter_(1, slot, torch.arange(n, device=mask.device).expand(b, n))
-    valid = torch.zeros(b, size + 1, dtype=torch.bool, device=mask.device).scatter_(1, slot, mask)
-    valid[:, size] = False
-    index = torch.where(valid, index, 0)
-    return index[:, :size], valid[:, :size]
-
-
-def gather_rows(x: Tensor, index: Tensor, valid: Tensor) -> Tensor:
-    """x [B, N, ...] -> [B, size, ...] at index [B, size], zeros where not valid."""
-    shape = index.shape + x.shape[2:]
-    picked = x.gather(1, index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(shape))
-    return picked.masked_fill(~valid.reshape(*valid.shape, *([1] * (x.dim() - 2))), 0)
-
-
 def first_seen_days(features: Tensor, mask: Tensor, column: int, days_scale: float) -> Tensor:
     """features [B, H, F] of one observation's history, mask [B, H]: column `column` (days ago, as
     log1p(days) / log1p(days_scale), capped at 1) turned into what each entry showed when first read:
@@ -357,16 +326,7 @@ class StreamHistoryEncoder(nn.Module):
         self.cache_len = max(self.window, self.memory)
         self.carry_len = self.cache_len + (config.n_layers - 1) * (self.window - 1)
         self.days_scale = float(days_scale)
-        self.item_proj = nn.Linear(config.item_feature_dim, d) if config.item_feature_dim else None
-        table = None if item_features is None else torch.as_tensor(item_features, dtype=torch.float32)
-        if table is not None and tuple(table.shape) != (config.n_items, config.item_feature_dim):
-            raise ValueError(
-                f"item_features must have shape (n_items={config.n_items}, "
-                f"item_feature_dim={config.item_feature_dim}), got {tuple(table.shape)}"
-            )
-        self.register_buffer("item_features", table, persistent=False)
-        self.response_proj = nn.Linear(config.history_feature_dim, d) if config.history_feature_dim else None
-        self.context_proj = nn.Linear(config.context_dim, d) if config.context_dim else None
+        add_token_parts(self, config, item_features)
         self.cls_token = nn.Parameter(torch.empty(d))
         self.drop = nn.Dropout(config.dropout)
         self.stack = BlockStack(config)
@@ -664,7 +624,6 @@ __all__ = [
     "StreamHistoryEncoder",
     "StreamRead",
     "first_seen_days",
-    "keep_last",
     "rope",
     "rotation",
     "same_window",

@@ -384,8 +384,8 @@ class SupervisedRecommender:
     ) -> None:
         """Buffer the served step's impressions; every `retrain_every` calls, refit one epoch.
 
-        obs is what act() saw; rewards [N]; info["served"] [N] marks slots whose action was
-        shown (False while autoresetting), info["position"] [N] the clicked slot (-1: none).
+        obs is what act() saw; rewards [N]; `info["served"]` [N] marks slots whose action was
+        shown (False while autoresetting), `info["position"]` [N] the clicked slot (-1: none).
         Each slate item becomes an impression with its position, as in the logs. No-op when
         retrain_every is 0. Deployed on a calendar, see `_observe_dated`.
         """

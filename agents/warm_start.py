@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from agents.logs import LogParams
+from agents.logs import LogParams, logged_data
 from agents.model import encoder_config
-from agents.sequence_models import EngagementLearner
+from agents.sequence_models import PRETRAIN_OBJECTIVES, EngagementLearner
 from agents.training_examples import fit_examples
 from envs.config import ScenarioConfig
 from envs.core import LIFETIME_HISTORY_FEATURES, RecommenderCore, history_features, static_catalog
@@ -32,21 +32,29 @@ PRETRAIN_KIND = "sasrec"  # the engagement model whose encoder is the PPO agents
 @dataclass(frozen=True)
 class WarmStartParams(LogParams):
     """The warm start's settings in a PPO agent's `algo:` section: `pretrain_epochs` epochs of sasrec on
-    the logs of LogParams (0: no warm start)."""
+    the logs of LogParams (0: no warm start). `pretrain_objective`: "engagement" (the clicks and watch
+    times of the logged slates) or "next_item" (self-supervised: predict each next interaction from the
+    history; "stream" encoders)."""
 
     pretrain_epochs: int = 0  # supervised warm start of the encoder on logs (0: none)
+    pretrain_objective: str = "engagement"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("algo", "pretrain_epochs", self.pretrain_epochs, 0, 1000)
+        if self.pretrain_objective not in PRETRAIN_OBJECTIVES:
+            raise ValueError(
+                f"algo.pretrain_objective must be one of {', '.join(PRETRAIN_OBJECTIVES)}, "
+                f"got {self.pretrain_objective!r}"
+            )
 
 
 def warm_start_note(params: Any) -> str:
     """What a warm start of `params` (LogParams fields and pretrain_epochs) does, for a status line."""
-    return (
-        f"fitting {PRETRAIN_KIND} on logs of {params.log_users} users x {params.log_steps} steps, "
-        f"{params.pretrain_epochs} epoch(s)"
-    )
+    objective = getattr(params, "pretrain_objective", "engagement")
+    what = PRETRAIN_KIND if objective == "engagement" else f"the encoder ({objective.replace('_', ' ')})"
+    logs = f"{params.log_users} users x {params.log_steps} steps"
+    return f"fitting {what} on logs of {logs}, {params.pretrain_epochs} epoch(s)"
 
 
 def pretrain_encoder(
@@ -57,12 +65,11 @@ def pretrain_encoder(
     device: str = "cpu",
 ) -> dict[str, torch.Tensor]:
     """The state dict (on the CPU) of sasrec's encoder fitted on logs of `scenario`: `params` gives the
-    logs (LogParams fields: log_users, log_steps, epsilon; logged by agents.factory.logged_data with
+    logs (LogParams fields: log_users, log_steps, epsilon; logged by agents.logs.logged_data with
     `seed`) and the epochs (`pretrain_epochs`); `model` the EncoderConfig overrides, which must be the
     PPO agent's for the weights to fit its encoder; the fit runs on `device` (a cuda learner's warm start
     is a GPU job too). The model's own settings (batch size, learning rate) are sasrec's defaults
     (agents.supervised.SupervisedParams): the same weights as the `sasrec` agent fitted on those logs."""
-    from agents.factory import logged_data  # the factory builds agents, which import this module
     from agents.supervised import SupervisedParams
 
     core = RecommenderCore(scenario, 1, seed)
@@ -86,9 +93,12 @@ def pretrain_encoder(
         seed,
         torch.device(device),
     )
+    objective = getattr(params, "pretrain_objective", "engagement")
+    if objective != "engagement" and config.history_mode != "stream":
+        raise ValueError(f"algo.pretrain_objective {objective} needs model.history_mode stream")
     for _ in range(params.pretrain_epochs):
         if config.history_mode == "stream":  # each logged trajectory read once, as PPO will read them
-            learner.train_sequences(examples)
+            learner.train_sequences(examples, objective=objective)
         else:
             learner.train_epoch(examples)
     return {k: v.detach().cpu() for k, v in learner.net.encoder.state_dict().items()}

@@ -1,8 +1,12 @@
-"""Environment parameters, scenario configs, and the named presets."""
+"""Environment parameters, scenario configs, the named presets, and scenario files that stand wherever a
+preset name does."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,27 +125,92 @@ def _split(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     return world, overrides.get("env", {})
 
 
-def load_overrides(path: str | Path) -> dict[str, Any]:
-    """Read overrides from a YAML (or JSON) file."""
+def load_overrides(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """Read overrides from a YAML (or JSON) file (`what` it is, for the errors)."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file not found: {path}")
+        raise ValueError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"config file {path} is not valid YAML: {first}") from None
+        raise ValueError(f"{what} {path} is not valid YAML: {first}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+        raise ValueError(f"{what} {path} must hold a mapping at the top level, got {type(data).__name__}")
     return data
 
 
+SCENARIO_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a scenario file's `name:` (a directory name in runs/)
+
+
+@dataclass(frozen=True)
+class ScenarioFile:
+    """A scenario in a YAML (or JSON) file, which stands wherever a preset name does (`--scenario
+    my_world.yaml`, `make_scenario("my_world.yaml")`, the envs' `scenario=`):
+
+        extends: mixed                          # optional: the preset it starts from (default: none)
+        name: moody                             # optional: what its runs are filed under
+        families: {mood: "my_drift:Mood"}       # optional: drift families from outside the package
+        mood: {enabled: true, amplitude: 2.0}   # overrides, keyed as make_scenario takes them
+        cognitive: {magnitude: 2.0}
+
+    sha256: the hash of its content as parsed (comments and layout do not count): runs record it,
+    `--resume` refuses a file that changed since, and runs are grouped by it (`label`), not by the
+    file's name. label: `<name, or the preset it extends, or custom>-<the hash's first 8 digits>`.
+    """
+
+    path: Path
+    extends: str | None
+    name: str | None
+    overrides: Mapping[str, Any]
+    sha256: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name or self.extends or 'custom'}-{self.sha256[:8]}"
+
+
+def is_scenario_file(name: Any) -> bool:
+    """Whether `name` names a scenario file (a path ending in .yaml, .yml or .json), not a preset."""
+    return isinstance(name, (str, Path)) and Path(name).suffix.lower() in SCENARIO_FILE_SUFFIXES
+
+
+def read_scenario_file(path: str | Path) -> ScenarioFile:
+    """The scenario file at `path`; one ValueError line naming the file and what is wrong with it."""
+    data = load_overrides(path, "scenario file")
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    extends, name = data.pop("extends", None), data.pop("name", None)
+    if extends is not None and extends not in PRESETS:
+        raise ValueError(
+            f"scenario file {path}: extends {extends!r}, which is not a preset; valid presets: {', '.join(PRESETS)}"
+        )
+    if name is not None and not (isinstance(name, str) and _LABEL.match(name)):
+        raise ValueError(f"scenario file {path}: name must be letters, digits, '_', '.' or '-', got {name!r}")
+    return ScenarioFile(Path(path).resolve(), extends, name, data, digest)
+
+
+def scenario_label(name: str | Path) -> str:
+    """What runs of scenario `name` are filed and grouped under: a preset's name, or a scenario file's
+    label (by content); an unknown name is a ValueError, as in make_scenario."""
+    if is_scenario_file(name):
+        return read_scenario_file(name).label
+    if name not in PRESETS:
+        raise ValueError(_unknown(name))
+    return str(name)
+
+
+def _unknown(name: Any) -> str:
+    return f"unknown scenario '{name}'; valid scenarios: {', '.join(PRESETS)}, or a scenario file (.yaml)"
+
+
 def make_scenario(
-    name: str = "mixed", overrides: Mapping[str, Any] | None = None, config_file: str | Path | None = None
+    name: str | Path = "mixed", overrides: Mapping[str, Any] | None = None, config_file: str | Path | None = None
 ) -> ScenarioConfig:
-    """Build a preset by name, then apply a YAML file's overrides, then `overrides`.
+    """Build a preset by name (or the scenario file `name`, ScenarioFile), then apply a YAML file's
+    overrides, then `overrides`.
 
     Overrides are nested mappings keyed like the config: {"cognitive": {"magnitude": 2},
     "env": {"num_candidates": 10}, "shock": {"events": [{"kind": "sudden", "step": 20}]}}. A drift
@@ -149,18 +218,27 @@ def make_scenario(
     its name: {"families": {"mood": "my_drift:Mood"}, "mood": {"enabled": True}}
     (`WorldConfig.with_overrides`).
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown scenario '{name}'; valid scenarios: {', '.join(PRESETS)}")
-    layers = [PRESETS[name]]
+    if is_scenario_file(name):
+        file = read_scenario_file(name)
+        layers, label = [PRESETS.get(file.extends, {}), file.overrides], file.label
+    elif name in PRESETS:
+        layers, label, file = [PRESETS[name]], str(name), None
+    else:
+        raise ValueError(_unknown(name))
     if config_file is not None:
         layers.append(load_overrides(config_file))
     if overrides:
         layers.append(dict(overrides))
     world, env = WorldConfig(), EnvParams()
-    for layer in layers:
-        world_over, env_over = _split(layer)
-        world = world.with_overrides(world_over, other_sections=("env",))
-        env = apply_overrides(env, env_over, "env")
+    for i, layer in enumerate(layers):
+        try:
+            world_over, env_over = _split(layer)
+            world = world.with_overrides(world_over, other_sections=("env",))
+            env = apply_overrides(env, env_over, "env")
+        except ValueError as err:
+            if file is None or i != 1:
+                raise
+            raise ValueError(f"scenario file {name}: {err}") from None
     # Re-run the cross-field checks after all layers.
     world = dataclasses.replace(world)
     if env.num_candidates > world.catalog.n_items:
@@ -168,17 +246,17 @@ def make_scenario(
             f"env.num_candidates ({env.num_candidates}) must be <= catalog.n_items ({world.catalog.n_items}): "
             "the retriever cannot supply more candidates than the catalog holds"
         )
-    return ScenarioConfig(name=name, world=world, env=env)
+    return ScenarioConfig(name=label, world=world, env=env)
 
 
-def has_calendar(name: str, overrides: Mapping[str, Any] | None = None) -> bool:
-    """Whether preset `name` (with `overrides`) is a lifetime world, with a calendar and return
-    visits; an unknown name is a ValueError, as in make_scenario."""
+def has_calendar(name: str | Path, overrides: Mapping[str, Any] | None = None) -> bool:
+    """Whether preset (or scenario file) `name` (with `overrides`) is a lifetime world, with a calendar
+    and return visits; an unknown name is a ValueError, as in make_scenario."""
     return make_scenario(name, overrides).world.lifetime.enabled
 
 
 def resolve_scenario(
-    scenario: str | ScenarioConfig,
+    scenario: str | Path | ScenarioConfig,
     overrides: Mapping[str, Any] | None = None,
     config_file: str | Path | None = None,
 ) -> ScenarioConfig:
@@ -199,8 +277,12 @@ def resolve_scenario(
 __all__ = [
     "EnvParams",
     "ScenarioConfig",
+    "ScenarioFile",
     "PRESETS",
     "make_scenario",
+    "is_scenario_file",
+    "read_scenario_file",
+    "scenario_label",
     "has_calendar",
     "load_overrides",
     "resolve_scenario",

@@ -33,13 +33,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--logs is read by --export-minari only")
         if args.export_minari is not None:
             root = writable_dir(args.export_minari, "--export-minari")
-            dataset_id = args.dataset_id or f"driftrec/{settings.scenario}/logs-v0"
+            dataset_id = args.dataset_id or f"driftrec/{settings.label}/logs-v0"
             steps, path = oe.export_logs(settings, root, dataset_id, args.logs)
             print(f"{steps.n_episodes:,} episodes, {len(steps):,} steps -> Minari dataset {dataset_id} at {path}")
             print(f"load: MINARI_DATASETS_PATH={root} python -c \"import minari; minari.load_dataset('{dataset_id}')\"")
             return 0
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = writable_dir(args.out or Path("runs") / "offline" / f"{settings.scenario}-{stamp}", "--out")
+        out = writable_dir(args.out or Path("runs") / "offline" / f"{settings.label}-{stamp}", "--out")
         started = time.perf_counter()
         result = oe.run_study(settings, progress=lambda line: print(line, file=sys.stderr))
     except ValueError as err:

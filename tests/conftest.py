@@ -129,3 +129,14 @@ def pytest_terminal_summary(terminalreporter) -> None:
         reason = skipped[0].longrepr[-1] if isinstance(skipped[0].longrepr, tuple) else ""
         reason = reason.removeprefix("Skipped: ")
         terminalreporter.write_line(f"{len(skipped)} real-data tests skipped: {reason}", yellow=True)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """RLlibPPOAgent starts a local Ray when none runs; shut down only one this module started."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    yield
+    if started_here and ray.is_initialized():
+        ray.shutdown()

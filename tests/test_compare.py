@@ -191,3 +191,18 @@ def test_compare_rejects_a_bad_retention_day(cli, tmp_path, capsys):
     ]:
         assert cli("compare", [*compare_with, *flags]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_robust_statistics_follow_their_definitions():
+    from experiments.core.stats import improvement_interval, iqm, probability_of_improvement, stratified_bootstrap
+
+    assert iqm([1, 2, 3, 4, 100, 5, 6, 7]) == 4.5  # the middle half of 8 runs: 3, 4, 5, 6
+    assert iqm([[1.0, 9.0], [5.0, 5.0]]) == 5.0  # pooled over tasks
+    # Ties count half; the mean over tasks, not over pooled pairs.
+    assert probability_of_improvement([[2, 3], [1]], [[1, 3], [1]]) == pytest.approx((2.5 / 4 + 1 / 2) / 2)
+    point, low, high = stratified_bootstrap([[1.0, 2.0, 3.0, 4.0], [10.0, 11.0, 12.0, 13.0]], reps=500)
+    assert point == iqm([1, 2, 3, 4, 10, 11, 12, 13]) and low <= point <= high
+    # Redrawn within each task: a task with one identical value keeps it in every replicate.
+    assert stratified_bootstrap([[5.0, 5.0, 5.0]], reps=200)[1:] == (5.0, 5.0)
+    p, low, high = improvement_interval([[3.0, 4.0, 5.0]], [[0.0, 1.0, 2.0]], reps=200)
+    assert p == 1.0 and low == high == 1.0  # X beats Y in every pair, in every replicate

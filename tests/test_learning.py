@@ -66,17 +66,6 @@ MIN_GAIN = 0.5  # trained: >= 0.69 on every seed tried; untrained: <= 0.04
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    """RLlibPPOAgent starts a local Ray when none runs; shut down only one this module started."""
-    import ray
-
-    started_here = not ray.is_initialized()
-    yield
-    if started_here and ray.is_initialized():
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def random_returns() -> np.ndarray:
     """Per-user minutes watched by the random policy on the evaluation users."""
     return evaluate(RandomPolicy(SEED), SCENARIO, EVAL_USERS, EVAL_SEED).episodes.episode_return.to_numpy()

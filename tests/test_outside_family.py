@@ -279,15 +279,16 @@ def test_stress_runs_the_family_on_its_magnitude_axis(tmp_path, capsys, cli):
     assert err.strip() == "error: families.mood: module 'drift_mood' has no attribute 'Moody' (from 'drift_mood:Moody')"
 
 
-def test_validity_reports_on_a_scenario_that_turns_the_family_on(tmp_path, monkeypatch, capsys, cli):
-    monkeypatch.setitem(envs.PRESETS, "mood", {"families": {"mood": PATH}, "mood": {"enabled": True, "amplitude": 2.0}})
+def test_validity_reports_on_a_scenario_that_turns_the_family_on(tmp_path, capsys, cli):
+    scenario = tmp_path / "mood.yaml"  # a scenario file stands where a preset name does
+    scenario.write_text(f"families: {{mood: '{PATH}'}}\nmood: {{enabled: true, amplitude: 2.0}}\n")
     out = tmp_path / "validity"
-    argv = ["--smoke", "--presets", "mood", "--history-agents", "--users", "16", "--seeds", "0", "--out", str(out)]
-    assert cli("validity", argv) in (0, 1)  # gates may fail at toy sizes; the report is what is checked
+    argv = ["--smoke", "--presets", str(scenario), "--history-agents", "--users", "16", "--seeds", "0"]
+    assert cli("validity", [*argv, "--out", str(out)]) in (0, 1)  # gates may fail at toy sizes: the report is checked
     drift = pd.read_csv(out / "drift.csv")
-    assert set(drift.preset) == {"mood"} and sorted(drift.magnitude.unique()) == [0.0, 1.0, 2.0]
+    assert set(drift.preset) == {str(scenario)} and sorted(drift.magnitude.unique()) == [0.0, 1.0, 2.0]
     ratio = drift.groupby("magnitude").ratio.mean()
     assert ratio[0.0] == 1.0 and ratio[2.0] < 1.0  # a planner with the mood of the episode's start falls short
     gates = pd.read_csv(out / "gates.csv")
-    assert "drift: shortfall grows with magnitude" in set(gates.name[gates["where"] == "mood"])
-    assert "mood" in capsys.readouterr().out
+    assert "drift: shortfall grows with magnitude" in set(gates.name[gates["where"] == str(scenario)])
+    assert "mood.yaml" in capsys.readouterr().out

@@ -15,7 +15,7 @@ import torch
 
 from agents.encoder import EncoderConfig, RecommenderEncoder
 from agents.model import ActorCritic, encoder_config
-from agents.stream import first_seen_days, keep_last, pack
+from agents.stream import first_seen_days
 from envs import make_scenario
 from envs.core import history_features
 from envs.vector import RecVectorEnv
@@ -125,15 +125,6 @@ def test_first_seen_days_turns_days_ago_into_the_gap_to_the_next_entry():
     torch.testing.assert_close(seen[..., [0, 2]], features[..., [0, 2]])
 
 
-def test_pack_and_keep_last_place_the_true_entries():
-    mask = torch.tensor([[True, False, True, True], [False, False, False, True], [False] * 4])
-    index, valid = pack(mask, 3)
-    assert index.tolist()[0] == [0, 2, 3] and valid.tolist() == [[True] * 3, [True, False, False], [False] * 3]
-    index, valid = keep_last(mask, 2)
-    assert index.tolist()[0] == [2, 3] and valid.tolist() == [[True, True], [False, True], [False, False]]
-    assert index[1, 1] == 3
-
-
 @pytest.mark.parametrize(
     "overrides,words",
     [
@@ -169,16 +160,6 @@ def test_the_actor_critic_folds_the_target_attention_into_single_item_logits():
 
 
 # ---------------------------------------------------------------------------------- RLlib plumbing
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    started_here = not ray.is_initialized()
-    yield
-    if started_here and ray.is_initialized():
-        ray.shutdown()
-
-
 RLLIB_ALGO = dict(
     num_envs_per_env_runner=6,
     rollout_fragment_length=7,
@@ -309,3 +290,71 @@ def test_calendar_discounting_is_refused_without_a_calendar_in_one_line(ray_sess
         RLlibPPOAgent(config, PPOParams(**RLLIB_ALGO, gamma_per_day=0.97), model=MODEL)
     with pytest.raises(ValueError, match="algo.max_seq_len must be"):
         PPOParams(max_seq_len=0)
+
+
+def test_ppo_sizes_left_unset_are_chosen_from_the_device_and_set_ones_are_kept():
+    from agents.rllib_agent import PPOParams
+
+    cpu = PPOParams().for_device("cpu")
+    assert (cpu.num_env_runners, cpu.num_envs_per_env_runner, cpu.train_batch_size, cpu.minibatch_size) == (
+        0,
+        64,
+        2048,
+        512,
+    )
+    cuda = PPOParams().for_device("cuda", cpus=16)
+    assert (cuda.num_env_runners, cuda.num_envs_per_env_runner) == (14, 256)
+    assert cuda.train_batch_size == 14 * 256 * 32 and cuda.minibatch_size == 8192
+    mine = PPOParams(train_batch_size=1024, num_env_runners=2).for_device("cuda", cpus=16)
+    assert (mine.num_env_runners, mine.train_batch_size, mine.minibatch_size) == (2, 1024, 1024)
+    assert PPOParams(train_batch_size=256).for_device("cpu").minibatch_size == 256
+
+
+def test_a_resumed_run_carries_the_history_state(ray_session, monkeypatch, tmp_path):
+    """Treatment against control on one seed: a run checkpointed after two iterations and resumed in a
+    new agent goes on with the same users and their carried histories, and trains to the same weights
+    as the run that was never interrupted."""
+    uninterrupted = ppo(False, monkeypatch)
+    try:
+        for _ in range(2):
+            uninterrupted.train_iteration()
+        uninterrupted.save(tmp_path / "checkpoint")
+        uninterrupted.train_iteration()
+        control_window = uninterrupted.algo.env_runner._live["window"]
+        control_weights = uninterrupted.learner_weights()
+    finally:
+        uninterrupted.close()
+    resumed = ppo(False, monkeypatch)
+    try:
+        resumed.restore(tmp_path / "checkpoint")
+        assert resumed.env_steps > 0
+        resumed.train_iteration()
+        for a, b in zip(resumed.algo.env_runner._live["window"], control_window):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+        for key, value in resumed.learner_weights().items():
+            torch.testing.assert_close(value, control_weights[key], atol=0, rtol=0, msg=key)
+    finally:
+        resumed.close()
+
+
+@pytest.mark.parametrize("objective", ["engagement", "next_item"])
+def test_the_stream_warm_start_objective_decreases_on_logs(objective):
+    """Each pretraining objective of the stream encoder goes down epoch after epoch on the same logs
+    (next_item: self-supervised, the next interaction from the history)."""
+    from agents.factory import logged_data
+    from agents.sequence_models import EngagementLearner
+    from agents.training_examples import fit_examples
+    from agents.warm_start import WarmStartParams
+
+    config = make_scenario("mixed", TINY)
+    env = RecVectorEnv(num_envs=1, scenario=config, seed=0)
+    cfg = encoder_config(env.single_observation_space, env.core.n_items, MODEL, history_features(config))
+    logs = logged_data(config, WarmStartParams(log_users=16, log_steps=40), 0, run_dir=None)
+    examples = fit_examples(logs, env.core.n_items, 6, cfg.history_len, config.world.catalog.length_mean)
+    learner = EngagementLearner(
+        "sasrec", cfg, env.core.item_features, 6, config.world.catalog.length_mean, 3e-3, 128, 0, torch.device("cpu")
+    )
+    losses = [learner.train_sequences(examples, objective=objective) for _ in range(4)]
+    assert losses[-1] < losses[0] and all(np.isfinite(losses)), losses
+    with pytest.raises(ValueError, match="pretrain_objective must be one of engagement, next_item"):
+        WarmStartParams(pretrain_objective="masked")

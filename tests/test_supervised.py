@@ -584,7 +584,7 @@ def test_replay_buffer_holds_the_newest_steps_in_order_and_chains_with_the_logs(
 def test_the_ppo_warm_start_is_the_encoder_of_sasrec_fitted_on_the_same_logs():
     """agents.warm_start.pretrain_encoder (both PPO agents' warm start) fits no recommender, yet gives the
     encoder weights of the sasrec agent fitted on the same logs with the same seed, weight for weight."""
-    from agents.factory import logged_data
+    from agents.logs import logged_data
     from agents.warm_start import WarmStartParams, pretrain_encoder
 
     params = WarmStartParams(log_users=16, log_steps=40, pretrain_epochs=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from agents.item_score import QUALITY, FeatureModelPolicy, ItemScoreParams, Item
 from agents.oracles import CommunityOracle, SessionOracle, StaleStateOracle
 from agents.registry import get_agent
 from envs import RecVectorEnv
+from experiments.core.commands import REPO_ROOT
 from experiments.core.harness import evaluate
 from experiments.core.rundirs import write_status
 from experiments.core.settings import RunSettings
@@ -183,6 +185,18 @@ def test_validity_report_end_to_end_at_smoke_sizes(stationary_and_shock_report):
     assert ("FAIL" in printed) == (code == 1)
 
 
+def test_validity_report_writes_its_command_relative_to_the_repository(stationary_and_shock_report):
+    # The fixture gave --out as an absolute path (a temporary folder): the report, committed under docs/ when it
+    # is measured for real, names it relative to the repository, where the CLIs run.
+    out = stationary_and_shock_report[0]
+    assert out.is_absolute()
+    command = pd.read_csv(out / "commands.csv").command.iloc[-1]
+    assert command.startswith("python experiments/validity.py --smoke --presets stationary shock")
+    assert command.endswith(f"--out {Path(os.path.relpath(out, REPO_ROOT)).as_posix()}")
+    assert not [word for word in command.split() if os.path.isabs(word)]
+    assert f"`{command}`" in (out / "report.md").read_text()
+
+
 def test_validity_settings_fail_before_any_work():
     with pytest.raises(ValueError, match="unknown scenario 'nope'"):
         gates.ValiditySettings(presets=("nope",))
@@ -224,6 +238,9 @@ def test_validity_update_replaces_the_remeasured_presets_and_keeps_the_rest(cli,
     out = Path(shutil.copytree(stationary_and_shock_report[0], tmp_path / "report"))
     base = UPDATE
     before = pd.read_csv(out / "policies.csv")
+    earlier = pd.read_csv(out / "commands.csv")  # as a report measured before commands were made relative
+    earlier.loc[0, "command"] = f"python experiments/validity.py --out {REPO_ROOT / 'docs' / 'validity'}"
+    earlier.to_csv(out / "commands.csv", index=False)
     # Re-measure one preset: its rows are replaced (reproduced: same seeds), the other preset's are kept.
     assert cli("validity", [*base, "shock", "--update", str(out)]) in (0, 1)
     after = pd.read_csv(out / "policies.csv")
@@ -238,6 +255,7 @@ def test_validity_update_replaces_the_remeasured_presets_and_keeps_the_rest(cli,
     assert set(pd.read_csv(out / "gates.csv")["where"]) >= {"stationary", "shock"}
     commands = pd.read_csv(out / "commands.csv")
     assert list(commands.presets) == ["stationary shock (history: sasrec on cognitive)", "shock"]
+    assert commands.command[0] == "python experiments/validity.py --out docs/validity"  # the earlier one too
     assert "--update" in (out / "report.md").read_text()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from agents.registry import AGENTS, get_agent
+from agents.registry import AGENTS, agent_names, get_agent
 from envs.config import PRESETS
 from experiments.core.harness import EVAL_SEED
 from experiments.core.restore import load_run
@@ -17,11 +17,16 @@ DEFAULTS = RunSettings()
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     """run.py's flags (`description`: its --help text)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--agent", default=DEFAULTS.agent, help=f"what to run: {', '.join(AGENTS)} (default: ppo)")
+    p.add_argument(
+        "--agent",
+        default=DEFAULTS.agent,
+        help=f"what to run: {', '.join(agent_names())}, or your own as a module path package.module:attr "
+        "(a Policy class, a TrainableAgent class or a factory; docs/extending.md) (default: ppo)",
+    )
     p.add_argument(
         "--scenario",
         default=DEFAULTS.scenario,
-        help=f"scenario preset: {', '.join(PRESETS)} (default: {DEFAULTS.scenario})",
+        help=f"scenario preset: {', '.join(PRESETS)}, or a scenario file FILE.yaml (default: {DEFAULTS.scenario})",
     )
     p.add_argument(
         "--steps",

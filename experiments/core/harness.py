@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from agents.policy import Observer, bind, deployment
 from envs.config import ScenarioConfig
 from envs.vector import RecVectorEnv
 
@@ -161,15 +162,17 @@ def evaluate(
     retention_d1/d7/d30 (share of users active on or after that day since their first visit, among
     the users followed that long before the horizon; NaN where none was), and the per-day curves of `by_day`.
 
-    A policy deployed on a date (lifetime scenarios) says so with two attributes: `serves_from_day`
-    (float T) and `warmup` (a Policy: the platform's policy before T, e.g. the logging policy its
-    training logs came from). Each user is then served by `warmup` while their own clock is before
-    T and by `policy` from T on (clocks diverge: both can serve in one step); lives are measured
-    whole, and the metrics add return_served_mean (minutes per user watched from T on, under
-    `policy`; 0 for users gone before T) and served_users (share of users `policy` served at all).
-    `observe` gets the step info plus info["evaluated"] [N]: the slot counts in this evaluation
-    and was served `policy`'s own action (False for a warm-up step or a slot past its user's life),
-    and info["done"] [N]: the slot's user ended at this step (terminated or truncated).
+    A policy deployed on a date (lifetime scenarios) says so with two attributes (the protocol
+    `agents.policy.DatedDeployment`): `serves_from_day` (float T) and `warmup` (a Policy: the
+    platform's policy before T, e.g. the logging policy its training logs came from). Each user is
+    then served by `warmup` while their own clock is before T and by `policy` from T on (clocks
+    diverge: both can serve in one step); lives are measured whole, and the metrics add
+    return_served_mean (minutes per user watched from T on, under `policy`; 0 for users gone before T)
+    and served_users (share of users `policy` served at all). An online learner (the protocol
+    `agents.policy.Observer`) hears every step through `observe`, with the step info plus
+    `info["evaluated"] [N]`: the slot counts in this evaluation and was served `policy`'s own action
+    (False for a warm-up step or a slot past its user's life), and `info["done"] [N]`: the slot's user
+    ended at this step (terminated or truncated).
 
     Every slot is stepped until the last user's episode ends: a finished slot is reset to a newcomer
     (the vector env's autoreset) who is served by the policy and counts for nothing here, but on
@@ -181,8 +184,7 @@ def evaluate(
     live user's day against the horizon) at most every PROGRESS_SECONDS: lives run to thousands of steps.
     """
     env = RecVectorEnv(num_envs=n_users, scenario=config, seed=seed)
-    if hasattr(policy, "bind"):
-        policy.bind(env)
+    bind(policy, env)
     obs, _ = env.reset(seed=seed)
     cat = env.world.catalog
     n_topics = cat.n_topics
@@ -197,12 +199,11 @@ def evaluate(
     diversity_sum, diversity_n = 0.0, 0
     rows = np.arange(n_users)
     life = _Lifetimes(n_users, config.world.lifetime.horizon_days) if config.world.lifetime.enabled else None
-    warmup, start_day = getattr(policy, "warmup", None), float(getattr(policy, "serves_from_day", 0.0))
+    warmup, start_day = deployment(policy)
     if warmup is not None:
         if life is None:
             raise ValueError(f"{policy.name} serves from a day (serves_from_day) but {config.name!r} has no calendar")
-        if hasattr(warmup, "bind"):
-            warmup.bind(env)
+        bind(warmup, env)
     served_return, served_once = np.zeros(n_users), np.zeros(n_users, dtype=bool)
     said = time.perf_counter()
     while active.any():
@@ -231,7 +232,7 @@ def evaluate(
             k = slates.shape[1]
             diversity_sum += dist.sum() / (k * (k - 1))
             diversity_n += int(active.sum())
-        if hasattr(policy, "observe"):
+        if isinstance(policy, Observer):
             policy.observe(obs, actions, reward, dict(info, evaluated=own, done=terminated | truncated))
         clicked = info["clicked"] & active
         ret += np.where(active, reward, 0.0)

@@ -7,7 +7,7 @@ from typing import Any
 
 from experiments.core.devices import resolve_device
 from experiments.core.rundirs import read_json
-from experiments.core.settings import RunSettings, changed_dynamics
+from experiments.core.settings import RunSettings, changed_dynamics, check_scenario_file
 from experiments.core.training import build_agent
 
 
@@ -22,6 +22,7 @@ def load_run(run_dir: str | Path) -> RunSettings:
     if not (run_dir / "checkpoint" / "state.json").is_file():
         raise ValueError(f"no checkpoint in {run_dir / 'checkpoint'}")
     record = read_json(meta, "run record")
+    check_scenario_file(record, run_dir)  # a scenario file that changed would be another world
     settings = RunSettings.from_dict(record, where=str(meta))
     changed = changed_dynamics(record)
     if changed:

@@ -18,8 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from agents.encoder import EncoderConfig
-from agents.registry import AGENTS, AgentSpec, LifetimeDefaults, get_agent
-from envs.config import PRESETS, ScenarioConfig, has_calendar, load_overrides, make_scenario
+from agents.registry import AgentSpec, LifetimeDefaults, get_agent
+from envs.config import (
+    ScenarioConfig,
+    has_calendar,
+    is_scenario_file,
+    load_overrides,
+    make_scenario,
+    read_scenario_file,
+    scenario_label,
+)
 from experiments.core.devices import DEVICES
 from experiments.core.harness import EVAL_SEED, VALIDATION_SEED
 from simulator.params import merge_overrides
@@ -68,19 +76,20 @@ def check_model_overrides(model: Mapping[str, Any]) -> None:
 class RunSettings:
     """Everything one run depends on; saved as run.json (--resume and --load read it back).
 
-    agent: a name in agents.registry.AGENTS; scenario: a preset, with `scenario_overrides`
-    (nested, as envs.make_scenario takes them); model: EncoderConfig overrides; algo: the agent's
-    settings dataclass fields; steps: training budget in env (user) steps; eval_users: users of
-    each evaluation during training, final_eval_users of the final one (seed EVAL_SEED, the same
-    users for every agent); eval_interval: env steps between evaluations (0: a tenth of steps);
-    checkpoint_every: training iterations between checkpoints; device: where a learner trains
-    ("auto" picks cuda when a GPU is visible); ray_address: an existing Ray cluster to join;
-    keep_best: evaluate during training on validation users (seed VALIDATION_SEED, not the final
-    evaluation's) and end with the snapshot that did best there (saved to `best/` next to
-    `checkpoint/`), not the last. model_defaults: the agent's own `model:` defaults (its registry
-    entry's, and on a calendar its lifetime ones) under `model`, resolved when None and recorded in
-    run.json: a run keeps the model it was trained with when the defaults change (records from before
-    agents had model defaults read as {}).
+    agent: an agent's name (agents.registry: a registered one, an installed package's, or a module
+    path "package.module:attr"); scenario: a preset or a scenario file (envs.config.ScenarioFile; kept
+    as an absolute path), with `scenario_overrides` (nested, as envs.make_scenario takes them);
+    model: EncoderConfig overrides; algo: the agent's settings dataclass fields; steps: training
+    budget in env (user) steps; eval_users: users of each evaluation during training,
+    final_eval_users of the final one (seed EVAL_SEED, the same users for every agent);
+    eval_interval: env steps between evaluations (0: a tenth of steps); checkpoint_every: training
+    iterations between checkpoints; device: where a learner trains ("auto" picks cuda when a GPU is
+    visible); ray_address: an existing Ray cluster to join; keep_best: evaluate during training on
+    validation users (seed VALIDATION_SEED, not the final evaluation's) and end with the snapshot
+    that did best there (saved to `best/` next to `checkpoint/`), not the last. model_defaults: the
+    agent's own `model:` defaults (its registry entry's, and on a calendar its lifetime ones) under
+    `model`, resolved when None and recorded in run.json: a run keeps the model it was trained with
+    when the defaults change (records from before agents had model defaults read as {}).
     """
 
     agent: str = "ppo"
@@ -101,8 +110,9 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         spec = get_agent(self.agent)
-        if self.scenario not in PRESETS:
-            raise ValueError(f"unknown scenario '{self.scenario}'; valid scenarios: {', '.join(PRESETS)}")
+        if is_scenario_file(self.scenario):  # found again wherever the run goes on (--resume, Ray workers)
+            object.__setattr__(self, "scenario", str(read_scenario_file(self.scenario).path))
+        scenario_label(self.scenario)  # an unknown scenario fails here
         for name, low in (
             ("steps", 1),
             ("seed", 0),
@@ -147,6 +157,12 @@ class RunSettings:
         return get_agent(self.agent)
 
     @property
+    def scenario_label(self) -> str:
+        """What the run is filed and compared under: the preset's name, or the scenario file's label
+        (by content: envs.config.ScenarioFile)."""
+        return scenario_label(self.scenario)
+
+    @property
     def params(self) -> Any:
         """The agent's validated settings dataclass (None for agents that take none)."""
         return self.spec.make_params(self.algo)
@@ -178,26 +194,65 @@ class RunSettings:
 
     # --------------------------------------------------------------- run.json
     def to_dict(self) -> dict[str, Any]:
-        """Plain settings plus the derived name (what compare and stress read) and the scenario as
-        resolved today (`scenario_config`: presets change; a run must not be re-read as another)."""
-        return dict(
+        """Plain settings plus the derived name (what compare and stress read), the scenario as
+        resolved today (`scenario_config`: presets change; a run must not be re-read as another) and,
+        on a scenario file, its path and content hash (SCENARIO_FILE)."""
+        record = dict(
             dataclasses.asdict(self),
             name=self.name,
             trainable=self.spec.trains,
             scenario_config=_plain(self.scenario_config().to_dict()),
         )
+        return dict(record, **scenario_file_record(self.scenario))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "run.json") -> RunSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        unknown = sorted(set(data) - known - {"name", "trainable", "scenario_config"})
+        unknown = sorted(set(data) - known - {"name", "trainable", "scenario_config", SCENARIO_FILE})
         if unknown:
             raise ValueError(f"{where}: unknown setting '{unknown[0]}'")
         if values.get("eval_interval") is None:
             values["eval_interval"] = 0
         values.setdefault("model_defaults", {})  # a record from before agents had model defaults
         return cls(**values)
+
+
+# run.json's record of a scenario file: {"scenario_file": {"path": ..., "sha256": ...}}, absent on presets.
+SCENARIO_FILE = "scenario_file"
+
+
+def scenario_file_record(scenario: str) -> dict[str, Any]:
+    """{SCENARIO_FILE: {path, sha256}} of a run on a scenario file; {} on a preset."""
+    if not is_scenario_file(scenario):
+        return {}
+    file = read_scenario_file(scenario)
+    return {SCENARIO_FILE: dict(path=str(file.path), sha256=file.sha256)}
+
+
+def scenario_file_change(record: Mapping[str, Any]) -> str | None:
+    """Why the scenario file a run recorded is not the file at its path any more (gone, or another
+    content hash); None when it is the same, or the run is on a preset."""
+    saved = record.get(SCENARIO_FILE)
+    if not isinstance(saved, Mapping):
+        return None
+    try:
+        now = read_scenario_file(saved.get("path", "")).sha256
+    except ValueError as err:
+        return str(err)
+    if now != saved.get("sha256"):
+        return (
+            f"scenario file {saved['path']} has changed since the run (content hash "
+            f"{str(saved.get('sha256'))[:8]}, now {now[:8]})"
+        )
+    return None
+
+
+def check_scenario_file(record: Mapping[str, Any], run_dir: str | Path) -> None:
+    """--resume and --load: a run on a scenario file goes on only on that file as it was (ValueError)."""
+    change = scenario_file_change(record)
+    if change is not None:
+        raise ValueError(f"{run_dir}: {change}; a run goes on only in the world it started in")
 
 
 def with_smoke_sizes(settings: RunSettings, **explicit: Any) -> RunSettings:
@@ -249,16 +304,16 @@ def settings_from_config(
     sections = load_config_sections(config)
     given = {k: v for k, v in fields.items() if v is not None}
     run_defaults, algo_defaults, evaluations = {}, {}, LIFETIME_EVALUATIONS
-    if scenario in PRESETS and has_calendar(scenario, sections.get("scenario", {})):
-        life = get_agent(agent).lifetime if agent in AGENTS else LifetimeDefaults()
+    if resolves_with_calendar(scenario, sections.get("scenario", {})):
+        life = _spec(agent).lifetime if _spec(agent) else LifetimeDefaults()
         run_defaults, algo_defaults = LIFETIME_RUN_DEFAULTS, dict(life.algo)
         if life.keep_best_evaluations and not smoke:  # a warm-up longer than toy runs
             run_defaults = {**run_defaults, "keep_best": True}
             algo_defaults = {**algo_defaults, **life.keep_best_algo}
             if given.get("keep_best", True):  # --no-keep-best: the plain budget's evaluations
                 evaluations = life.keep_best_evaluations
-        if smoke and agent in AGENTS:  # the toy sizes win over the lifetime defaults
-            algo_defaults = {**algo_defaults, **get_agent(agent).smoke}
+        if smoke and _spec(agent):  # the toy sizes win over the lifetime defaults
+            algo_defaults = {**algo_defaults, **_spec(agent).smoke}
     settings = RunSettings(
         agent=agent,
         scenario=scenario,
@@ -271,6 +326,23 @@ def settings_from_config(
     return with_smoke_sizes(settings, **sizes) if smoke else settings
 
 
+def resolves_with_calendar(scenario: str, overrides: Mapping[str, Any] | None = None) -> bool:
+    """Whether the scenario has a calendar; False for one that does not resolve (the settings built
+    from it say why, in one line)."""
+    try:
+        return has_calendar(scenario, overrides)
+    except ValueError:
+        return False
+
+
+def _spec(agent: str) -> AgentSpec | None:
+    """The agent's entry; None for one that cannot be found (RunSettings says why)."""
+    try:
+        return get_agent(agent)
+    except ValueError:
+        return None
+
+
 def _plain(value: Any) -> Any:
     """`value` as JSON reads it back (tuples become lists), so that records compare equal."""
     return json.loads(json.dumps(value, default=str))
@@ -281,8 +353,8 @@ def changed_dynamics(record: Mapping[str, Any]) -> list[str]:
     run.json differs from what its preset and overrides resolve to today; [] when they agree or the
     run predates the record."""
     saved = record.get("scenario_config")
-    if not isinstance(saved, Mapping):
-        return []
+    if not isinstance(saved, Mapping) or scenario_file_change(record) is not None:
+        return []  # no record, or a scenario file that is not there as it was: its hash is the run's identity
     saved = _with_defaults(_plain(saved), _plain(ScenarioConfig().to_dict()))
     return scenario_differences(saved, RunSettings.from_dict(record).scenario_config())
 

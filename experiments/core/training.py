@@ -3,10 +3,10 @@ then evaluate it and the random policy on the same users.
 
   run_dir, metrics = run_one(RunSettings(agent="ppo", scenario="cognitive"), "runs")
 
-A run writes runs/<scenario>/<name>/<seed>-<time>/: run.json (the settings), TensorBoard events
-(train/* and eval/* against environment steps), results.csv, episodes.csv, timeline.csv and
-checkpoint/ (trainable agents). experiments.core.restore reads a run back, experiments.core.fanout runs
-several seeds on Ray.
+A run writes runs/<scenario>/<name>/<seed>-<time>/ (<scenario>: a preset's name or a scenario file's
+label): run.json (the settings), TensorBoard events (train/* and eval/* against environment steps),
+results.csv, episodes.csv, timeline.csv and checkpoint/ (trainable agents). experiments.core.restore
+reads a run back, experiments.core.fanout runs several seeds on Ray.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agents.policy import RandomPolicy
+from agents.policy import RandomPolicy, ServingStats
 from envs.config import ScenarioConfig
 from experiments.core.checkpoints import BEST, Interrupted, StopSignals, best_return, save_checkpoint, truncate_results
 from experiments.core.devices import resolve_device
@@ -115,7 +115,7 @@ def train(
                     ev.metrics,
                     steps,
                     agent=settings.name,
-                    scenario=settings.scenario,
+                    scenario=settings.scenario_label,
                     seed=settings.seed,
                     phase="train",
                 )
@@ -187,7 +187,7 @@ def run_one(
         for record in sorted((run_dir / "checkpoint").glob("*.json")):  # the agent's own records too
             read_json(record, "checkpoint record")
     else:
-        run_dir = new_run_dir(logdir, settings.scenario, settings.name, settings.seed)
+        run_dir = new_run_dir(logdir, settings.scenario_label, settings.name, settings.seed)
         (run_dir / "run.json").write_text(json.dumps(settings.to_dict(), indent=2))
     print(f"run directory: {run_dir}", file=sys.stderr)
 
@@ -225,9 +225,9 @@ def run_one(
             steps = 0
         final = evaluate(policy, scenario, settings.final_eval_users, EVAL_SEED, progress=Progress(1).status)
         baseline = evaluate(RandomPolicy(seed=settings.seed), scenario, settings.final_eval_users, EVAL_SEED)
-        common = dict(scenario=settings.scenario, seed=settings.seed)
+        common = dict(scenario=settings.scenario_label, seed=settings.seed)
         # What the policy says of its own serving (refits, their time, a deployed model's staleness).
-        served = policy.serving_stats() if hasattr(policy, "serving_stats") else {}
+        served = policy.serving_stats() if isinstance(policy, ServingStats) else {}
         logger.evaluation({**final.metrics, **served}, steps, agent=settings.name, phase="final", **common)
         # The random policy on the same users, for reference (not under this run's eval/ tags).
         logger.evaluation(baseline.metrics, steps, tensorboard=False, agent="random", phase="baseline", **common)
@@ -235,7 +235,7 @@ def run_one(
         final.timeline.to_csv(run_dir / "timeline.csv", index=False)
         if final.by_day is not None:  # lifetime scenarios: per-day curves (eval/by_day/*, eval_by_day.csv)
             logger.curves("eval/by_day", final.by_day, step="day")
-        hp = dict(agent=settings.name, scenario=settings.scenario, seed=settings.seed, steps=steps)
+        hp = dict(agent=settings.name, scenario=settings.scenario_label, seed=settings.seed, steps=steps)
         if agent is not None:
             hp.update(agent.hparams())
         logger.hparams(hp, final.metrics)

@@ -16,8 +16,17 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     """offline.py's flags (`description`: its --help text)."""
     d = oe.OfflineSettings()
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenario", default=d.scenario, help=f"preset ({', '.join(PRESETS)}; default {d.scenario})")
-    p.add_argument("--agents", nargs="+", default=None, help=f"default: {' '.join(d.agents)}")
+    p.add_argument(
+        "--scenario",
+        default=d.scenario,
+        help=f"preset ({', '.join(PRESETS)}) or scenario file FILE.yaml (default {d.scenario})",
+    )
+    p.add_argument(
+        "--agents",
+        nargs="+",
+        default=None,
+        help=f"default: {' '.join(d.agents)}; your own as a module path package.module:attr",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="evaluation seeds (default: 0 1 2)")
     p.add_argument("--eval-users", type=int, default=None, help=f"users per seed (default {d.eval_users})")
     p.add_argument("--log-users", type=int, default=None, help=f"training logs: sessions (default {d.log_users})")
@@ -39,12 +48,14 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> oe.OfflineSettings:
     kw: dict = {"scenario": args.scenario, "ppo_run": args.ppo_run}
     algo: dict = {}
+    agents = args.agents or oe.OfflineSettings.agents
     if args.smoke:  # toy sizes first; flags win
         kw.update(SMOKE, scenario_overrides=SMOKE_SCENARIO, model=SMOKE_MODEL)
-        algo = {a: dict(get_agent(a).smoke) for a in ("sasrec", "gru4rec", "item-score")}
-    if args.epochs is not None:
-        for kind in ("sasrec", "gru4rec"):
-            algo[kind] = {**algo.get(kind, {}), "epochs": args.epochs}
+        algo = {a: dict(get_agent(a).smoke) for a in agents if get_agent(a).smoke}
+    if args.epochs is not None:  # every agent fitted for epochs (sasrec, gru4rec)
+        for a in agents:
+            if hasattr(get_agent(a).make_params(), "epochs"):
+                algo[a] = {**algo.get(a, {}), "epochs": args.epochs}
     kw["algo"] = algo
     for name in ("agents", "seeds"):
         if getattr(args, name) is not None:

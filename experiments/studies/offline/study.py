@@ -2,10 +2,10 @@
 most online? The simulator knows the answer, so every offline number sits next to the truth.
 
 1. Training logs: the epsilon-popularity logging policy on `log_users` x `log_steps` (seed
-   LOG_SEED_OFFSET + train_seed, as the agents' factories log). popularity, sasrec, gru4rec, the
-   LinUCB bandit (fitted on the logged slates, then frozen so offline and online see one policy)
-   and the direct method's reward model learn from them; random, item-score and the oracles come
-   from the registry.
+   LOG_SEED_OFFSET + train_seed, as the agents' factories log). Every agent is built from the registry
+   with those logs in its RunContext (`logs`): popularity, sasrec and gru4rec are fitted on them, the
+   LinUCB bandit learns the logged slates; an online learner (its entry's `online`) is then frozen, so
+   that offline and online see one policy. The direct method's reward model learns from them too.
 2. Per evaluation seed s: held-out logs of the same logging policy on the harness's users of seed
    EVAL_SEED + s (one episode per user: the users `evaluate` shows every agent), and of new users
    (the scenario with `users.past_interactions` 0), for the cold-start split.
@@ -37,14 +37,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from agents.baselines import BanditParams, LinUCBPolicy, PopularityPolicy
-from agents.factory import LOG_SEED_OFFSET
-from agents.logs import EpsilonPopularity, collect_logs, load_logs, save_logs
+from agents.baselines import BanditParams, LinUCBPolicy
+from agents.logs import LOG_SEED_OFFSET, EpsilonPopularity, collect_logs, load_logs, save_logs
 from agents.offline import LoggedSteps, export_minari, logged_steps
+from agents.policy import Propensities, Scorer, bind
 from agents.registry import get_agent
-from envs.config import PRESETS, ScenarioConfig, make_scenario
+from envs.config import ScenarioConfig, make_scenario, scenario_label
 from envs.vector import RecVectorEnv
 from experiments.core import ranking as rk
+from experiments.core.commands import repo_relative
 from experiments.core.harness import EVAL_SEED, evaluate
 from experiments.core.restore import load_run, restore_policy
 from experiments.core.stats import mean_interval
@@ -63,7 +64,6 @@ DEFAULT_AGENTS = (
     "oracle-myopic",
     "oracle-session",
 )
-LOG_TRAINED = ("popularity", "bandit", "sasrec", "gru4rec")  # fitted on the study's training logs
 LOGGING = "logging"  # the logging policy itself, a target whose IPS estimate must equal its truth
 BATCH = 4096  # logged steps per call of a policy
 
@@ -91,8 +91,7 @@ class OfflineSettings:
 
     def __post_init__(self) -> None:
         o = "offline"
-        if self.scenario not in PRESETS:
-            raise ValueError(f"unknown scenario '{self.scenario}'; valid scenarios: {', '.join(PRESETS)}")
+        scenario_label(self.scenario)  # an unknown scenario fails here
         if not self.agents or len(set(self.agents)) != len(self.agents):
             raise ValueError(f"{o}.agents must be distinct agent names, got {list(self.agents)}")
         for name in self.agents:
@@ -113,15 +112,18 @@ class OfflineSettings:
         for k in self.cutoffs:
             rk.check_cutoff(k)
         check_int(o, "cold_interactions", self.cold_interactions, 1)
-        if self.logs_scenario is not None and self.logs_scenario not in PRESETS:
-            raise ValueError(f"unknown logs scenario '{self.logs_scenario}'; valid scenarios: {', '.join(PRESETS)}")
+        if self.logs_scenario is not None:
+            try:
+                scenario_label(self.logs_scenario)
+            except ValueError as err:
+                raise ValueError(f"logs scenario: {err}") from None
         check_int(o, "train_seed", self.train_seed, 0)
         if self.eval_steps is not None:
             check_int(o, "eval_steps", self.eval_steps, 1)
         if self.ppo_run is not None:  # an unreadable run or one of another scenario fails before any work
             run = load_run(self.ppo_run)
-            if run.scenario != self.scenario:
-                raise ValueError(f"--ppo-run {self.ppo_run} was trained on '{run.scenario}', not '{self.scenario}'")
+            if run.scenario_label != self.label:
+                raise ValueError(f"--ppo-run {self.ppo_run} was trained on '{run.scenario_label}', not '{self.label}'")
         truth, logged = self.config(), self.logs_config()  # bad overrides fail here, before any work
         if logged.name != truth.name:
             a, b = (World(c.world, 1, 0).catalog.features for c in (truth, logged))
@@ -130,6 +132,11 @@ class OfflineSettings:
                     f"logs scenario '{logged.name}' and scenario '{truth.name}' have different catalogs "
                     f"({b.shape[0]} and {a.shape[0]} items): agents trained on one cannot serve the other"
                 )
+
+    @property
+    def label(self) -> str:
+        """The scenario's name in reports and paths: a preset's, or a scenario file's label (by content)."""
+        return scenario_label(self.scenario)
 
     def config(self, extra: Mapping[str, Any] | None = None) -> ScenarioConfig:
         """The scenario the true returns are measured in."""
@@ -175,58 +182,32 @@ class Frozen:
         return getattr(self.policy, name)
 
 
-def fit_on_steps(bandit: LinUCBPolicy, steps: LoggedSteps) -> LinUCBPolicy:
-    """Feed the logged steps to a bound LinUCB as if it had served them (its ridge regression learns
-    the slot rewards of the logged slates), BATCH steps at a time."""
-    clicked = np.where(steps.click.any(axis=1), steps.click.argmax(axis=1), -1)
-    for start in range(0, len(steps), BATCH):
-        rows = slice(start, start + BATCH)
-        obs = {k: v[rows] for k, v in steps.obs.items()}
-        info = {"position": clicked[rows], "served": np.ones(len(clicked[rows]), bool)}
-        bandit.observe(obs, steps.slate[rows], steps.reward[rows], info)
-    return bandit
-
-
 def batched(fn: Callable[[dict[str, np.ndarray]], np.ndarray], obs: dict[str, np.ndarray]) -> np.ndarray:
     """fn over the observation BATCH steps at a time, concatenated along the step axis."""
     n = len(obs["context"])
     return np.concatenate([np.asarray(fn({k: v[i : i + BATCH] for k, v in obs.items()})) for i in range(0, n, BATCH)])
 
 
-def build_agents(
-    settings: OfflineSettings, config: ScenarioConfig, logs: pd.DataFrame, steps: LoggedSteps
-) -> dict[str, Any]:
-    """Every agent of the study by name, bound to an env of `config`; log-trained ones fitted on `logs`."""
+def build_agents(settings: OfflineSettings, config: ScenarioConfig, logs: pd.DataFrame) -> dict[str, Any]:
+    """Every agent of the study by name, from the registry, given the training `logs` to learn from and
+    bound to an env of `config`; an online learner frozen at what the logs taught it."""
     probe = RecVectorEnv(num_envs=1, scenario=config, seed=0)
     agents: dict[str, Any] = {}
     for name in settings.agents:
-        spec, algo = get_agent(name), settings.algo.get(name, {})
-        if name == "popularity":
-            agents[name] = PopularityPolicy.from_logs(logs, probe.core.n_items)
-        elif name in ("sasrec", "gru4rec"):
-            from agents.supervised import SupervisedRecommender
-
-            # Fitted on the study's logs and served from day 0: not deployed on a date (train_days 0).
-            rec = SupervisedRecommender.for_scenario(
-                name,
-                config,
-                spec.make_params({**algo, "train_days": 0}),
-                model=settings.model,
-                seed=settings.train_seed,
-            )
-            rec.fit(logs)
-            agents[name] = rec
-        elif name == "bandit":
-            bandit = LinUCBPolicy(spec.make_params(algo))
-            bandit.bind(probe)
-            agents[name] = Frozen(fit_on_steps(bandit, steps))
-        else:
-            agents[name] = spec.build(config, algo, seed=settings.train_seed)
+        spec = get_agent(name)
+        policy = spec.build(
+            config,
+            settings.algo.get(name, {}),
+            seed=settings.train_seed,
+            model=dict(settings.model),
+            logs=logs,
+            logs_scenario=settings.logs_config(),
+        )
+        agents[name] = Frozen(policy) if spec.online else policy
     if settings.ppo_run is not None:
         agents["ppo"] = restore_policy(settings.ppo_run)[1]
     for policy in agents.values():
-        if hasattr(policy, "bind"):
-            policy.bind(probe)
+        bind(policy, probe)
     return agents
 
 
@@ -235,7 +216,7 @@ def reward_model(config: ScenarioConfig, steps: LoggedSteps) -> LinUCBPolicy:
     (observation, candidate) (a LinUCB without exploration: its scores are the predictions)."""
     model = LinUCBPolicy(BanditParams(alpha=0.0, ridge=1.0))
     model.bind(RecVectorEnv(num_envs=1, scenario=config, seed=0))
-    return fit_on_steps(model, steps)
+    return model.fit_steps(steps, BATCH)
 
 
 def held_out(settings: OfflineSettings, config: ScenarioConfig, seed: int) -> LoggedSteps:
@@ -270,7 +251,7 @@ def export_logs(
         logs = load_logs(logs_file)
     else:
         logs = training_logs(settings)
-        save_logs(logs, Path(root) / f"{settings.scenario}-logs.parquet")
+        save_logs(logs, Path(root) / f"{settings.label}-logs.parquet")
     steps = logged_steps(logs, config)
     return steps, export_minari(steps, config, dataset_id, root)
 
@@ -296,7 +277,7 @@ def ranking_rows(
     `name`: rows of StudyResult.ranking without agent and seed. topics [I, T] the catalog's topic
     mixtures, information [I] each item's self-information. A policy without scores(obs) is a
     ValueError: there is nothing to rank by."""
-    if not hasattr(policy, "scores"):
+    if not isinstance(policy, Scorer):
         raise ValueError(f"{name} has no scores(obs) to rank candidates by, so no ranking metrics")
     scorer = policy.scores
     rows = []
@@ -326,7 +307,7 @@ def target_distribution(policy: Any, steps: LoggedSteps) -> np.ndarray:
     """[S, K, C] the policy's position-wise distribution on the logged observations: its own when it
     reports one (a stochastic policy: the logging policy, random), else one-hot on its slates."""
     c = steps.obs["candidate_items"].shape[1]
-    if hasattr(policy, "position_probabilities"):
+    if isinstance(policy, Propensities):
         return batched(policy.position_probabilities, steps.obs)
     slates = batched(policy.act, steps.obs).reshape(len(steps), -1)
     return ope.one_hot(slates, c)
@@ -357,15 +338,16 @@ def run_study(settings: OfflineSettings, progress: Callable[[str], None] = print
     train_logs = training_logs(settings)
     train_steps = logged_steps(train_logs, logged)
     progress(f"training logs: {len(train_steps):,} steps of {train_steps.n_episodes:,} episodes")
-    agents = build_agents(settings, config, train_logs, train_steps)
+    agents = build_agents(settings, config, train_logs)
     q_model = reward_model(config, train_steps)
     catalog = RecVectorEnv(num_envs=1, scenario=config, seed=0).world.catalog
     clicks = np.bincount(train_logs["item"][train_logs["click"] > 0], minlength=catalog.n_items)
     information = rk.self_information(clicks)
-    notes = {
-        name: "no scores(obs): it reads the true user state, which logs do not hold"
+    notes = {  # the oracles: they act on the true user state, which logs do not hold
+        name: "no scores(obs): nothing to rank or to estimate offline (a policy that scores no candidates may "
+        "read the true user state, as the oracles do, which logs do not hold)"
         for name, policy in agents.items()
-        if not hasattr(policy, "scores")
+        if not isinstance(policy, Scorer)
     }
     online, ranking, estimates = [], [], []
     for seed in settings.seeds:
@@ -385,12 +367,11 @@ def run_study(settings: OfflineSettings, progress: Callable[[str], None] = print
         progress(f"seed {seed}: {len(steps):,} held-out steps, {len(data['cold']):,} cold-start steps")
         targets = {LOGGING: EpsilonPopularity(settings.epsilon, seed), **agents}
         for name, policy in targets.items():
-            if name != LOGGING and hasattr(policy, "scores"):
+            if name != LOGGING and isinstance(policy, Scorer):
                 rows = ranking_rows(name, policy, data, settings, catalog.topics, information)
                 ranking += [dict(agent=name, seed=seed, **row) for row in rows]
             if name not in notes:  # acts on observations alone: an OPE target
-                if hasattr(policy, "bind"):
-                    policy.bind(RecVectorEnv(num_envs=1, scenario=config, seed=0))
+                bind(policy, RecVectorEnv(num_envs=1, scenario=config, seed=0))
                 for row in ope_rows(target_distribution(policy, steps), steps, q_model, settings.eval_users):
                     estimates.append(dict(agent=name, seed=seed, **row))
             truth_policy = EpsilonPopularity(settings.epsilon, seed) if name == LOGGING else policy
@@ -572,17 +553,16 @@ def write_report(settings: OfflineSettings, result: StudyResult, out: Path, comm
     taus.to_csv(out / "kendall.csv")
     errors.to_csv(out / "ope_errors.csv")
     plots = plot(table, errors, taus, out)
-    supervised = {
-        k: get_agent(k).make_params(settings.algo.get(k, {})) for k in ("sasrec", "gru4rec") if k in settings.agents
-    }
-    budget = "; ".join(f"{k}: {p.epochs} epochs, batch {p.batch_size}, lr {p.lr}" for k, p in supervised.items())
+    fitted = {k: get_agent(k).make_params(settings.algo.get(k, {})) for k in settings.agents}  # fitted by epochs:
+    fitted = {k: p for k, p in fitted.items() if all(hasattr(p, f) for f in ("epochs", "batch_size", "lr"))}
+    budget = "; ".join(f"{k}: {p.epochs} epochs, batch {p.batch_size}, lr {p.lr}" for k, p in fitted.items())
     logs_from = settings.logs_config().name
-    cutoff = "" if logs_from == settings.scenario else f", logs from `{logs_from}` (before the drift)"
+    cutoff = "" if logs_from == settings.label else f", logs from `{logs_from}` (before the drift)"
     main_cols = ["true return"] + [c for c in table.columns if c.startswith(("ndcg@", "hit_rate@", "mrr", "IPS", "DR"))]
     lines = [
-        f"# Offline evaluation against the truth: `{settings.scenario}`{cutoff}",
+        f"# Offline evaluation against the truth: `{settings.label}`{cutoff}",
         "",
-        f"`{command}` ({seconds / 60:.1f} min on this machine)",
+        f"`{repo_relative(command)}` ({seconds / 60:.1f} min on this machine)",
         "",
         f"Training logs: epsilon-popularity (epsilon {settings.epsilon}) on {settings.log_users} x "
         f"{settings.log_steps} steps (seed {LOG_SEED_OFFSET + settings.train_seed}); "

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.core.commands import repo_relative
 from experiments.core.rundirs import read_json, writable_dir
 from experiments.studies.stress.analysis import StressResult
 from experiments.studies.stress.jobs import run_job, run_jobs
@@ -57,7 +58,9 @@ def stress(
     # The raw evaluations: --report-only redoes the analysis, tables and plots from them.
     pd.to_pickle(results, out / "jobs.pkl")
     seconds = time.perf_counter() - started
-    (out / "command.json").write_text(json.dumps(dict(command=command, seconds=seconds, resumed=resumed)))
+    (out / "command.json").write_text(
+        json.dumps(dict(command=repo_relative(command), seconds=seconds, resumed=resumed))
+    )
     return write_outputs(settings, results, out)
 
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from agents.registry import AGENTS, RETRAIN_SUFFIX, get_agent
-from envs.config import PRESETS, has_calendar
+from agents.registry import RETRAIN_SUFFIX, get_agent
 from experiments.core.settings import (
     LIFETIME_RUN_DEFAULTS,
     SMOKE_MODEL,
     SMOKE_SCENARIO,
     load_config_sections,
+    resolves_with_calendar,
 )
 from experiments.studies.stress import (
     DEFAULT_AGENTS,
@@ -40,14 +40,18 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         nargs="*",
         default=None,
         help=f"agents to stress (default: {' '.join(DEFAULT_AGENTS)}; NAME{RETRAIN_SUFFIX} refits an "
-        "agent that retrains)",
+        "agent that retrains; your own as a module path package.module:attr)",
     )
     p.add_argument("--families", nargs="+", default=None, help=f"drift families (default: {' '.join(FAMILIES)})")
     p.add_argument(
         "--magnitudes", nargs="+", type=float, default=None, help="drift magnitudes, >= 0 (default: 0 0.5 1 2)"
     )
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="training seeds (default: 0 1 2)")
-    p.add_argument("--train-scenario", default=d.train_scenario, help=f"training regime (default: {d.train_scenario})")
+    p.add_argument(
+        "--train-scenario",
+        default=d.train_scenario,
+        help=f"training regime: a preset or a scenario file FILE.yaml (default: {d.train_scenario})",
+    )
     p.add_argument(
         "--steps",
         type=int,
@@ -122,14 +126,12 @@ def settings_from_args(args: argparse.Namespace) -> StressSettings:
     kw: dict[str, Any] = {}
     algo: dict[str, dict[str, Any]] = {}
     agents = tuple(args.agents) if args.agents is not None else (() if args.load else DEFAULT_AGENTS)
-    temporal = args.train_scenario in PRESETS and has_calendar(args.train_scenario)  # unknown: StressSettings says
+    temporal = resolves_with_calendar(args.train_scenario)
     reference = args.reference or (TEMPORAL_DEFAULTS["reference"] if temporal else SESSION_REFERENCE)
     stressed = {base_agent(a) for a in agents} | {reference}
     if temporal and not args.smoke:  # trained agents get run.py's lifetime budget and settings
         kw["steps"] = LIFETIME_RUN_DEFAULTS["steps"]
-        algo = {
-            name: dict(AGENTS[name].lifetime.algo) for name in stressed if name in AGENTS and AGENTS[name].lifetime.algo
-        }
+        algo = {name: dict(get_agent(name).lifetime.algo) for name in stressed if get_agent(name).lifetime.algo}
     if args.smoke:  # toy sizes first: flags and the config file override them
         kw.update(STRESS_SMOKE, scenario_overrides=SMOKE_SCENARIO, model=SMOKE_MODEL)
         if temporal:

@@ -89,11 +89,11 @@ def build_policies(settings: StressSettings, job: dict[str, Any], out: Path) -> 
             eval_users=min(256, settings.eval_users),
             final_eval_users=settings.eval_users,
         )
-        earlier = earlier_run(out / "runs", settings.train_scenario, base, job["seed"])
+        earlier = earlier_run(out / "runs", settings.train_label, base, job["seed"])
         if earlier is None or run_status(earlier) != "finished":  # new, or resumed from its checkpoint
             earlier, _ = run_one(run, out / "runs", resume=earlier)
         return {base: restore_policy(earlier, device)[1]}
-    job_dir = out / "runs" / settings.train_scenario / base / str(job["seed"])  # logs of log-trained agents
+    job_dir = out / "runs" / settings.train_label / base / str(job["seed"])  # logs of log-trained agents
     job_dir.mkdir(parents=True, exist_ok=True)
     policy = spec.build(
         settings.serve_config(),

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from agents.registry import parse_variant, retrain_days
+from experiments.core.commands import repo_relative
 from experiments.core.tables import markdown_table
 from experiments.core.tracking import RunLogger
 from experiments.studies.stress import analysis as sa
@@ -219,7 +220,7 @@ def write_report(
         f"# Drift stress test: trained on `{settings.train_scenario}`"
         + (f", days [0, {settings.train_days:g}), served to day {settings.serve_days:g}" if settings.temporal else ""),
         "",
-        f"`{command}`  ({seconds / 60:.1f} min"
+        f"`{repo_relative(command)}`  ({seconds / 60:.1f} min"
         + (" in its last invocation, which resumed an interrupted one and reused its saved work)" if resumed else ")"),
         "",
         f"Agents: {', '.join(agents)}; seeds {', '.join(map(str, sorted(res.grid.seed.unique())))}; "

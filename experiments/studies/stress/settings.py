@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.registry import RETRAIN_SUFFIX, days_variant, get_agent, parse_variant, retrain_days, variant_base
-from envs.config import PRESETS, ScenarioConfig, make_scenario
+from envs.config import ScenarioConfig, make_scenario, scenario_label
 from experiments.core.devices import DEVICES
 from simulator.families import family_names
 from simulator.params import check_int, check_range, merge_overrides
@@ -71,9 +71,7 @@ class StressSettings:
 
     def __post_init__(self) -> None:
         o = "stress"
-        if self.train_scenario not in PRESETS:
-            raise ValueError(f"unknown scenario '{self.train_scenario}'; valid scenarios: {', '.join(PRESETS)}")
-        preset = make_scenario(self.train_scenario, self.scenario_overrides)  # bad overrides fail here
+        preset = make_scenario(self.train_scenario, self.scenario_overrides)  # unknown or bad overrides fail here
         self._resolve_mode(preset)
         for a in self.agents:
             parse_variant(a)  # an unknown agent, or -retrain on one that cannot: ValueError
@@ -173,6 +171,11 @@ class StressSettings:
             agents += [days_variant(base_agent(a), d) for d in self.retrain_days] if cadence else [a]
         set_(self, "agents", tuple(agents))
         set_(self, "reference", self.reference or TEMPORAL_DEFAULTS["reference"])
+
+    @property
+    def train_label(self) -> str:
+        """What the training regime's runs are filed under: a preset's name or a scenario file's label."""
+        return scenario_label(self.train_scenario)
 
     @property
     def temporal(self) -> bool:

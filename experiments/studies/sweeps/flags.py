@@ -16,12 +16,21 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     """sweep.py's flags (`description`: its --help text)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     trainable = [a for a, s in AGENTS.items() if s.trains]
-    p.add_argument("--agent", default="ppo", help=f"the agent to tune: {', '.join(trainable)} (default: ppo)")
+    p.add_argument(
+        "--agent",
+        default="ppo",
+        help=f"the agent to tune: {', '.join(trainable)}, or your own trainable agent as a module path "
+        "package.module:attr (default: ppo)",
+    )
     p.add_argument("--space", required=True, metavar="SPACE.yaml", help="the search space (see above)")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="asha", help="asha (default) stops trailing trials")
     p.add_argument("--num-samples", type=int, default=8, help="trials (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled configs and of every trial's training")
-    p.add_argument("--scenario", default=DEFAULTS.scenario, help=f"scenario preset: {', '.join(PRESETS)}")
+    p.add_argument(
+        "--scenario",
+        default=DEFAULTS.scenario,
+        help=f"scenario preset: {', '.join(PRESETS)}, or a scenario file FILE.yaml",
+    )
     p.add_argument("--config", default=None, metavar="FILE.yaml", help="base run config (scenario:/model:/algo:)")
     p.add_argument("--steps", type=int, default=None, help=f"env steps per trial (default {DEFAULTS.steps:,d})")
     p.add_argument("--eval-users", type=int, default=None, help="users of each evaluation during training")

@@ -212,7 +212,7 @@ class SweepSettings:
     @property
     def trial_resources(self) -> dict[str, float]:
         """What one trial holds: a CPU for its training loop, one per env-runner process, a GPU on cuda."""
-        runners = int(getattr(self.base.params, "num_env_runners", 0))
+        runners = int(getattr(self.base.params, "num_env_runners", 0) or 0)
         return {"CPU": 1 + runners, "GPU": 1 if self.base.device == "cuda" else 0}
 
 

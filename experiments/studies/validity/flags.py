@@ -16,14 +16,20 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     """validity.py's flags (`description`: its --help text)."""
     d = g.ValiditySettings()
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=None, help=f"presets (default: all: {', '.join(PRESETS)})")
+    p.add_argument(
+        "--presets",
+        nargs="+",
+        default=None,
+        help=f"presets or scenario files FILE.yaml (default: all presets: {', '.join(PRESETS)})",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="evaluation seeds (default: 0 1 2)")
     p.add_argument("--users", type=int, default=None, help=f"users per seed (default: {d.users})")
     p.add_argument(
         "--history-agents",
         nargs="*",
         default=None,
-        help=f"agents of the history ablation (default: {' '.join(d.history_agents)}; the flag with no names skips it)",
+        help=f"agents of the history ablation (default: {' '.join(d.history_agents)}; the flag with no names skips it; "
+        "your own as a module path package.module:attr)",
     )
     p.add_argument(
         "--history-presets",
@@ -55,13 +61,16 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> g.ValiditySettings:
     kw: dict = {}
+    history = args.history_agents or ()
     if args.smoke:  # toy sizes first; flags win
         kw.update(
             SMOKE,
             scenario_overrides=SMOKE_SCENARIO,
             model=SMOKE_MODEL,
-            algo={
-                a: dict(get_agent(a).smoke) for a in ("ppo", "sasrec", "popularity", "item-score", "oracle-lookahead")
+            algo={  # the report's own agents and the history ablation's
+                a: dict(get_agent(a).smoke)
+                for a in dict.fromkeys(("ppo", "sasrec", "popularity", "item-score", "oracle-lookahead", *history))
+                if get_agent(a).smoke
             },
         )
     for name in ("presets", "seeds", "history_agents", "history_presets", "history_seeds"):

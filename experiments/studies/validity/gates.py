@@ -45,7 +45,7 @@ from agents.oracles import (
 )
 from agents.policy import RandomPolicy
 from agents.registry import get_agent
-from envs.config import PRESETS, ScenarioConfig, has_calendar, make_scenario
+from envs.config import PRESETS, ScenarioConfig, has_calendar, make_scenario, scenario_label
 from experiments.core.harness import EVAL_SEED, evaluate
 from experiments.core.restore import load_run, restore_policy
 from experiments.core.rundirs import run_status
@@ -94,8 +94,7 @@ class ValiditySettings:
 
     def __post_init__(self) -> None:
         for p in (*self.presets, *self.history_presets):
-            if p not in PRESETS:
-                raise ValueError(f"unknown scenario '{p}'; valid scenarios: {', '.join(PRESETS)}")
+            scenario_label(p)  # an unknown preset (or a scenario file that cannot be read) fails here
         for a in self.history_agents:
             get_agent(a)
         for name in ("seeds", "history_seeds"):
@@ -116,7 +115,7 @@ class ValiditySettings:
             status = run_status(run_dir)
             if status not in ("finished", "unknown"):
                 raise ValueError(f"--history-runs {run_dir} is {status}, not finished (finish it with run.py --resume)")
-            if saved.scenario in PRESETS:  # a run of other dynamics would be measured as if of these
+            if saved.scenario in PRESETS:  # a run of other dynamics would be measured as if of these (a file: by hash)
                 trained = saved.scenario_config()
                 measured = self.scenario(saved.scenario, {"env": {"history_len": trained.env.history_len}})
                 differ = scenario_differences(trained, measured)
@@ -197,7 +196,7 @@ def _history_policy(settings: ValiditySettings, agent: str, preset: str, history
     extra = {"env": {"history_len": history_len}}
     for run_dir in settings.history_runs:
         saved = load_run(run_dir)  # the settings only: restore just the run that matches
-        if (saved.agent, saved.scenario, saved.seed) == (agent, preset, seed) and (
+        if (saved.agent, saved.scenario_label, saved.seed) == (agent, scenario_label(preset), seed) and (
             saved.scenario_config().env.history_len == history_len
         ):
             return restore_policy(run_dir)[1]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.core.commands import repo_relative
 from experiments.core.rundirs import writable_dir
 from experiments.core.tables import frame_markdown
 from experiments.studies.validity import gates as g
@@ -147,6 +148,8 @@ def validity_report(
         measured += f" (history: {' '.join(settings.history_agents)} on {' '.join(settings.history_presets)})"
     now = dict(command=command, presets=measured, minutes=(time.perf_counter() - started) / 60)
     commands = pd.concat([commands, pd.DataFrame([now])], ignore_index=True)
+    # Relative to the repository, the earlier commands too: the report is committed under docs/.
+    commands["command"] = commands.command.map(repo_relative)
     gates = g.evaluate_gates(tables["policies"], tables["drift"], tables["history"])
     for name, table in tables.items():
         table.to_csv(out / f"{name}.csv", index=False)
