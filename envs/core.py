@@ -409,10 +409,9 @@ class RecommenderCore:
             for key, ring in rings.items():
                 for src, dst in halves:
                     obs[key][rows, dst] = ring[rows, src]
-            if now is not None:  # how long ago, as of now; the ring's column stays 0
-                for src, dst in halves:
-                    ago = days_ago(now[rows], self.history_day[rows, src], self.history_mask[rows, src])
-                    obs["history_features"][rows, dst, 5] = ago
+            if now is not None:  # how long ago, as of now (contiguous: the ring's column stays 0)
+                day = np.concatenate([self.history_day[rows, src] for src, _ in halves], axis=1)
+                obs["history_features"][rows, :, 5] = days_ago(now[rows], day, obs["history_mask"][rows])
             obs["candidate_features"][rows] = np.take(items, candidates[rows], axis=0)
 
         row_size = h * (self.history_features.shape[2] + 2) + candidates.shape[1] * items.shape[1]
