@@ -15,7 +15,8 @@ from gymnasium import spaces
 
 from envs.candidates import CandidateIndex, sample_candidates, source_sizes, with_popularity
 from envs.config import ScenarioConfig
-from simulator.params import check_memory, check_seed
+from envs.parallel import MAX_THREADS, for_row_blocks
+from simulator.params import check_int, check_memory, check_seed
 from simulator.seasonal import WEEK_DAYS, season_angle
 from simulator.world import StepResult, World
 
@@ -53,14 +54,18 @@ def log_days(days: np.ndarray, scale: float = DAYS_SCALE) -> np.ndarray:
     return np.minimum(out, 1.0).astype(np.float32)
 
 
-def days_ago(now: np.ndarray, then: np.ndarray) -> np.ndarray:
+def days_ago(now: np.ndarray, then: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """float32 `log_days(now - then)` of history entries: now [N, 1] (or [N]) and then [N, H] as
-    float32 days; in place on a fresh array, since it runs at every step (and logs rebuild it)."""
+    float32 days; in place on a fresh array, since it runs at every step (and logs rebuild it).
+    With `mask` [N, H] (1 = a real entry, 0 = padding) padding gives 0 and takes no logarithm:
+    float32 log1p is a scalar loop on CPUs without AVX-512, the largest cost of a lifetime step."""
     ago = np.subtract(now, then, dtype=np.float32)
     np.maximum(ago, 0.0, out=ago)
-    np.log1p(ago, out=ago)
+    np.log1p(ago, out=ago, where=True if mask is None else mask > 0)
     ago *= np.float32(1.0 / np.log1p(DAYS_SCALE))
     np.minimum(ago, 1.0, out=ago)
+    if mask is not None:
+        ago *= mask
     return ago
 
 
@@ -141,10 +146,14 @@ def env_bytes_per_user(config: ScenarioConfig) -> float:
 class RecommenderCore:
     """N users on one World, with everything an env needs. Arrays lead with the user axis."""
 
-    def __init__(self, config: ScenarioConfig, n_users: int, seed: int | None = None) -> None:
+    def __init__(self, config: ScenarioConfig, n_users: int, seed: int | None = None, threads: int | None = 1) -> None:
         self.config = config
         if seed is not None:
             check_seed("seed", seed)  # before numpy sees it: its error names no argument
+        if threads is not None:
+            check_int("RecVectorEnv", "threads", threads, 1, MAX_THREADS)
+        # Observations are built in row blocks on this many threads (None: one per core the process may use).
+        self.threads = threads
         seed = int(np.random.SeedSequence().entropy % (2**31)) if seed is None else int(seed)
         e = config.env
         check_memory(
@@ -377,7 +386,11 @@ class RecommenderCore:
 
     # ------------------------------------------------------------ observation
     def observations(self) -> dict[str, np.ndarray]:
-        """Batched observation dict; each value leads with the user axis N (fresh copies)."""
+        """Batched observation dict; each value leads with the user axis N (fresh copies).
+
+        The history's unrolled copies, its days ago and the candidates' features are most of a
+        large env's step: with `threads` other than 1 they are built in blocks of users on that many
+        cores (`envs.parallel`), the same bytes whatever the number of blocks."""
         s = self.world.state
         season = season_angle(self.world.calendar, self.config.world.seasonal.period)
         if self.lifetime:
@@ -395,16 +408,28 @@ class RecommenderCore:
         else:
             columns = [np.sin(season), np.cos(season), s.step / np.float32(self.config.env.max_steps)]
         context = np.stack(columns, axis=1)
+        n, h = self.n_users, self.config.env.history_len
+        items, candidates = self.item_features, self.candidates
+        rings = {"history_items": self.history_items, "history_features": self.history_features}
+        rings["history_mask"] = self.history_mask
+        obs = {key: np.empty(ring.shape, ring.dtype) for key, ring in rings.items()}
+        obs["candidate_items"] = candidates.copy()
+        obs["candidate_features"] = np.empty((*candidates.shape, items.shape[1]), items.dtype)
+        obs["context"] = context.astype(np.float32)
+        now = s.day.astype(np.float32)[:, None] if self.history_day is not None else None
         p = self.history_pos
-        unroll = lambda buf: np.concatenate([buf[:, p:], buf[:, :p]], axis=1)  # noqa: E731  oldest first
-        features, mask = unroll(self.history_features), unroll(self.history_mask)
-        if self.history_day is not None:  # how long ago, as of now
-            features[..., 5] = days_ago(s.day.astype(np.float32)[:, None], unroll(self.history_day)) * mask
-        return {
-            "history_items": unroll(self.history_items),
-            "history_features": features,
-            "history_mask": mask,
-            "candidate_items": self.candidates.copy(),
-            "candidate_features": np.take(self.item_features, self.candidates, axis=0),
-            "context": context.astype(np.float32),
-        }
+        # Ring slots p.. (the oldest) go first, then ..p-1: the two halves of each unrolled row.
+        halves = ((slice(p, h), slice(0, h - p)), (slice(0, p), slice(h - p, h)))
+
+        def fill(rows: slice) -> None:
+            for key, ring in rings.items():
+                for src, dst in halves:
+                    obs[key][rows, dst] = ring[rows, src]
+            if now is not None:  # how long ago, as of now (contiguous: the ring's column stays 0)
+                day = np.concatenate([self.history_day[rows, src] for src, _ in halves], axis=1)
+                obs["history_features"][rows, :, 5] = days_ago(now[rows], day, obs["history_mask"][rows])
+            obs["candidate_features"][rows] = np.take(items, candidates[rows], axis=0)
+
+        row_size = h * (self.history_features.shape[2] + 2) + candidates.shape[1] * items.shape[1]
+        for_row_blocks(fill, n, row_size, self.threads)
+        return obs

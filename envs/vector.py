@@ -85,13 +85,18 @@ class RecVectorEnv(VectorEnv):
     | `overrides`   | mapping or None         | None      | nested overrides applied to the preset (`make_scenario`) |
     | `config_file` | str or None             | None      | YAML file of overrides, applied before `overrides`       |
     | `seed`        | int or None             | None      | seed of every random stream; None draws one              |
+    | `threads`     | int or None             | 1         | threads building observations; None: one per core        |
 
     An unknown argument raises `TypeError` (so does a misspelled one passed through
     `gym.make_vec`); an unknown or out-of-range config key raises `ValueError` naming it.
     `reset(seed=s)` restarts every random stream (users, noise, candidates, social graph)
     from `s`; `reset()` draws new users for all slots and continues the streams. `options`
     is unused. `RecEnv` seeded `s` equals this env with `num_envs=1` seeded `s`; slot `i`
-    of a larger env is not a single env with any seed.
+    of a larger env is not a single env with any seed. `threads` changes no number: with 2 or
+    more (None: one per core the process may use, at most OMP_NUM_THREADS) a large env builds its
+    observations in blocks of users on that many threads (`envs.parallel`). The default, 1, keeps
+    them on the calling thread: RLlib env runners, SB3 and test workers run envs side by side in
+    processes of their own, and on a loaded machine a block waits for a core.
 
     ## Info
 
@@ -130,10 +135,11 @@ class RecVectorEnv(VectorEnv):
         overrides: Mapping[str, Any] | None = None,
         config_file: str | None = None,
         seed: int | None = None,
+        threads: int | None = 1,
     ) -> None:
         self.config = resolve_scenario(scenario, overrides, config_file)
         self.num_envs = int(num_envs)
-        self.core = RecommenderCore(self.config, self.num_envs, seed)
+        self.core = RecommenderCore(self.config, self.num_envs, seed, threads)
         self.single_observation_space = self.core.single_observation_space
         self.single_action_space = self.core.single_action_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)

@@ -10,8 +10,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs
-from envs import PRESETS, RecEnv, RecVectorEnv, make_scenario
-from envs.core import dedupe_slates
+from envs import PRESETS, RecEnv, RecVectorEnv, make_scenario, parallel
+from envs.candidates import CandidateIndex, sample_candidates
+from envs.core import days_ago, dedupe_slates
 from envs.sb3 import SB3VecEnv
 
 
@@ -507,10 +508,10 @@ def test_unknown_argument_is_rejected_and_named(tiny):
 def test_make_vec_passes_every_documented_argument(tiny, tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text("cognitive:\n  magnitude: 2.5\n")
-    venv = _make_vec(3, scenario="cognitive", overrides=tiny, config_file=str(path), seed=5)
+    venv = _make_vec(3, scenario="cognitive", overrides=tiny, config_file=str(path), seed=5, threads=2)
     assert isinstance(venv, RecVectorEnv) and venv.config.name == "cognitive"
     assert venv.config.world.cognitive.magnitude == 2.5 and venv.config.env.num_candidates == 8
-    assert venv.core.seed == 5
+    assert venv.core.seed == 5 and venv.core.threads == 2
 
 
 # ------------------------------------------------------ info and ground truth
@@ -641,3 +642,150 @@ def test_overrides_next_to_a_built_config_are_an_error_not_ignored(make_cfg):
             build(overrides={"env": {"max_steps": 5}})
         with pytest.raises(ValueError, match="apply to a preset name"):
             build(config_file="x.yaml")
+
+
+# ------------------------------------------------------- observations in row blocks
+def _assert_same_bytes(a: dict, b: dict) -> None:
+    """Equal dtype, shape and bytes (assert_array_equal would let 0.0 meet -0.0 and NaN meet NaN)."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert a[k].tobytes() == b[k].tobytes(), k
+
+
+def _unrolled_reference(core) -> dict[str, np.ndarray]:
+    """The history part of an observation as it was computed before row blocks: whole-array unrolls
+    and days ago of every entry (padding included) times the mask."""
+    p = core.history_pos
+    unroll = lambda buf: np.concatenate([buf[:, p:], buf[:, :p]], axis=1)  # noqa: E731
+    features, mask = unroll(core.history_features), unroll(core.history_mask)
+    features[..., 5] = days_ago(core.world.state.day.astype(np.float32)[:, None], unroll(core.history_day)) * mask
+    return {"history_items": unroll(core.history_items), "history_features": features, "history_mask": mask}
+
+
+def test_lifetime_observations_are_the_same_bytes_on_one_two_and_default_threads(monkeypatch):
+    """The lifetime preset (history 128, days ago) with enough users to split into blocks: threads=1,
+    threads=2 and the default (None, one per core) on one seed and the same actions give the same
+    observations, rewards and infos byte for byte, past the ring's wrap; the history equals the
+    whole-array computation it replaces."""
+    splits = []
+
+    def spy(work, n_rows, row_size, threads=None):
+        splits.append(parallel.n_blocks(n_rows, row_size, threads))
+        parallel.for_row_blocks(work, n_rows, row_size, threads)
+
+    monkeypatch.setattr(envs.core, "for_row_blocks", spy)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    overrides = {"catalog": {"n_items": 300}}
+    made = [
+        RecVectorEnv(num_envs=96, scenario="lifetime", overrides=overrides, seed=4, threads=t) for t in (1, 2, None)
+    ]
+    one, two, default = made
+    rng = np.random.default_rng(1)
+    first = [env.reset(seed=4)[0] for env in made]
+    assert splits == [1, 2, min(parallel.cores(), 2)]  # 96 rows of 1,432 elements: two blocks at most
+    for obs in first[1:]:
+        _assert_same_bytes(first[0], obs)
+    for step in range(one.config.env.history_len + 5):
+        action = rng.integers(0, one.config.env.num_candidates, size=96)
+        results = [env.step(action) for env in made]
+        for other in results[1:]:
+            _assert_same_bytes(results[0][0], other[0])
+            _assert_same_bytes(dict(zip("rtu", results[0][1:4])), dict(zip("rtu", other[1:4])))
+            _assert_same_bytes(results[0][4], other[4])
+        if step % 40 == 0:
+            reference = _unrolled_reference(one.core)
+            _assert_same_bytes(reference, {k: results[0][0][k] for k in reference})
+    assert (one.core.history_features[..., 5] == 0).all()  # observing writes no state
+
+
+@pytest.mark.parametrize("preset, extra", [("mixed", {}), ("lifetime", {"lifetime": {"horizon_days": 3.0}})])
+def test_observations_are_the_same_bytes_on_any_number_of_threads(preset, extra, tiny_overrides, monkeypatch):
+    """Blocks of users built on threads (every env split here: one element makes a block) against one
+    thread, on one seed and the same actions: the same observations, rewards and infos, bit for bit,
+    through resets."""
+    monkeypatch.setattr(parallel, "MIN_BLOCK", 1)
+    overrides = tiny_overrides({"env": {"history_len": 6, "max_steps": 12}, **extra})
+    one, blocks = (RecVectorEnv(num_envs=7, scenario=preset, overrides=overrides, seed=3, threads=t) for t in (1, 3))
+    assert parallel.n_blocks(7, 10, threads=3) == 3 and parallel.n_blocks(7, 10, threads=1) == 1
+    _assert_same_bytes(one.reset(seed=3)[0], blocks.reset(seed=3)[0])
+    rng = np.random.default_rng(0)
+    resets = 0
+    for _ in range(30):  # past the history's length (the ring wraps) and through resets
+        action = rng.integers(0, 8, size=7)
+        a, b = one.step(action), blocks.step(action)
+        _assert_same_bytes(a[0], b[0])
+        _assert_same_bytes(dict(zip("rtu", a[1:4])), dict(zip("rtu", b[1:4])))
+        _assert_same_bytes(a[4], b[4])
+        resets += int((a[2] | a[3]).sum())
+    assert resets > 0
+
+
+def test_row_blocks_cover_every_row_once_and_raise_a_blocks_error(monkeypatch):
+    monkeypatch.setattr(parallel, "MIN_BLOCK", 1)
+    seen = np.zeros(10, int)
+
+    def work(rows: slice) -> None:
+        seen[rows] += 1
+
+    parallel.for_row_blocks(work, 10, 1, threads=4)
+    np.testing.assert_array_equal(seen, 1)
+
+    def fails_late(rows: slice) -> None:
+        if rows.stop == 10:
+            raise RuntimeError("last block")
+
+    with pytest.raises(RuntimeError, match="last block"):
+        parallel.for_row_blocks(fails_late, 10, 1, threads=4)
+
+
+def test_small_work_stays_on_the_callers_thread():
+    assert parallel.n_blocks(16, 100) == 1  # 1,600 elements: a thread would cost more than it saves
+    assert parallel.n_blocks(4096, 2000, threads=2) == 2
+
+
+def test_the_default_takes_the_cores_omp_num_threads_allows(monkeypatch):
+    """Ray sets OMP_NUM_THREADS to the CPUs it gives an env runner: runners side by side do not each
+    take every core."""
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert parallel.cores() == 4 and parallel.n_blocks(4096, 2000) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert parallel.cores() == 1 and parallel.n_blocks(4096, 2000) == 1
+    assert parallel.n_blocks(4096, 2000, threads=2) == 2  # an explicit count is taken as given
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")
+    assert parallel.cores() == 4
+
+
+@pytest.mark.parametrize("threads", [0, parallel.MAX_THREADS + 1, "2", 1.5])
+def test_bad_thread_count_is_named(tiny, threads):
+    with pytest.raises(ValueError, match="threads"):
+        RecVectorEnv(num_envs=2, overrides=tiny, threads=threads)
+
+
+def test_days_ago_of_padding_is_zero_and_real_entries_unchanged():
+    """The masked form (padding skipped) against the whole computation times the mask, bit for bit."""
+    rng = np.random.default_rng(0)
+    now = (rng.random((50, 1)) * 60.0).astype(np.float32)
+    then = (now - rng.random((50, 16)) * np.array([0.01, 3.0, 400.0])[rng.integers(0, 3, (50, 16))]).astype(np.float32)
+    mask = (rng.random((50, 16)) < 0.7).astype(np.float32)
+    then[mask == 0] = 0.0  # padding holds day 0
+    masked = days_ago(now, then, mask)
+    np.testing.assert_array_equal(masked.view(np.int32), (days_ago(now, then) * mask).view(np.int32))
+    assert masked[mask == 0].max() == 0.0 and masked[mask == 1].min() > 0.0
+
+
+def test_a_topic_without_items_falls_back_to_a_uniform_pick():
+    """Topic-near candidates of a user anchored on a topic that has no item are uniform picks over the
+    catalog; users anchored elsewhere draw from their topic's items."""
+    index = CandidateIndex(
+        alias_prob=np.ones(6, np.float32),
+        alias_item=np.arange(6, dtype=np.int32),
+        by_topic=np.array([0, 1, 2, 3, 4, 5], np.int32),  # topic 0: items 0-2, topic 1: none, topic 2: items 3-5
+        topic_start=np.array([0, 3, 3], np.int32),
+        topic_count=np.array([3, 0, 3], np.int32),
+        n_initial=6,
+    )
+    uniform = np.array([[0.1, 0.5, 0.9], [0.1, 0.5, 0.9], [0.1, 0.5, 0.9]], np.float32)
+    items = sample_candidates(index, np.zeros(6), np.array([0, 1, 2]), np.zeros(3), (0, 3, 0), uniform)
+    np.testing.assert_array_equal(items, [[0, 1, 2], [0, 3, 5], [3, 4, 5]])

@@ -27,8 +27,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paths", nargs="+", choices=("raw", "vector"), default=["raw", "vector"])
     parser.add_argument("--seconds", type=float, default=1.5, help="timed seconds per measurement (at least)")
     parser.add_argument(
+        "--threads",
+        type=_threads,
+        default=1,
+        help="VectorEnv threads building observations (RecVectorEnv's threads; 0: one per core)",
+    )
+    parser.add_argument(
         "--memory-users", type=int, default=1_000_000, help="also report peak memory with this many users (0: skip)"
     )
+
+
+def _threads(text: str) -> int:
+    from envs.parallel import MAX_THREADS
+
+    if not text.isdigit() or int(text) > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"--threads {text!r}: give 0 (one per core) to {MAX_THREADS}")
+    return int(text)
 
 
 def _scenario(config: str):
@@ -38,8 +52,9 @@ def _scenario(config: str):
     return make_scenario(preset, overrides)
 
 
-def measure(path: str, config: str, n_users: int, seconds: float, seed: int = 0) -> dict:
-    """Time steps of one path; episodes restart as they end, as in training."""
+def measure(path: str, config: str, n_users: int, seconds: float, seed: int = 0, threads: int = 1) -> dict:
+    """Time steps of one path; episodes restart as they end, as in training. `threads` is the
+    VectorEnv's (0: one per core); the raw path has one."""
     from envs.vector import RecVectorEnv
     from simulator.world import World
 
@@ -58,7 +73,7 @@ def measure(path: str, config: str, n_users: int, seconds: float, seed: int = 0)
             if done.any():
                 world.reset_users(done)
     else:
-        env = RecVectorEnv(n_users, scenario, seed=seed)
+        env = RecVectorEnv(n_users, scenario, seed=seed, threads=threads or None)
         env.reset(seed=seed)
         shape = (8, n_users) if k == 1 else (8, n_users, k)
         actions = rng.integers(0, c, size=shape)
@@ -68,20 +83,23 @@ def measure(path: str, config: str, n_users: int, seconds: float, seed: int = 0)
 
     for i in range(3):  # warm-up
         step(i)
-    steps, start = 0, time.perf_counter()
+    steps, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while True:
         step(steps)
         steps += 1
         elapsed = time.perf_counter() - start
         if elapsed >= seconds and steps >= 3:
             break
+    cpu = time.process_time() - cpu_start  # every thread of the process: on a loaded machine, the figure to compare
     return dict(
         path=path,
         config=config,
         n_users=n_users,
+        threads=1 if path == "raw" else threads,
         steps=steps,
         seconds=round(elapsed, 3),
         user_steps_per_s=round(steps * n_users / elapsed, 1),
+        cpu_user_steps_per_s=round(steps * n_users / max(cpu, 1e-9), 1),
     )
 
 
@@ -108,7 +126,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     for config in args.configs:
         for path in args.paths:
             for n in args.users:
-                records.append(measure(path, config, n, args.seconds))
+                records.append(measure(path, config, n, args.seconds, threads=args.threads))
                 print(_line(records[-1]), file=sys.stderr, flush=True)
     if args.memory_users:
         for config in [c for c in ("default", "lifetime") if c in args.configs]:
@@ -123,7 +141,11 @@ def _line(r: dict) -> str:
         return f"{r['path']:>6} {r['config']:>8} N={r['n_users']:>8,d}  not built: {r['error']}"
     if "peak_rss_mb" in r:
         return f"{r['path']:>6} {r['config']:>8} N={r['n_users']:>8,d}  peak memory {r['peak_rss_mb']:,.0f} MB"
-    return f"{r['path']:>6} {r['config']:>8} N={r['n_users']:>8,d}  {r['user_steps_per_s']:>12,.0f} user-steps/s"
+    threads = f"  threads={r['threads'] or 'per core'}" if r.get("threads", 1) != 1 else ""
+    return (
+        f"{r['path']:>6} {r['config']:>8} N={r['n_users']:>8,d}  {r['user_steps_per_s']:>12,.0f} user-steps/s"
+        f"  ({r['cpu_user_steps_per_s']:,.0f} per CPU-second){threads}"
+    )
 
 
 def format_records(records: list[dict]) -> str:
