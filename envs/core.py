@@ -16,7 +16,7 @@ from gymnasium import spaces
 from envs.candidates import CandidateIndex, sample_candidates, source_sizes, with_popularity
 from envs.config import ScenarioConfig
 from envs.parallel import MAX_THREADS, for_row_blocks
-from simulator.params import check_int, check_memory
+from simulator.params import check_int, check_memory, check_seed
 from simulator.seasonal import WEEK_DAYS, season_angle
 from simulator.world import StepResult, World
 
@@ -125,25 +125,40 @@ def dedupe_slates(slates: np.ndarray, n_candidates: int) -> np.ndarray:
     return out
 
 
+def observation_bytes(config: ScenarioConfig) -> float:
+    """Bytes of one user's observation: the unrolled history and the candidates with their features."""
+    e = config.env
+    f_hist, f_item = len(history_features(config)), config.world.catalog.n_topics + 4
+    return float(e.history_len * (4 * f_hist + 16) + e.num_candidates * (4 * f_item + 8))
+
+
+def env_bytes_per_user(config: ScenarioConfig) -> float:
+    """Bytes an env holds per user: the history buffers (two observations' worth), an observation, the
+    candidate index, plus 10% and 1 KiB for the world and the step's temporaries (measured when the
+    lifetime history had fewer features: the vector env peaked at 20.6 KB per user, 5.1 GB with 200,000
+    users, where this estimate said 19.5 KB)."""
+    e = config.env
+    f_hist, f_item = len(history_features(config)), config.world.catalog.n_topics + 4
+    buffers = 2 * e.history_len * (4 * f_hist + 16) + e.num_candidates * (4 * f_item + 8)
+    return 1.1 * (buffers + observation_bytes(config)) + 1024
+
+
 class RecommenderCore:
     """N users on one World, with everything an env needs. Arrays lead with the user axis."""
 
     def __init__(self, config: ScenarioConfig, n_users: int, seed: int | None = None, threads: int | None = 1) -> None:
         self.config = config
+        if seed is not None:
+            check_seed("seed", seed)  # before numpy sees it: its error names no argument
         if threads is not None:
             check_int("RecVectorEnv", "threads", threads, 1, MAX_THREADS)
         # Observations are built in row blocks on this many threads (None: one per core the process may use).
         self.threads = threads
         seed = int(np.random.SeedSequence().entropy % (2**31)) if seed is None else int(seed)
         e = config.env
-        f_hist, f_item = len(history_features(config)), config.world.catalog.n_topics + 4
-        # History buffers, their unrolled copies in an observation, and the candidate features, plus
-        # 10% and 1 KiB for the world and the step's temporaries (measured: the lifetime vector env
-        # peaks at 20.6 KB per user, 5.1 GB with 200,000 users; the bare estimate said 19.5 KB).
-        per_user = 1.1 * (3 * e.history_len * (4 * f_hist + 16) + 2 * e.num_candidates * (4 * f_item + 8)) + 1024
         check_memory(
             f"env: {n_users:,} users x env.history_len = {e.history_len}, env.num_candidates = {e.num_candidates}",
-            n_users * per_user,
+            n_users * env_bytes_per_user(config),
         )
         self.world = World(config.world, n_users, seed)
         cat = self.world.catalog
@@ -176,6 +191,7 @@ class RecommenderCore:
 
     def reseed(self, seed: int) -> None:
         """Restart every random stream from `seed` and start fresh episodes for all users."""
+        check_seed("seed", seed)
         self.seed = int(seed)
         world_seed, cand_seed, reset_seed = np.random.SeedSequence(self.seed).generate_state(3)
         self.world.reseed(int(world_seed))

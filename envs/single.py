@@ -183,7 +183,7 @@ class RecEnv(gym.Env):
     def step(self, action):
         if self._done:
             raise RuntimeError("step() called on a finished episode; call reset() first")
-        slate = self.core.check_actions(np.asarray(action)[None])  # ValueError naming what is wrong
+        slate = self.core.check_actions(self._batched(action))  # ValueError naming what is wrong
         items = self.core.slate_items(slate)
         result, reward, truncated = self.core.step(slate)
         terminated, trunc = bool(result.terminated[0]), bool(truncated[0])
@@ -211,7 +211,18 @@ class RecEnv(gym.Env):
 
     def slate_fit(self, action) -> np.ndarray:
         """[K] true topic fit of the slate `action` would show now, before stepping (see `RecVectorEnv.slate_fit`)."""
-        return self.core.slate_fit(self.core.check_actions(np.asarray(action)[None]))[0]
+        return self.core.slate_fit(self.core.check_actions(self._batched(action)))[0]
+
+    def _batched(self, action: Any) -> np.ndarray:
+        """`action` as the core's batch of one user; a wrong shape is a ValueError naming the shape given
+        and the one this env takes (the single env's, not the core's batched one)."""
+        a = np.asarray(action)
+        k = self.config.env.slate_size
+        expected = () if k == 1 else (k,)
+        if a.shape != expected and not (k == 1 and a.shape == (1,)):
+            what = "a candidate index" if k == 1 else f"a slate of {k} candidate indices"
+            raise ValueError(f"action must be {what}, shape {expected}, got shape {a.shape}")
+        return a[None]
 
     def _obs(self) -> dict[str, np.ndarray]:
         return {k: v[0] for k, v in self.core.observations().items()}

@@ -13,6 +13,7 @@ import json
 import sys
 
 from experiments.studies.benchmarks import encoder, realdata, sim, train
+from simulator.realdata import RealDataUnavailable
 
 BENCHMARKS = {"sim": sim, "encoder": encoder, "train": train, "realdata": realdata}
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     module = BENCHMARKS[args.name]
     try:
         records = module.run(args)
-    except ValueError as err:  # bad settings: one line, before any work
+    except (ValueError, RealDataUnavailable) as err:  # bad settings or no data packages: one line, before any work
         print(f"error: {err}", file=sys.stderr)
         return None
     print(json.dumps(records, indent=None) if args.json else module.format_records(records))

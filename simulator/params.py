@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,6 +43,12 @@ def check_int(owner: str, name: str, value: int, lo: int | None = None, hi: int 
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{owner}.{name} must be an integer, got {value!r}")
     check_range(owner, name, value, lo, hi)
+
+
+def check_seed(name: str, value: Any) -> None:
+    """Raise ValueError naming `name` unless `value` is a seed: an integer >= 0 (numpy's are too)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
 
 def physical_memory() -> float:

@@ -25,7 +25,7 @@ from simulator.catalog import Catalog, CatalogParams, make_catalog
 from simulator.drift import HOOKS, DriftFamily, DriftParams, GapContext, StepContext, overrides
 from simulator.families import load_family, registered_families
 from simulator.lifetime import MINUTES_PER_DAY, LifetimeParams
-from simulator.params import apply_overrides, check_int, check_memory
+from simulator.params import apply_overrides, check_int, check_memory, check_seed
 from simulator.response import ResponseParams
 from simulator.state import UserState
 from simulator.users import UserParams, community_centres, length_fit, length_prior, sample_users
@@ -192,6 +192,13 @@ class StepResult:
 PAST_ROWS_PER_CHUNK = 20_000_000  # past visits x items on offer scored at once (bounds the memory of resets)
 
 
+def world_bytes_per_user(config: WorldConfig) -> float:
+    """Bytes a World holds per user: the users' state arrays and every drift family's per-user state."""
+    t = config.catalog.n_topics
+    per_user = 4 * (2 * t + config.users.recent_items + 16) + 8 * 4
+    return float(per_user + sum(family.bytes_per_user(params, t) for family, params in config.families))
+
+
 class World:
     """N users and a catalog. `step(slates)` advances every user by one recommendation.
 
@@ -206,10 +213,11 @@ class World:
 
     def __init__(self, config: WorldConfig, n_users: int, seed: int = 0) -> None:
         check_int("world", "n_users", n_users, 1, 100_000_000)
+        check_seed("world seed", seed)
         t = config.catalog.n_topics
-        per_user = 4 * (2 * t + config.users.recent_items + 16) + 8 * 4
-        per_user += sum(family.bytes_per_user(params, t) for family, params in config.families)
-        check_memory(f"world: {n_users:,} users x catalog.n_topics = {t}", float(n_users) * per_user)
+        check_memory(
+            f"world: {n_users:,} users x catalog.n_topics = {t}", float(n_users) * world_bytes_per_user(config)
+        )
         self.config = config
         self.lifetime = config.lifetime.enabled
         self.families: tuple[DriftFamily, ...] = tuple(family for family, _ in config.families)

@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 
 from experiments.core.checkpoints import save_checkpoint
-from experiments.core.restore import load_run, restore_policy
+from experiments.core.records import load_run
+from experiments.core.restore import restore_policy
 from experiments.core.rundirs import run_status, write_status
 from experiments.core.settings import config_label
 from experiments.core.training import build_agent
@@ -67,7 +68,8 @@ def test_a_scheduler_signal_checkpoints_and_the_resumed_run_loses_nothing(cli, t
     finally:
         proc.kill()
     assert proc.returncode == 128 + sig, err
-    assert f"{signal.Signals(sig).name}: checkpoint saved; continue with --resume" in err
+    assert f"stopped by {signal.Signals(sig).name}: checkpoint saved (" in err
+    assert f"continue with: python experiments/run.py --resume {_only_run(tmp_path)}" in err
     run_dir = _only_run(tmp_path)
     assert run_status(run_dir) == "interrupted"
     saved = json.loads((run_dir / "checkpoint" / "state.json").read_text())["env_steps"]
@@ -99,7 +101,7 @@ def test_keep_best_ends_with_the_snapshot_best_on_validation_users(cli, tmp_path
     # Never pooled with runs that end on their last snapshot.
     assert config_label(json.loads((run_dir / "run.json").read_text())) != ""
     # The snapshot scores what was logged on the validation users, and the final figure on the final ones.
-    settings = load_run(run_dir)
+    settings = load_run(run_dir).settings
     agent = build_agent(settings, "cpu")
     try:
         agent.restore(run_dir / "best")
@@ -136,7 +138,7 @@ def test_a_checkpoint_torn_mid_write_leaves_the_previous_one_loadable(cli, sb3_r
         (Path(path) / "half.bin").write_bytes(b"\0" * 10)
         raise KeyboardInterrupt
 
-    settings = load_run(run_dir)
+    settings = load_run(run_dir).settings
     agent = build_agent(settings, "cpu")
     monkeypatch.setattr(SB3PPOAgent, "save", dies_mid_write)
     with pytest.raises(KeyboardInterrupt):
@@ -201,7 +203,8 @@ def _fake_run(root: Path, agent: str, seed: int, ret: float, stamp: str, status:
     run_dir.mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps(dict(agent=agent, scenario="mixed", seed=seed, **settings)))
     row = dict(agent=agent, scenario="mixed", seed=seed, phase="final", env_steps=0, return_mean=ret)
-    pd.DataFrame([row]).to_csv(run_dir / "results.csv", index=False)
+    baseline = dict(row, agent="random", phase="baseline", return_mean=1.0)
+    pd.DataFrame([row, baseline]).to_csv(run_dir / "results.csv", index=False)
     write_status(run_dir, status)
     return run_dir
 
@@ -217,7 +220,7 @@ def test_compare_counts_distinct_seeds_per_configuration_and_skips_what_is_broke
     out = tmp_path / "out"
     assert cli("compare", [str(tmp_path / "mixed"), "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert "the run is interrupted" in err and str(garbled) in err
+    assert "status.json says interrupted: not finished" in err and str(garbled / "results.csv") in err
     table = pd.read_csv(out / "comparison.csv")
     ret = table[table.metric == "return_mean"].set_index("agent")
     assert ret.loc["ppo", "seeds"] == 2 and ret.loc["ppo", "mean"] == pytest.approx(61.0)

@@ -12,7 +12,7 @@ from agents.registry import AGENTS, get_agent, parse_variant
 from experiments.core import devices
 from experiments.core.devices import resolve_device
 from experiments.core.fanout import ray_device, ray_tasks, run_seeds
-from experiments.core.restore import load_run
+from experiments.core.records import load_run
 from experiments.core.settings import SMOKE_SCENARIO, SMOKE_SIZES, RunSettings, changed_dynamics, with_smoke_sizes
 
 
@@ -148,14 +148,14 @@ def test_a_run_of_a_preset_as_it_was_before_a_change_is_never_read_as_todays(tmp
 
     record = RunSettings(agent="ppo", scenario="mixed").to_dict()
     assert record["scenario_config"]["world"]["users"]["n_communities"] == 4  # what mixed resolves to today
-    assert changed_dynamics(record) == [] and load_run(_recorded_run(tmp_path / "now", record))
+    assert changed_dynamics(record) == [] and load_run(_recorded_run(tmp_path / "now", record), finished=False)
     # The same run.json as if written before a change of the population in `mixed`.
     record["scenario_config"]["world"]["users"]["n_communities"] = 16
     assert changed_dynamics(record) == ["world.users"]
     old = _recorded_run(tmp_path / "then", record)
-    with pytest.raises(ValueError, match=r"trained on 'mixed' as it was then.*\(in world.users\)"):
-        load_run(old)
-    assert analysis._config(old) == "earlier dynamics"  # a separate row in every comparison, never pooled
+    with pytest.raises(ValueError, match=r"records 'mixed' as it was when the run was trained.*\(in world.users\)"):
+        load_run(old, finished=False)
+    assert analysis._config(record) == "earlier dynamics"  # a separate row in every comparison, never pooled
     # A field added to the config since the run was recorded had its default then (a new mechanism
     # comes in off): not a change; the same field recorded at another value is one.
     record["scenario_config"]["world"]["users"]["n_communities"] = 4

@@ -3,12 +3,11 @@ the best config round-tripping through run.py --config."""
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pytest
 
 from experiments.core.flags import build_parser, settings_from_args
+from experiments.core.records import read_record
 from experiments.core.settings import RunSettings
 from experiments.studies.sweeps.tune import SweepSettings, sample_configs, sections
 
@@ -81,7 +80,7 @@ def test_two_trial_smoke_sweep_writes_a_table_and_a_best_config_run_py_takes(cli
 
     # The best trial's run, as its run directory recorded it, is what run.py builds from best.yaml.
     best = table.iloc[0]
-    trial = RunSettings.from_dict(json.loads((out / "runs" / best.run_dir.split("/runs/")[1] / "run.json").read_text()))
+    trial = read_record(out / "runs" / best.run_dir.split("/runs/")[1])[0]  # run.json, as the one loader reads it
     assert trial.algo["learning_rate"] == pytest.approx(best["algo.learning_rate"])
     assert trial.model["d_model"] == best["model.d_model"]
     args = build_parser().parse_args(

@@ -211,8 +211,8 @@ def test_validity_refuses_a_history_run_that_has_not_finished(tmp_path):
     (run_dir / "checkpoint").mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps(RunSettings(agent="ppo", scenario="mixed").to_dict()))
     (run_dir / "checkpoint" / "state.json").write_text(json.dumps({"env_steps": 4096}))
-    write_status(run_dir, "running")  # still training: its checkpoint is a half-trained policy
-    with pytest.raises(ValueError, match=f"--history-runs {run_dir} is running, not finished"):
+    write_status(run_dir, "running")  # still training (or killed): its checkpoint is a half-trained policy
+    with pytest.raises(ValueError, match=f"--history-runs {run_dir / 'status.json'} says running"):
         gates.ValiditySettings(history_runs=(str(run_dir),))
     with pytest.raises(ValueError, match="no run directory"):
         gates.ValiditySettings(history_runs=(str(tmp_path / "missing"),))
@@ -292,12 +292,18 @@ def test_validity_update_refuses_a_foreign_directory_before_any_work(cli, tmp_pa
 
 
 def test_validity_refuses_a_history_run_trained_on_other_dynamics(tmp_path):
-    settings = RunSettings(agent="ppo", scenario="mixed", scenario_overrides={"users": {"n_communities": 16}})
+    settings = RunSettings(
+        agent="ppo", scenario="mixed", steps=4096, scenario_overrides={"users": {"n_communities": 16}}
+    )
     run_dir = tmp_path / "0-20260101-000000"
     (run_dir / "checkpoint").mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps(settings.to_dict()))
     (run_dir / "checkpoint" / "state.json").write_text(json.dumps({"env_steps": 4096}))
-    write_status(run_dir, "finished")
+    # A whole, finished run (the loader refuses anything less before this check is reached).
+    (run_dir / "results.csv").write_text(
+        "agent,scenario,seed,phase,env_steps,return_mean\nppo,mixed,0,final,4096,1.0\nrandom,mixed,0,baseline,4096,0.5\n"
+    )
+    write_status(run_dir, "finished", env_steps=4096, return_mean=1.0)
     with pytest.raises(
         ValueError, match=r"trained on another 'mixed' than this report measures \(differs in: world.users\)"
     ):

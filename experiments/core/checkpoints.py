@@ -1,20 +1,22 @@
-"""Checkpoints and stop signals: a checkpoint is swapped in whole (a kill mid-save keeps the previous one),
-a keep_best run keeps its best snapshot beside it, a resumed run drops the results logged after its
-checkpoint, and SIGINT/SIGTERM/SIGHUP stop training after the iteration under way, checkpointed."""
+"""Checkpoints and stop signals: a checkpoint is swapped in whole (a kill mid-save keeps the previous one,
+a failed save leaves no temporary copy), a keep_best run keeps its best snapshot beside it, and
+SIGINT/SIGTERM/SIGHUP stop a run anywhere in its life: in the training loop after the iteration under way,
+checkpointed; during a save once the save is whole; anywhere else (start-up, an evaluation) at once."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from experiments.core.records import BEST, recover_checkpoint
 from experiments.core.rundirs import read_json
 
 # --------------------------------------------------------------------- stop signals
@@ -22,19 +24,23 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 
 
 class Interrupted(Exception):
-    """Training stopped on a signal (Ctrl-C, a scheduler's SIGTERM or SIGHUP) after checkpointing."""
+    """A run stopped on a signal (Ctrl-C, a scheduler's SIGTERM or SIGHUP); `run_dir` None before it had one."""
 
-    def __init__(self, signum: int, run_dir: Path) -> None:
+    def __init__(self, signum: int, run_dir: Path | None = None) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum, self.run_dir = signum, run_dir
 
 
 class StopSignals:
-    """While active, SIGINT, SIGTERM and SIGHUP only ask the training loop to stop: it finishes the
-    iteration under way, checkpoints and raises Interrupted. The previous handlers come back after."""
+    """While active, SIGINT, SIGTERM and SIGHUP stop the run: inside a `deferred()` block (a training
+    iteration, a checkpoint being saved) they are noted (`received`) for the block's owner to act on once
+    the block is done; anywhere else they raise Interrupted at once. The previous handlers come back after.
+    Outside the main thread signals cannot be caught: the handlers stay as they were."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_dir: Path | None = None) -> None:
         self.received: int | None = None
+        self.run_dir = run_dir
+        self._deferring = 0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
@@ -46,9 +52,26 @@ class StopSignals:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is None:
-            print(f"\n{signal.Signals(signum).name}: stopping after this iteration (checkpointing)", file=sys.stderr)
+        first = self.received is None
         self.received = signum
+        if not self._deferring:
+            raise Interrupted(signum, self.run_dir)
+        if first:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step (checkpointing)", file=sys.stderr)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A block a signal does not cut short: the signal waits in `received` until it ends."""
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+
+    def check(self) -> None:
+        """Raise Interrupted for a signal received during a deferred block (after the block has ended)."""
+        if self.received is not None:
+            raise Interrupted(self.received, self.run_dir)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -56,43 +79,26 @@ class StopSignals:
 
 
 def save_checkpoint(agent: Any, path: Path, state: Mapping[str, Any]) -> None:
-    """Write to a temporary directory, then swap it in: a kill mid-save keeps the previous checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    agent.save(tmp)
-    (tmp / "state.json").write_text(json.dumps(dict(state, env_steps=agent.env_steps)))
-    old = path.with_name(path.name + ".old")
+    """Write to a temporary directory, then swap it in: a kill mid-save keeps the previous checkpoint (as
+    <path>.old between the two renames: `records.recover_checkpoint` puts it back), and a save that fails
+    (a full disk) removes its temporary directory and keeps the previous checkpoint in place."""
+    recover_checkpoint(path)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        agent.save(tmp)
+        (tmp / "state.json").write_text(json.dumps(dict(state, env_steps=agent.env_steps)))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     if path.exists():
         path.rename(old)
     tmp.rename(path)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-BEST = "best"  # a keep_best run's best snapshot, next to its checkpoint
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def best_return(run_dir: Path) -> float:
     """The validation return of a run's best snapshot so far (-inf when it has none)."""
     record = run_dir / BEST / "state.json"
     return float(read_json(record, "best snapshot record")["best_return"]) if record.is_file() else -np.inf
-
-
-def truncate_results(run_dir: Path, env_steps: int) -> None:
-    """On resume: drop the rows results.csv gained after the checkpoint (training evaluations past
-    its step count, and any final evaluation), so that the resumed run appends to what the
-    checkpoint had seen, never twice."""
-    path = run_dir / "results.csv"
-    if not path.is_file():
-        return
-    import pandas as pd
-
-    try:
-        rows = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        raise ValueError(f"{path} is corrupted: cannot resume a run whose results cannot be read") from None
-    keep = (rows.get("phase") == "train") & (rows.get("env_steps", 0) <= env_steps)
-    tmp = path.with_name(path.name + ".tmp")
-    rows[keep].to_csv(tmp, index=False)
-    os.replace(tmp, path)

@@ -7,9 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from experiments.core.costs import check_run_memory
 from experiments.core.devices import resolve_device
+from experiments.core.reaper import watch_local_ray
 from experiments.core.settings import RunSettings
 from experiments.core.training import run_one
+from simulator.params import check_seed
 
 
 def ray_tasks(
@@ -26,6 +29,7 @@ def ray_tasks(
             ray.init(address=ray_address)
         else:
             ray.init(num_cpus=parallel, include_dashboard=False, log_to_driver=True)
+            watch_local_ray()  # its processes end with this one, however it ends
     num_gpus = 1 if device == "cuda" else 0
     if num_gpus and ray.cluster_resources().get("GPU", 0) < num_gpus:
         raise ValueError("--device cuda was given but the Ray cluster has no GPU")
@@ -58,6 +62,9 @@ def run_seeds(
     """Several seeds, one after another, or `parallel` at a time as Ray tasks (a GPU each on cuda)."""
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds lists a seed twice: {list(seeds)}")
+    for seed in seeds:  # every seed before the first run starts: a bad one must not cost the others
+        check_seed("--seeds", seed)
+    check_run_memory(settings)
     if parallel <= 1 and settings.ray_address is None:
         return [run_one(settings.replace(seed=s), logdir) for s in seeds]
     device = ray_device(settings.device, settings.ray_address)

@@ -8,7 +8,7 @@ import argparse
 from agents.registry import AGENTS, agent_names, get_agent
 from envs.config import PRESETS
 from experiments.core.harness import EVAL_SEED
-from experiments.core.restore import load_run
+from experiments.core.records import load_run
 from experiments.core.settings import LIFETIME_RUN_DEFAULTS, RunSettings, settings_from_config
 
 DEFAULTS = RunSettings()
@@ -87,7 +87,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         "--resume",
         default=None,
         metavar="RUN_DIR",
-        help="continue a killed run from its last checkpoint (its saved settings are used; --steps may extend it)",
+        help="continue a killed run from its last checkpoint (its saved settings are used; --steps may extend it, "
+        "--device and --final-eval-users change it; run.json records what it goes on with)",
     )
     p.add_argument(
         "--num-env-runners", type=int, default=None, help="RLlib env-runner processes (default 0: sample in the driver)"
@@ -165,7 +166,9 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     )
 
 
-RESUME_FLAGS = ("steps", "device", "logdir")  # what --resume may change (--logdir: where new runs go, unused)
+# What --resume may change (--logdir: where new runs go, unused): the budget, the device, and the final
+# evaluation's users (a run whose final evaluation would not fit this machine can still be finished).
+RESUME_FLAGS = ("steps", "device", "final_eval_users", "logdir")
 
 
 def check_resume_flags(args: argparse.Namespace) -> None:
@@ -179,12 +182,14 @@ def check_resume_flags(args: argparse.Namespace) -> None:
     if ignored:
         raise ValueError(
             f"--resume continues a run with its saved settings; {', '.join(ignored)} would be ignored "
-            "(only --steps and --device may change)"
+            "(only --steps, --device and --final-eval-users may change)"
         )
 
 
 def resume_settings(args: argparse.Namespace) -> RunSettings:
-    """--resume RUN_DIR: the run's saved settings, with the --steps and --device given."""
+    """--resume RUN_DIR: the run's saved settings (run.json, through the one loader), with the --steps,
+    --device and --final-eval-users given."""
     check_resume_flags(args)
-    settings = load_run(args.resume)
-    return settings.replace(**{k: v for k, v in dict(steps=args.steps, device=args.device).items() if v is not None})
+    settings = load_run(args.resume, flag="--resume", finished=False, checkpoint=False).settings
+    given = dict(steps=args.steps, device=args.device, final_eval_users=args.final_eval_users)
+    return settings.replace(**{k: v for k, v in given.items() if v is not None})

@@ -6,8 +6,10 @@ Run directories are runs/<scenario>/<agent>/<seed>-<time>/, so
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-ROW_KEYS = ("agent", "scenario", "seed", "phase", "env_steps")
+from experiments.core.records import RESULTS_FILE, ROW_KEYS
+from experiments.core.rundirs import write_whole
+
 EVAL_TAGS = (
     "return_mean",
     "return_ci95",
@@ -53,16 +57,40 @@ def new_run_dir(logdir: str | Path, scenario: str, agent: str, seed: int) -> Pat
             suffix += 1
 
 
-class RunLogger:
-    """Writes `train/*` and `eval/*` scalars against environment steps, and results.csv."""
+def append_whole(path: Path, text: str) -> None:
+    """Append `text` (whole lines) to `path` with one write; a write that fails is cut back off the file,
+    so that it never ends in part of `text`."""
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes written", str(path))
+        except BaseException:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None) -> None:
+
+class RunLogger:
+    """Writes `train/*` and `eval/*` scalars against environment steps, and results.csv.
+
+    results.csv grows a whole row at a time: each row is appended with one write, and a write that fails
+    (a full disk) is cut back off, so the file never ends in half a row; rewrites (a row with new columns)
+    and the other tables are swapped in whole. `resumed_from`: the env steps of the checkpoint a resumed run
+    goes on from; TensorBoard drops the events logged after it (from the step after it: the checkpoint's
+    own step was logged before the checkpoint was saved, and is kept)."""
+
+    def __init__(self, run_dir: Path, resumed_from: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
-        # On resume, events written after the checkpoint are dropped (purge_step).
-        self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
-        self.results_path = self.run_dir / "results.csv"
+        purge = None if resumed_from is None else resumed_from + 1
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
+        self.results_path = self.run_dir / RESULTS_FILE
 
     def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
         for key, value in values.items():
@@ -79,14 +107,14 @@ class RunLogger:
         columns = [k for k in ROW_KEYS if k in record] + [k for k in record if k not in ROW_KEYS]
         frame = pd.DataFrame([record], columns=columns)
         if not self.results_path.exists():
-            frame.to_csv(self.results_path, index=False)
+            write_whole(self.results_path, lambda tmp: frame.to_csv(tmp, index=False))
             return
         header = list(pd.read_csv(self.results_path, nrows=0).columns)
         if set(columns) <= set(header):  # under the existing header, blanks where this row has no value
-            frame.reindex(columns=header).to_csv(self.results_path, mode="a", header=False, index=False)
+            append_whole(self.results_path, frame.reindex(columns=header).to_csv(header=False, index=False))
         else:  # a row with new columns (a policy's serving stats): rewrite under the union of the columns
             merged = pd.concat([pd.read_csv(self.results_path), frame], ignore_index=True)
-            merged.to_csv(self.results_path, index=False)
+            write_whole(self.results_path, lambda tmp: merged.to_csv(tmp, index=False))
 
     def curves(self, prefix: str, frame: pd.DataFrame, step: str) -> None:
         """One TensorBoard curve per column of `frame` against its column `step` (e.g. eval/by_day/*
@@ -98,7 +126,7 @@ class RunLogger:
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self.writer.add_scalar(f"{prefix}/{column}", float(value), global_step=int(x))
         self.writer.flush()
-        frame.to_csv(self.run_dir / f"{prefix.replace('/', '_')}.csv", index=False)
+        write_whole(self.run_dir / f"{prefix.replace('/', '_')}.csv", lambda tmp: frame.to_csv(tmp, index=False))
 
     def hparams(self, hparams: Mapping[str, Any], final_metrics: Mapping[str, float]) -> None:
         flat = {

@@ -49,6 +49,7 @@ import pandas as pd
 from envs.config import MOVIELENS_FILE, make_scenario
 from envs.core import RecommenderCore
 from experiments.core.harness import concentration, shares
+from experiments.core.rundirs import staged, writable_dir, write_text_whole
 from experiments.core.tables import markdown_table
 from simulator.params import check_int, merge_overrides
 from simulator.realdata import MovieLens, load_movielens, load_obd
@@ -582,7 +583,7 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def write_report(
-    out: Any,
+    out: Path,
     result: Mapping[str, Any],
     scalars: pd.DataFrame,
     genres: pd.DataFrame,
@@ -590,9 +591,8 @@ def write_report(
     settings: CalibrationSettings,
     command: str,
 ) -> None:
-    """report.md, statistics.csv, genres.csv, slots.csv, fit_trail.csv, fitted.json and genres.png in `out`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """report.md, statistics.csv, genres.csv, slots.csv, fit_trail.csv, fitted.json and genres.png in `out`
+    (calibrate writes them into a staging folder: all of them or none)."""
     scalars.to_csv(out / "statistics.csv", index=False)
     genres.to_csv(out / "genres.csv", index=False)
     slots.to_csv(out / "slots.csv", index=False)
@@ -702,11 +702,12 @@ def calibrate(
     real-data packages raise RealDataUnavailable before any work. Returns (the compared statistics,
     report.md, the preset file written or None)."""
     ml, obd = load_movielens(), load_obd("random")
-    out = Path(out) if out else Path("runs") / "calibration" / time.strftime("%Y%m%d-%H%M%S")
+    out = writable_dir(out or Path("runs") / "calibration" / time.strftime("%Y%m%d-%H%M%S"), "--out")
     result = fit(ml, obd, settings, progress=lambda line: print(line, flush=True))
     scalars, genres, slots = compare(result["overrides"], ml, obd, settings, result["real"])
-    write_report(out, result, scalars, genres, slots, settings, command)
+    with staged(out) as stage:  # all of the report or none (a failure on the way leaves `out` as it was)
+        write_report(stage, result, scalars, genres, slots, settings, command)
     if not update_preset:
         return scalars, out / "report.md", None
-    MOVIELENS_FILE.write_text(json.dumps(preset_document(result["overrides"], command), indent=2) + "\n")
+    write_text_whole(MOVIELENS_FILE, json.dumps(preset_document(result["overrides"], command), indent=2) + "\n")
     return scalars, out / "report.md", MOVIELENS_FILE

@@ -7,7 +7,8 @@ scenarios' per-day curves and, from a day T on, what agents deployed on day T ar
 What is averaged is what the table says: a row is one agent in one configuration (a non-default
 configuration carries a label, `ppo [3fa2c1]`, and is never pooled), over distinct seeds (a seed run
 twice counts once: its latest finished run). Runs that did not finish and unreadable results are
-skipped, each with a line that names it.
+skipped, each with a line that names it (experiments.core.records reads every run). The outputs are
+written all or nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from experiments.core.rundirs import read_json, run_status, writable_dir
+from experiments.core.records import find_runs
+from experiments.core.rundirs import staged, writable_dir
 from experiments.core.settings import changed_dynamics, config_label
 from experiments.core.stats import mean_interval
 from experiments.core.tables import markdown_table
@@ -50,36 +52,24 @@ def _skip(path: Path, why: str) -> None:
     print(f"skipped {path}: {why}", file=sys.stderr)
 
 
-def _config(run_dir: Path) -> str:
-    try:
-        record = read_json(run_dir / "run.json", "run record")
-    except ValueError:  # no readable record (runs older than run.json): the defaults
-        return ""
+def _config(record: dict) -> str:
+    """The configuration label of a run's record (run.json)."""
     label = config_label(record)
     # A run of a preset as it was before a change to it is another configuration, never pooled.
     return f"{label} earlier dynamics".strip() if changed_dynamics(record) else label
 
 
 def load_runs(roots: list[Path]) -> pd.DataFrame:
-    """One row per agent, configuration and seed: the final evaluation of its latest finished run."""
-    frames = []
-    for root in roots:
-        if not root.exists():
-            raise ValueError(f"no such directory: {root}")
-        for path in sorted(root.rglob("results.csv")):
-            status = run_status(path.parent)
-            if status not in ("finished", "unknown"):
-                _skip(path.parent, f"the run is {status}")
-                continue
-            try:
-                df = pd.read_csv(path)
-                final = df[df.phase == "final"].tail(1)  # a resumed run keeps its latest final
-                final = final.assign(return_mean=pd.to_numeric(final.return_mean, errors="raise"))
-            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, AttributeError, ValueError):
-                _skip(path, "not a readable results table (truncated or corrupted?)")
-                continue
-            if len(final):
-                frames.append(final.assign(config=_config(path.parent), run_dir=str(path.parent)))
+    """One row per agent, configuration and seed: the final evaluation of its latest finished run. Every run
+    is read through the one loader (experiments.core.records): one that is unfinished, truncated or
+    inconsistent (a NaN return included) is skipped with a line that names it, the file and why."""
+    runs, refused = find_runs(roots, checkpoint=None, same_dynamics=False)
+    for err in refused:
+        print(f"skipped: {err}", file=sys.stderr)
+    frames = [
+        run.results[run.results.phase == "final"].assign(config=_config(run.record), run_dir=str(run.run_dir))
+        for run in runs
+    ]
     if not frames:
         raise ValueError(f"no finished runs (results.csv with a final evaluation) under {', '.join(map(str, roots))}")
     runs = pd.concat(frames, ignore_index=True)
@@ -286,13 +276,14 @@ def compare(
         runs, names = add_from_day(runs, by_day, day, after)
         metrics = (*METRICS, *names)
     summary = summarise(runs, metrics)
-    summary.to_csv(out / "comparison.csv", index=False)
     text = markdown(summary, metrics)
-    (out / "comparison.md").write_text(text + "\n")
-    plot(summary, out / "return.png")
-    written = [out / "comparison.md", out / "comparison.csv", out / "return.png"]
-    if len(by_day):
-        curves = by_day_summary(by_day)
-        curves.to_csv(out / "by_day.csv", index=False)
-        written += [out / "by_day.csv", *plot_by_day(curves, out)]
-    return text, written
+    with staged(out) as stage:  # all of the outputs, or none of them
+        summary.to_csv(stage / "comparison.csv", index=False)
+        (stage / "comparison.md").write_text(text + "\n")
+        plot(summary, stage / "return.png")
+        names = ["comparison.md", "comparison.csv", "return.png"]
+        if len(by_day):
+            curves = by_day_summary(by_day)
+            curves.to_csv(stage / "by_day.csv", index=False)
+            names += ["by_day.csv", *(p.name for p in plot_by_day(curves, stage))]
+    return text, [out / name for name in names]

@@ -46,8 +46,11 @@ from envs.config import ScenarioConfig, make_scenario, scenario_label
 from envs.vector import RecVectorEnv
 from experiments.core import ranking as rk
 from experiments.core.commands import repo_relative
+from experiments.core.costs import check_evaluation_memory
 from experiments.core.harness import EVAL_SEED, evaluate
-from experiments.core.restore import load_run, restore_policy
+from experiments.core.records import load_run
+from experiments.core.restore import restore_policy
+from experiments.core.rundirs import staged
 from experiments.core.stats import mean_interval
 from experiments.core.tables import frame_markdown
 from experiments.studies.offline import ope
@@ -121,10 +124,11 @@ class OfflineSettings:
         if self.eval_steps is not None:
             check_int(o, "eval_steps", self.eval_steps, 1)
         if self.ppo_run is not None:  # an unreadable run or one of another scenario fails before any work
-            run = load_run(self.ppo_run)
+            run = load_run(self.ppo_run, flag="--ppo-run").settings  # unfinished or inconsistent: refused
             if run.scenario_label != self.label:
                 raise ValueError(f"--ppo-run {self.ppo_run} was trained on '{run.scenario_label}', not '{self.label}'")
         truth, logged = self.config(), self.logs_config()  # bad overrides fail here, before any work
+        check_evaluation_memory("--eval-users", self.eval_users, truth, dict(self.model))
         if logged.name != truth.name:
             a, b = (World(c.world, 1, 0).catalog.features for c in (truth, logged))
             if a.shape != b.shape or not np.array_equal(a, b):
@@ -205,7 +209,7 @@ def build_agents(settings: OfflineSettings, config: ScenarioConfig, logs: pd.Dat
         )
         agents[name] = Frozen(policy) if spec.online else policy
     if settings.ppo_run is not None:
-        agents["ppo"] = restore_policy(settings.ppo_run)[1]
+        agents["ppo"] = restore_policy(settings.ppo_run, flag="--ppo-run")[1]
     for policy in agents.values():
         bind(policy, probe)
     return agents
@@ -542,7 +546,14 @@ def plot(table: pd.DataFrame, errors: pd.DataFrame, taus: pd.DataFrame, out: Pat
 
 
 def write_report(settings: OfflineSettings, result: StudyResult, out: Path, command: str, seconds: float) -> Path:
-    """report.md, agents.csv, kendall.csv, ope_errors.csv, the raw online/ranking/ope CSVs and the plots."""
+    """report.md, agents.csv, kendall.csv, ope_errors.csv, the raw online/ranking/ope CSVs and the plots
+    into `out`: all of them or none (a failure on the way leaves `out` as it was)."""
+    with staged(out) as stage:
+        _write_report(settings, result, stage, command, seconds)
+    return out / "report.md"
+
+
+def _write_report(settings: OfflineSettings, result: StudyResult, out: Path, command: str, seconds: float) -> Path:
     table = agent_table(result)
     taus = kendall_table(table)
     errors = ope_error_table(result)

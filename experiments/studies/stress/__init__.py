@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.core.commands import repo_relative
-from experiments.core.rundirs import read_json, writable_dir
+from experiments.core.rundirs import read_json, writable_dir, write_json_whole, write_whole
 from experiments.studies.stress.analysis import StressResult
 from experiments.studies.stress.jobs import run_job, run_jobs
 from experiments.studies.stress.report import load_outputs, write_outputs
@@ -53,14 +53,12 @@ def stress(
             )
         print(f"stress: resuming the stress test in {out} (its saved evaluations are reused)", file=sys.stderr)
     else:
-        (out / "settings.json").write_text(json.dumps(record, indent=2))
+        write_json_whole(out / "settings.json", record)
     results = run_jobs(settings, out, parallel, ray_address)
     # The raw evaluations: --report-only redoes the analysis, tables and plots from them.
-    pd.to_pickle(results, out / "jobs.pkl")
+    write_whole(out / "jobs.pkl", lambda tmp: pd.to_pickle(results, tmp))
     seconds = time.perf_counter() - started
-    (out / "command.json").write_text(
-        json.dumps(dict(command=repo_relative(command), seconds=seconds, resumed=resumed))
-    )
+    write_json_whole(out / "command.json", dict(command=repo_relative(command), seconds=seconds, resumed=resumed))
     return write_outputs(settings, results, out)
 
 

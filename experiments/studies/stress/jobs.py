@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import pickle
 import sys
 import time
@@ -29,8 +28,9 @@ from agents.registry import RETRAIN_SUFFIX, get_agent, retrain_days
 from experiments.core.devices import resolve_device
 from experiments.core.fanout import ray_device, ray_tasks
 from experiments.core.harness import EVAL_SEED, evaluate
-from experiments.core.restore import load_run, restore_policy
-from experiments.core.rundirs import STATUS_FILE, run_status
+from experiments.core.records import load_run
+from experiments.core.restore import restore_policy
+from experiments.core.rundirs import STATUS_FILE, run_status, write_whole
 from experiments.core.settings import RunSettings
 from experiments.core.training import run_one
 from experiments.studies.stress.settings import StressSettings, base_agent, same_regime
@@ -41,8 +41,8 @@ def plan_jobs(settings: StressSettings) -> list[dict[str, Any]]:
     its -retrain variant share one job (one fit on the logs, then a retraining copy)."""
     jobs, loaded = [], set()
     train = settings.train_config()
-    for run_dir in settings.loads:
-        saved = load_run(run_dir)
+    for run_dir in settings.loads:  # unfinished (half-trained), truncated or inconsistent: refused, named
+        saved = load_run(run_dir, flag="--load").settings
         cfg = saved.scenario_config()
         if settings.temporal and cfg.world.lifetime.enabled and not same_regime(cfg, train):
             lived = cfg.world.lifetime.horizon_days
@@ -73,7 +73,7 @@ def build_policies(settings: StressSettings, job: dict[str, Any], out: Path) -> 
     """The policies of one job (agent name -> policy), trained, loaded or fitted under the training regime."""
     device = resolve_device(settings.device)
     if job["load"]:
-        return {job["agents"][0]: restore_policy(job["load"], device)[1]}
+        return {job["agents"][0]: restore_policy(job["load"], device, flag="--load")[1]}
     base = base_agent(job["agents"][0])
     spec, algo, train = get_agent(base), dict(settings.algo.get(base, {})), settings.train_config()
     if spec.trains:  # the standard training run (TensorBoard, checkpoint), then its greedy policy
@@ -140,9 +140,7 @@ def load_evaluation(path: Path) -> dict[str, Any] | None:
 def save_evaluation(path: Path, piece: dict[str, Any]) -> None:
     """Write atomically: a kill mid-write leaves no half file that a resume would trust."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pd.to_pickle(piece, tmp)
-    os.replace(tmp, path)
+    write_whole(path, lambda tmp: pd.to_pickle(piece, tmp))
 
 
 def _variant(policy: Any, name: str, settings: StressSettings) -> Any:

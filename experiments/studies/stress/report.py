@@ -3,8 +3,9 @@ jobs' raw evaluations (so --report-only can redo them), and the whole test in on
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import shutil
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pandas as pd
 
 from agents.registry import parse_variant, retrain_days
 from experiments.core.commands import repo_relative
+from experiments.core.rundirs import read_json, staged
 from experiments.core.tables import markdown_table
 from experiments.core.tracking import RunLogger
 from experiments.studies.stress import analysis as sa
@@ -213,7 +215,9 @@ def write_report(
     command: str,
     seconds: float,
     resumed: bool = False,
+    dest: Path | None = None,
 ) -> Path:
+    """report.md of the stress test in `out`, written into `dest` (default `out`: a staging folder of it)."""
     agents = [a for a in dict.fromkeys(res.grid.agent) if a != settings.reference]
     deg = res.degradation[res.degradation.agent.isin(agents)]
     lines = [
@@ -279,9 +283,9 @@ def write_report(
         if settings.temporal
         else _step_sections(settings, res, out, paths)
     )
-    path = out / "report.md"
+    path = (dest or out) / "report.md"
     path.write_text("\n".join(lines))
-    return path
+    return out / "report.md"
 
 
 def _step_sections(settings: StressSettings, res: StressResult, out: Path, paths: dict[str, Path]) -> list[str]:
@@ -417,33 +421,35 @@ def _temporal_sections(settings: StressSettings, res: StressResult, out: Path, p
 
 
 def write_outputs(settings: StressSettings, results: list[dict[str, Any]], out: Path) -> StressResult:
-    """Tables, plots, TensorBoard events and report.md from the jobs' evaluations."""
+    """Tables, plots, TensorBoard events and report.md from the jobs' evaluations, all or nothing (a redone
+    report replaces the TensorBoard events, not adds to them)."""
     res = analyse(settings, results)
-    res.grid.to_csv(out / "grid.csv", index=False)
-    res.table.to_csv(out / "robustness.csv", index=False)
-    if settings.temporal:
-        res.by_day.to_csv(out / "by_day.csv", index=False)
-        res.weekly.to_csv(out / "degradation_by_week.csv", index=False)
-    else:
-        res.timelines.to_csv(out / "timelines.csv", index=False)
-    (out / "robustness.md").write_text(robustness_markdown(res.table, "relative_return"))
-    if len(res.recovery):
-        res.recovery.to_csv(out / "recovery.csv", index=False)
-        res.recovery_summary.to_csv(out / "recovery_summary.csv", index=False)
-        res.curves.to_csv(out / "recovery_curves.csv", index=False)
-    paths = make_plots(settings, res, out)
-    shutil.rmtree(out / "tb", ignore_errors=True)  # a redone report replaces the events, not adds to them
-    log_tensorboard(settings, res, out)
-    meta = json.loads((out / "command.json").read_text()) if (out / "command.json").is_file() else {}
-    write_report(
-        settings,
-        res,
-        out,
-        paths,
-        meta.get("command", "experiments/stress.py"),
-        meta.get("seconds", 0.0),
-        meta.get("resumed", False),
-    )
+    meta = read_json(out / "command.json", "stress command record") if (out / "command.json").is_file() else {}
+    with staged(out, folders=("tb",)) as stage:
+        res.grid.to_csv(stage / "grid.csv", index=False)
+        res.table.to_csv(stage / "robustness.csv", index=False)
+        if settings.temporal:
+            res.by_day.to_csv(stage / "by_day.csv", index=False)
+            res.weekly.to_csv(stage / "degradation_by_week.csv", index=False)
+        else:
+            res.timelines.to_csv(stage / "timelines.csv", index=False)
+        (stage / "robustness.md").write_text(robustness_markdown(res.table, "relative_return"))
+        if len(res.recovery):
+            res.recovery.to_csv(stage / "recovery.csv", index=False)
+            res.recovery_summary.to_csv(stage / "recovery_summary.csv", index=False)
+            res.curves.to_csv(stage / "recovery_curves.csv", index=False)
+        paths = make_plots(settings, res, stage)
+        log_tensorboard(settings, res, stage)
+        write_report(
+            settings,
+            res,
+            out,
+            paths,
+            meta.get("command", "experiments/stress.py"),
+            meta.get("seconds", 0.0),
+            meta.get("resumed", False),
+            dest=stage,
+        )
     return res
 
 
@@ -453,8 +459,17 @@ def load_outputs(out: Path) -> tuple[StressSettings, list[dict[str, Any]]]:
     for path in (settings_path, jobs_path):
         if not path.is_file():
             raise ValueError(f"--report-only: no {path.name} in {out} (is it a finished stress test?)")
-    saved = json.loads(settings_path.read_text())
+    saved = read_json(settings_path, "stress test's settings")
     for key in ("agents", "families", "magnitudes", "seeds", "loads", "retrain_days"):
         if saved.get(key) is not None:
             saved[key] = tuple(saved[key])
-    return StressSettings(**saved), pd.read_pickle(jobs_path)
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(StressSettings)})
+    if unknown:
+        raise ValueError(f"--report-only: {settings_path} has an unknown setting '{unknown[0]}'")
+    try:
+        jobs = pd.read_pickle(jobs_path)
+    except (OSError, EOFError, ValueError, pickle.UnpicklingError, AttributeError, ImportError) as err:
+        raise ValueError(f"--report-only: {jobs_path} is unreadable ({type(err).__name__}): truncated?") from None
+    if not isinstance(jobs, list):
+        raise ValueError(f"--report-only: {jobs_path} holds a {type(jobs).__name__}, not a stress test's evaluations")
+    return StressSettings(**saved), jobs

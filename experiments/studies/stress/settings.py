@@ -18,9 +18,11 @@ from typing import Any
 
 from agents.registry import RETRAIN_SUFFIX, days_variant, get_agent, parse_variant, retrain_days, variant_base
 from envs.config import ScenarioConfig, make_scenario, scenario_label
+from experiments.core.costs import check_evaluation_memory
 from experiments.core.devices import DEVICES
+from experiments.core.records import load_run
 from simulator.families import family_names
-from simulator.params import check_int, check_range, merge_overrides
+from simulator.params import check_int, check_range, check_seed, merge_overrides
 
 NO_DRIFT = "none"  # the family name of the training regime itself
 
@@ -94,8 +96,10 @@ class StressSettings:
             raise ValueError("give at least one magnitude")
         for m in self.magnitudes:
             check_range(o, "magnitude", m, 0.0, 100.0)
-        if not self.seeds:
-            raise ValueError("give at least one seed")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds must be distinct seeds, at least one, got {list(self.seeds)}")
+        for seed in self.seeds:  # before any directory or job: numpy's own error names no flag
+            check_seed("--seeds", seed)
         ref = get_agent(self.reference)
         if ref.trains:
             raise ValueError(f"the reference must be a policy that needs no training, got '{self.reference}'")
@@ -127,6 +131,10 @@ class StressSettings:
                         raise ValueError(f"algo.{agent}.{key}: the stress test sets it (use {flag})")
             get_agent(agent).make_params(self.agent_algo(agent))
         self.train_config()  # bad scenario overrides fail here, before any work
+        # An evaluation of every regime holds eval_users users side by side, a network's forward pass with them.
+        check_evaluation_memory("--eval-users", self.eval_users, self.serve_config(), dict(self.model))
+        for run_dir in self.loads:  # unfinished (half-trained), truncated or inconsistent: refused, named
+            load_run(run_dir, flag="--load")
 
     def _resolve_mode(self, preset: ScenarioConfig) -> None:
         """Temporal mode on a calendar: check and fill in the day settings and expand NAME-retrain

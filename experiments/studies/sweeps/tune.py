@@ -34,7 +34,8 @@ import pandas as pd
 
 from envs.config import load_overrides
 from experiments.core.fanout import ray_device
-from experiments.core.rundirs import writable_dir
+from experiments.core.reaper import watch_local_ray
+from experiments.core.rundirs import staged, writable_dir, write_text_whole
 from experiments.core.settings import CONFIG_SECTIONS, RunSettings
 from experiments.core.tables import markdown_table
 from experiments.core.training import TrainingObserver, run_one
@@ -261,6 +262,7 @@ def start_ray(settings: SweepSettings) -> None:
         ray.init(address=settings.base.ray_address)
     else:
         ray.init(num_cpus=settings.num_cpus or os.cpu_count(), include_dashboard=False)
+        watch_local_ray()  # its processes end with this one, however it ends
 
 
 def scheduler(settings: SweepSettings) -> Any:
@@ -313,10 +315,10 @@ def sweep(settings: SweepSettings, out: str | Path) -> tuple[pd.DataFrame, Path]
     )
     grid = tuner.fit()
     table = results_table(grid, list(settings.space))
-    table.to_csv(out / "results.csv", index=False)
-    (out / "results.md").write_text(results_markdown(table) + "\n")
-    best_path = write_best(settings, table, out / "best.yaml")
-    return table, best_path
+    with staged(out) as stage:  # the table and its markdown: both or neither
+        table.to_csv(stage / "results.csv", index=False)
+        (stage / "results.md").write_text(results_markdown(table) + "\n")
+    return table, write_best(settings, table, out / "best.yaml")
 
 
 def results_table(grid: Any, fields: list[str]) -> pd.DataFrame:
@@ -371,8 +373,7 @@ def write_best(settings: SweepSettings, table: pd.DataFrame, path: Path) -> Path
         f"on {run.final_eval_users} evaluation users.\n"
         f"# python experiments/run.py --agent {run.agent} --scenario {run.scenario}{steps} --config {path.name}\n"
     )
-    path.write_text(header + yaml.safe_dump(config_file(run), sort_keys=True))
-    return path
+    return write_text_whole(path, header + yaml.safe_dump(config_file(run), sort_keys=True))
 
 
 def print_table(table: pd.DataFrame) -> None:

@@ -46,9 +46,10 @@ from agents.oracles import (
 from agents.policy import RandomPolicy
 from agents.registry import get_agent
 from envs.config import PRESETS, ScenarioConfig, has_calendar, make_scenario, scenario_label
+from experiments.core.costs import check_evaluation_memory
 from experiments.core.harness import EVAL_SEED, evaluate
-from experiments.core.restore import load_run, restore_policy
-from experiments.core.rundirs import run_status
+from experiments.core.records import load_run
+from experiments.core.restore import restore_policy
 from experiments.core.settings import RunSettings, scenario_differences
 from experiments.core.stats import mean_interval
 from experiments.core.tables import markdown_table
@@ -110,11 +111,10 @@ class ValiditySettings:
         for agent, algo in self.algo.items():
             get_agent(agent).make_params(algo)
         self.scenario("stationary")  # bad overrides fail here, before any work
-        for run_dir in self.history_runs:  # a run still training would be measured half-trained
-            saved = load_run(run_dir)
-            status = run_status(run_dir)
-            if status not in ("finished", "unknown"):
-                raise ValueError(f"--history-runs {run_dir} is {status}, not finished (finish it with run.py --resume)")
+        for preset in self.presets:  # each evaluation holds `users` users side by side (a network's too)
+            check_evaluation_memory("--users", self.users, self.scenario(preset), dict(self.model))
+        for run_dir in self.history_runs:  # unfinished (half-trained), truncated or inconsistent: refused
+            saved = load_run(run_dir, flag="--history-runs").settings
             if saved.scenario in PRESETS:  # a run of other dynamics would be measured as if of these (a file: by hash)
                 trained = saved.scenario_config()
                 measured = self.scenario(saved.scenario, {"env": {"history_len": trained.env.history_len}})
@@ -195,11 +195,11 @@ def _history_policy(settings: ValiditySettings, agent: str, preset: str, history
     """The agent trained (or fitted on logs) with `history_len`, or loaded from --history-runs."""
     extra = {"env": {"history_len": history_len}}
     for run_dir in settings.history_runs:
-        saved = load_run(run_dir)  # the settings only: restore just the run that matches
+        saved = load_run(run_dir, flag="--history-runs").settings  # restore just the run that matches
         if (saved.agent, saved.scenario_label, saved.seed) == (agent, scenario_label(preset), seed) and (
             saved.scenario_config().env.history_len == history_len
         ):
-            return restore_policy(run_dir)[1]
+            return restore_policy(run_dir, flag="--history-runs")[1]
     spec = get_agent(agent)
     overrides = merge_overrides(settings.scenario_overrides, extra)
     algo = settings.algo.get(agent, {})

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.core.commands import repo_relative
-from experiments.core.rundirs import writable_dir
-from experiments.core.tables import frame_markdown
+from experiments.core.rundirs import staged, writable_dir
+from experiments.core.tables import frame_markdown, read_table
 from experiments.studies.validity import gates as g
 
 TABLES = ("policies", "drift", "history")
@@ -28,12 +28,7 @@ def read_previous(
         path = directory / f"{name}.csv"
         if not path.is_file():
             raise ValueError(f"--update {directory}: no {name}.csv there (is it a validity report?)")
-        try:
-            tables[name] = pd.read_csv(path)
-        except pd.errors.EmptyDataError:
-            tables[name] = pd.DataFrame()
-        except (pd.errors.ParserError, UnicodeDecodeError) as err:
-            raise ValueError(f"--update {directory}: {name}.csv is unreadable: {err}") from None
+        tables[name] = read_table(path, "--update", empty_ok=True)
         if len(tables[name]) and "preset" not in tables[name]:
             raise ValueError(f"--update {directory}: {name}.csv has no preset column")
     seeds = sorted(set(tables["policies"].get("seed", pd.Series(dtype=int))))
@@ -43,7 +38,9 @@ def read_previous(
         )
     commands_path = directory / "commands.csv"
     if commands_path.is_file():
-        commands = pd.read_csv(commands_path)
+        commands = read_table(commands_path, "--update")
+        if not {"command", "presets", "minutes"} <= set(commands.columns):
+            raise ValueError(f"--update {directory}: {commands_path} lacks command, presets or minutes")
     else:
         measured = sorted(set(tables["policies"].get("preset", pd.Series(dtype=str))))
         commands = pd.DataFrame([dict(command="(an earlier run)", presets=" ".join(measured), minutes=float("nan"))])
@@ -75,7 +72,9 @@ def write_report(
     gates: list[g.Gate],
     out: Path,
     commands: pd.DataFrame,
+    dest: Path | None = None,
 ) -> Path:
+    """report.md of the report in `out`, written into `dest` (default `out`: a staging folder of it)."""
     summary = g.summary_table(tables["policies"])
     measured_by = [
         f"- `{c.command}` ({c.minutes:.1f} min on this machine): {c.presets}"
@@ -115,9 +114,8 @@ def write_report(
     if len(tables["history"]):
         h = tables["history"].groupby(["preset", "agent", "history_len"], sort=False).return_mean.mean().unstack()
         lines += ["## History ablation (mean return)", "", frame_markdown(h, ".1f"), ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    (dest or out).joinpath("report.md").write_text("\n".join(lines))
+    return out / "report.md"
 
 
 def validity_report(
@@ -151,8 +149,10 @@ def validity_report(
     # Relative to the repository, the earlier commands too: the report is committed under docs/.
     commands["command"] = commands.command.map(repo_relative)
     gates = g.evaluate_gates(tables["policies"], tables["drift"], tables["history"])
-    for name, table in tables.items():
-        table.to_csv(out / f"{name}.csv", index=False)
-    pd.DataFrame([vars(x) for x in gates]).to_csv(out / "gates.csv", index=False)
-    commands.to_csv(out / "commands.csv", index=False)
-    return gates, write_report(settings, tables, gates, out, commands)
+    with staged(out) as stage:  # the tables, gates, commands and report.md: all of them or none
+        for name, table in tables.items():
+            table.to_csv(stage / f"{name}.csv", index=False)
+        pd.DataFrame([vars(x) for x in gates]).to_csv(stage / "gates.csv", index=False)
+        commands.to_csv(stage / "commands.csv", index=False)
+        report = write_report(settings, tables, gates, out, commands, dest=stage)
+    return gates, report
