@@ -125,11 +125,16 @@ def dedupe_slates(slates: np.ndarray, n_candidates: int) -> np.ndarray:
     return out
 
 
-def observation_bytes(config: ScenarioConfig) -> float:
-    """Bytes of one user's observation: the unrolled history and the candidates with their features."""
+def _history_and_candidate_bytes(config: ScenarioConfig) -> tuple[int, int]:
+    """Bytes per user of one history (items, features, mask, day) and of the candidates with their features."""
     e = config.env
     f_hist, f_item = len(history_features(config)), config.world.catalog.n_topics + 4
-    return float(e.history_len * (4 * f_hist + 16) + e.num_candidates * (4 * f_item + 8))
+    return e.history_len * (4 * f_hist + 16), e.num_candidates * (4 * f_item + 8)
+
+
+def observation_bytes(config: ScenarioConfig) -> float:
+    """Bytes of one user's observation: the unrolled history and the candidates with their features."""
+    return float(sum(_history_and_candidate_bytes(config)))
 
 
 def env_bytes_per_user(config: ScenarioConfig) -> float:
@@ -137,10 +142,8 @@ def env_bytes_per_user(config: ScenarioConfig) -> float:
     candidate index, plus 10% and 1 KiB for the world and the step's temporaries (measured when the
     lifetime history had fewer features: the vector env peaked at 20.6 KB per user, 5.1 GB with 200,000
     users, where this estimate said 19.5 KB)."""
-    e = config.env
-    f_hist, f_item = len(history_features(config)), config.world.catalog.n_topics + 4
-    buffers = 2 * e.history_len * (4 * f_hist + 16) + e.num_candidates * (4 * f_item + 8)
-    return 1.1 * (buffers + observation_bytes(config)) + 1024
+    history, candidates = _history_and_candidate_bytes(config)
+    return 1.1 * (2 * history + candidates + observation_bytes(config)) + 1024
 
 
 class RecommenderCore:
