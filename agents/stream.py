@@ -56,6 +56,7 @@ from agents.encoder import (
     _init_weights,
     _item_table,
     add_token_parts,
+    attention,
     merge_rows,
 )
 
@@ -391,9 +392,7 @@ class StreamHistoryEncoder(nn.Module):
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, keep: Tensor) -> Tensor:
         """q [B, Lq, heads, dh], k, v [B, Lk, heads, dh], keep bool [B, Lq, Lk] -> [B, Lq, heads, dh]."""
         drop = self.config.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=keep[:, None], dropout_p=drop
-        )
+        y = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), keep[:, None], drop)
         return y.transpose(1, 2)
 
     # ------------------------------------------------------------------- chunks

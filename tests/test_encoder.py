@@ -388,3 +388,36 @@ def test_serving_benchmark_reports_decisions_per_second_per_history_and_window(c
     records = cli("bench", [*argv, "--warmup", "0", "--d-model", "16", "--heads", "2", "--json"])
     assert [(r["history_len"], r["window"]) for r in records] == [(8, 4), (8, 0), (12, 4), (12, 0)]
     assert all(r["decisions_per_s"] > 0 and r["impl"] == "driftrec-serving" for r in records)
+
+
+@pytest.mark.parametrize(
+    "q_len, k_len, keep_shape",
+    [(8, 40, "per query"), (20, 33, "per query"), (1, 129, "per key"), (32, 64, "per query")],
+)
+def test_cpu_attention_equals_torchs_kernel_with_its_gradients(q_len, k_len, keep_shape):
+    """The stream encoder's CPU attention (its own backward pass) against torch's fused kernel on the same
+    inputs: outputs and the gradients of q, k and v agree; a masked key gets no weight and no gradient."""
+    from agents.encoder import attention
+
+    torch.manual_seed(0)
+    b, heads, dh = 5, 4, 16
+    q, k, v = (torch.randn(b, heads, n, dh, dtype=torch.float64) for n in (q_len, k_len, k_len))
+    shape = (b, 1, q_len, k_len) if keep_shape == "per query" else (b, 1, 1, k_len)
+    keep = torch.rand(shape) > 0.4
+    keep[..., 0] = True  # every query keeps a key
+    keep[..., -1] = False  # and no query reads the last one
+    upstream = torch.randn(b, heads, q_len, dh, dtype=torch.float64)
+
+    def run(fused: bool) -> tuple[torch.Tensor, ...]:
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        y = attention(*leaves, keep, fused=fused)
+        y.backward(upstream)
+        return (y.detach(), *(t.grad for t in leaves))
+
+    treated, control = run(False), run(True)
+    for a, c in zip(treated, control):
+        torch.testing.assert_close(a, c, rtol=1e-9, atol=1e-9)
+    never_read = ~keep.expand(b, heads, q_len, k_len).any(dim=2)  # [B, heads, Lk]: keys no query reads
+    assert never_read.any()
+    assert torch.equal(treated[2][never_read], torch.zeros_like(treated[2][never_read]))
+    assert torch.equal(treated[3][never_read], torch.zeros_like(treated[3][never_read]))
