@@ -120,7 +120,23 @@ class PPOParams(WarmStartParams):
             sizes = dict(num_env_runners=0, num_envs_per_env_runner=64, train_batch_size=2048, minibatch_size=512)
             sizes = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in sizes.items()}
             sizes["minibatch_size"] = min(sizes["minibatch_size"], sizes["train_batch_size"])
-        return dataclasses.replace(self, **{k: v for k, v in sizes.items() if getattr(self, k) is None})
+        chosen = dataclasses.replace(self, **{k: v for k, v in sizes.items() if getattr(self, k) is None})
+        chosen._check_rounds()
+        return chosen
+
+    def _check_rounds(self) -> None:
+        """RLlib samples the train batch in whole rounds of max(1, runners) x envs x fragment env steps and
+        refuses a batch that whole rounds overshoot by more than 10%: say so in one line, first."""
+        runners, envs = max(1, self.num_env_runners), self.num_envs_per_env_runner
+        fragment = self.rollout_fragment_length
+        per_round, batch = runners * envs * fragment, self.train_batch_size
+        if -(-batch // per_round) * per_round > 1.1 * batch:
+            raise ValueError(
+                f"algo.train_batch_size {batch:,} is not close to whole sampling rounds of "
+                f"max(1, num_env_runners) x num_envs_per_env_runner x rollout_fragment_length = "
+                f"{runners} x {envs} x {fragment} = {per_round:,} env steps: set train_batch_size to a multiple "
+                f"of {per_round:,} or rollout_fragment_length to {max(1, batch // (runners * envs))}"
+            )
 
 
 DEVICE_SIZES = (  # the sizes PPOParams.for_device chooses when left None: (field, lowest, highest)

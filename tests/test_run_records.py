@@ -250,7 +250,10 @@ def test_every_size_that_decides_memory_is_checked_on_a_small_machine(monkeypatc
     check_run_memory(RunSettings(**lifetime, final_eval_users=64))  # control: fits
     for changes, named in [
         (dict(final_eval_users=20_000), "--final-eval-users 20,000"),  # 20,000 x ~280 KB (network and env)
-        (dict(algo={"num_envs_per_env_runner": 40_000}), "algo.num_envs_per_env_runner 40,000"),
+        (
+            dict(algo={"num_envs_per_env_runner": 40_000, "rollout_fragment_length": 1, "train_batch_size": 40_000}),
+            "algo.num_envs_per_env_runner 40,000",
+        ),
         (dict(algo={"train_batch_size": 400_000, "minibatch_size": 512}), "algo.train_batch_size = 400,000"),
         (dict(algo={"train_batch_size": 16_384, "minibatch_size": 16_384}), "algo.minibatch_size = 16,384"),
     ]:

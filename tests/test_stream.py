@@ -305,9 +305,28 @@ def test_ppo_sizes_left_unset_are_chosen_from_the_device_and_set_ones_are_kept()
     cuda = PPOParams().for_device("cuda", cpus=16)
     assert (cuda.num_env_runners, cuda.num_envs_per_env_runner) == (14, 256)
     assert cuda.train_batch_size == 14 * 256 * 32 and cuda.minibatch_size == 8192
-    mine = PPOParams(train_batch_size=1024, num_env_runners=2).for_device("cuda", cpus=16)
-    assert (mine.num_env_runners, mine.train_batch_size, mine.minibatch_size) == (2, 1024, 1024)
-    assert PPOParams(train_batch_size=256).for_device("cpu").minibatch_size == 256
+    mine = PPOParams(train_batch_size=16_384, num_env_runners=2).for_device("cuda", cpus=16)
+    assert (mine.num_env_runners, mine.train_batch_size, mine.minibatch_size) == (2, 16_384, 8192)
+    assert PPOParams(train_batch_size=256, rollout_fragment_length=4).for_device("cpu").minibatch_size == 256
+
+
+@pytest.mark.parametrize(
+    "sizes, device",
+    [({"num_envs_per_env_runner": 256}, "cpu"), ({"train_batch_size": 1024, "num_env_runners": 2}, "cuda")],
+)
+def test_a_train_batch_rllib_cannot_sample_in_whole_rounds_is_one_line_before_any_run(sizes, device):
+    """RLlib would refuse these sizes only when the algorithm is built (a run directory made, a two-line
+    error); the settings refuse them first, naming the sizes and what would fit."""
+    from agents.rllib_agent import PPOParams
+    from experiments.core.costs import check_run_memory
+    from experiments.core.settings import RunSettings
+
+    with pytest.raises(ValueError, match=r"algo.train_batch_size .* rollout_fragment_length to \d+$") as error:
+        PPOParams(**sizes).for_device(device, cpus=16)
+    assert "\n" not in str(error.value)
+    if device == "cpu":  # what run.py checks before it makes a run directory
+        with pytest.raises(ValueError, match="algo.train_batch_size"):
+            check_run_memory(RunSettings(agent="ppo", scenario="mixed", algo=sizes, device="cpu"))
 
 
 def test_a_resumed_run_carries_the_history_state(ray_session, monkeypatch, tmp_path):
