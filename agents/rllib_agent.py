@@ -7,7 +7,10 @@ the GPU when asked for. The RLModule is a thin shell around agents.model.ActorCr
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -145,6 +148,25 @@ DEVICE_SIZES = (  # the sizes PPOParams.for_device chooses when left None: (fiel
     ("train_batch_size", 1, None),
     ("minibatch_size", 1, None),
 )
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's malloc_trim, or None where the C library has none (macOS, musl)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def return_free_heap(_: Any = None) -> None:
+    """Hand the heap's free pages back to the OS (glibc's malloc_trim; elsewhere nothing). A stream
+    learner's packed batches change shape from one minibatch to the next, and glibc keeps the pages they
+    free scattered through the heap: resident memory grows through training without a trim
+    (docs/benchmarks.md, Memory)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _rl_module_class():
@@ -540,6 +562,7 @@ class RLlibPPOAgent(TrainableAgent):
         self._learn_s = 0.0
         start = time.perf_counter()
         result = self.algo.train()
+        self.algo.learner_group.foreach_learner(return_free_heap)  # in the learners' processes
         elapsed = time.perf_counter() - start
         runners = result.get("env_runners", {})
         learner = result.get("learners", {}).get("default_policy", {})
