@@ -51,3 +51,27 @@ def test_an_algo_section_with_both_agents_is_one_clear_error(cli, tmp_path, caps
     assert cli("bench", ["train", "--config", str(cfg), "--agent", "both"]) is None
     err = capsys.readouterr().err
     assert err.startswith("error:") and "give --agent" in err and len(err.strip().splitlines()) == 1
+
+
+def test_flops_count_the_cpus_fused_attention_forward_and_backward():
+    """Treatment against control: torch's own counter sees no arithmetic in the CPU's flash attention
+    kernel; the benchmark's counter gives it torch's attention formula, forward and backward."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    from experiments.studies.benchmarks.train import flop_counter
+
+    q, k, v = (torch.randn(2, 4, n, 16, requires_grad=True) for n in (8, 24, 24))
+    keep = torch.rand(2, 1, 8, 24) > 0.3
+    keep[..., 0] = True
+
+    def attend_and_backward(counter: FlopCounterMode) -> int:
+        with counter:
+            F.scaled_dot_product_attention(q, k, v, attn_mask=keep).sum().backward()
+        return counter.get_total_flops()
+
+    shapes = (2, 4, 8, 16), (2, 4, 24, 16), (2, 4, 24, 16)
+    expected = sdpa_flop_count(*shapes) + sdpa_backward_flop_count((2, 4, 8, 16), *shapes)
+    assert attend_and_backward(FlopCounterMode(display=False)) == 0
+    assert attend_and_backward(flop_counter()) == expected > 0

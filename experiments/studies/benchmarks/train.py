@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from experiments.core.devices import cuda_available, resolve_device
 from experiments.core.settings import RunSettings, load_config_sections, with_smoke_sizes
@@ -152,11 +153,29 @@ class PeakMemory:
             self.cuda_mb = torch.cuda.max_memory_allocated() / 2**20
 
 
+def flop_counter() -> Any:
+    """torch's FlopCounterMode, counting the CPU's fused attention kernel too (torch counts its CUDA
+    ones, and nothing for the CPU's flash kernel): the window encoder's attention runs there."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    def forward(q, k, v, *_, out_shape=None, **__) -> int:
+        return sdpa_flop_count(q, k, v)
+
+    def backward(grad, q, k, v, *_, out_shape=None, **__) -> int:
+        return sdpa_backward_flop_count(grad, q, k, v)
+
+    aten = torch.ops.aten
+    cpu_attention = {
+        aten._scaled_dot_product_flash_attention_for_cpu: forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: backward,
+    }
+    return FlopCounterMode(display=False, custom_mapping=cpu_attention)
+
+
 def flops_per_env_step(settings: RunSettings) -> float:
     """FLOPs of one training iteration of `settings`' agent (sampling and the learner's update, every
     epoch; after one iteration to settle, without the warm start) per env step, by FlopCounterMode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from experiments.core.training import build_agent
 
     algo, params = dict(settings.algo), settings.params
@@ -166,7 +185,7 @@ def flops_per_env_step(settings: RunSettings) -> float:
     try:
         agent.train_iteration()
         before = agent.env_steps
-        counter = FlopCounterMode(display=False)
+        counter = flop_counter()
         with counter:
             agent.train_iteration()
         return counter.get_total_flops() / max(agent.env_steps - before, 1)
