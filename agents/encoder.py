@@ -276,9 +276,10 @@ def _init_weights(module: nn.Module) -> None:
 
 
 class _MaskedAttention(torch.autograd.Function):
-    """softmax(q k^T / sqrt(d_head) + bias) v with its gradient written out: on the CPU, for the short
-    query and key blocks these encoders attend over (8 to 150 keys), two to three times faster than
-    torch's flash kernel forward and 1.3 to 2 times forward + backward (docs/benchmarks.md)."""
+    """softmax(q k^T / sqrt(d_head) + bias) v with its gradient written out. On the CPU, for the stream
+    encoder's short query blocks (8 to 32 readouts or candidates against 33 to 150 keys), 1.5 to 3 times
+    faster than torch's flash kernel forward and 1.3 to 2 times forward + backward; at the window
+    encoder's square [33 x 33] blocks, no faster (docs/benchmarks.md)."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
