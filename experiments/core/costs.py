@@ -16,7 +16,7 @@ from typing import Any
 
 from envs.config import ScenarioConfig
 from envs.core import env_bytes_per_user, observation_bytes
-from experiments.core.devices import cuda_available
+from experiments.core.devices import resolve_device
 from simulator.params import check_memory
 from simulator.world import world_bytes_per_user
 
@@ -69,8 +69,7 @@ def check_run_memory(settings: Any) -> None:
     if params is None:
         return
     if hasattr(params, "for_device"):  # sizes left None are the device's (PPOParams.for_device): check those
-        device = settings.device if settings.device != "auto" else "cuda" if cuda_available() else "cpu"
-        params = params.for_device(device)
+        params = params.for_device(resolve_device(settings.device, quiet=True))
     sizes = (*USERS_AT_ONCE, *SAMPLES_HELD, *LEARNER_BATCH)
     values = {f: getattr(params, f) for f in sizes if getattr(params, f, None) is not None}
     for name in USERS_AT_ONCE:

@@ -13,9 +13,9 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, quiet: bool = False) -> str:
     """'cpu' or 'cuda'. An explicit cuda without a GPU is an error, never a quiet fall back to CPU;
-    'auto' says which it picked when it picks the CPU."""
+    'auto' says which it picked when it picks the CPU (unless `quiet`: a check ahead of the run)."""
     if device not in DEVICES:
         raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "cuda" and not cuda_available():
@@ -23,6 +23,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         if cuda_available():
             return "cuda"
-        print("device auto: no CUDA GPU visible, training on the CPU", file=sys.stderr)
+        if not quiet:
+            print("device auto: no CUDA GPU visible, training on the CPU", file=sys.stderr)
         return "cpu"
     return device
