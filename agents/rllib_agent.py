@@ -104,6 +104,22 @@ class PPOParams(WarmStartParams):
                 "without it the frozen history encoder would keep its random weights"
             )
 
+    def check_scenario(self, scenario: Any) -> None:
+        """Settings the scenario cannot take (run.py's settings call it before any work)."""
+        if self.gamma_per_day > 0 and not scenario.world.lifetime.enabled:
+            raise ValueError(
+                f"algo.gamma_per_day discounts over calendar days: {scenario.name!r} has no calendar "
+                "(a lifetime scenario has); use algo.gamma"
+            )
+
+    def check_model(self, model: Mapping[str, Any]) -> None:
+        """Settings the encoder (`model:` resolved) cannot take (run.py's settings call it before any work)."""
+        if self.gamma_per_day > 0 and model.get("history_mode", "window") != "stream":
+            raise ValueError(
+                "algo.gamma_per_day needs model.history_mode stream (its train batch carries the days); "
+                "with the window encoder set algo.gamma_per_day: 0 (algo.gamma discounts per step)"
+            )
+
     def for_device(self, device: str, cpus: int | None = None) -> PPOParams:
         """These settings with the sizes left None chosen for a learner on `device` ("cpu" or "cuda") on a
         machine of `cpus` cores (default: this one's)."""
@@ -406,13 +422,8 @@ class RLlibPPOAgent(TrainableAgent):
         )
         self.item_features = probe.item_features
         self.model_overrides = dict(model or {})
-        if params.gamma_per_day > 0 and not scenario.world.lifetime.enabled:
-            raise ValueError(
-                f"algo.gamma_per_day discounts over calendar days: {scenario.name!r} has no calendar "
-                "(a lifetime scenario has); use algo.gamma"
-            )
-        if params.gamma_per_day > 0 and self.encoder_config.history_mode != "stream":
-            raise ValueError("algo.gamma_per_day needs model.history_mode stream (its train batch carries the days)")
+        params.check_scenario(scenario)
+        params.check_model({"history_mode": self.encoder_config.history_mode})
         p = self.params
         if not ray.is_initialized():
             if ray_address:

@@ -380,6 +380,14 @@ def test_lifetime_runs_default_to_a_15_minute_budget_under_flags_and_config(tmp_
     assert life.interval == life.steps // ppo.keep_best_evaluations == 8_192
     assert dict(life.algo) == {**ppo.algo, **ppo.keep_best_algo}
     assert life.params.critic_warmup_steps == 16_384
+    # It reads the history once per trajectory and discounts over calendar days; sessions keep the window
+    # encoder and gamma per step, and a config file's model: section wins.
+    assert life.resolved_model["history_mode"] == "stream" and life.params.gamma_per_day == 0.9
+    assert session.resolved_model.get("history_mode", "window") == "window" and session.params.gamma_per_day == 0
+    window = tmp_path / "window.yaml"
+    window.write_text("model: {history_mode: window}\nalgo: {gamma_per_day: 0}\n")
+    pinned = settings("--scenario", "lifetime", "--config", str(window))
+    assert pinned.resolved_model["history_mode"] == "window" and pinned.params.gamma_per_day == 0
     plain = settings("--scenario", "lifetime", "--no-keep-best")
     assert not plain.keep_best and plain.eval_seed == EVAL_SEED and plain.interval == plain.steps // 2
     assert (session.steps, session.final_eval_users, dict(session.algo)) == (250_000, 1024, {})

@@ -294,6 +294,23 @@ def test_calendar_discounting_is_refused_without_a_calendar_in_one_line(ray_sess
         PPOParams(max_seq_len=0)
 
 
+@pytest.mark.parametrize(
+    "scenario, model, words",
+    [
+        ("mixed", {"history_mode": "stream"}, "'mixed' has no calendar"),
+        ("lifetime", {"history_mode": "window"}, "needs model.history_mode stream"),
+    ],
+)
+def test_calendar_discounting_a_run_cannot_take_is_one_line_before_any_run(scenario, model, words):
+    """run.py's settings refuse it (before a run directory is made), not the agent once built."""
+    from experiments.core.settings import RunSettings
+
+    with pytest.raises(ValueError, match=words) as error:
+        RunSettings(agent="ppo", scenario=scenario, model=model, algo={"gamma_per_day": 0.9})
+    assert "\n" not in str(error.value)
+    RunSettings(agent="ppo", scenario="lifetime", model={"history_mode": "stream"}, algo={"gamma_per_day": 0.9})
+
+
 def test_ppo_sizes_left_unset_are_chosen_from_the_device_and_set_ones_are_kept():
     from agents.rllib_agent import PPOParams
 

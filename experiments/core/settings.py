@@ -145,6 +145,8 @@ class RunSettings:
         if hasattr(params, "check_scenario"):  # and settings the scenario cannot take (days without a calendar)
             params.check_scenario(scenario)
         check_model_overrides(self.resolved_model)
+        if hasattr(params, "check_model"):  # and encoder settings the agent cannot take
+            params.check_model(self.resolved_model)
 
     # ------------------------------------------------------------------ derived
     @property
