@@ -114,6 +114,9 @@ def test_compare_builds_its_table_from_tiny_runs(cli, tmp_path, capsys):
     regret = table[table.metric == "regret"].set_index("agent")["mean"]
     assert regret["oracle-session"] == pytest.approx(0.0, abs=1e-9) and regret["random"] > 0
     assert "| oracle-session | 2 |" in (out / "comparison.md").read_text()
+    ranked = pd.read_csv(out / "robust.csv")
+    assert ranked.agent.tolist() == ["oracle-session", "random"] and ranked.over.fillna("").tolist() == ["random", ""]
+    assert "IQM and probability of improvement" in (out / "comparison.md").read_text()
     assert (out / "return.png").stat().st_size > 1000
 
 
@@ -206,3 +209,22 @@ def test_robust_statistics_follow_their_definitions():
     assert stratified_bootstrap([[5.0, 5.0, 5.0]], reps=200)[1:] == (5.0, 5.0)
     p, low, high = improvement_interval([[3.0, 4.0, 5.0]], [[0.0, 1.0, 2.0]], reps=200)
     assert p == 1.0 and low == high == 1.0  # X beats Y in every pair, in every replicate
+
+
+def test_the_robust_table_ranks_by_iqm_and_compares_each_agent_with_the_next():
+    from experiments.core.stats import iqm, probability_of_improvement
+    from experiments.studies.comparison.analysis import robust
+
+    returns = {"a": [10.0, 11.0, 12.0, 13.0, 14.0], "b": [9.0, 9.5, 10.0, 10.5, 60.0], "c": [3.0]}
+    runs = pd.DataFrame(
+        [dict(scenario=s, agent=a, return_mean=r + (s == "y")) for s in "xy" for a, rs in returns.items() for r in rs]
+    )
+    table = robust(runs)
+    x = table[table.scenario == "x"].set_index("agent")
+    assert x.index.tolist() == ["a", "b", "c"]  # by IQM: 12 against b's 10 (b's mean, 19.8, is its outlier's)
+    assert x.loc["a", "iqm"] == iqm(returns["a"]) == 12.0 and x.loc["a", "iqm_low"] <= 12.0 <= x.loc["a", "iqm_high"]
+    assert x.loc["a", "over"] == "b"
+    assert x.loc["a", "p_improvement"] == pytest.approx(probability_of_improvement([returns["a"]], [returns["b"]]))
+    # One seed: an IQM without interval, and no interval for a probability against it.
+    assert np.isnan(x.loc["c", "iqm_low"]) and np.isnan(x.loc["b", "p_low"]) and x.loc["b", "p_improvement"] == 1.0
+    assert table[table.scenario == "y"].set_index("agent").loc["a", "iqm"] == 13.0  # per scenario

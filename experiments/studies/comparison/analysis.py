@@ -22,7 +22,7 @@ import pandas as pd
 from experiments.core.records import find_runs
 from experiments.core.rundirs import staged, writable_dir
 from experiments.core.settings import changed_dynamics, config_label
-from experiments.core.stats import mean_interval
+from experiments.core.stats import improvement_interval, iqm, mean_interval, stratified_bootstrap
 from experiments.core.tables import markdown_table
 
 METRICS = (
@@ -246,6 +246,56 @@ def plot_by_day(summary: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
+def robust(runs: pd.DataFrame) -> pd.DataFrame:
+    """The return as RL papers report it (experiments.core.stats, rliable's estimators), per scenario: each
+    agent's interquartile mean over its seeds with its 95% stratified bootstrap interval, ranked by it, and
+    P(improvement): the probability that a run of the agent beats a run of the agent ranked next below
+    (ties half), with its bootstrap interval. One row per scenario and agent: scenario, agent, seeds, iqm,
+    iqm_low, iqm_high, over (the agent below; "" for the last), p_improvement, p_low, p_high. One seed
+    gives no interval (NaN)."""
+    rows = []
+    for scenario, g in runs.groupby("scenario", sort=True):
+        scores = {
+            a: s.to_numpy(dtype=np.float64) for a, s in g.dropna(subset=["return_mean"]).groupby("agent").return_mean
+        }
+        ranked = sorted(scores, key=lambda a: (-iqm(scores[a]), a))
+        for i, agent in enumerate(ranked):
+            x = scores[agent]
+            point, low, high = stratified_bootstrap([x]) if len(x) > 1 else (iqm(x), np.nan, np.nan)
+            row = dict(scenario=scenario, agent=agent, seeds=len(x), iqm=point, iqm_low=low, iqm_high=high)
+            below = ranked[i + 1] if i + 1 < len(ranked) else ""
+            p = improvement_interval([x], [scores[below]]) if below else (np.nan, np.nan, np.nan)
+            if below and min(len(x), len(scores[below])) < 2:
+                p = (p[0], np.nan, np.nan)
+            rows.append(dict(row, over=below, p_improvement=p[0], p_low=p[1], p_high=p[2]))
+    return pd.DataFrame(rows)
+
+
+def robust_markdown(table: pd.DataFrame) -> str:
+    out = []
+    span = lambda point, low, high: f"{point:.3g} [{low:.3g}, {high:.3g}]" if np.isfinite(low) else f"{point:.3g}"  # noqa: E731
+    for scenario, g in table.groupby("scenario", sort=False):
+        out.append(f"### {scenario}: IQM and probability of improvement\n")
+        rows = [
+            [
+                r.agent,
+                r.seeds,
+                span(r.iqm, r.iqm_low, r.iqm_high),
+                r.over,
+                span(r.p_improvement, r.p_low, r.p_high) if r.over else "",
+            ]
+            for r in g.itertuples()
+        ]
+        out.append(markdown_table(["agent", "seeds", "return IQM", "over", "P(improvement)"], rows))
+        out.append("")
+    out.append(
+        "Interquartile mean of the return over seeds [95% stratified bootstrap interval]; P(improvement): the "
+        "probability that a run of the agent scores above a run of the agent ranked next (ties count half) "
+        "[95% bootstrap interval] (Agarwal et al. 2021, rliable's estimators)."
+    )
+    return "\n".join(out)
+
+
 def compare(
     roots: list[Path],
     out: Path,
@@ -253,7 +303,8 @@ def compare(
     day: int | None = None,
     after_days: list[int] | None = None,
 ) -> tuple[str, list[Path]]:
-    """Read the finished runs under `roots` and write comparison.md, comparison.csv, return.png and, for
+    """Read the finished runs under `roots` and write comparison.md, comparison.csv, robust.csv (:func:`robust`),
+    return.png and, for
     lifetime runs, by_day.csv and by_day_<scenario>.png into `out`. With `day` T (--from-day), the columns of
     `from_day` too, read `after_days` after T (default AFTER_DAYS). Returns (the markdown, the files
     written). Bad arguments, an unwritable `out` or no finished runs are a ValueError before any writing."""
@@ -276,12 +327,14 @@ def compare(
         runs, names = add_from_day(runs, by_day, day, after)
         metrics = (*METRICS, *names)
     summary = summarise(runs, metrics)
-    text = markdown(summary, metrics)
+    ranked = robust(runs)
+    text = markdown(summary, metrics) + "\n\n" + robust_markdown(ranked)
     with staged(out) as stage:  # all of the outputs, or none of them
         summary.to_csv(stage / "comparison.csv", index=False)
+        ranked.to_csv(stage / "robust.csv", index=False)
         (stage / "comparison.md").write_text(text + "\n")
         plot(summary, stage / "return.png")
-        names = ["comparison.md", "comparison.csv", "return.png"]
+        names = ["comparison.md", "comparison.csv", "robust.csv", "return.png"]
         if len(by_day):
             curves = by_day_summary(by_day)
             curves.to_csv(stage / "by_day.csv", index=False)
