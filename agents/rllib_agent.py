@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from agents.base import TrainableAgent
+from agents.encoder import EncoderConfig
 from agents.model import ActorCritic, GreedyPolicy, StreamingGreedyPolicy, encoder_config
 from agents.warm_start import WarmStartParams, warm_start_note
 from envs.config import ScenarioConfig
@@ -114,7 +115,7 @@ class PPOParams(WarmStartParams):
 
     def check_model(self, model: Mapping[str, Any]) -> None:
         """Settings the encoder (`model:` resolved) cannot take (run.py's settings call it before any work)."""
-        if self.gamma_per_day > 0 and model.get("history_mode", "window") != "stream":
+        if self.gamma_per_day > 0 and model.get("history_mode", EncoderConfig.history_mode) != "stream":
             raise ValueError(
                 "algo.gamma_per_day needs model.history_mode stream (its train batch carries the days); "
                 "with the window encoder set algo.gamma_per_day: 0 (algo.gamma discounts per step)"

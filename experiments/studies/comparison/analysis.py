@@ -22,7 +22,13 @@ import pandas as pd
 from experiments.core.records import find_runs
 from experiments.core.rundirs import staged, writable_dir
 from experiments.core.settings import changed_dynamics, config_label
-from experiments.core.stats import improvement_interval, iqm, mean_interval, stratified_bootstrap
+from experiments.core.stats import (
+    improvement_interval,
+    iqm,
+    mean_interval,
+    probability_of_improvement,
+    stratified_bootstrap,
+)
 from experiments.core.tables import markdown_table
 
 METRICS = (
@@ -264,9 +270,11 @@ def robust(runs: pd.DataFrame) -> pd.DataFrame:
             point, low, high = stratified_bootstrap([x]) if len(x) > 1 else (iqm(x), np.nan, np.nan)
             row = dict(scenario=scenario, agent=agent, seeds=len(x), iqm=point, iqm_low=low, iqm_high=high)
             below = ranked[i + 1] if i + 1 < len(ranked) else ""
-            p = improvement_interval([x], [scores[below]]) if below else (np.nan, np.nan, np.nan)
-            if below and min(len(x), len(scores[below])) < 2:
-                p = (p[0], np.nan, np.nan)
+            p = (np.nan, np.nan, np.nan)
+            if below and min(len(x), len(scores[below])) > 1:
+                p = improvement_interval([x], [scores[below]])
+            elif below:  # a single seed on either side: the probability, no interval
+                p = (probability_of_improvement([x], [scores[below]]), np.nan, np.nan)
             rows.append(dict(row, over=below, p_improvement=p[0], p_low=p[1], p_high=p[2]))
     return pd.DataFrame(rows)
 
@@ -303,11 +311,11 @@ def compare(
     day: int | None = None,
     after_days: list[int] | None = None,
 ) -> tuple[str, list[Path]]:
-    """Read the finished runs under `roots` and write comparison.md, comparison.csv, robust.csv (:func:`robust`),
-    return.png and, for
-    lifetime runs, by_day.csv and by_day_<scenario>.png into `out`. With `day` T (--from-day), the columns of
-    `from_day` too, read `after_days` after T (default AFTER_DAYS). Returns (the markdown, the files
-    written). Bad arguments, an unwritable `out` or no finished runs are a ValueError before any writing."""
+    """Read the finished runs under `roots` and write comparison.md, comparison.csv, robust.csv
+    (:func:`robust`), return.png and, for lifetime runs, by_day.csv and by_day_<scenario>.png into `out`.
+    With `day` T (--from-day), the columns of `from_day` too, read `after_days` after T (default
+    AFTER_DAYS). Returns (the markdown, the files written). Bad arguments, an unwritable `out` or no
+    finished runs are a ValueError before any writing."""
     if day is not None and day < 0:
         raise ValueError(f"--from-day must be a day >= 0, got {day}")
     if after_days is not None and day is None:
