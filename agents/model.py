@@ -57,7 +57,13 @@ class ActorCritic(nn.Module):
     value(state) -> [B].
     """
 
-    def __init__(self, config: EncoderConfig, slate_size: int = 1, item_features: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        config: EncoderConfig,
+        slate_size: int = 1,
+        item_features: np.ndarray | None = None,
+        normalize_values: bool = False,
+    ) -> None:
         super().__init__()
         self.encoder = RecommenderEncoder(config, item_features=item_features)
         self.encoder.keep_user = slate_size > 1 or not self.encoder.streams  # single items: logits only
@@ -66,6 +72,12 @@ class ActorCritic(nn.Module):
         # Slot k scores candidates with state + query_k, so slots can learn different roles.
         self.slot_query = nn.Parameter(torch.zeros(slate_size, d)) if slate_size > 1 else None
         self.value_head = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
+        self.normalize_values = normalize_values
+        if normalize_values:  # value = mean + std * critic output (ValueNormalizer); in the state dict
+            self.register_buffer("value_mean", torch.zeros(()))
+            self.register_buffer("value_std", torch.ones(()))
+            # Running first and second moments of the targets and their weight (update_value_statistics).
+            self.register_buffer("value_moments", torch.zeros(3, dtype=torch.float64))
 
     def forward(self, obs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """obs -> (action logits [B, C] or [B, K*C], state [B, d]). A "stream" encoder reads each
@@ -96,8 +108,49 @@ class ActorCritic(nn.Module):
         logits = (queries * out.candidates[..., None, :, :]).sum(-1) / np.sqrt(out.candidates.shape[-1])
         return logits.flatten(-2)
 
-    def value(self, state: Tensor) -> Tensor:
+    def critic(self, state: Tensor) -> Tensor:
+        """state [..., d] -> the value head's own output [...]: the value standardised by the running
+        statistics of its targets where `normalize_values`, else the value itself."""
         return self.value_head(state).squeeze(-1)
+
+    def value(self, state: Tensor) -> Tensor:
+        """state [..., d] -> the value in the reward's units [...] (what GAE reads)."""
+        out = self.critic(state)
+        return self.value_mean + self.value_std * out if self.normalize_values else out
+
+    def standardized(self, targets: Tensor) -> Tensor:
+        """Value targets in the critic's units (the loss compares `critic` with these)."""
+        return (targets - self.value_mean) / self.value_std if self.normalize_values else targets
+
+
+VALUE_STD_FLOOR = 1e-2  # the running std of value targets is at least this (a constant return has none)
+
+
+@torch.no_grad()
+def update_value_statistics(net: ActorCritic, targets: Tensor, rate: float) -> None:
+    """Fold a train batch's value targets [n] (reward units) into `net`'s running mean and std, then
+    rescale the value head's last layer so that every value it gives is unchanged ("preserving outputs
+    precisely", PopArt: van Hasselt et al. 2016): only the units of its output move, so the loss sees
+    targets of unit scale whatever the returns' scale (minutes per life discounted over days run to
+    hundreds, more than Adam moves an output in a run).
+
+    The running moments are exponential averages, each batch weighing `rate`, corrected for their start
+    at zero as Adam's are: after the first batch the mean and std are that batch's."""
+    if not net.normalize_values:
+        raise ValueError("update_value_statistics needs an ActorCritic built with normalize_values=True")
+    targets = targets.detach().double()
+    if targets.numel() == 0:
+        return
+    m = net.value_moments
+    m.mul_(1.0 - rate).add_(torch.stack([targets.mean(), (targets**2).mean(), targets.new_ones(())]), alpha=rate)
+    mean = m[0] / m[2]
+    std = torch.sqrt(torch.clamp(m[1] / m[2] - mean**2, min=VALUE_STD_FLOOR**2))
+    last = net.value_head[-1]
+    old_mean, old_std = net.value_mean.double(), net.value_std.double()
+    last.weight.mul_((old_std / std).to(last.weight.dtype))
+    last.bias.copy_(((old_std * last.bias.double() + old_mean - mean) / std).to(last.bias.dtype))
+    net.value_mean.fill_(mean.item())
+    net.value_std.fill_(std.item())
 
 
 def to_tensors(obs: Mapping[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, Tensor]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from agents.base import TrainableAgent
 from agents.encoder import EncoderConfig
-from agents.model import ActorCritic, GreedyPolicy, StreamingGreedyPolicy, encoder_config
+from agents.model import ActorCritic, GreedyPolicy, StreamingGreedyPolicy, encoder_config, update_value_statistics
 from agents.warm_start import WarmStartParams, warm_start_note
 from envs.config import ScenarioConfig
 from simulator.params import check_bool, check_int, check_range
@@ -76,6 +76,8 @@ class PPOParams(WarmStartParams):
     freeze_history_encoder: bool = False  # keep the warm-started history Transformer fixed (needs pretrain_epochs)
     max_seq_len: int = 32  # "stream" encoders: steps per sequence the learner reads in one causal pass
     gamma_per_day: float = 0.0  # lifetimes, "stream" encoders: discount per day between steps instead of gamma (0: off)
+    normalize_values: bool = False  # the critic learns targets standardised by their running statistics (PopArt)
+    value_stats_rate: float = 0.1  # normalize_values: weight of each train batch in the running mean and std
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -99,6 +101,8 @@ class PPOParams(WarmStartParams):
         check_bool(o, "freeze_history_encoder", self.freeze_history_encoder)
         check_int(o, "max_seq_len", self.max_seq_len, 1, MAX_SEQ_LEN)
         check_range(o, "gamma_per_day", self.gamma_per_day, 0.0, 1.0)
+        check_bool(o, "normalize_values", self.normalize_values)
+        check_range(o, "value_stats_rate", self.value_stats_rate, 0.0, 1.0, lo_open=True)
         if self.freeze_history_encoder and not self.pretrain_epochs:
             raise ValueError(
                 "algo.freeze_history_encoder needs the warm start (algo.pretrain_epochs > 0): "
@@ -209,7 +213,9 @@ def _rl_module_class():
 
         def setup(self) -> None:
             cfg = self.model_config
-            self.net = ActorCritic(cfg["encoder"], cfg["slate_size"], cfg["item_features"])
+            self.net = ActorCritic(
+                cfg["encoder"], cfg["slate_size"], cfg["item_features"], cfg.get("normalize_values", False)
+            )
             self.streams = self.net.encoder.streams
             self._cache = None  # sampling: the stream's keys and values (see agents.stream.StreamCache)
             if cfg.get("freeze_history", False):
@@ -300,7 +306,9 @@ def _rl_module_class():
 
         def compute_values(self, batch: dict[str, Any], embeddings: Any = None):
             if embeddings is not None:
-                return self.net.value(embeddings)
+                # The loss's call: in the critic's own units (standardised where values are normalised;
+                # the learner standardises the targets alike). GAE's calls below are in reward units.
+                return self.net.critic(embeddings)
             # The GAE connector's call over the whole train batch: value targets are never
             # differentiated (the loss passes the embeddings of _forward_train), and the value
             # reads the state only, so no candidate tower, target attention or autograd graph.
@@ -339,20 +347,31 @@ def _learner_class():
     """Defined lazily, like the module: PPO's torch learner with a critic-only mode."""
     import torch
     from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+    from ray.rllib.connectors.connector_v2 import ConnectorV2
     from ray.rllib.core.columns import Columns
     from ray.rllib.core.learner.learner import POLICY_LOSS_KEY, VF_LOSS_KEY
     from ray.rllib.evaluation.postprocessing import Postprocessing
 
     class DriftRecPPOLearner(PPOTorchLearner):
         """PPO's loss; while `critic_only` is set (the critic warm-up), the value loss alone, on the
-        encoder state detached, so only the value head gets gradients and the policy is unchanged."""
+        encoder state detached, so only the value head gets gradients and the policy is unchanged. A
+        module that normalises values (model_config `normalize_values`) is trained on standardised
+        targets, its statistics updated from each train batch (ValueStatistics, last in the pipeline)."""
 
         critic_only = False
 
+        def build(self) -> None:
+            super().build()
+            if self._learner_connector is not None:
+                self._learner_connector.append(ValueStatistics())
+
         def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+            module = self.module[module_id].unwrapped()
+            if module.net.normalize_values:  # the targets in the critic's units (compute_values with embeddings)
+                batch = dict(batch)
+                batch[Postprocessing.VALUE_TARGETS] = module.net.standardized(batch[Postprocessing.VALUE_TARGETS])
             if not self.critic_only:
                 return super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
-            module = self.module[module_id].unwrapped()
             values = module.compute_values(batch, embeddings=fwd_out[Columns.EMBEDDINGS].detach())
             error = (values - batch[Postprocessing.VALUE_TARGETS]) ** 2
             mask = batch.get(Columns.LOSS_MASK)  # RLlib's artificial last step of each chunk
@@ -367,6 +386,25 @@ def _learner_class():
             # RLlib's clipping and apply step expect tensors, and Adam leaves gradient-less ones alone.
             grads = super().compute_gradients(loss_per_module, **kwargs)
             return {pid: g for pid, g in grads.items() if g is not None}
+
+    class ValueStatistics(ConnectorV2):
+        """The learner pipeline's last piece: each module that normalises values folds the batch's value
+        targets (reward units, the steps the loss reads) into its running statistics
+        (agents.model.update_value_statistics) before the learner's epochs read them."""
+
+        def __call__(self, *, rl_module, batch, episodes, shared_data=None, **kwargs):
+            for module_id, columns in batch.items():
+                module = rl_module[module_id]
+                module = module.unwrapped() if hasattr(module, "unwrapped") else module
+                net = getattr(module, "net", None)
+                if net is None or not net.normalize_values:
+                    continue
+                targets = torch.as_tensor(columns[Postprocessing.VALUE_TARGETS])
+                mask = columns.get(Columns.LOSS_MASK)
+                if mask is not None:
+                    targets = targets[torch.as_tensor(mask, device=targets.device).bool()]
+                update_value_statistics(net, targets, float(module.model_config["value_stats_rate"]))
+            return batch
 
     return DriftRecPPOLearner
 
@@ -478,6 +516,8 @@ class RLlibPPOAgent(TrainableAgent):
                         item_features=self.item_features,
                         freeze_history=p.freeze_history_encoder,
                         max_seq_len=p.max_seq_len,
+                        normalize_values=p.normalize_values,
+                        value_stats_rate=p.value_stats_rate,
                     ),
                 )
             )
@@ -499,7 +539,9 @@ class RLlibPPOAgent(TrainableAgent):
         self.algo.learner_group.update = timed_update
         self._env_steps = 0
         self._pretrained = False
-        self._eval_net = ActorCritic(self.encoder_config, scenario.env.slate_size, self.item_features)
+        self._eval_net = ActorCritic(
+            self.encoder_config, scenario.env.slate_size, self.item_features, self.params.normalize_values
+        )
 
     @property
     def env_steps(self) -> int:

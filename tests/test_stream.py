@@ -294,19 +294,22 @@ def test_calendar_discounting_is_refused_without_a_calendar_in_one_line(ray_sess
         PPOParams(max_seq_len=0)
 
 
+GAMMA_PER_DAY = {"gamma_per_day": 0.9}
+
+
 @pytest.mark.parametrize(
-    "scenario, model, words",
+    "scenario, model, algo, words",
     [
-        ("mixed", {"history_mode": "stream"}, "'mixed' has no calendar"),
-        ("lifetime", {"history_mode": "window"}, "needs model.history_mode stream"),
+        ("mixed", {"history_mode": "stream"}, GAMMA_PER_DAY, "'mixed' has no calendar"),
+        ("lifetime", {"history_mode": "window"}, GAMMA_PER_DAY, "needs model.history_mode stream"),
     ],
 )
-def test_calendar_discounting_a_run_cannot_take_is_one_line_before_any_run(scenario, model, words):
+def test_calendar_discounting_a_run_cannot_take_is_one_line_before_any_run(scenario, model, algo, words):
     """run.py's settings refuse it (before a run directory is made), not the agent once built."""
     from experiments.core.settings import RunSettings
 
     with pytest.raises(ValueError, match=words) as error:
-        RunSettings(agent="ppo", scenario=scenario, model=model, algo={"gamma_per_day": 0.9})
+        RunSettings(agent="ppo", scenario=scenario, model=model, algo=algo)
     assert "\n" not in str(error.value)
     RunSettings(agent="ppo", scenario="lifetime", model={"history_mode": "stream"}, algo={"gamma_per_day": 0.9})
 
@@ -373,6 +376,68 @@ def test_a_resumed_run_carries_the_history_state(ray_session, monkeypatch, tmp_p
             torch.testing.assert_close(value, control_weights[key], atol=0, rtol=0, msg=key)
     finally:
         resumed.close()
+
+
+def test_value_statistics_standardise_the_targets_and_leave_every_value_unchanged():
+    """PopArt on the actor-critic: after each batch's targets update the running mean and std, every
+    state's value (reward units) is what it was, the first batch's targets come out standardised, and
+    later batches weigh `rate` in moments corrected for their start at zero. Control: without
+    normalisation the value is the critic's output and the state dict has no statistics."""
+    from agents.model import update_value_statistics
+
+    env, config, _, _ = trajectory("lifetime", 2)
+    cfg = encoder_config(env.single_observation_space, env.core.n_items, MODEL, history_features(config))
+    torch.manual_seed(0)
+    net = ActorCritic(cfg, 1, env.core.item_features, normalize_values=True)
+    states = torch.randn(64, cfg.d_model)
+    first, second = 300.0 + 80.0 * torch.randn(256), 500.0 + 20.0 * torch.randn(256)
+    before = net.value(states)
+    update_value_statistics(net, first, 0.1)
+    torch.testing.assert_close(net.value(states), before, atol=1e-4, rtol=1e-5)
+    standard = net.standardized(first).double()
+    assert abs(standard.mean().item()) < 1e-5 and abs(standard.std(unbiased=False).item() - 1.0) < 1e-5
+    torch.testing.assert_close(net.critic(states), (net.value(states) - net.value_mean) / net.value_std)
+    before = net.value(states)
+    update_value_statistics(net, second, 0.1)
+    torch.testing.assert_close(net.value(states), before, atol=1e-4, rtol=1e-5)
+    weight = 0.9 * 0.1 + 0.1
+    mean = (0.9 * 0.1 * first.double().mean() + 0.1 * second.double().mean()) / weight
+    square = (0.9 * 0.1 * (first.double() ** 2).mean() + 0.1 * (second.double() ** 2).mean()) / weight
+    assert abs(net.value_mean.item() - mean.item()) < 1e-3
+    assert abs(net.value_std.item() - (square - mean**2).sqrt().item()) < 1e-3
+    plain = ActorCritic(cfg, 1, env.core.item_features)
+    torch.testing.assert_close(plain.value(states), plain.critic(states), atol=0, rtol=0)
+    assert plain.standardized(first) is first and not any(k.startswith("value_m") for k in plain.state_dict())
+    with pytest.raises(ValueError, match="normalize_values=True"):
+        update_value_statistics(plain, first, 0.1)
+    from agents.rllib_agent import PPOParams
+
+    with pytest.raises(ValueError, match=r"algo.value_stats_rate must be in \(0, 1\], got 0"):
+        PPOParams(value_stats_rate=0)
+    with pytest.raises(ValueError, match="algo.normalize_values must be true or false"):
+        PPOParams(normalize_values="yes")
+
+
+@pytest.mark.parametrize("history_mode", ["stream", "window"])
+def test_normalised_values_train_the_critic_on_unit_scale_targets(ray_session, history_mode):
+    """Treatment against control on one seed, rewards scaled up 100x: with normalize_values the
+    learner's value loss is on standardised targets (order 1) and the value statistics carry the
+    returns' scale; without, the loss is in the returns' squared units. Both encoders' pipelines
+    (ours in arrays, RLlib's GAE) end with the statistics' update."""
+    from agents.rllib_agent import PPOParams, RLlibPPOAgent
+
+    config = make_scenario("lifetime", {**TINY, "env": {**TINY["env"], "max_steps": 500}})
+    losses, nets = {}, {}
+    for normalize in (False, True):
+        params = PPOParams(**RLLIB_ALGO, reward_scale=100.0, normalize_values=normalize)
+        agent = RLlibPPOAgent(config, params, seed=0, model={**MODEL, "history_mode": history_mode})
+        try:
+            losses[normalize] = agent.train_iteration()["value_loss"]
+            nets[normalize] = agent.algo.learner_group._learner.module["default_policy"].net
+        finally:
+            agent.close()
+    assert losses[True] < 10.0 < 1e3 < losses[False], losses
+    assert nets[True].value_std.item() > 10.0 and nets[True].value_mean.item() > 100.0
 
 
 @pytest.mark.parametrize("objective", ["engagement", "next_item"])
