@@ -228,3 +228,33 @@ def test_the_robust_table_ranks_by_iqm_and_compares_each_agent_with_the_next():
     # One seed: an IQM without interval, and no interval for a probability against it.
     assert np.isnan(x.loc["c", "iqm_low"]) and np.isnan(x.loc["b", "p_low"]) and x.loc["b", "p_improvement"] == 1.0
     assert table[table.scenario == "y"].set_index("agent").loc["a", "iqm"] == 13.0  # per scenario
+
+
+def test_learning_curves_average_each_evaluation_over_seeds_and_plot_them(tmp_path):
+    """Each run's evaluations during training (results.csv's train rows, in order) are averaged over seeds
+    evaluation by evaluation, with the t interval; final and baseline rows are not part of the curve."""
+    rows = []
+    returns = {0: [10.0, 30.0, 20.0], 1: [14.0, 34.0, 28.0]}
+    for seed, values in returns.items():
+        run_dir = tmp_path / f"ppo-{seed}"
+        run_dir.mkdir()
+        table = pd.DataFrame(
+            dict(
+                phase=["train", "train", "train", "final", "baseline"],
+                env_steps=[100 + seed, 200 + seed, 300 + seed, 200 + seed, 200 + seed],
+                return_mean=[*values, 99.0, 1.0],
+            )
+        )
+        table.to_csv(run_dir / "results.csv", index=False)
+        rows.append(dict(scenario="lifetime", agent="ppo", seed=seed, run_dir=str(run_dir)))
+    rows.append(dict(scenario="lifetime", agent="random", seed=0, run_dir=str(tmp_path / "absent")))
+    curves = analysis.load_learning(pd.DataFrame(rows))
+    assert set(curves.agent) == {"ppo"} and len(curves) == 6
+    summary = analysis.learning_summary(curves)
+    assert summary.evaluation.tolist() == [0, 1, 2] and (summary.seeds == 2).all()
+    np.testing.assert_allclose(summary.env_steps, [100.5, 200.5, 300.5])
+    np.testing.assert_allclose(summary["mean"], [12.0, 32.0, 24.0])
+    lo, hi = mean_interval(np.array([20.0, 28.0]))
+    assert (summary.ci_low.iloc[2], summary.ci_high.iloc[2]) == pytest.approx((lo, hi))
+    (path,) = analysis.plot_learning(summary, tmp_path)
+    assert path.name == "learning_lifetime.png" and path.stat().st_size > 1000

@@ -1,6 +1,6 @@
 """The comparison of runs across seeds (experiments/compare.py): one row per agent and configuration with
-the mean and 95% t interval over seeds of each metric, regret against a reference agent, lifetime
-scenarios' per-day curves and, from a day T on, what agents deployed on day T are compared by.
+the mean and 95% t interval over seeds of each metric, regret against a reference agent, learning curves,
+lifetime scenarios' per-day curves and, from a day T on, what agents deployed on day T are compared by.
 
   text, written = compare([Path("runs")], Path("reports/compare"), reference="oracle-session")
 
@@ -51,6 +51,7 @@ METRICS = (
 )
 AFTER_DAYS = (7, 14, 21)  # --from-day T: retention given day T is read T + 7, 14 and 21 days on
 BY_DAY_FILE = "eval_by_day.csv"  # written by lifetime runs (experiments.core.tracking.RunLogger.curves)
+MIN_SHADED_SEEDS = 3  # learning curves shade their interval from this many seeds on
 BY_DAY_PANELS = (("retention", "share of users still active"), ("watch_per_active_user", "minutes per active user"))
 
 
@@ -180,6 +181,76 @@ def load_by_day(runs: pd.DataFrame) -> pd.DataFrame:
             continue
         frames.append(curves.assign(scenario=r.scenario, agent=r.agent, seed=r.seed))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_learning(runs: pd.DataFrame) -> pd.DataFrame:
+    """The evaluations during training of the runs that have them (results.csv's `train` rows, on validation
+    users where a run keeps its best snapshot): scenario, agent, seed, evaluation (0, 1, ... in order),
+    env_steps and return_mean."""
+    frames = []
+    for r in runs.itertuples():
+        path = Path(r.run_dir) / "results.csv"
+        try:
+            rows = pd.read_csv(path)
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            _skip(path, "not a readable results table")
+            continue
+        if not {"phase", "env_steps", "return_mean"} <= set(rows.columns):
+            continue
+        train = rows[rows.phase == "train"].dropna(subset=["env_steps", "return_mean"])
+        if len(train):
+            frames.append(
+                pd.DataFrame(
+                    dict(
+                        scenario=r.scenario,
+                        agent=r.agent,
+                        seed=r.seed,
+                        evaluation=np.arange(len(train)),
+                        env_steps=train.env_steps.to_numpy(dtype=np.float64),
+                        return_mean=train.return_mean.to_numpy(dtype=np.float64),
+                    )
+                )
+            )
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def learning_summary(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per scenario, agent and evaluation index: env_steps (mean over seeds: evaluations fall a few steps
+    apart), seeds, and the return's mean and 95% t interval over seeds."""
+    rows = []
+    for (scenario, agent, k), g in curves.groupby(["scenario", "agent", "evaluation"], sort=True):
+        stats = over_seeds(g.return_mean)
+        rows.append(dict(scenario=scenario, agent=agent, evaluation=k, env_steps=g.env_steps.mean(), **stats))
+    return pd.DataFrame(rows)
+
+
+def plot_learning(summary: pd.DataFrame, out: Path) -> list[Path]:
+    """One PNG per scenario: each training agent's return at its evaluations during training against the env
+    steps, mean and 95% interval over seeds (shaded from MIN_SHADED_SEEDS seeds on)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for scenario, g in summary.groupby("scenario", sort=True):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        agents = sorted(g.agent.unique())
+        palette = plt.get_cmap("tab20" if len(agents) > 10 else "tab10")
+        for agent, a in g.groupby("agent", sort=True):
+            (line,) = ax.plot(a.env_steps, a["mean"], "o-", ms=3, label=agent, color=palette(agents.index(agent)))
+            if (a.seeds >= MIN_SHADED_SEEDS).all():  # two seeds' t interval is +-12.7 sd: it would hide the rest
+                ax.fill_between(a.env_steps, a.ci_low, a.ci_high, color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("return at evaluations during training\n(mean, 95% CI over seeds)")
+        ax.set_title(f"{scenario}: learning curves")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"learning_{scenario}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
 
 
 def from_day(curve: pd.DataFrame, return_mean: float, day: int, after_days: tuple[int, ...]) -> dict[str, float]:
@@ -312,7 +383,9 @@ def compare(
     after_days: list[int] | None = None,
 ) -> tuple[str, list[Path]]:
     """Read the finished runs under `roots` and write comparison.md, comparison.csv, robust.csv
-    (:func:`robust`), return.png and, for lifetime runs, by_day.csv and by_day_<scenario>.png into `out`.
+    (:func:`robust`), return.png, for runs that evaluated during training learning.csv and
+    learning_<scenario>.png (:func:`learning_summary`), and, for lifetime runs, by_day.csv and
+    by_day_<scenario>.png into `out`.
     With `day` T (--from-day), the columns of `from_day` too, read `after_days` after T (default
     AFTER_DAYS). Returns (the markdown, the files written). Bad arguments, an unwritable `out` or no
     finished runs are a ValueError before any writing."""
@@ -336,6 +409,7 @@ def compare(
         metrics = (*METRICS, *names)
     summary = summarise(runs, metrics)
     ranked = robust(runs)
+    learning = load_learning(runs)
     text = markdown(summary, metrics) + "\n\n" + robust_markdown(ranked)
     with staged(out) as stage:  # all of the outputs, or none of them
         summary.to_csv(stage / "comparison.csv", index=False)
@@ -347,4 +421,8 @@ def compare(
             curves = by_day_summary(by_day)
             curves.to_csv(stage / "by_day.csv", index=False)
             names += ["by_day.csv", *(p.name for p in plot_by_day(curves, stage))]
+        if len(learning):
+            curves = learning_summary(learning)
+            curves.to_csv(stage / "learning.csv", index=False)
+            names += ["learning.csv", *(p.name for p in plot_learning(curves, stage))]
     return text, [out / name for name in names]
