@@ -159,9 +159,17 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
         ax.barh(g.agent, g["mean"], xerr=[lo, hi], color=colors, alpha=0.9, capsize=4)
         ax.set_title(scenario)
         ax.set_xlabel("minutes watched per episode\n(mean, 95% CI over seeds)")
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    """Lay out, write and close a comparison figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return path
 
 
 def load_by_day(runs: pd.DataFrame) -> pd.DataFrame:
@@ -245,11 +253,7 @@ def plot_learning(summary: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_ylabel("return at evaluations during training\n(mean, 95% CI over seeds)")
         ax.set_title(f"{scenario}: learning curves")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"learning_{scenario}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / f"learning_{scenario}.png"))
     return paths
 
 
@@ -315,11 +319,7 @@ def plot_by_day(summary: pd.DataFrame, out: Path) -> list[Path]:
             ax.set_ylabel(label)
             ax.set_title(f"{scenario}: {curve.replace('_', ' ')}")
         axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"by_day_{scenario}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / f"by_day_{scenario}.png"))
     return paths
 
 
