@@ -233,11 +233,9 @@ def test_the_robust_table_ranks_by_iqm_and_compares_each_agent_with_the_next():
 def test_learning_curves_average_each_evaluation_over_seeds_and_plot_them(tmp_path):
     """Each run's evaluations during training (results.csv's train rows, in order) are averaged over seeds
     evaluation by evaluation, with the t interval; final and baseline rows are not part of the curve."""
-    rows = []
+    tables = []
     returns = {0: [10.0, 30.0, 20.0], 1: [14.0, 34.0, 28.0]}
     for seed, values in returns.items():
-        run_dir = tmp_path / f"ppo-{seed}"
-        run_dir.mkdir()
         table = pd.DataFrame(
             dict(
                 phase=["train", "train", "train", "final", "baseline"],
@@ -245,10 +243,13 @@ def test_learning_curves_average_each_evaluation_over_seeds_and_plot_them(tmp_pa
                 return_mean=[*values, 99.0, 1.0],
             )
         )
-        table.to_csv(run_dir / "results.csv", index=False)
-        rows.append(dict(scenario="lifetime", agent="ppo", seed=seed, run_dir=str(run_dir)))
-    rows.append(dict(scenario="lifetime", agent="random", seed=0, run_dir=str(tmp_path / "absent")))
-    curves = analysis.load_learning(pd.DataFrame(rows))
+        tables.append(table.assign(scenario="lifetime", agent="ppo", seed=seed))
+    tables.append(
+        pd.DataFrame(dict(phase=["final"], env_steps=[0], return_mean=[5.0])).assign(
+            scenario="lifetime", agent="random", seed=0
+        )
+    )
+    curves = analysis.learning_rows(pd.concat(tables, ignore_index=True))
     assert set(curves.agent) == {"ppo"} and len(curves) == 6
     summary = analysis.learning_summary(curves)
     assert summary.evaluation.tolist() == [0, 1, 2] and (summary.seeds == 2).all()

@@ -66,26 +66,37 @@ def _config(record: dict) -> str:
     return f"{label} earlier dynamics".strip() if changed_dynamics(record) else label
 
 
-def load_runs(roots: list[Path]) -> pd.DataFrame:
-    """One row per agent, configuration and seed: the final evaluation of its latest finished run. Every run
+def load_rows(roots: list[Path]) -> pd.DataFrame:
+    """Every row of results.csv (final, train, baseline ...) of the latest finished run per agent,
+    configuration and seed, the agent labelled with its configuration where it ran in several. Every run
     is read through the one loader (experiments.core.records): one that is unfinished, truncated or
     inconsistent (a NaN return included) is skipped with a line that names it, the file and why."""
     runs, refused = find_runs(roots, checkpoint=None, same_dynamics=False)
     for err in refused:
         print(f"skipped: {err}", file=sys.stderr)
-    frames = [
-        run.results[run.results.phase == "final"].assign(config=_config(run.record), run_dir=str(run.run_dir))
-        for run in runs
-    ]
-    if not frames:
+    frames = [run.results.assign(config=_config(run.record), run_dir=str(run.run_dir)) for run in runs]
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["phase"])
+    if not (rows.phase == "final").any():
         raise ValueError(f"no finished runs (results.csv with a final evaluation) under {', '.join(map(str, roots))}")
-    runs = pd.concat(frames, ignore_index=True)
     # Where one agent ran in several configurations, each gets its label: never pooled.
-    mixed = runs.groupby(["scenario", "agent"]).config.transform("nunique") > 1
-    labelled = mixed & (runs.config != "")
-    runs.loc[labelled, "agent"] = runs.agent[labelled].astype(str) + " [" + runs.config[labelled] + "]"
+    mixed = rows.groupby(["scenario", "agent"]).config.transform("nunique") > 1
+    labelled = mixed & (rows.config != "")
+    rows.loc[labelled, "agent"] = rows.agent[labelled].astype(str) + " [" + rows.config[labelled] + "]"
     # A seed run twice counts once: its latest run (run directories sort by time within a seed).
-    return runs.sort_values("run_dir").drop_duplicates(["scenario", "agent", "seed"], keep="last")
+    latest = final_rows(rows).run_dir
+    return rows[rows.run_dir.isin(latest)]
+
+
+def final_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per agent, configuration and seed: the final evaluation of its latest run."""
+    final = rows[rows.phase == "final"]
+    return final.sort_values("run_dir").drop_duplicates(["scenario", "agent", "seed"], keep="last")
+
+
+def load_runs(roots: list[Path]) -> pd.DataFrame:
+    """One row per agent, configuration and seed: the final evaluation of its latest finished run
+    (:func:`load_rows`)."""
+    return final_rows(load_rows(roots))
 
 
 def add_regret(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
@@ -191,35 +202,15 @@ def load_by_day(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def load_learning(runs: pd.DataFrame) -> pd.DataFrame:
-    """The evaluations during training of the runs that have them (results.csv's `train` rows, on validation
-    users where a run keeps its best snapshot): scenario, agent, seed, evaluation (0, 1, ... in order),
-    env_steps and return_mean."""
-    frames = []
-    for r in runs.itertuples():
-        path = Path(r.run_dir) / "results.csv"
-        try:
-            rows = pd.read_csv(path)
-        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-            _skip(path, "not a readable results table")
-            continue
-        if not {"phase", "env_steps", "return_mean"} <= set(rows.columns):
-            continue
-        train = rows[rows.phase == "train"].dropna(subset=["env_steps", "return_mean"])
-        if len(train):
-            frames.append(
-                pd.DataFrame(
-                    dict(
-                        scenario=r.scenario,
-                        agent=r.agent,
-                        seed=r.seed,
-                        evaluation=np.arange(len(train)),
-                        env_steps=train.env_steps.to_numpy(dtype=np.float64),
-                        return_mean=train.return_mean.to_numpy(dtype=np.float64),
-                    )
-                )
-            )
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+def learning_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The evaluations during training among results rows (:func:`load_rows`; the `train` rows, on validation
+    users where a run keeps its best snapshot): scenario, agent, seed, evaluation (0, 1, ... in each run's
+    order), env_steps and return_mean."""
+    columns = ["scenario", "agent", "seed", "env_steps", "return_mean"]
+    if "env_steps" not in rows:
+        return pd.DataFrame(columns=[*columns, "evaluation"])
+    train = rows[rows.phase == "train"].dropna(subset=["env_steps", "return_mean"])
+    return train[columns].assign(evaluation=train.groupby(["scenario", "agent", "seed"]).cumcount())
 
 
 def learning_summary(curves: pd.DataFrame) -> pd.DataFrame:
@@ -397,7 +388,8 @@ def compare(
     if min(after) < 1:
         raise ValueError(f"--after-days must be days >= 1, got {' '.join(map(str, after_days))}")
     writable_dir(out, "--out")
-    runs = add_regret(load_runs(roots), reference)
+    rows = load_rows(roots)
+    runs = add_regret(final_rows(rows), reference)
     by_day = load_by_day(runs)
     if day is not None and not len(by_day):
         raise ValueError("--from-day needs lifetime runs with per-day curves (eval_by_day.csv)")
@@ -409,7 +401,7 @@ def compare(
         metrics = (*METRICS, *names)
     summary = summarise(runs, metrics)
     ranked = robust(runs)
-    learning = load_learning(runs)
+    learning = learning_rows(rows)
     text = markdown(summary, metrics) + "\n\n" + robust_markdown(ranked)
     with staged(out) as stage:  # all of the outputs, or none of them
         summary.to_csv(stage / "comparison.csv", index=False)
