@@ -73,7 +73,7 @@ class ActorCritic(nn.Module):
         self.slot_query = nn.Parameter(torch.zeros(slate_size, d)) if slate_size > 1 else None
         self.value_head = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
         self.normalize_values = normalize_values
-        if normalize_values:  # value = mean + std * critic output (ValueNormalizer); in the state dict
+        if normalize_values:  # value = mean + std * critic output (update_value_statistics); in the state dict
             self.register_buffer("value_mean", torch.zeros(()))
             self.register_buffer("value_std", torch.ones(()))
             # Running first and second moments of the targets and their weight (update_value_statistics).
@@ -132,7 +132,7 @@ def update_value_statistics(net: ActorCritic, targets: Tensor, rate: float) -> N
     rescale the value head's last layer so that every value it gives is unchanged ("preserving outputs
     precisely", PopArt: van Hasselt et al. 2016): only the units of its output move, so the loss sees
     targets of unit scale whatever the returns' scale (minutes per life discounted over days run to
-    hundreds, more than Adam moves an output in a run).
+    hundreds).
 
     The running moments are exponential averages, each batch weighing `rate`, corrected for their start
     at zero as Adam's are: after the first batch the mean and std are that batch's."""

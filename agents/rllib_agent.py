@@ -394,10 +394,9 @@ def _learner_class():
 
         def __call__(self, *, rl_module, batch, episodes, shared_data=None, **kwargs):
             for module_id, columns in batch.items():
-                module = rl_module[module_id]
-                module = module.unwrapped() if hasattr(module, "unwrapped") else module
-                net = getattr(module, "net", None)
-                if net is None or not net.normalize_values:
+                module = rl_module[module_id].unwrapped()
+                net = module.net
+                if not net.normalize_values:
                     continue
                 targets = torch.as_tensor(columns[Postprocessing.VALUE_TARGETS])
                 mask = columns.get(Columns.LOSS_MASK)
