@@ -148,6 +148,13 @@ EXPECTED = {
     "session env + oracles": "507b5aac85dab997",
     "lifetime env + oracles": "0f3afe09c64bce1a",
 }
+# The same code (main at ee8c5c8) on an Intel Xeon with AVX-512 (2026-12-07): its numpy's SIMD float loops
+# round three of the five otherwise. Any change to the dynamics gives a digest in neither table.
+EXPECTED_ELSEWHERE = {
+    "lifetime world": "523e0cea336c7891",
+    "session env + oracles": "f75192be4ead3e8c",
+    "lifetime env + oracles": "097aed4930960f82",
+}
 
 
 @pytest.mark.parametrize(
@@ -162,4 +169,4 @@ EXPECTED = {
 )
 def test_dynamics_fingerprint(what, digest):
     """Every family's dynamics, bit for bit: the digests of worlds, envs and oracles on fixed seeds."""
-    assert digest() == EXPECTED[what]
+    assert digest() in {EXPECTED[what], EXPECTED_ELSEWHERE.get(what)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -258,7 +260,8 @@ def test_an_interrupted_stress_test_resumes_from_its_saved_evaluations(tiny_run,
     pd.testing.assert_frame_equal(again.grid, res.grid)
     err = capsys.readouterr().err
     assert "resuming the stress test" in err and f"{corrupted} is unreadable" in err
-    assert f"bandit seed 1 done in 0s ({len(settings.regimes()) - 1} of {len(settings.regimes())} evaluations" in err
+    regimes = len(settings.regimes())  # the seconds it took depend on the machine's load, not on the resume
+    assert re.search(rf"bandit seed 1 done in \d+s \({regimes - 1} of {regimes} evaluations", err)
     assert "resumed" in (out / "report.md").read_text()
 
 
