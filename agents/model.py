@@ -4,6 +4,7 @@ the policy/value heads over candidate scores, and a greedy numpy-in/numpy-out po
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,6 +64,7 @@ class ActorCritic(nn.Module):
         slate_size: int = 1,
         item_features: np.ndarray | None = None,
         normalize_values: bool = False,
+        scaled_logits: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = RecommenderEncoder(config, item_features=item_features)
@@ -78,6 +80,9 @@ class ActorCritic(nn.Module):
             self.register_buffer("value_std", torch.ones(()))
             # Running first and second moments of the targets and their weight (update_value_statistics).
             self.register_buffer("value_moments", torch.zeros(3, dtype=torch.float64))
+        self.scaled_logits = scaled_logits
+        if scaled_logits:  # policy logits = logit_scale * scores (set once after a warm start); in the state dict
+            self.register_buffer("logit_scale", torch.ones(()))
 
     def forward(self, obs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """obs -> (action logits [B, C] or [B, K*C], state [B, d]). A "stream" encoder reads each
@@ -103,10 +108,12 @@ class ActorCritic(nn.Module):
     def action_logits(self, out: Any) -> Tensor:
         """An EncoderOutput (any leading axes [...]) -> logits [..., C], or [..., K*C] for a slate."""
         if self.slot_query is None:
-            return out.logits
-        queries = out.user[..., None, :, :] + self.slot_query[:, None, :]  # [..., K, C, d]
-        logits = (queries * out.candidates[..., None, :, :]).sum(-1) / np.sqrt(out.candidates.shape[-1])
-        return logits.flatten(-2)
+            logits = out.logits
+        else:
+            queries = out.user[..., None, :, :] + self.slot_query[:, None, :]  # [..., K, C, d]
+            logits = (queries * out.candidates[..., None, :, :]).sum(-1) / np.sqrt(out.candidates.shape[-1])
+            logits = logits.flatten(-2)
+        return logits * self.logit_scale if self.scaled_logits else logits
 
     def critic(self, state: Tensor) -> Tensor:
         """state [..., d] -> the value head's own output [...]: the value standardised by the running
@@ -121,6 +128,57 @@ class ActorCritic(nn.Module):
     def standardized(self, targets: Tensor) -> Tensor:
         """Value targets in the critic's units (the loss compares `critic` with these)."""
         return (targets - self.value_mean) / self.value_std if self.normalize_values else targets
+
+
+LOGIT_SCALE_RANGE = (1e-2, 1e3)  # scale_for_entropy searches here; beyond it the logits carry no ranking
+
+
+def mean_entropy(logits: Tensor, slots: int = 1) -> float:
+    """logits [B, K*C] (K = `slots` categorical choices side by side) -> the mean entropy per choice, nats."""
+    logp = torch.log_softmax(logits.reshape(logits.shape[0], slots, -1).double(), dim=-1)
+    return float(-(logp.exp() * logp).sum(-1).mean())
+
+
+def policy_kl(logits: Tensor, reference: Tensor, slots: int = 1) -> Tensor:
+    """KL(softmax(logits) || softmax(reference)) per decision, summed over its `slots` choices:
+    logits, reference [..., K*C] -> [...] nats."""
+    shape = (*logits.shape[:-1], slots, -1)
+    logp = torch.log_softmax(logits.reshape(shape), dim=-1)
+    logq = torch.log_softmax(reference.reshape(shape), dim=-1)
+    return (logp.exp() * (logp - logq)).sum(-1).sum(-1)
+
+
+def scale_for_entropy(logits: Tensor, target: float, slots: int = 1) -> float:
+    """The positive s whose softmax(s * logits) has mean entropy `target` nats per choice (bisection on
+    log s: the entropy falls as s grows), within LOGIT_SCALE_RANGE; logits [B, K*C] as mean_entropy's."""
+    low, high = (math.log(x) for x in LOGIT_SCALE_RANGE)
+    for _ in range(60):
+        mid = (low + high) / 2
+        if mean_entropy(math.exp(mid) * logits, slots) > target:
+            low = mid
+        else:
+            high = mid
+    return math.exp((low + high) / 2)
+
+
+@torch.no_grad()
+def calibrate_logits(
+    net: ActorCritic, obs: Mapping[str, np.ndarray], target: float, slots: int = 1
+) -> dict[str, float]:
+    """Set `net.logit_scale` (a net built with scaled_logits) so that its policy's mean entropy per choice
+    on `obs` (numpy arrays [B, ...], fresh users' first observations) is `target` nats; the scale and
+    the entropy before and after. A warm-started policy ranks candidates well but softly (sasrec's scores
+    are close together): sampled, it chooses almost at random, so PPO would start by exploring far from
+    the ranking it was given, and its advantages would value what follows a near-random policy."""
+    device = next(net.parameters()).device
+    tensors = {key: torch.as_tensor(value, device=device) for key, value in obs.items()}
+    net.logit_scale.fill_(1.0)
+    scores = net(tensors)[0].float()
+    scale = scale_for_entropy(scores, target, slots)
+    net.logit_scale.fill_(scale)
+    return dict(
+        logit_scale=scale, entropy_before=mean_entropy(scores, slots), entropy_after=mean_entropy(scale * scores, slots)
+    )
 
 
 VALUE_STD_FLOOR = 1e-2  # the running std of value targets is at least this (a constant return has none)

@@ -7,11 +7,13 @@ the GPU when asked for. The RLModule is a thin shell around agents.model.ActorCr
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -23,12 +25,24 @@ import numpy as np
 
 from agents.base import TrainableAgent
 from agents.encoder import EncoderConfig
-from agents.model import ActorCritic, GreedyPolicy, StreamingGreedyPolicy, encoder_config, update_value_statistics
+from agents.model import (
+    ActorCritic,
+    GreedyPolicy,
+    StreamingGreedyPolicy,
+    calibrate_logits,
+    encoder_config,
+    policy_kl,
+    update_value_statistics,
+)
 from agents.warm_start import WarmStartParams, warm_start_note
 from envs.config import ScenarioConfig
 from simulator.params import check_bool, check_int, check_range
 
 MAX_SEQ_LEN = 4096  # algo.max_seq_len: longer chunks make the learner's attention masks quadratic in memory
+MAX_STAGGER_STEPS = 100_000  # algo.stagger_steps: a burn-in longer than any life only costs time
+ANCHOR_KL_KEY = "anchor_kl"  # the learner's metric: mean KL(policy || reference) over the last minibatch
+CALIBRATION_USERS = 512  # algo.warm_start_entropy: fresh users whose first observations set the logit scale
+CALIBRATION_SEED = 104_729  # ... drawn from the run's seed plus this (not the training or evaluation users)
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,11 @@ class PPOParams(WarmStartParams):
     With `freeze_history_encoder` the warm-started history Transformer stays as sasrec fitted it and
     PPO learns the rest (the candidate tower, target attention, the policy and value heads): the
     learner then runs no backward pass through the history, most of its work on the CPU.
+
+    With `stagger_steps` (the "stream" encoder) the env runner's users do not all start their lives
+    together: before the first sample each slot's user lives a uniform 0 .. stagger_steps steps under
+    the warm-started policy, unrecorded (agents.rllib_stream.env_runner_class), so each train batch
+    mixes life stages instead of holding N users of one age.
 
     The sizes left None (num_env_runners, num_envs_per_env_runner, train_batch_size, minibatch_size)
     are chosen from the learner's device when the agent is built (:meth:`for_device`): on the CPU the
@@ -78,6 +97,9 @@ class PPOParams(WarmStartParams):
     gamma_per_day: float = 0.0  # lifetimes, "stream" encoders: discount per day between steps instead of gamma (0: off)
     normalize_values: bool = False  # the critic learns targets standardised by their running statistics (PopArt)
     value_stats_rate: float = 0.1  # normalize_values: weight of each train batch in the running mean and std
+    stagger_steps: int = 0  # "stream" encoders: before sampling, each slot's user lives 0..this many steps, unrecorded
+    anchor_coeff: float = 0.0  # weight of KL(policy || the warm-started policy) in the loss (0: off)
+    warm_start_entropy: float = 0.0  # the warm-started policy's logits scaled to this mean entropy, nats (0: off)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -103,6 +125,19 @@ class PPOParams(WarmStartParams):
         check_range(o, "gamma_per_day", self.gamma_per_day, 0.0, 1.0)
         check_bool(o, "normalize_values", self.normalize_values)
         check_range(o, "value_stats_rate", self.value_stats_rate, 0.0, 1.0, lo_open=True)
+        check_int(o, "stagger_steps", self.stagger_steps, 0, MAX_STAGGER_STEPS)
+        check_range(o, "warm_start_entropy", self.warm_start_entropy, 0.0)
+        check_range(o, "anchor_coeff", self.anchor_coeff, 0.0, 100.0)
+        if self.anchor_coeff and not self.pretrain_epochs:
+            raise ValueError(
+                "algo.anchor_coeff keeps the policy near the warm-started one: it needs the warm start "
+                "(algo.pretrain_epochs > 0)"
+            )
+        if self.warm_start_entropy and not self.pretrain_epochs:
+            raise ValueError(
+                "algo.warm_start_entropy scales the warm-started policy's logits: it needs the warm start "
+                "(algo.pretrain_epochs > 0)"
+            )
         if self.freeze_history_encoder and not self.pretrain_epochs:
             raise ValueError(
                 "algo.freeze_history_encoder needs the warm start (algo.pretrain_epochs > 0): "
@@ -111,6 +146,12 @@ class PPOParams(WarmStartParams):
 
     def check_scenario(self, scenario: Any) -> None:
         """Settings the scenario cannot take (run.py's settings call it before any work)."""
+        most = math.log(scenario.env.num_candidates)
+        if self.warm_start_entropy >= most:
+            raise ValueError(
+                f"algo.warm_start_entropy must be below log(env.num_candidates) = {most:.3f} nats (a uniform "
+                f"choice among {scenario.env.num_candidates}), got {self.warm_start_entropy}"
+            )
         if self.gamma_per_day > 0 and not scenario.world.lifetime.enabled:
             raise ValueError(
                 f"algo.gamma_per_day discounts over calendar days: {scenario.name!r} has no calendar "
@@ -123,6 +164,11 @@ class PPOParams(WarmStartParams):
             raise ValueError(
                 "algo.gamma_per_day needs model.history_mode stream (its train batch carries the days); "
                 "with the window encoder set algo.gamma_per_day: 0 (algo.gamma discounts per step)"
+            )
+        if self.stagger_steps and model.get("history_mode", EncoderConfig.history_mode) != "stream":
+            raise ValueError(
+                "algo.stagger_steps needs model.history_mode stream (its env runner runs the burn-in); "
+                "with the window encoder set algo.stagger_steps: 0"
             )
 
     def for_device(self, device: str, cpus: int | None = None) -> PPOParams:
@@ -214,10 +260,16 @@ def _rl_module_class():
         def setup(self) -> None:
             cfg = self.model_config
             self.net = ActorCritic(
-                cfg["encoder"], cfg["slate_size"], cfg["item_features"], cfg.get("normalize_values", False)
+                cfg["encoder"],
+                cfg["slate_size"],
+                cfg["item_features"],
+                cfg.get("normalize_values", False),
+                cfg.get("scaled_logits", False),
             )
             self.streams = self.net.encoder.streams
             self._cache = None  # sampling: the stream's keys and values (see agents.stream.StreamCache)
+            # The policy PPO is kept near (anchor_coeff): a frozen copy, set after the warm start; in the checkpoint.
+            self.reference = copy.deepcopy(self.net).requires_grad_(False) if cfg.get("anchor_coeff") else None
             if cfg.get("freeze_history", False):
                 # No gradients: the optimizer skips these weights and autograd never enters the history.
                 self.net.encoder.history.requires_grad_(False)
@@ -225,6 +277,15 @@ def _rl_module_class():
                 self.action_dist_cls = TorchMultiCategorical.get_partial_dist_cls(
                     input_lens=[int(n) for n in self.action_space.nvec]
                 )
+
+        def reference_logits(self, batch: dict[str, Any]) -> Any:
+            """The frozen reference policy's logits on a train batch (as _forward_train's, no autograd)."""
+            with torch.no_grad():
+                if self.streams:
+                    window = CarriedWindow.from_state(batch[Columns.STATE_IN])
+                    steps = batch.get(Columns.LOSS_MASK)
+                    return self.reference.forward_sequence(window, batch[Columns.OBS], steps)[0]
+                return self.reference(batch[Columns.OBS])[0]
 
         def get_initial_state(self) -> dict[str, Any]:
             if not self.net.encoder.streams:
@@ -343,6 +404,11 @@ def _rl_module_class():
     return DriftRecRLModule
 
 
+def set_reference(module: Any) -> None:
+    """The reference policy of an anchored module (anchor_coeff) becomes its policy as it is now."""
+    module.reference.load_state_dict(module.net.state_dict())
+
+
 def _learner_class():
     """Defined lazily, like the module: PPO's torch learner with a critic-only mode."""
     import torch
@@ -371,7 +437,16 @@ def _learner_class():
                 batch = dict(batch)
                 batch[Postprocessing.VALUE_TARGETS] = module.net.standardized(batch[Postprocessing.VALUE_TARGETS])
             if not self.critic_only:
-                return super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
+                loss = super().compute_loss_for_module(module_id=module_id, config=config, batch=batch, fwd_out=fwd_out)
+                coeff = float(module.model_config.get("anchor_coeff") or 0.0)
+                if coeff:  # KL to the warm-started policy, over the steps the loss reads
+                    slots = int(module.model_config["slate_size"])
+                    kl = policy_kl(fwd_out[Columns.ACTION_DIST_INPUTS], module.reference_logits(batch), slots)
+                    mask = batch.get(Columns.LOSS_MASK)
+                    kl = kl[mask.bool()].mean() if mask is not None else kl.mean()
+                    self.metrics.log_dict({ANCHOR_KL_KEY: kl.detach()}, key=module_id, window=1)
+                    loss = loss + coeff * kl
+                return loss
             values = module.compute_values(batch, embeddings=fwd_out[Columns.EMBEDDINGS].detach())
             error = (values - batch[Postprocessing.VALUE_TARGETS]) ** 2
             mask = batch.get(Columns.LOSS_MASK)  # RLlib's artificial last step of each chunk
@@ -517,6 +592,8 @@ class RLlibPPOAgent(TrainableAgent):
                         max_seq_len=p.max_seq_len,
                         normalize_values=p.normalize_values,
                         value_stats_rate=p.value_stats_rate,
+                        scaled_logits=p.warm_start_entropy > 0,
+                        anchor_coeff=p.anchor_coeff,
                     ),
                 )
             )
@@ -538,8 +615,13 @@ class RLlibPPOAgent(TrainableAgent):
         self.algo.learner_group.update = timed_update
         self._env_steps = 0
         self._pretrained = False
+        self._calibration = None  # the logit scale set after the warm start, reported with its iteration
         self._eval_net = ActorCritic(
-            self.encoder_config, scenario.env.slate_size, self.item_features, self.params.normalize_values
+            self.encoder_config,
+            scenario.env.slate_size,
+            self.item_features,
+            self.params.normalize_values,
+            self.params.warm_start_entropy > 0,
         )
 
     @property
@@ -552,7 +634,7 @@ class RLlibPPOAgent(TrainableAgent):
             return {}
         from agents.rllib_stream import env_runner_class
 
-        return dict(env_runner_cls=env_runner_class())
+        return dict(env_runner_cls=env_runner_class(self.params.stagger_steps))
 
     def _stream_batch(self) -> dict[str, Any]:
         """ "stream" encoders: the train batch built in arrays (agents.rllib_stream) instead of RLlib's
@@ -589,10 +671,26 @@ class RLlibPPOAgent(TrainableAgent):
         self.algo.learner_group.foreach_learner(
             lambda learner: learner.module[DEFAULT_MODULE_ID].net.encoder.load_state_dict(state)
         )
+        if self.params.warm_start_entropy:
+            obs = self._calibration_observations()
+            target, slots = self.params.warm_start_entropy, self.scenario.env.slate_size
+            (result,) = self.algo.learner_group.foreach_learner(
+                lambda learner: calibrate_logits(learner.module[DEFAULT_MODULE_ID].net, obs, target, slots)
+            )
+            self._calibration = result.get()
+        if self.params.anchor_coeff:  # the policy as the warm start (and the logit scale) left it
+            self.algo.learner_group.foreach_learner(lambda learner: set_reference(learner.module[DEFAULT_MODULE_ID]))
         self.algo.env_runner_group.sync_weights(
             from_worker_or_learner_group=self.algo.learner_group, inference_only=True, timeout_seconds=None
         )
         self._pretrained = True
+
+    def _calibration_observations(self) -> dict[str, np.ndarray]:
+        """First observations of CALIBRATION_USERS fresh users of the training scenario (own seed)."""
+        from envs.vector import RecVectorEnv
+
+        env = RecVectorEnv(num_envs=CALIBRATION_USERS, scenario=self.scenario, seed=self.seed + CALIBRATION_SEED)
+        return env.reset()[0]
 
     @property
     def warm_start_pending(self) -> str:
@@ -636,7 +734,16 @@ class RLlibPPOAgent(TrainableAgent):
             learn_s=self._learn_s,
             pretrain_s=pretrain_s,
             critic_only=float(critic_only),
+            **({"anchor_kl": get(learner, ANCHOR_KL_KEY)} if self.params.anchor_coeff else {}),
+            **self._calibration_metrics(),
         )
+
+    def _calibration_metrics(self) -> dict[str, float]:
+        """The warm start's logit scale and the policy's entropy before and after it (its iteration only)."""
+        done, self._calibration = self._calibration, None
+        if not done:
+            return {}
+        return {f"warm_start_{key}": value for key, value in done.items()}
 
     def policy(self) -> GreedyPolicy:
         module = self.algo.get_module()

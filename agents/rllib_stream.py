@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+STAGGER_STREAM = 0x57A6  # the burn-in's ages come from their own random stream, keyed by the runner's seed
+
 
 def _episode_arrays(episode: Any, state_key: str, initial: dict[str, np.ndarray]) -> dict[str, Any]:
     """One numpy'd episode chunk -> its arrays: obs (n + 1 rows), actions, rewards, logp, dist inputs,
@@ -221,7 +223,7 @@ def train_batch_connector(
     return StreamTrainBatch
 
 
-def env_runner_class():
+def env_runner_class(stagger_steps: int = 0):
     """RLlib's SingleAgentEnvRunner sampling the vector env in arrays (a class, built lazily).
 
     The default runner splits every observation into N per-user items and back, keeps each user's
@@ -233,6 +235,12 @@ def env_runner_class():
     episode chunks RLlib's learner and metrics read only at the end of the fragment. Episode
     callbacks are not called (driftrec registers none). Anything else (episodes instead of a
     number of timesteps, random actions) is sampled by the default runner.
+
+    With `stagger_steps` > 0 the runner's first sample starts with a burn-in: each slot's user lives
+    a uniform 0 .. stagger_steps steps under the policy, unrecorded (a slot restarts with a new user
+    stagger_steps - age steps in, by Gymnasium's partial reset), so the first train batches mix users
+    of every age instead of N lives started together, whose batches would move from young lives to
+    old ones as the run goes on. Those steps are sampled, not learned from, and not counted.
     """
     import torch
     from ray.rllib.core.columns import Columns
@@ -258,11 +266,11 @@ def env_runner_class():
                     random_actions=random_actions,
                     force_reset=force_reset,
                 )
-            env = self.env.env  # under RLlib's DictInfoToList: infos stay arrays
             module = self.module
             n = self.num_envs
             if force_reset or self._needs_initial_reset or self._live is None:
-                obs, _ = self._try_env_reset(seed=self._seed if self._needs_initial_reset else None, options=None)
+                first = self._needs_initial_reset
+                obs, _ = self._try_env_reset(seed=self._seed if first else None, options=None)
                 self._needs_initial_reset = False
                 self._ongoing_episodes_for_metrics.clear()
                 fresh = module.fresh_window(n)
@@ -274,39 +282,14 @@ def env_runner_class():
                     t=np.zeros(n, dtype=np.int64),
                     before={k: v.numpy().copy() for k, v in fresh.as_state().items()},
                 )
+                if first and stagger_steps:
+                    self._stagger(self._live, explore)
             live = self._live
             records, ts = [], 0
             while ts < num_timesteps:
-                acting = ~live["resetting"]
-                out = module.sample_step(live["obs"], live["window"], explore)
-                with self.metrics.log_time(ENV_STEP_TIMER):
-                    next_obs, rewards, terminated, truncated, _ = env.step(out["actions"])
-                records.append(
-                    dict(
-                        obs=live["obs"],
-                        acting=acting,
-                        rewards=np.asarray(rewards, dtype=np.float32),
-                        terminated=np.asarray(terminated, dtype=bool),
-                        truncated=np.asarray(truncated, dtype=bool),
-                        **{k: v for k, v in out.items() if k != "window"},
-                        window={k: v.numpy() for k, v in out["window"].as_state().items()},
-                    )
-                )
-                ts += int(acting.sum())
-                # A slot reset at this step starts a new user from a fresh window; a slot whose user
-                # ended at this step is reset at the next (NEXT_STEP autoreset).
-                started = live["resetting"]
-                window = out["window"]
-                if started.any():
-                    window = CarriedWindow(
-                        *(
-                            torch.where(torch.as_tensor(started).reshape(-1, *[1] * (a.dim() - 1)), b, a)
-                            for a, b in zip(window, module.fresh_window(n))
-                        )
-                    )
-                live["window"] = window
-                live["resetting"] = (np.asarray(terminated) | np.asarray(truncated)) & acting
-                live["obs"] = next_obs
+                record = self._advance(live, explore)
+                records.append(record)
+                ts += int(record["acting"].sum())
             done, ongoing = self._episodes(records, live)
             self._done_episodes_for_metrics.extend(done)
             for chunk in ongoing:
@@ -314,6 +297,62 @@ def env_runner_class():
             self._log_env_steps(metric=self._metrics_num_env_steps_sampled, num_steps=ts)
             self._increase_sampled_metrics(ts, len(done))
             return done + ongoing
+
+        def _advance(self, live: dict, explore: bool) -> dict:
+            """One step of every slot from `live` (updated in place) -> the step's record."""
+            acting = ~live["resetting"]
+            out = self.module.sample_step(live["obs"], live["window"], explore)
+            with self.metrics.log_time(ENV_STEP_TIMER):
+                # self.env.env: under RLlib's DictInfoToList, so infos stay arrays
+                next_obs, rewards, terminated, truncated, _ = self.env.env.step(out["actions"])
+            record = dict(
+                obs=live["obs"],
+                acting=acting,
+                rewards=np.asarray(rewards, dtype=np.float32),
+                terminated=np.asarray(terminated, dtype=bool),
+                truncated=np.asarray(truncated, dtype=bool),
+                **{k: v for k, v in out.items() if k != "window"},
+                window={k: v.numpy() for k, v in out["window"].as_state().items()},
+            )
+            # A slot reset at this step starts a new user from a fresh window; a slot whose user
+            # ended at this step is reset at the next (NEXT_STEP autoreset).
+            live["window"] = self._fresh_rows(out["window"], live["resetting"])
+            live["resetting"] = (record["terminated"] | record["truncated"]) & acting
+            live["obs"] = next_obs
+            return record
+
+        def _fresh_rows(self, window: CarriedWindow, rows: np.ndarray) -> CarriedWindow:
+            """`window` with the slots in `rows` [N] bool replaced by fresh (empty) windows."""
+            if not rows.any():
+                return window
+            where = torch.as_tensor(rows)
+            return CarriedWindow(
+                *(
+                    torch.where(where.reshape(-1, *[1] * (a.dim() - 1)), b, a)
+                    for a, b in zip(window, self.module.fresh_window(self.num_envs))
+                )
+            )
+
+        def _stagger(self, live: dict, explore: bool) -> None:
+            """The burn-in of the class docstring: slot i's user has lived ages[i] steps (fewer where
+            a user ended on the way and the slot went on with the next) when sampling starts."""
+            n = self.num_envs
+            rng = np.random.default_rng(np.random.SeedSequence([int(self._seed or 0), STAGGER_STREAM]))
+            ages = rng.integers(0, stagger_steps + 1, size=n)
+            lived = np.zeros(n, dtype=np.int64)
+            for k in range(stagger_steps):
+                restart = ages == stagger_steps - k
+                if k and restart.any():
+                    live["obs"], _ = self.env.env.reset(options={"reset_mask": restart})
+                    live["window"] = self._fresh_rows(live["window"], restart)
+                    live["resetting"] = live["resetting"] & ~restart
+                    lived[restart] = 0
+                acting = ~live["resetting"]
+                self._advance(live, explore)
+                lived = np.where(acting, lived + 1, 0)
+            live["t"] = lived
+            live["ids"] = [SingleAgentEpisode().id_ for _ in range(n)]
+            live["before"] = {k: v.numpy().copy() for k, v in live["window"].as_state().items()}
 
         def sampling_state(self) -> dict:
             """What sampling continues from: the vector env itself (its users, histories, candidates and

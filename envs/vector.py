@@ -90,13 +90,15 @@ class RecVectorEnv(VectorEnv):
     An unknown argument raises `TypeError` (so does a misspelled one passed through
     `gym.make_vec`); an unknown or out-of-range config key raises `ValueError` naming it.
     `reset(seed=s)` restarts every random stream (users, noise, candidates, social graph)
-    from `s`; `reset()` draws new users for all slots and continues the streams. `options`
-    is unused. `RecEnv` seeded `s` equals this env with `num_envs=1` seeded `s`; slot `i`
-    of a larger env is not a single env with any seed. `threads` changes no number: with 2 or
-    more (None: one per core the process may use, at most OMP_NUM_THREADS) a large env builds its
-    observations in blocks of users on that many threads (`envs.parallel`). The default, 1, keeps
-    them on the calling thread: RLlib env runners, SB3 and test workers run envs side by side in
-    processes of their own, and on a loaded machine a block waits for a core.
+    from `s`; `reset()` draws new users for all slots and continues the streams;
+    `reset(options={"reset_mask": mask})` (Gymnasium's partial reset, bool `(N,)`) draws new users
+    for the masked slots only and clears their pending autoreset, the other slots unchanged.
+    `RecEnv` seeded `s` equals this env with `num_envs=1` seeded `s`; slot `i` of a larger env is
+    not a single env with any seed. `threads` changes no number: with 2 or more (None: one per core
+    the process may use, at most OMP_NUM_THREADS) a large env builds its observations in blocks of
+    users on that many threads (`envs.parallel`). The default, 1, keeps them on the calling thread:
+    RLlib env runners, SB3 and test workers run envs side by side in processes of their own, and on
+    a loaded machine a block waits for a core.
 
     ## Info
 
@@ -153,6 +155,14 @@ class RecVectorEnv(VectorEnv):
         return self.core.world
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        mask = self._reset_mask(options)
+        if mask is not None:  # some slots only: the others keep their users and observations
+            if seed is not None:
+                raise ValueError("reset: seed restarts every slot's streams; it cannot go with options['reset_mask']")
+            self.core.reset_users(mask)
+            self._autoreset[mask] = False
+            self._last_fit[mask] = np.nan
+            return self.core.observations(), {}
         if seed is not None:
             self.core.reseed(seed)
         else:
@@ -160,6 +170,21 @@ class RecVectorEnv(VectorEnv):
         self._autoreset[:] = False
         self._last_fit = self._no_fit()
         return self.core.observations(), {}
+
+    def _reset_mask(self, options: Mapping[str, Any] | None) -> np.ndarray | None:
+        """Gymnasium's partial reset, `options={"reset_mask": mask}` (bool [N]), checked; None for a full reset."""
+        if not options:
+            return None
+        unknown = sorted(set(options) - {"reset_mask"})
+        if unknown:
+            raise ValueError(f"reset: unknown option {unknown[0]!r}; the one option is 'reset_mask' (bool [num_envs])")
+        mask = np.asarray(options["reset_mask"])
+        if mask.dtype != np.bool_ or mask.shape != (self.num_envs,):
+            raise ValueError(
+                f"reset: options['reset_mask'] must be a bool array of shape ({self.num_envs},), "
+                f"got {mask.dtype} {mask.shape}"
+            )
+        return mask
 
     def step(self, actions):
         resetting = self._autoreset

@@ -163,6 +163,45 @@ def test_next_step_autoreset(tiny_overrides):
     assert done_seen
 
 
+def test_partial_reset_starts_new_users_in_the_masked_slots_only(tiny_overrides):
+    """Gymnasium's `reset(options={"reset_mask": mask})`: the masked slots start new users (their past
+    only, step 0), a pending autoreset there is cleared, and the other slots keep their observations."""
+    venv = RecVectorEnv(
+        num_envs=6,
+        scenario="cognitive",
+        overrides=tiny_overrides({"env": {"max_steps": 5}, "users": {"past_interactions": 2}}),
+    )
+    venv.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        before, *_ = venv.step(rng.integers(0, 8, size=6))
+    mask = np.array([True, False, True, False, False, False])
+    venv._autoreset[0] = True  # slot 0 as if its user had just ended
+    obs, info = venv.reset(options={"reset_mask": mask})
+    assert info == {} and not venv._autoreset[0]
+    assert np.all(obs["history_mask"][mask].sum(axis=1) == 2.0) and np.all(venv.world.state.step[mask] == 0)
+    for key, value in before.items():
+        np.testing.assert_array_equal(obs[key][~mask], value[~mask], err_msg=key)
+    assert venv.step(rng.integers(0, 8, size=6))[4]["served"].all()  # slot 0 is served, not reset again
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"reset_mask": np.ones(5, dtype=bool)}, r"bool array of shape \(6,\)"),
+        ({"reset_mask": np.ones(6, dtype=int)}, "bool array"),
+        ({"mask": np.ones(6, dtype=bool)}, "unknown option 'mask'"),
+    ],
+)
+def test_a_bad_partial_reset_is_one_line_naming_it(tiny, options, words):
+    venv = RecVectorEnv(num_envs=6, overrides=tiny, seed=0)
+    with pytest.raises(ValueError, match=words) as error:
+        venv.reset(options=options)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="cannot go with"):
+        venv.reset(seed=1, options={"reset_mask": np.ones(6, dtype=bool)})
+
+
 # ---------------------------------------------------------- reproducibility
 def _rollout_single(env, seed, actions):
     obs, _ = env.reset(seed=seed)

@@ -137,6 +137,119 @@ def test_rllib_ppo_warm_starts_its_encoder_from_sasrec_on_logs(ray_session, monk
         agent.close()
 
 
+def test_rllib_ppo_warm_start_entropy_sharpens_the_sampled_policy_and_keeps_its_ranking(ray_session):
+    """Treatment against control on one seed, the same warm start: with warm_start_entropy the policy's
+    logits are the control's times one scale, set so that their mean entropy on fresh users' first
+    observations is the target; the greedy ranking is the control's, and the runners sample from it."""
+    from agents.model import mean_entropy
+    from envs.vector import RecVectorEnv
+
+    logs = {"log_users": 16, "log_steps": 40, "pretrain_epochs": 1}
+    obs = RecVectorEnv(num_envs=64, scenario=SCENARIO, seed=5).reset()[0]
+    nets = {}
+    for target in (0.0, 0.5):
+        agent = RLlibPPOAgent(
+            SCENARIO, PPOParams(**{**RLLIB_ALGO, **logs, "warm_start_entropy": target}), seed=SEED, model=MODEL
+        )
+        try:
+            agent.pretrain()
+            nets[target] = agent.policy().model
+            calibration = agent._calibration
+            runner = agent.algo.env_runner.module.net
+        finally:
+            agent.close()
+    tensors = {k: torch.as_tensor(v) for k, v in obs.items()}
+    with torch.no_grad():
+        control, treated = nets[0.0](tensors)[0], nets[0.5](tensors)[0]
+    scale = calibration["logit_scale"]
+    assert float(runner.logit_scale) == pytest.approx(scale) and scale > 1.5
+    torch.testing.assert_close(treated, scale * control, rtol=1e-5, atol=1e-5)
+    assert torch.equal(treated.argmax(-1), control.argmax(-1))
+    assert calibration["entropy_after"] == pytest.approx(0.5, abs=1e-6)
+    assert calibration["entropy_before"] > 1.0 and mean_entropy(control) > 1.0
+    assert "logit_scale" not in nets[0.0].state_dict() and "logit_scale" in nets[0.5].state_dict()
+
+
+def test_policy_kl_is_the_categorical_kl_summed_over_a_slates_choices():
+    from agents.model import policy_kl
+
+    p, q = torch.randn(5, 3 * 4), torch.randn(5, 3 * 4)
+    expected = sum(
+        torch.distributions.kl_divergence(
+            torch.distributions.Categorical(logits=p[:, k * 4 : (k + 1) * 4]),
+            torch.distributions.Categorical(logits=q[:, k * 4 : (k + 1) * 4]),
+        )
+        for k in range(3)
+    )
+    torch.testing.assert_close(policy_kl(p, q, slots=3), expected)
+    assert policy_kl(p, p + 7.0, slots=3).abs().max() < 1e-5  # a shift of every logit is the same policy
+
+
+def test_rllib_ppo_anchor_keeps_the_policy_near_its_warm_start(ray_session, tmp_path):
+    """Treatment against control on one seed, the same warm start and the same first samples: with
+    anchor_coeff the loss adds KL(policy || the warm-started policy, frozen in the module), and after
+    the same updates the policy is closer to the warm start than without it."""
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    from agents.model import policy_kl
+    from envs.vector import RecVectorEnv
+
+    algo = {**RLLIB_ALGO, "log_users": 16, "log_steps": 40, "pretrain_epochs": 1}
+    obs = RecVectorEnv(num_envs=64, scenario=SCENARIO, seed=5).reset()[0]
+    tensors = {k: torch.as_tensor(v) for k, v in obs.items()}
+    drift, reported = {}, {}
+    for coeff in (0.0, 5.0):
+        agent = RLlibPPOAgent(SCENARIO, PPOParams(**{**algo, "anchor_coeff": coeff}), seed=SEED, model=MODEL)
+        try:
+            agent.pretrain()
+            start = agent.policy().model
+            with torch.no_grad():
+                warm = start(tensors)[0].clone()
+            module = agent.algo.learner_group._learner.module[DEFAULT_MODULE_ID]
+            if coeff:  # the reference is the warm-started policy, and stays it
+                reference = {k: v.clone() for k, v in module.reference.state_dict().items()}
+                for key, value in module.net.state_dict().items():
+                    torch.testing.assert_close(reference[key], value, rtol=0, atol=0)
+            metrics = [agent.train_iteration() for _ in range(3)]
+            reported[coeff] = [m.get("anchor_kl") for m in metrics]
+            with torch.no_grad():
+                drift[coeff] = float(policy_kl(agent.policy().model(tensors)[0], warm).mean())
+            if coeff:
+                for key, value in module.reference.state_dict().items():
+                    torch.testing.assert_close(value, reference[key], rtol=0, atol=0)
+                agent.save(tmp_path / "checkpoint")
+        finally:
+            agent.close()
+    resumed = RLlibPPOAgent(SCENARIO, PPOParams(**{**algo, "anchor_coeff": 5.0}), seed=SEED + 1, model=MODEL)
+    try:  # a resumed run keeps its reference (in the module's state), not the new agent's own
+        resumed.restore(tmp_path / "checkpoint")
+        kept = resumed.algo.learner_group._learner.module[DEFAULT_MODULE_ID].reference.state_dict()
+        for key, value in reference.items():
+            torch.testing.assert_close(kept[key], value, rtol=0, atol=0)
+    finally:
+        resumed.close()
+    assert reported[0.0] == [None] * 3 and all(kl > 0 for kl in reported[5.0])
+    assert drift[5.0] < 0.5 * drift[0.0]
+
+
+@pytest.mark.parametrize(
+    "algo, words",
+    [
+        ({"warm_start_entropy": 0.5, "pretrain_epochs": 0}, "needs the warm start"),
+        ({"warm_start_entropy": 3.0}, r"below log\(env.num_candidates\) = 2.996"),
+        ({"warm_start_entropy": -1.0}, "warm_start_entropy"),
+        ({"anchor_coeff": 0.1, "pretrain_epochs": 0}, "anchor_coeff keeps the policy near"),
+        ({"anchor_coeff": -0.1}, "anchor_coeff"),
+    ],
+)
+def test_a_warm_start_entropy_the_run_cannot_take_is_one_line_before_any_run(algo, words):
+    from experiments.core.settings import RunSettings
+
+    with pytest.raises(ValueError, match=words) as error:
+        RunSettings(agent="ppo", scenario="mixed", algo=algo)
+    assert "\n" not in str(error.value)
+
+
 def test_rllib_ppo_critic_warmup_moves_only_the_value_head(ray_session):
     params = PPOParams(**{**RLLIB_ALGO, "critic_warmup_steps": 1024})  # two iterations of 512
     agent = RLlibPPOAgent(SCENARIO, params, seed=SEED, device="cpu", model=MODEL)

@@ -482,3 +482,43 @@ def test_return_free_heap_gives_freed_pages_back_to_the_os():
     return_free_heap()
     assert resident_mb() < control - 50
     del pinned
+
+
+def test_a_staggered_start_gives_each_slot_a_user_of_its_own_age(ray_session, monkeypatch):
+    """Treatment against control on one seed: without the burn-in every slot's first episode starts at
+    step 0 of its user's life; with it slot i's user has lived the age drawn for it (fewer where a user
+    ended during the burn-in and the slot went on with the next), as the env's own step counter (the
+    context's last column, step / max_steps) confirms for each slot."""
+    from agents.rllib_agent import PPOParams, RLlibPPOAgent
+    from agents.rllib_stream import STAGGER_STREAM
+
+    config = make_scenario("mixed", {**TINY, "env": {**TINY["env"], "max_steps": 12}})
+    started = {}
+    for stagger in (0, 9):
+        agent = RLlibPPOAgent(
+            config, PPOParams(**RLLIB_ALGO, stagger_steps=stagger), seed=0, model={**MODEL, "static_items": True}
+        )
+        try:
+            runner = agent.algo.env_runner
+            episodes = runner.sample(num_timesteps=42, explore=True)
+            seed = runner._seed
+        finally:
+            agent.close()
+        for e in episodes:  # the env's own step counter where each recorded chunk begins
+            context = np.asarray(e.get_observations()["context"])[0]
+            assert round(float(context[-1]) * 12) == e.t_started
+        started[stagger] = [e.t_started for e in episodes]
+    assert set(started[0]) == {0}
+    ages = np.random.default_rng(np.random.SeedSequence([int(seed or 0), STAGGER_STREAM])).integers(0, 10, size=6)
+    assert len(set(ages)) > 2 and len(set(started[9])) > 2
+    assert sum(age in started[9] for age in ages if age) >= 3  # slots whose user lived through start at their age
+
+
+def test_a_burn_in_the_window_encoder_cannot_run_is_one_line_before_any_run():
+    from experiments.core.settings import RunSettings
+
+    with pytest.raises(ValueError, match="algo.stagger_steps needs model.history_mode stream") as error:
+        RunSettings(agent="ppo", scenario="mixed", model={"history_mode": "window"}, algo={"stagger_steps": 64})
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="stagger_steps"):
+        RunSettings(agent="ppo", scenario="mixed", model={"history_mode": "stream"}, algo={"stagger_steps": -1})
