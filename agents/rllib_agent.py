@@ -67,7 +67,10 @@ class PPOParams(WarmStartParams):
     With `stagger_steps` (the "stream" encoder) the env runner's users do not all start their lives
     together: before the first sample each slot's user lives a uniform 0 .. stagger_steps steps under
     the warm-started policy, unrecorded (agents.rllib_stream.env_runner_class), so each train batch
-    mixes life stages instead of holding N users of one age.
+    mixes life stages instead of holding N users of one age. With `warm_start_entropy` the warm-started
+    policy's logits are scaled (agents.model.calibrate_logits) so that, sampled, it chooses with that mean
+    entropy on fresh users, its ranking unchanged; with `anchor_coeff` the loss adds that weight times
+    KL(policy || the policy as the warm start left it, frozen in the module).
 
     The sizes left None (num_env_runners, num_envs_per_env_runner, train_batch_size, minibatch_size)
     are chosen from the learner's device when the agent is built (:meth:`for_device`): on the CPU the
