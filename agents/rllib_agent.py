@@ -163,12 +163,14 @@ class PPOParams(WarmStartParams):
 
     def check_model(self, model: Mapping[str, Any]) -> None:
         """Settings the encoder (`model:` resolved) cannot take (run.py's settings call it before any work)."""
-        if self.gamma_per_day > 0 and model.get("history_mode", EncoderConfig.history_mode) != "stream":
+        if model.get("history_mode", EncoderConfig.history_mode) == "stream":
+            return
+        if self.gamma_per_day > 0:
             raise ValueError(
                 "algo.gamma_per_day needs model.history_mode stream (its train batch carries the days); "
                 "with the window encoder set algo.gamma_per_day: 0 (algo.gamma discounts per step)"
             )
-        if self.stagger_steps and model.get("history_mode", EncoderConfig.history_mode) != "stream":
+        if self.stagger_steps:
             raise ValueError(
                 "algo.stagger_steps needs model.history_mode stream (its env runner runs the burn-in); "
                 "with the window encoder set algo.stagger_steps: 0"
