@@ -65,6 +65,7 @@ class ActorCritic(nn.Module):
         item_features: np.ndarray | None = None,
         normalize_values: bool = False,
         scaled_logits: bool = False,
+        detach_critic: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = RecommenderEncoder(config, item_features=item_features)
@@ -80,6 +81,7 @@ class ActorCritic(nn.Module):
             self.register_buffer("value_std", torch.ones(()))
             # Running first and second moments of the targets and their weight (update_value_statistics).
             self.register_buffer("value_moments", torch.zeros(3, dtype=torch.float64))
+        self.detach_critic = detach_critic  # the value head reads the state without moving the encoder
         self.scaled_logits = scaled_logits
         if scaled_logits:  # policy logits = logit_scale * scores (set once after a warm start); in the state dict
             self.register_buffer("logit_scale", torch.ones(()))
@@ -117,8 +119,9 @@ class ActorCritic(nn.Module):
 
     def critic(self, state: Tensor) -> Tensor:
         """state [..., d] -> the value head's own output [...]: the value standardised by the running
-        statistics of its targets where `normalize_values`, else the value itself."""
-        return self.value_head(state).squeeze(-1)
+        statistics of its targets where `normalize_values`, else the value itself. With `detach_critic`
+        the critic's gradient stops at the state: its loss trains the value head alone."""
+        return self.value_head(state.detach() if self.detach_critic else state).squeeze(-1)
 
     def value(self, state: Tensor) -> Tensor:
         """state [..., d] -> the value in the reward's units [...] (what GAE reads)."""
@@ -227,10 +230,20 @@ def serve(module: nn.Module, obs: Mapping[str, np.ndarray], device: torch.device
 
 
 class GreedyPolicy:
-    """Numpy-in, numpy-out greedy policy over an ActorCritic (evaluation; no exploration)."""
+    """Numpy-in, numpy-out policy over an ActorCritic, for evaluation: its greedy ranking, or with
+    `temperature` > 0 its choices drawn from softmax(logits / temperature) (the Gumbel-max trick, slot by
+    slot without repeats; for one item exactly the softmax). The draws restart from `seed` at each `bind`
+    (the harness binds before every evaluation), so each evaluation of a policy meets the same noise."""
 
-    def __init__(self, model: ActorCritic, name: str, device: str = "cpu") -> None:
+    def __init__(
+        self, model: ActorCritic, name: str, device: str = "cpu", temperature: float = 0.0, seed: int = 0
+    ) -> None:
         self.model, self.name, self.device = model, name, device
+        self.temperature, self.seed = float(temperature), int(seed)
+        self._rng = np.random.default_rng(self.seed)
+
+    def bind(self, env: Any) -> None:
+        self._rng = np.random.default_rng(self.seed)
 
     def scores(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """[N, C] the top slot's candidate logits (how the policy ranks candidates for its first slot)."""
@@ -239,7 +252,13 @@ class GreedyPolicy:
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         logits, _ = serve(self.model, obs, self.device)
-        return self.greedy(logits.float().cpu().numpy())
+        return self.choose(logits.float().cpu().numpy())
+
+    def choose(self, logits: np.ndarray) -> np.ndarray:
+        """Logits [N, C] or [N, K*C] -> the action [N] or slate [N, K]: greedy, or sampled at the temperature."""
+        if self.temperature > 0:
+            logits = logits / np.float32(self.temperature) + self._rng.gumbel(size=logits.shape).astype(np.float32)
+        return self.greedy(logits)
 
     def greedy(self, scores: np.ndarray) -> np.ndarray:
         """Logits [N, C] or [N, K*C] -> the greedy action [N] or slate [N, K]."""
@@ -268,11 +287,14 @@ class StreamingGreedyPolicy(GreedyPolicy):
     afresh, as a trajectory's first step, which is also what ``scores`` does.
     """
 
-    def __init__(self, model: ActorCritic, name: str, device: str = "cpu") -> None:
-        super().__init__(model, name, device)
+    def __init__(
+        self, model: ActorCritic, name: str, device: str = "cpu", temperature: float = 0.0, seed: int = 0
+    ) -> None:
+        super().__init__(model, name, device, temperature, seed)
         self._window = self._cache = self._continues = None
 
     def bind(self, env: Any) -> None:
+        super().bind(env)
         self._window = self._cache = self._continues = None
 
     def observe(self, obs: Any, actions: Any, rewards: Any, info: Mapping[str, Any]) -> None:
@@ -302,7 +324,7 @@ class StreamingGreedyPolicy(GreedyPolicy):
         return logits
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.greedy(self._logits(obs).float().cpu().numpy())
+        return self.choose(self._logits(obs).float().cpu().numpy())
 
 
 __all__ = [

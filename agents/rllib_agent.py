@@ -43,6 +43,7 @@ MAX_STAGGER_STEPS = 100_000  # algo.stagger_steps: a burn-in longer than any lif
 ANCHOR_KL_KEY = "anchor_kl"  # the learner's metric: mean KL(policy || reference) over the last minibatch
 CALIBRATION_USERS = 512  # algo.warm_start_entropy: fresh users whose first observations set the logit scale
 CALIBRATION_SEED = 104_729  # ... drawn from the run's seed plus this (not the training or evaluation users)
+EVAL_SAMPLE_SEED = 15_485_863  # algo.eval_temperature: the draws of every evaluation start from this seed
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,12 @@ class PPOParams(WarmStartParams):
     mixes life stages instead of holding N users of one age. With `warm_start_entropy` the warm-started
     policy's logits are scaled (agents.model.calibrate_logits) so that, sampled, it chooses with that mean
     entropy on fresh users, its ranking unchanged; with `anchor_coeff` the loss adds that weight times
-    KL(policy || the policy as the warm start left it, frozen in the module).
+    KL(policy || the policy as the warm start left it, frozen in the module). With `eval_temperature`
+    the evaluations (validation, the best snapshot's choice, the final one) serve the policy's sampled
+    choices at that temperature (1: as PPO samples them) instead of its greedy ranking. With
+    `critic_trains_encoder` False the value head reads the encoder's state detached, so the value loss
+    (large on lifetimes, whose calendar-discounted targets run to hundreds) no longer moves the encoder
+    the policy reads: the critic fits on the policy's representation.
 
     The sizes left None (num_env_runners, num_envs_per_env_runner, train_batch_size, minibatch_size)
     are chosen from the learner's device when the agent is built (:meth:`for_device`): on the CPU the
@@ -103,6 +109,8 @@ class PPOParams(WarmStartParams):
     stagger_steps: int = 0  # "stream" encoders: before sampling, each slot's user lives 0..this many steps, unrecorded
     anchor_coeff: float = 0.0  # weight of KL(policy || the warm-started policy) in the loss (0: off)
     warm_start_entropy: float = 0.0  # the warm-started policy's logits scaled to this mean entropy, nats (0: off)
+    eval_temperature: float = 0.0  # evaluations serve draws from softmax(logits / this) (0: the greedy ranking)
+    critic_trains_encoder: bool = True  # False: the value loss trains the value head only, not the shared encoder
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -131,6 +139,8 @@ class PPOParams(WarmStartParams):
         check_int(o, "stagger_steps", self.stagger_steps, 0, MAX_STAGGER_STEPS)
         check_range(o, "warm_start_entropy", self.warm_start_entropy, 0.0)
         check_range(o, "anchor_coeff", self.anchor_coeff, 0.0, 100.0)
+        check_range(o, "eval_temperature", self.eval_temperature, 0.0, 100.0)
+        check_bool(o, "critic_trains_encoder", self.critic_trains_encoder)
         if self.anchor_coeff and not self.pretrain_epochs:
             raise ValueError(
                 "algo.anchor_coeff keeps the policy near the warm-started one: it needs the warm start "
@@ -270,6 +280,7 @@ def _rl_module_class():
                 cfg["item_features"],
                 cfg.get("normalize_values", False),
                 cfg.get("scaled_logits", False),
+                not cfg.get("critic_trains_encoder", True),
             )
             self.streams = self.net.encoder.streams
             self._cache = None  # sampling: the stream's keys and values (see agents.stream.StreamCache)
@@ -599,6 +610,7 @@ class RLlibPPOAgent(TrainableAgent):
                         value_stats_rate=p.value_stats_rate,
                         scaled_logits=p.warm_start_entropy > 0,
                         anchor_coeff=p.anchor_coeff,
+                        critic_trains_encoder=p.critic_trains_encoder,
                     ),
                 )
             )
@@ -754,9 +766,8 @@ class RLlibPPOAgent(TrainableAgent):
         module = self.algo.get_module()
         state = {k: v.detach().cpu() for k, v in module.net.state_dict().items()}
         self._eval_net.load_state_dict(state)
-        if self._eval_net.encoder.streams:
-            return StreamingGreedyPolicy(self._eval_net, self.name)
-        return GreedyPolicy(self._eval_net, self.name)
+        cls = StreamingGreedyPolicy if self._eval_net.encoder.streams else GreedyPolicy
+        return cls(self._eval_net, self.name, temperature=self.params.eval_temperature, seed=EVAL_SAMPLE_SEED)
 
     def _sampler(self) -> Any:
         """The env runner sampling in this process that keeps users' trajectories across iterations (the

@@ -26,6 +26,7 @@ CONTEXT_FEATURES = ("season_sin", "season_cos", "progress")
 LIFETIME_HISTORY_FEATURES = (*HISTORY_FEATURES, "days_ago", "session_start")
 LIFETIME_CONTEXT_FEATURES = (*CONTEXT_FEATURES, "week_sin", "week_cos", "days_away", "sessions")
 WATCH_TIME_CAP = 10.0  # history watch time is in units of the mean item length, capped here
+CACHE_ROWS = 512  # users per block of an observation's build: a block's history (~2 MB at H 128) stays in cache
 DAYS_SCALE = 365.0  # days ago / away are log1p(days) / log1p(DAYS_SCALE), capped at 1
 SESSIONS_SCALE = 1000.0  # sessions so far are log1p(sessions) / log1p(SESSIONS_SCALE), capped at 1
 POPULARITY_REFRESH = 20  # steps between rebuilds of the popular retrieval source when popularity moves
@@ -54,16 +55,35 @@ def log_days(days: np.ndarray, scale: float = DAYS_SCALE) -> np.ndarray:
     return np.minimum(out, 1.0).astype(np.float32)
 
 
+def _simd_log1p() -> bool:
+    """Whether numpy runs float32 log1p in a SIMD loop on this CPU (numpy's dispatch report)."""
+    try:
+        current = np.lib.introspect.opt_func_info(func_name="log1p$")["log1p"]["ff"]["current"]
+    except (AttributeError, KeyError):  # a numpy without the report: assume the scalar loop, the safe side
+        return False
+    return "baseline" not in current
+
+
+SIMD_LOG1P = _simd_log1p()
+
+
 def days_ago(now: np.ndarray, then: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """float32 `log_days(now - then)` of history entries: now [N, 1] (or [N]) and then [N, H] as
     float32 days; in place on a fresh array, since it runs at every step (and logs rebuild it).
-    With `mask` [N, H] (1 = a real entry, 0 = padding) padding gives 0 and takes no logarithm:
-    float32 log1p is a scalar loop on CPUs without AVX-512, the largest cost of a lifetime step."""
-    ago = np.subtract(now, then, dtype=np.float32)
-    np.maximum(ago, 0.0, out=ago)
-    np.log1p(ago, out=ago, where=True if mask is None else mask > 0)
+    With `mask` [N, H] (1 = a real entry, 0 = padding) padding gives 0."""
+    return log_days_ago(np.subtract(now, then, dtype=np.float32), mask)
+
+
+def log_days_ago(ago: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """`days_ago` from the float32 differences `ago` [N, H] (now - then), in place; returns `ago`.
+
+    Where numpy's float32 log1p is a scalar loop (CPUs without AVX-512: the largest cost of a lifetime
+    step there) padding takes no logarithm; where it is SIMD (`SIMD_LOG1P`) the plain loop over every
+    entry is 3x faster than a masked one. Both give the same bytes on real entries."""
+    np.maximum(ago, np.float32(0.0), out=ago)
+    np.log1p(ago, out=ago, where=True if mask is None or SIMD_LOG1P or mask.all() else mask > 0)
     ago *= np.float32(1.0 / np.log1p(DAYS_SCALE))
-    np.minimum(ago, 1.0, out=ago)
+    np.minimum(ago, np.float32(1.0), out=ago)
     if mask is not None:
         ago *= mask
     return ago
@@ -424,14 +444,20 @@ class RecommenderCore:
         # Ring slots p.. (the oldest) go first, then ..p-1: the two halves of each unrolled row.
         halves = ((slice(p, h), slice(0, h - p)), (slice(0, p), slice(h - p, h)))
 
-        def fill(rows: slice) -> None:
+        def fill_block(rows: slice) -> None:
             for key, ring in rings.items():
                 for src, dst in halves:
                     obs[key][rows, dst] = ring[rows, src]
             if now is not None:  # how long ago, as of now (contiguous: the ring's column stays 0)
-                day = np.concatenate([self.history_day[rows, src] for src, _ in halves], axis=1)
-                obs["history_features"][rows, :, 5] = days_ago(now[rows], day, obs["history_mask"][rows])
+                ago = np.empty((rows.stop - rows.start, h), np.float32)
+                for src, dst in halves:
+                    np.subtract(now[rows], self.history_day[rows, src], out=ago[:, dst])
+                obs["history_features"][rows, :, 5] = log_days_ago(ago, obs["history_mask"][rows])
             obs["candidate_features"][rows] = np.take(items, candidates[rows], axis=0)
+
+        def fill(rows: slice) -> None:  # in blocks that stay in cache between their copies and their days
+            for start in range(rows.start, rows.stop, CACHE_ROWS):
+                fill_block(slice(start, min(start + CACHE_ROWS, rows.stop)))
 
         row_size = h * (self.history_features.shape[2] + 2) + candidates.shape[1] * items.shape[1]
         for_row_blocks(fill, n, row_size, self.threads)

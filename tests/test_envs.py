@@ -702,11 +702,13 @@ def _unrolled_reference(core) -> dict[str, np.ndarray]:
     return {"history_items": unroll(core.history_items), "history_features": features, "history_mask": mask}
 
 
-def test_lifetime_observations_are_the_same_bytes_on_one_two_and_default_threads(monkeypatch):
+@pytest.mark.parametrize("cache_rows", [envs.core.CACHE_ROWS, 7])
+def test_lifetime_observations_are_the_same_bytes_on_one_two_and_default_threads(cache_rows, monkeypatch):
     """The lifetime preset (history 128, days ago) with enough users to split into blocks: threads=1,
     threads=2 and the default (None, one per core) on one seed and the same actions give the same
     observations, rewards and infos byte for byte, past the ring's wrap; the history equals the
-    whole-array computation it replaces."""
+    whole-array computation it replaces, also when each thread's rows are built in cache blocks of 7."""
+    monkeypatch.setattr(envs.core, "CACHE_ROWS", cache_rows)
     splits = []
 
     def spy(work, n_rows, row_size, threads=None):
@@ -802,8 +804,11 @@ def test_bad_thread_count_is_named(tiny, threads):
         RecVectorEnv(num_envs=2, overrides=tiny, threads=threads)
 
 
-def test_days_ago_of_padding_is_zero_and_real_entries_unchanged():
-    """The masked form (padding skipped) against the whole computation times the mask, bit for bit."""
+@pytest.mark.parametrize("simd", [True, False])
+def test_days_ago_of_padding_is_zero_and_real_entries_unchanged(simd, monkeypatch):
+    """The masked form against the whole computation times the mask, bit for bit, whether the logarithm
+    skips padding (a scalar log1p) or runs over every entry (a SIMD one)."""
+    monkeypatch.setattr(envs.core, "SIMD_LOG1P", simd)
     rng = np.random.default_rng(0)
     now = (rng.random((50, 1)) * 60.0).astype(np.float32)
     then = (now - rng.random((50, 16)) * np.array([0.01, 3.0, 400.0])[rng.integers(0, 3, (50, 16))]).astype(np.float32)

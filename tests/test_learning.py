@@ -185,6 +185,57 @@ def test_policy_kl_is_the_categorical_kl_summed_over_a_slates_choices():
     assert policy_kl(p, p + 7.0, slots=3).abs().max() < 1e-5  # a shift of every logit is the same policy
 
 
+def _sampling_policy(temperature: float, seed: int = 0, slate_size: int = 1):
+    from types import SimpleNamespace
+
+    from agents.model import GreedyPolicy
+
+    return GreedyPolicy(SimpleNamespace(slate_size=slate_size), "ppo", temperature=temperature, seed=seed)
+
+
+def test_a_sampled_evaluation_draws_from_the_policys_softmax_at_its_temperature():
+    """eval_temperature T: the served choice is a draw from softmax(logits / T) (Gumbel-max), T = 0 the
+    greedy one; frequencies over 40,000 users with the same logits match the softmax within 0.01."""
+    logits = np.tile(np.array([[2.0, 1.0, 0.0, -1.0]], np.float32), (40_000, 1))
+    np.testing.assert_array_equal(_sampling_policy(0.0).choose(logits), np.zeros(40_000))
+    for temperature in (1.0, 0.5):
+        counts = np.bincount(_sampling_policy(temperature).choose(logits), minlength=4) / 40_000
+        softmax = np.exp(logits[0] / temperature) / np.exp(logits[0] / temperature).sum()
+        np.testing.assert_allclose(counts, softmax, atol=0.01)
+    slates = _sampling_policy(1.0, slate_size=3).choose(np.tile(logits, (1, 3))[:1000])
+    assert all(len(set(row)) == 3 for row in slates.tolist())  # slot by slot, without repeats
+
+
+def test_a_sampled_evaluation_repeats_its_draws_after_each_bind():
+    """Common random numbers: every evaluation (the harness binds first) meets the same draws; another
+    seed meets others."""
+    logits = np.zeros((500, 6), np.float32)
+    policy = _sampling_policy(1.0, seed=3)
+    first = policy.choose(logits)
+    assert not np.array_equal(first, policy.choose(logits))  # the draws go on within an evaluation
+    policy.bind(env=None)
+    np.testing.assert_array_equal(policy.choose(logits), first)
+    assert not np.array_equal(_sampling_policy(1.0, seed=4).choose(logits), first)
+
+
+def test_a_sampled_evaluation_of_a_model_is_reproducible_and_not_the_greedy_one():
+    """Treatment against control on the same evaluation users: a model served at temperature 1 earns
+    another return than its greedy ranking, the same on a second evaluation."""
+    from agents.model import ActorCritic, GreedyPolicy, encoder_config
+    from envs import RecVectorEnv
+
+    env = RecVectorEnv(num_envs=2, scenario=SCENARIO, seed=0)
+    torch.manual_seed(0)
+    model = ActorCritic(
+        encoder_config(env.single_observation_space, env.core.n_items, MODEL), 1, env.core.item_features
+    )
+    greedy = evaluate(GreedyPolicy(model, "ppo"), SCENARIO, 32, EVAL_SEED).metrics["return_mean"]
+    sampled = GreedyPolicy(model, "ppo", temperature=1.0, seed=0)
+    first = evaluate(sampled, SCENARIO, 32, EVAL_SEED).metrics["return_mean"]
+    assert first != greedy
+    assert evaluate(sampled, SCENARIO, 32, EVAL_SEED).metrics["return_mean"] == first
+
+
 def test_rllib_ppo_anchor_keeps_the_policy_near_its_warm_start(ray_session, tmp_path):
     """Treatment against control on one seed, the same warm start and the same first samples: with
     anchor_coeff the loss adds KL(policy || the warm-started policy, frozen in the module), and after
@@ -240,6 +291,9 @@ def test_rllib_ppo_anchor_keeps_the_policy_near_its_warm_start(ray_session, tmp_
         ({"warm_start_entropy": -1.0}, "warm_start_entropy"),
         ({"anchor_coeff": 0.1, "pretrain_epochs": 0}, "anchor_coeff keeps the policy near"),
         ({"anchor_coeff": -0.1}, "anchor_coeff"),
+        ({"eval_temperature": -1.0}, "eval_temperature"),
+        ({"eval_temperature": "hot"}, "eval_temperature"),
+        ({"critic_trains_encoder": "no"}, "critic_trains_encoder"),
     ],
 )
 def test_a_warm_start_entropy_the_run_cannot_take_is_one_line_before_any_run(algo, words):
@@ -248,6 +302,43 @@ def test_a_warm_start_entropy_the_run_cannot_take_is_one_line_before_any_run(alg
     with pytest.raises(ValueError, match=words) as error:
         RunSettings(agent="ppo", scenario="mixed", algo=algo)
     assert "\n" not in str(error.value)
+
+
+def test_a_detached_critic_trains_the_value_head_alone(ray_session):
+    """Treatment against control on the same weights and observations: with detach_critic the value
+    loss leaves every encoder weight without a gradient and trains the value head as before, and the
+    policy's gradient is unchanged; PPO's critic_trains_encoder: false builds the module so."""
+    from agents.model import ActorCritic, encoder_config
+    from envs import RecVectorEnv
+
+    env = RecVectorEnv(num_envs=4, scenario=SCENARIO, seed=0)
+    obs = {k: torch.as_tensor(v) for k, v in env.reset(seed=0)[0].items()}
+    config = encoder_config(env.single_observation_space, env.core.n_items, MODEL)
+    grads = {}
+    for detach in (False, True):
+        torch.manual_seed(0)
+        net = ActorCritic(config, 1, env.core.item_features, detach_critic=detach)
+        logits, state = net(obs)
+        net.critic(state).square().sum().backward(retain_graph=True)
+        value = {k: None if w.grad is None else w.grad.clone() for k, w in net.named_parameters()}
+        net.zero_grad()
+        logits.logsumexp(-1).sum().backward()
+        grads[detach] = value, {k: w.grad for k, w in net.named_parameters() if w.grad is not None}
+    (value_control, policy_control), (value_detached, policy_detached) = grads[False], grads[True]
+    encoder = [k for k in value_control if k.startswith("encoder.")]
+    assert any(value_control[k] is not None and value_control[k].abs().sum() > 0 for k in encoder)
+    assert all(value_detached[k] is None or not value_detached[k].any() for k in encoder)
+    for k in value_control:
+        if k.startswith("value_head."):
+            torch.testing.assert_close(value_detached[k], value_control[k])
+    assert policy_detached.keys() == policy_control.keys()
+    for k in policy_control:
+        torch.testing.assert_close(policy_detached[k], policy_control[k])
+    agent = RLlibPPOAgent(SCENARIO, PPOParams(**{**RLLIB_ALGO, "critic_trains_encoder": False}), seed=SEED, model=MODEL)
+    try:
+        assert agent.algo.get_module().net.detach_critic
+    finally:
+        agent.close()
 
 
 def test_rllib_ppo_critic_warmup_moves_only_the_value_head(ray_session):
