@@ -753,7 +753,20 @@ class RLlibPPOAgent(TrainableAgent):
             critic_only=float(critic_only),
             **({"anchor_kl": get(learner, ANCHOR_KL_KEY)} if self.params.anchor_coeff else {}),
             **self._calibration_metrics(),
+            **self._world_metrics(),
         )
+
+    def _world_metrics(self) -> dict[str, float]:
+        """The training world's population state, which the fresh worlds of evaluations do not share:
+        `world_top10_popularity`, the share of the catalog's popularity held by its ten most popular items
+        (it moves with what the policy serves where `catalog.popularity_memory`; docs/lifetime). Only where
+        the sampler runs in this process (num_env_runners 0)."""
+        runner = getattr(self.algo, "env_runner", None) if self.params.num_env_runners == 0 else None
+        core = getattr(getattr(getattr(runner, "env", None), "unwrapped", None), "core", None)
+        if core is None or not core.config.world.catalog.popularity_memory:
+            return {}
+        popularity = core.world.popularity
+        return {"world_top10_popularity": float(np.sort(popularity)[-10:].sum() / popularity.sum())}
 
     def _calibration_metrics(self) -> dict[str, float]:
         """The warm start's logit scale and the policy's entropy before and after it (its iteration only)."""

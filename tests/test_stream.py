@@ -427,15 +427,21 @@ def test_normalised_values_train_the_critic_on_unit_scale_targets(ray_session, h
     from agents.rllib_agent import PPOParams, RLlibPPOAgent
 
     config = make_scenario("lifetime", {**TINY, "env": {**TINY["env"], "max_steps": 500}})
-    losses, nets = {}, {}
+    losses, nets, worlds = {}, {}, {}
     for normalize in (False, True):
         params = PPOParams(**RLLIB_ALGO, reward_scale=100.0, normalize_values=normalize)
         agent = RLlibPPOAgent(config, params, seed=0, model={**MODEL, "history_mode": history_mode})
         try:
-            losses[normalize] = agent.train_iteration()["value_loss"]
+            metrics = agent.train_iteration()
+            losses[normalize] = metrics["value_loss"]
             nets[normalize] = agent.algo.learner_group._learner.module["default_policy"].net
+            popularity = agent.algo.env_runner.env.unwrapped.core.world.popularity
+            worlds[normalize] = metrics["world_top10_popularity"], np.sort(popularity)[-10:].sum() / popularity.sum()
         finally:
             agent.close()
+    # The training world's popularity share is reported as the sampler's world holds it.
+    for reported, direct in worlds.values():
+        assert 0.0 < reported <= 1.0 and reported == pytest.approx(direct)
     assert losses[True] < 10.0 < 1e3 < losses[False], losses
     assert nets[True].value_std.item() > 10.0 and nets[True].value_mean.item() > 100.0
 
