@@ -301,18 +301,13 @@ class StreamingGreedyPolicy(GreedyPolicy):
         self._continues = np.asarray(info["served"], dtype=bool)
 
     def _logits(self, obs: dict[str, np.ndarray]) -> Tensor:
-        from agents.stream import CarriedWindow
-
         tensors = to_tensors(obs, self.device)
         n = tensors["history_items"].shape[0]
         history = self.model.encoder.history
         fresh = history.fresh_window(n, self.device)
         window = fresh
         if self._continues is not None and self._window is not None and len(self._continues) == n:
-            keep = torch.as_tensor(self._continues, device=self.device)
-            window = CarriedWindow(
-                *(torch.where(keep.reshape(-1, *[1] * (a.dim() - 1)), a, b) for a, b in zip(self._window, fresh))
-            )
+            window = self._window.where(torch.as_tensor(self._continues, device=self.device), fresh)
         was_training = self.model.training
         self.model.eval()
         try:

@@ -761,10 +761,9 @@ class RLlibPPOAgent(TrainableAgent):
         `world_top10_popularity`, the share of the catalog's popularity held by its ten most popular items
         (it moves with what the policy serves where `catalog.popularity_memory`; docs/lifetime). Only where
         the sampler runs in this process (num_env_runners 0)."""
-        runner = getattr(self.algo, "env_runner", None) if self.params.num_env_runners == 0 else None
-        core = getattr(getattr(getattr(runner, "env", None), "unwrapped", None), "core", None)
-        if core is None or not core.config.world.catalog.popularity_memory:
+        if self.params.num_env_runners or not self.scenario.world.catalog.popularity_memory:
             return {}
+        core = self.algo.env_runner.env.unwrapped.core
         popularity = core.world.popularity
         return {"world_top10_popularity": float(np.sort(popularity)[-10:].sum() / popularity.sum())}
 

@@ -325,13 +325,7 @@ def env_runner_class(stagger_steps: int = 0):
             """`window` with the slots in `rows` [N] bool replaced by fresh (empty) windows."""
             if not rows.any():
                 return window
-            where = torch.as_tensor(rows)
-            return CarriedWindow(
-                *(
-                    torch.where(where.reshape(-1, *[1] * (a.dim() - 1)), b, a)
-                    for a, b in zip(window, self.module.fresh_window(self.num_envs))
-                )
-            )
+            return window.where(torch.as_tensor(~rows), self.module.fresh_window(self.num_envs))
 
         def _stagger(self, live: dict, explore: bool) -> None:
             """The burn-in of the class docstring: slot i's user has lived ages[i] steps (fewer where

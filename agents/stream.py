@@ -99,6 +99,10 @@ class CarriedWindow(NamedTuple):
     def select(self, rows: Tensor) -> CarriedWindow:
         return CarriedWindow(*(t[rows] for t in self))
 
+    def where(self, keep: Tensor, other: CarriedWindow) -> CarriedWindow:
+        """Row by row: this window where `keep` [B] bool is True, `other`'s elsewhere (e.g. a fresh one)."""
+        return CarriedWindow(*(torch.where(keep.reshape(-1, *[1] * (a.dim() - 1)), a, b) for a, b in zip(self, other)))
+
 
 STEP_LANES = 8  # steps of one user read out together against one range of its tokens (see StepBlocks)
 
