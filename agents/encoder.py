@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from agents.lora import linear_weights
+
 __all__ = [
     "EncoderConfig",
     "EncoderOutput",
@@ -624,7 +626,8 @@ class TargetAttention(nn.Module):
     def folded(self, candidates: Tensor) -> Tensor:
         """candidates [..., d] -> [..., d + 1]: the output projection folded into the candidate, so
         that out(read) . c = read . f[:d] + f[d] (f = c W_out, c . b_out): per item, not per slot."""
-        return torch.cat([candidates @ self.out.weight, (candidates @ self.out.bias)[..., None]], dim=-1)
+        weight, bias = linear_weights(self.out)
+        return torch.cat([candidates @ weight, (candidates @ bias)[..., None]], dim=-1)
 
     def forward(self, candidates: Tensor, tokens: Tensor, mask: Tensor, queries: Tensor | None = None) -> Tensor:
         """candidates [B, C, d], tokens [B, H, d], mask bool [B, H] (or [B, C, H]) -> [B, C, d]."""

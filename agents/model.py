@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from agents.encoder import EncoderConfig, RecommenderEncoder
+from agents.lora import add_adapters
 from agents.policy import slate_from_scores
 
 # CPU-friendly defaults for RL; every EncoderConfig field can be overridden (config file `model:`).
@@ -66,9 +67,13 @@ class ActorCritic(nn.Module):
         normalize_values: bool = False,
         scaled_logits: bool = False,
         detach_critic: bool = False,
+        lora_rank: int = 0,
+        lora_alpha: float = 16.0,
     ) -> None:
         super().__init__()
         self.encoder = RecommenderEncoder(config, item_features=item_features)
+        if lora_rank:  # the encoder's own weights frozen; its linear layers learn low-rank updates (agents.lora)
+            add_adapters(self.encoder, lora_rank, lora_alpha)
         self.encoder.keep_user = slate_size > 1 or not self.encoder.streams  # single items: logits only
         self.slate_size = slate_size
         d = config.d_model

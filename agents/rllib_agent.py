@@ -25,7 +25,9 @@ import numpy as np
 
 from agents.base import TrainableAgent
 from agents.encoder import EncoderConfig
+from agents.lora import load_warm_start
 from agents.model import (
+    DEFAULT_MODEL,
     ActorCritic,
     GreedyPolicy,
     StreamingGreedyPolicy,
@@ -40,6 +42,8 @@ from simulator.params import check_bool, check_int, check_range
 
 MAX_SEQ_LEN = 4096  # algo.max_seq_len: longer chunks make the learner's attention masks quadratic in memory
 MAX_STAGGER_STEPS = 100_000  # algo.stagger_steps: a burn-in longer than any life only costs time
+MAX_WORLD_REFRESH_STEPS = 10_000_000  # algo.world_refresh_steps: beyond any run's length
+MAX_LORA_RANK = 4096  # algo.lora_rank: at most the encoder's width, checked against model.d_model
 ANCHOR_KL_KEY = "anchor_kl"  # the learner's metric: mean KL(policy || reference) over the last minibatch
 CALIBRATION_USERS = 512  # algo.warm_start_entropy: fresh users whose first observations set the logit scale
 CALIBRATION_SEED = 104_729  # ... drawn from the run's seed plus this (not the training or evaluation users)
@@ -76,7 +80,11 @@ class PPOParams(WarmStartParams):
     choices at that temperature (1: as PPO samples them) instead of its greedy ranking. With
     `critic_trains_encoder` False the value head reads the encoder's state detached, so the value loss
     (large on lifetimes, whose calendar-discounted targets run to hundreds) no longer moves the encoder
-    the policy reads: the critic fits on the policy's representation.
+    the policy reads: the critic fits on the policy's representation. With `world_refresh_steps` the
+    training world starts afresh (a new seed: new users, the catalog's popularity and the social trend as
+    in a new world) after that many of its steps, each moving every slot's user once, so training, like
+    evaluation, sees worlds no older than that instead of one aged by everything served since the start
+    (docs/lifetime: on long runs the training world's popularity concentrated on what the policy serves).
 
     The sizes left None (num_env_runners, num_envs_per_env_runner, train_batch_size, minibatch_size)
     are chosen from the learner's device when the agent is built (:meth:`for_device`): on the CPU the
@@ -111,6 +119,9 @@ class PPOParams(WarmStartParams):
     warm_start_entropy: float = 0.0  # the warm-started policy's logits scaled to this mean entropy, nats (0: off)
     eval_temperature: float = 0.0  # evaluations serve draws from softmax(logits / this) (0: the greedy ranking)
     critic_trains_encoder: bool = True  # False: the value loss trains the value head only, not the shared encoder
+    world_refresh_steps: int = 0  # "stream" encoders: the training world starts afresh after this many steps (0: never)
+    lora_rank: int = 0  # > 0: fine-tune the warm-started encoder through rank-r adapters only (LoRA; 0: all weights)
+    lora_alpha: float = 16.0  # the adapters' update is scaled by lora_alpha / lora_rank
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -141,6 +152,18 @@ class PPOParams(WarmStartParams):
         check_range(o, "anchor_coeff", self.anchor_coeff, 0.0, 100.0)
         check_range(o, "eval_temperature", self.eval_temperature, 0.0, 100.0)
         check_bool(o, "critic_trains_encoder", self.critic_trains_encoder)
+        check_int(o, "world_refresh_steps", self.world_refresh_steps, 0, MAX_WORLD_REFRESH_STEPS)
+        check_int(o, "lora_rank", self.lora_rank, 0, MAX_LORA_RANK)
+        check_range(o, "lora_alpha", self.lora_alpha, 0.0, 1e4, lo_open=True)
+        if self.lora_rank and not self.pretrain_epochs:
+            raise ValueError(
+                "algo.lora_rank fine-tunes the warm-started encoder through adapters: it needs the warm start "
+                "(algo.pretrain_epochs > 0); without it the frozen encoder would keep its random weights"
+            )
+        if self.lora_rank and self.freeze_history_encoder:
+            raise ValueError(
+                "algo.lora_rank and algo.freeze_history_encoder are two ways to fine-tune the warm start: set one"
+            )
         if self.anchor_coeff and not self.pretrain_epochs:
             raise ValueError(
                 "algo.anchor_coeff keeps the policy near the warm-started one: it needs the warm start "
@@ -173,6 +196,11 @@ class PPOParams(WarmStartParams):
 
     def check_model(self, model: Mapping[str, Any]) -> None:
         """Settings the encoder (`model:` resolved) cannot take (run.py's settings call it before any work)."""
+        width = model.get("d_model", DEFAULT_MODEL["d_model"])
+        if self.lora_rank > width:
+            raise ValueError(
+                f"algo.lora_rank must be at most model.d_model = {width} (a full-rank update), got {self.lora_rank}"
+            )
         if model.get("history_mode", EncoderConfig.history_mode) == "stream":
             return
         if self.gamma_per_day > 0:
@@ -184,6 +212,11 @@ class PPOParams(WarmStartParams):
             raise ValueError(
                 "algo.stagger_steps needs model.history_mode stream (its env runner runs the burn-in); "
                 "with the window encoder set algo.stagger_steps: 0"
+            )
+        if self.world_refresh_steps:
+            raise ValueError(
+                "algo.world_refresh_steps needs model.history_mode stream (its env runner starts the new "
+                "worlds); with the window encoder set algo.world_refresh_steps: 0"
             )
 
     def for_device(self, device: str, cpus: int | None = None) -> PPOParams:
@@ -281,6 +314,8 @@ def _rl_module_class():
                 cfg.get("normalize_values", False),
                 cfg.get("scaled_logits", False),
                 not cfg.get("critic_trains_encoder", True),
+                cfg.get("lora_rank", 0),
+                cfg.get("lora_alpha", 16.0),
             )
             self.streams = self.net.encoder.streams
             self._cache = None  # sampling: the stream's keys and values (see agents.stream.StreamCache)
@@ -552,7 +587,7 @@ class RLlibPPOAgent(TrainableAgent):
         self.item_features = probe.item_features
         self.model_overrides = dict(model or {})
         params.check_scenario(scenario)
-        params.check_model({"history_mode": self.encoder_config.history_mode})
+        params.check_model({"history_mode": self.encoder_config.history_mode, "d_model": self.encoder_config.d_model})
         p = self.params
         if not ray.is_initialized():
             if ray_address:
@@ -611,6 +646,8 @@ class RLlibPPOAgent(TrainableAgent):
                         scaled_logits=p.warm_start_entropy > 0,
                         anchor_coeff=p.anchor_coeff,
                         critic_trains_encoder=p.critic_trains_encoder,
+                        lora_rank=p.lora_rank,
+                        lora_alpha=p.lora_alpha,
                     ),
                 )
             )
@@ -639,6 +676,8 @@ class RLlibPPOAgent(TrainableAgent):
             self.item_features,
             self.params.normalize_values,
             self.params.warm_start_entropy > 0,
+            lora_rank=self.params.lora_rank,
+            lora_alpha=self.params.lora_alpha,
         )
 
     @property
@@ -651,7 +690,7 @@ class RLlibPPOAgent(TrainableAgent):
             return {}
         from agents.rllib_stream import env_runner_class
 
-        return dict(env_runner_cls=env_runner_class(self.params.stagger_steps))
+        return dict(env_runner_cls=env_runner_class(self.params.stagger_steps, self.params.world_refresh_steps))
 
     def _stream_batch(self) -> dict[str, Any]:
         """ "stream" encoders: the train batch built in arrays (agents.rllib_stream) instead of RLlib's
@@ -686,7 +725,7 @@ class RLlibPPOAgent(TrainableAgent):
         # On the learner's device: on cuda the warm start is a GPU job too.
         state = pretrain_encoder(self.scenario, self.params, self.model_overrides, self.seed, self.device)
         self.algo.learner_group.foreach_learner(
-            lambda learner: learner.module[DEFAULT_MODULE_ID].net.encoder.load_state_dict(state)
+            lambda learner: load_warm_start(learner.module[DEFAULT_MODULE_ID].net.encoder, state)
         )
         if self.params.warm_start_entropy:
             obs = self._calibration_observations()

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 STAGGER_STREAM = 0x57A6  # the burn-in's ages come from their own random stream, keyed by the runner's seed
+WORLD_STREAM = 0x3071D  # the seeds of the worlds a runner starts afresh (algo.world_refresh_steps), keyed likewise
 
 
 def _episode_arrays(episode: Any, state_key: str, initial: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -223,7 +224,7 @@ def train_batch_connector(
     return StreamTrainBatch
 
 
-def env_runner_class(stagger_steps: int = 0):
+def env_runner_class(stagger_steps: int = 0, world_refresh_steps: int = 0):
     """RLlib's SingleAgentEnvRunner sampling the vector env in arrays (a class, built lazily).
 
     The default runner splits every observation into N per-user items and back, keeps each user's
@@ -241,6 +242,13 @@ def env_runner_class(stagger_steps: int = 0):
     stagger_steps - age steps in, by Gymnasium's partial reset), so the first train batches mix users
     of every age instead of N lives started together, whose batches would move from young lives to
     old ones as the run goes on. Those steps are sampled, not learned from, and not counted.
+
+    With `world_refresh_steps` > 0 the runner's world starts afresh once it has stepped that many times
+    (each step moves every slot's user once; checked where a fragment starts): the env is reset with the
+    next seed of the runner's own sequence (:func:`world_seed`), so the population's state (the catalog's
+    popularity, the social trend) and every user are those of a new world, as in each evaluation, instead
+    of a world aged by everything the policy has served since the run began. The open lives end there as
+    truncated (their values bootstrapped by the critic), and the new world's burn-in runs again.
     """
     import torch
     from ray.rllib.core.columns import Columns
@@ -255,6 +263,8 @@ def env_runner_class(stagger_steps: int = 0):
         """Samples RecVectorEnv (through its reward-scaling wrapper) in arrays; see env_runner_class."""
 
         _live = None  # what carries over between sample() calls: obs, carried windows, open episodes
+        _world_steps = 0  # steps of the current world (every slot once per step)
+        _worlds = 0  # worlds started afresh before the current one
 
         def _sample(self, *, num_timesteps=None, num_episodes=None, explore, random_actions=False, force_reset=False):
             if num_timesteps is None or random_actions:
@@ -268,9 +278,14 @@ def env_runner_class(stagger_steps: int = 0):
                 )
             module = self.module
             n = self.num_envs
-            if force_reset or self._needs_initial_reset or self._live is None:
+            refresh = bool(world_refresh_steps) and self._live is not None and self._world_steps >= world_refresh_steps
+            if force_reset or self._needs_initial_reset or self._live is None or refresh:
                 first = self._needs_initial_reset
-                obs, _ = self._try_env_reset(seed=self._seed if first else None, options=None)
+                if refresh:
+                    self._worlds += 1
+                seed = self._seed if first else world_seed(self._seed, self._worlds) if refresh else None
+                obs, _ = self._try_env_reset(seed=seed, options=None)
+                self._world_steps = 0
                 self._needs_initial_reset = False
                 self._ongoing_episodes_for_metrics.clear()
                 fresh = module.fresh_window(n)
@@ -282,7 +297,7 @@ def env_runner_class(stagger_steps: int = 0):
                     t=np.zeros(n, dtype=np.int64),
                     before={k: v.numpy().copy() for k, v in fresh.as_state().items()},
                 )
-                if first and stagger_steps:
+                if (first or refresh) and stagger_steps:
                     self._stagger(self._live, explore)
             live = self._live
             records, ts = [], 0
@@ -301,6 +316,7 @@ def env_runner_class(stagger_steps: int = 0):
         def _advance(self, live: dict, explore: bool) -> dict:
             """One step of every slot from `live` (updated in place) -> the step's record."""
             acting = ~live["resetting"]
+            self._world_steps += 1
             out = self.module.sample_step(live["obs"], live["window"], explore)
             with self.metrics.log_time(ENV_STEP_TIMER):
                 # self.env.env: under RLlib's DictInfoToList, so infos stay arrays
@@ -331,7 +347,8 @@ def env_runner_class(stagger_steps: int = 0):
             """The burn-in of the class docstring: slot i's user has lived ages[i] steps (fewer where
             a user ended on the way and the slot went on with the next) when sampling starts."""
             n = self.num_envs
-            rng = np.random.default_rng(np.random.SeedSequence([int(self._seed or 0), STAGGER_STREAM]))
+            key = [int(self._seed or 0), STAGGER_STREAM] + ([self._worlds] if self._worlds else [])
+            rng = np.random.default_rng(np.random.SeedSequence(key))
             ages = rng.integers(0, stagger_steps + 1, size=n)
             lived = np.zeros(n, dtype=np.int64)
             for k in range(stagger_steps):
@@ -363,6 +380,8 @@ def env_runner_class(stagger_steps: int = 0):
                 env=data,
                 live=None if self._live is None else copy.deepcopy(self._live),
                 needs_initial_reset=self._needs_initial_reset,
+                world_steps=self._world_steps,
+                worlds=self._worlds,
                 torch_rng=torch.get_rng_state(),
                 numpy_rng=np.random.get_state(),
             )
@@ -377,6 +396,8 @@ def env_runner_class(stagger_steps: int = 0):
             wrapper.env = env
             self._live = state["live"]
             self._needs_initial_reset = state["needs_initial_reset"]
+            self._world_steps = state.get("world_steps", 0)  # absent from checkpoints written before refreshes
+            self._worlds = state.get("worlds", 0)
             self.module._cache = None  # rebuilt from the carried windows
             torch.set_rng_state(state["torch_rng"])
             np.random.set_state(state["numpy_rng"])
@@ -446,6 +467,11 @@ def env_runner_class(stagger_steps: int = 0):
             return done, ongoing
 
     return BatchedEnvRunner
+
+
+def world_seed(runner_seed: int | None, world: int) -> int:
+    """The seed of the `world`-th world (1, 2, ...) a runner seeded `runner_seed` starts afresh."""
+    return int(np.random.SeedSequence([int(runner_seed or 0), WORLD_STREAM, world]).generate_state(1)[0] >> 1)
 
 
 def _set_row(arrays: dict[str, np.ndarray], row: int, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

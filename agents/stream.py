@@ -59,6 +59,7 @@ from agents.encoder import (
     attention,
     merge_rows,
 )
+from agents.lora import linear_weights
 
 ROPE_BASE = 10_000.0
 
@@ -381,7 +382,8 @@ class StreamHistoryEncoder(nn.Module):
         heads = self.config.n_heads
         proj = block.attn.qkv
         if keys_only:
-            kv = F.linear(block.ln1(x), proj.weight[d:], proj.bias[d:]).view(b, length, 2, heads, d // heads)
+            weight, bias = linear_weights(proj)
+            kv = F.linear(block.ln1(x), weight[d:], bias[d:]).view(b, length, 2, heads, d // heads)
             k, v = kv.unbind(2)
             return None, rope(k, turn), v
         q, k, v = proj(block.ln1(x)).view(b, length, 3, heads, d // heads).unbind(2)

@@ -218,6 +218,11 @@ class RecommenderCore:
         self.seed = int(seed)
         world_seed, cand_seed, reset_seed = np.random.SeedSequence(self.seed).generate_state(3)
         self.world.reseed(int(world_seed))
+        # A reseeded core is the fresh one of that seed, however long this one ran: the retrieval index
+        # back on the new world's popularity and its refresh clock back at zero.
+        self.index = with_popularity(self.index, self.world.popularity)
+        self.steps = 0
+        self.history_pos = 0
         # Per-step candidates and reset-time draws use separate streams, so the per-step
         # stream has a fixed shape whatever the policy does (common random numbers).
         self.candidate_rng = np.random.default_rng(int(cand_seed))

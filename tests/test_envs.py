@@ -257,6 +257,26 @@ def test_reset_with_seed_restarts_the_same_episode(make_cfg):
         _assert_obs_equal(x[0], y[0])
 
 
+def test_reset_with_seed_after_a_long_run_is_a_new_env_of_that_seed(make_cfg):
+    """Treatment against control on common actions: a lifetime world that has run long enough for its
+    popularity to move and its retrieval index to follow (POPULARITY_REFRESH) is, reseeded, the very
+    env a new one of that seed is: observations, rewards and ends, step for step."""
+    from envs.core import POPULARITY_REFRESH
+
+    cfg = make_cfg("lifetime")
+    aged = RecVectorEnv(4, cfg)
+    warm = np.random.default_rng(3).integers(0, 8, size=(3 * POPULARITY_REFRESH, 4))
+    _rollout_vector(aged, 1, warm)
+    assert not np.allclose(aged.world.popularity, aged.world.catalog.popularity)
+    actions = np.random.default_rng(4).integers(0, 8, size=(POPULARITY_REFRESH + 5, 4))
+    a = _rollout_vector(aged, 9, actions)
+    b = _rollout_vector(RecVectorEnv(4, cfg), 9, actions)
+    for x, y in zip(a, b):
+        _assert_obs_equal(x[0], y[0])
+        for u, v in zip(x[1:], y[1:]):
+            np.testing.assert_array_equal(u, v)
+
+
 def test_single_env_equals_vector_env_with_one_slot(make_cfg):
     """A single env seeded s and a one-slot vector env seeded s are the same process.
 

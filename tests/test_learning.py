@@ -386,6 +386,62 @@ def test_rllib_ppo_frozen_history_encoder_keeps_the_warm_start(ray_session, free
     assert changed - history, "nothing but the history encoder learned"
 
 
+def test_rllib_ppo_adapters_start_at_the_warm_start_and_train_only_themselves(ray_session):
+    """Treatment (lora_rank 2) against control (full fine-tuning) on one seed: after the warm start both
+    policies score the same observations alike (the adapters' B starts at zero); one PPO update then
+    moves, in the treatment, the adapters and the value head only, every encoder weight as the warm
+    start left it, and the policy with them; the control moves the encoder itself."""
+    from envs import RecVectorEnv
+
+    obs = {k: torch.as_tensor(v) for k, v in RecVectorEnv(8, SCENARIO, seed=1).reset(seed=1)[0].items()}
+    logs = {"log_users": 16, "log_steps": 40}
+    seen = {}
+    for rank in (0, 2):
+        params = PPOParams(**{**RLLIB_ALGO, "pretrain_epochs": 1, "lora_rank": rank, "lora_alpha": 4.0, **logs})
+        agent = RLlibPPOAgent(SCENARIO, params, seed=SEED, device="cpu", model=MODEL)
+        try:
+            agent.pretrain()
+            start = agent.learner_weights()
+            with torch.no_grad():
+                warm = agent.policy().model(obs)[0]
+            agent.train_iteration()
+            end = agent.learner_weights()
+            with torch.no_grad():
+                tuned = agent.policy().model(obs)[0]
+            trainable = {k for k, w in agent.algo.get_module().net.named_parameters() if w.requires_grad}
+        finally:
+            agent.close()
+        seen[rank] = start, end, warm, tuned, trainable
+    (start0, end0, warm0, _, _), (start2, end2, warm2, tuned2, trainable) = seen[0], seen[2]
+    torch.testing.assert_close(warm2, warm0, atol=1e-5, rtol=0)  # the same warm-started policy
+    changed = {k for k in start2 if not torch.equal(start2[k], end2[k])}
+    adapters = {k for k in start2 if k.rsplit(".", 1)[-1] in ("lora_a", "lora_b")}
+    assert adapters and {k for k in changed if k.endswith("lora_b")}
+    assert {k for k in changed if k.startswith("encoder.")} <= adapters
+    assert {k for k in trainable if k.startswith("encoder.")} == adapters
+    assert any(k.startswith("value_head.") for k in changed)
+    assert not torch.allclose(tuned2, warm2)  # the adapters moved the policy
+    assert any(not torch.equal(start0[k], end0[k]) for k in start0 if k.startswith("encoder.history."))
+
+
+@pytest.mark.parametrize(
+    "algo,words",
+    [
+        ({"lora_rank": 4, "pretrain_epochs": 0}, "lora_rank fine-tunes the warm-started encoder"),
+        ({"lora_rank": 4, "freeze_history_encoder": True}, "two ways to fine-tune the warm start"),
+        ({"lora_rank": -1}, "lora_rank"),
+        ({"lora_rank": 65}, r"lora_rank must be at most model.d_model = 64"),
+        ({"lora_alpha": 0.0}, "lora_alpha"),
+    ],
+)
+def test_adapters_the_run_cannot_take_are_one_line_before_any_run(algo, words):
+    from experiments.core.settings import RunSettings
+
+    with pytest.raises(ValueError, match=words) as error:
+        RunSettings(agent="ppo", scenario="mixed", algo=algo)
+    assert "\n" not in str(error.value)
+
+
 def test_frozen_history_encoder_needs_the_warm_start():
     with pytest.raises(ValueError, match="freeze_history_encoder needs the warm start"):
         PPOParams(pretrain_epochs=0, freeze_history_encoder=True)

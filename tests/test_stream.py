@@ -51,11 +51,23 @@ def encoder(env, config, **overrides) -> RecommenderEncoder:
     return RecommenderEncoder(cfg, item_features=env.core.item_features).eval()
 
 
-@pytest.mark.parametrize("scenario,steps", [("mixed", 10), ("lifetime", 40)])
-def test_every_way_of_running_the_stream_computes_one_causal_pass(scenario, steps):
+@pytest.mark.parametrize(
+    "scenario,steps,adapters", [("mixed", 10, False), ("lifetime", 40, False), ("lifetime", 12, True)]
+)
+def test_every_way_of_running_the_stream_computes_one_causal_pass(scenario, steps, adapters):
+    """With adapters (agents.lora, their updates made nonzero) too: the paths that read a layer's weight
+    themselves (the cached keys, the folded output projection) apply its update as calling it does."""
+    from agents.lora import add_adapters
+
     env, config, seen, stacked = trajectory(scenario, steps)
     assert len(seen) >= 8
     net = encoder(env, config)
+    if adapters:
+        add_adapters(net, rank=3, alpha=6.0)
+        with torch.no_grad():
+            for name, weight in net.named_parameters():
+                if name.endswith("lora_b"):
+                    weight.normal_(0.0, 0.3)
     one = lambda obs: {k: torch.as_tensor(v) for k, v in obs.items()}  # noqa: E731
     with torch.no_grad():
         start = net.history.fresh_window(USERS, "cpu")
@@ -518,6 +530,60 @@ def test_a_staggered_start_gives_each_slot_a_user_of_its_own_age(ray_session, mo
     ages = np.random.default_rng(np.random.SeedSequence([int(seed or 0), STAGGER_STREAM])).integers(0, 10, size=6)
     assert len(set(ages)) > 2 and len(set(started[9])) > 2
     assert sum(age in started[9] for age in ages if age) >= 3  # slots whose user lived through start at their age
+
+
+def test_a_world_refresh_starts_the_training_world_afresh_as_a_new_env_of_its_seed(ray_session):
+    """Treatment against control on one seed: without refreshes the sampler's world keeps aging (its
+    popularity moves off the catalog's); with world_refresh_steps the fragment that starts once the world
+    has stepped that often starts in the next world of the runner's sequence, exactly as a new env of
+    that seed starts (the same observations, its popularity the catalog's), every slot a new life at step
+    0, and the sampler's world age starts again; the open lives of the old world are not continued."""
+    from agents.rllib_agent import PPOParams, RLlibPPOAgent
+    from agents.rllib_stream import world_seed
+
+    config = make_scenario("lifetime", TINY)
+    algo = {**RLLIB_ALGO, "rollout_fragment_length": 5, "train_batch_size": 30}
+    seen = {}
+    for refresh in (0, 8):
+        agent = RLlibPPOAgent(config, PPOParams(**algo, world_refresh_steps=refresh), seed=0, model=MODEL)
+        try:
+            runner = agent.algo.env_runner
+            first = runner.sample(num_timesteps=30, explore=True)  # 5 world steps
+            second = runner.sample(num_timesteps=30, explore=True)  # 10: the refresh is due after it
+            third = runner.sample(num_timesteps=30, explore=True)
+            core = runner.env.unwrapped.core
+            seen[refresh] = dict(
+                seed=core.seed,
+                worlds=runner._worlds,
+                world_steps=runner._world_steps,
+                popularity=core.world.popularity.copy(),
+                catalog=core.world.catalog.popularity.copy(),
+                ids=({e.id_ for e in first} | {e.id_ for e in second}, {e.id_ for e in third}),
+                starts=[e.t_started for e in third],
+                third=third,
+                runner_seed=runner._seed,
+            )
+        finally:
+            agent.close()
+    control, treated = seen[0], seen[8]
+    assert control["worlds"] == 0 and control["world_steps"] == 15
+    assert not np.allclose(control["popularity"], control["catalog"])  # the control's world has aged
+    assert control["ids"][1] & control["ids"][0]  # its lives go on across fragments
+    assert treated["worlds"] == 1 and treated["world_steps"] == 5
+    assert treated["seed"] == world_seed(treated["runner_seed"], 1) != control["seed"]
+    assert set(treated["starts"]) == {0} and not treated["ids"][1] & treated["ids"][0]
+    # The new world is a new env of its seed: its first observations, slot by slot.
+    fresh = RecVectorEnv(num_envs=6, scenario=config, seed=treated["seed"])
+    obs, _ = fresh.reset(seed=treated["seed"])
+    row = lambda o, i: b"".join(np.asarray(o[k])[i].tobytes() for k in sorted(o))  # noqa: E731
+    starts = {row(e.get_observations(), 0) for e in treated["third"]}
+    assert {row(obs, i) for i in range(6)} <= starts
+    with pytest.raises(ValueError, match="algo.world_refresh_steps needs model.history_mode stream"):
+        from experiments.core.settings import RunSettings
+
+        RunSettings(agent="ppo", scenario="lifetime", model={"history_mode": "window"}, algo={"world_refresh_steps": 9})
+    with pytest.raises(ValueError, match="world_refresh_steps"):
+        PPOParams(world_refresh_steps=-1)
 
 
 def test_a_burn_in_the_window_encoder_cannot_run_is_one_line_before_any_run():
