@@ -247,8 +247,9 @@ def env_runner_class(stagger_steps: int = 0, world_refresh_steps: int = 0):
     (each step moves every slot's user once; checked where a fragment starts): the env is reset with the
     next seed of the runner's own sequence (:func:`world_seed`), so the population's state (the catalog's
     popularity, the social trend) and every user are those of a new world, as in each evaluation, instead
-    of a world aged by everything the policy has served since the run began. The open lives end there as
-    truncated (their values bootstrapped by the critic), and the new world's burn-in runs again.
+    of a world aged by everything the policy has served since the run began. The open lives are cut there:
+    their last chunks, already handed out as ongoing, bootstrap from the critic's value as any fragment's end
+    does. The new world's burn-in runs again.
     """
     import torch
     from ray.rllib.core.columns import Columns
@@ -283,7 +284,7 @@ def env_runner_class(stagger_steps: int = 0, world_refresh_steps: int = 0):
                 first = self._needs_initial_reset
                 if refresh:
                     self._worlds += 1
-                seed = self._seed if first else world_seed(self._seed, self._worlds) if refresh else None
+                seed = self._seed if first else (world_seed(self._seed, self._worlds) if refresh else None)
                 obs, _ = self._try_env_reset(seed=seed, options=None)
                 self._world_steps = 0
                 self._needs_initial_reset = False
