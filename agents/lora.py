@@ -53,18 +53,14 @@ def linear_weights(layer: nn.Linear) -> tuple[Tensor, Tensor | None]:
     return weight, layer.bias
 
 
-def add_adapters(module: nn.Module, rank: int, alpha: float) -> int:
+def add_adapters(module: nn.Module, rank: int, alpha: float) -> None:
     """Freeze every weight of `module` and give each of its linear layers a LoRALinear update of `rank`
-    (in place) -> the number of trainable numbers added."""
+    (in place)."""
     module.requires_grad_(False)
-    added = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                adapted = LoRALinear(child, rank, alpha)
-                setattr(parent, name, adapted)
-                added += adapted.lora_a.numel() + adapted.lora_b.numel()
-    return added
+                setattr(parent, name, LoRALinear(child, rank, alpha))
 
 
 def load_warm_start(encoder: nn.Module, state: dict[str, Tensor]) -> None:

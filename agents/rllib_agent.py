@@ -313,9 +313,9 @@ def _rl_module_class():
                 cfg["item_features"],
                 cfg.get("normalize_values", False),
                 cfg.get("scaled_logits", False),
-                not cfg.get("critic_trains_encoder", True),
-                cfg.get("lora_rank", 0),
-                cfg.get("lora_alpha", 16.0),
+                detach_critic=not cfg.get("critic_trains_encoder", True),
+                lora_rank=cfg.get("lora_rank", 0),
+                lora_alpha=cfg.get("lora_alpha", 16.0),
             )
             self.streams = self.net.encoder.streams
             self._cache = None  # sampling: the stream's keys and values (see agents.stream.StreamCache)

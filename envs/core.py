@@ -200,8 +200,6 @@ class RecommenderCore:
         self.history_features = np.zeros((n_users, h, len(history_features(config))), np.float32)
         self.history_mask = np.zeros((n_users, h), np.float32)
         self.history_day = np.zeros((n_users, h), np.float32) if self.lifetime else None  # when (lifetime)
-        self.history_pos = 0
-        self.steps = 0  # core steps taken (retrieval refreshes)
         self.candidates = np.zeros((n_users, e.num_candidates), np.int32)
         self.anchor_topic = np.zeros(n_users, np.int32)
         self.reseed(seed)
@@ -221,8 +219,8 @@ class RecommenderCore:
         # A reseeded core is the fresh one of that seed, however long this one ran: the retrieval index
         # back on the new world's popularity and its refresh clock back at zero.
         self.index = with_popularity(self.index, self.world.popularity)
-        self.steps = 0
-        self.history_pos = 0
+        self.steps = 0  # core steps taken (retrieval refreshes)
+        self.history_pos = 0  # the history rings' write position
         # Per-step candidates and reset-time draws use separate streams, so the per-step
         # stream has a fixed shape whatever the policy does (common random numbers).
         self.candidate_rng = np.random.default_rng(int(cand_seed))
