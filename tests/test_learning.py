@@ -218,6 +218,33 @@ def test_a_sampled_evaluation_repeats_its_draws_after_each_bind():
     assert not np.array_equal(_sampling_policy(1.0, seed=4).choose(logits), first)
 
 
+def test_serving_switches_a_module_to_eval_mode_and_back_only_when_it_trains():
+    """serve() runs dropout-free whatever the module's mode, and hands the mode back: a training
+    module trains again after, one already in eval mode is never switched (its train() is not called)."""
+    from agents.model import serve
+
+    class Probe(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.drop, self.switches = torch.nn.Dropout(0.9), 0
+
+        def train(self, mode: bool = True):
+            self.switches += 1
+            return super().train(mode)
+
+        def forward(self, obs):
+            return self.drop(obs["x"])
+
+    probe, obs = Probe(), {"x": np.ones((4, 50), np.float32)}
+    torch.manual_seed(0)
+    assert torch.equal(serve(probe, obs), torch.ones(4, 50))  # eval mode inside: no unit dropped
+    assert probe.training and probe.switches == 2  # to eval and back
+    probe.eval()
+    switches = probe.switches
+    assert torch.equal(serve(probe, obs), torch.ones(4, 50))
+    assert not probe.training and probe.switches == switches
+
+
 def test_a_sampled_evaluation_of_a_model_is_reproducible_and_not_the_greedy_one():
     """Treatment against control on the same evaluation users: a model served at temperature 1 earns
     another return than its greedy ranking, the same on a second evaluation."""
