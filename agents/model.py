@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -261,6 +262,19 @@ class GreedyPolicy:
 
     def bind(self, env: Any) -> None:
         self._rng = np.random.default_rng(self.seed)
+
+    def fingerprint(self) -> str:
+        """A digest of what decides the served actions (agents.policy.Fingerprinted): the serving settings,
+        the encoder's config and every weight and buffer of the model but the critic's (`value_*`)."""
+        digest = hashlib.sha256(
+            f"{type(self).__name__}|{self.name}|{self.temperature}|{self.seed}|{self.model.slate_size}|"
+            f"{self.model.encoder.config}".encode()
+        )
+        for key, tensor in sorted(self.model.state_dict().items()):
+            if not key.startswith("value_"):  # the value head and its statistics: no action reads them
+                digest.update(key.encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     def scores(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """[N, C] the top slot's candidate logits (how the policy ranks candidates for its first slot)."""

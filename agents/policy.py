@@ -18,7 +18,7 @@ class Policy(Protocol):
     `Scorer` (scores: what offline ranking metrics read), `Binder` (bind: called before an
     evaluation), `Observer` (observe: an online learner), `Propensities` (its action
     distribution: what the off-policy estimators and the logs read), `DatedDeployment`
-    (serves_from_day and warmup: a policy deployed on a date) and `ServingStats`.
+    (serves_from_day and warmup: a policy deployed on a date), `ServingStats` and `Fingerprinted`.
     """
 
     name: str
@@ -83,6 +83,16 @@ class ServingStats(Protocol):
     staleness): columns a run adds to its final evaluation in results.csv."""
 
     def serving_stats(self) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class Fingerprinted(Protocol):
+    """fingerprint() -> a digest of everything that decides the policy's actions (its weights, not a
+    critic's; its sampling settings): two policies with equal digests serve alike, so the training loop
+    re-uses an evaluation during training instead of repeating it (a PPO critic warm-up moves no weight
+    the policy reads)."""
+
+    def fingerprint(self) -> str: ...
 
 
 def deployment(policy: Any) -> tuple[Any, float]:

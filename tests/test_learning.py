@@ -379,14 +379,18 @@ def test_rllib_ppo_critic_warmup_moves_only_the_value_head(ray_session):
     try:
         start = learner_weights()
         serving = {k: v.clone() for k, v in agent.policy().model.state_dict().items()}
+        fingerprint = agent.policy().fingerprint()
         warmup = [agent.train_iteration()["critic_only"] for _ in range(2)]
         warmed = learner_weights()
-        # Only the value head learned; the policy that samples and serves scores as it started.
+        # Only the value head learned; the policy that samples and serves scores as it started, and says so
+        # (the training loop re-uses its evaluation).
         assert changed(start, warmed) and all(k.startswith("value_head.") for k in changed(start, warmed))
         assert all(k.startswith("value_head.") for k in changed(serving, agent.policy().model.state_dict()))
+        assert agent.policy().fingerprint() == fingerprint
         assert warmup == [1.0, 1.0] and agent.train_iteration()["critic_only"] == 0.0
         # Past the warm-up PPO updates the policy too.
         assert any(k.startswith("encoder.") for k in changed(warmed, learner_weights()))
+        assert agent.policy().fingerprint() != fingerprint
     finally:
         agent.close()
     with pytest.raises(ValueError, match="critic_warmup_steps"):

@@ -215,3 +215,54 @@ def test_an_agents_model_defaults_are_recorded_and_a_record_keeps_the_model_it_w
     assert RunSettings.from_dict(old).resolved_model == {}
     assert config_label(RunSettings(agent="sasrec").to_dict()) == ""  # today's defaults
     assert config_label(old) != ""  # kept apart from today's default runs
+
+
+class _StepCounter:
+    """A stand-in trainable agent: each iteration adds 100 env steps; its policy serves randomly and, with
+    `moves_at`, is fingerprinted as unchanged until that step (as a PPO critic warm-up leaves the actor)."""
+
+    def __init__(self, moves_at: int | None) -> None:
+        self.env_steps, self.moves_at = 0, moves_at
+
+    def train_iteration(self) -> dict[str, float]:
+        self.env_steps += 100
+        return {"loss": 0.0}
+
+    def policy(self):
+        from agents.policy import RandomPolicy
+
+        policy = RandomPolicy(seed=0)
+        if self.moves_at is not None:
+            policy.fingerprint = lambda: "warm start" if self.env_steps < self.moves_at else f"step {self.env_steps}"
+        return policy
+
+    def save(self, path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+
+
+@pytest.mark.parametrize("moves_at", [None, 400])
+def test_an_evaluation_of_an_unchanged_policy_is_reused_not_re_run(tmp_path, monkeypatch, moves_at):
+    """Treatment (a fingerprinted policy that stays the same for the first 3 evaluations) against control
+    (no fingerprint): the same figures at every evaluation; the harness runs 6 evaluations in the control,
+    4 in the treatment (the second and third are the first's)."""
+    import experiments.core.training as training
+    from experiments.core.tracking import RunLogger
+
+    calls = []
+    real = training.evaluate
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", counting)
+    settings = RunSettings(
+        agent="random", scenario_overrides=SMOKE_SCENARIO, steps=600, eval_interval=100, eval_users=8
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    state = {"iteration": 0, "next_eval": 0}
+    training.train(_StepCounter(moves_at), settings, settings.scenario_config(), RunLogger(run_dir), run_dir, state)
+    assert len(calls) == (6 if moves_at is None else 4)
+    rows = (run_dir / "results.csv").read_text().splitlines()[1:]
+    assert len(rows) == 6 and rows[0].split(",")[5:] == rows[2].split(",")[5:]  # the reused figures are the first's

@@ -21,7 +21,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from agents.policy import RandomPolicy, ServingStats
+from agents.policy import Fingerprinted, RandomPolicy, ServingStats
 from envs.config import ScenarioConfig
 from experiments.core.checkpoints import Interrupted, StopSignals, best_return, save_checkpoint
 from experiments.core.costs import check_run_memory
@@ -121,6 +121,8 @@ def train(
     if getattr(agent, "warm_start_pending", False):  # minutes on lifetimes: say what the wait is
         progress.status(f"warm start: {agent.warm_start_pending}")
 
+    last_evaluation: list[Any] = [None, None]  # the fingerprint of the policy evaluated last, its metrics
+
     def iteration() -> None:
         """One training iteration, its train/* scalars and, when one is due, an evaluation (and a best snapshot)."""
         metrics = agent.train_iteration()
@@ -131,22 +133,30 @@ def train(
         note = ""
         if steps >= state["next_eval"]:
             started = time.perf_counter()
-            ev = evaluate(agent.policy(), scenario, settings.eval_users, settings.eval_seed, progress=progress.status)
+            policy = agent.policy()
+            fingerprint = policy.fingerprint() if isinstance(policy, Fingerprinted) else None
+            reused = fingerprint is not None and fingerprint == last_evaluation[0]
+            if reused:  # the same policy on the same users: the same figures (a critic warm-up moves no actor weight)
+                evaluated = last_evaluation[1]
+            else:
+                ev = evaluate(policy, scenario, settings.eval_users, settings.eval_seed, progress=progress.status)
+                evaluated = ev.metrics
+                last_evaluation[:] = [fingerprint, evaluated]
             seconds = time.perf_counter() - started
             logger.evaluation(
-                ev.metrics,
+                evaluated,
                 steps,
                 agent=settings.name,
                 scenario=settings.scenario_label,
                 seed=settings.seed,
                 phase="train",
             )
-            observer.on_evaluation(steps, ev.metrics, seconds)
+            observer.on_evaluation(steps, evaluated, seconds)
             state["next_eval"] = steps + settings.interval
-            note = f"eval {ev.metrics['return_mean']:.1f}"
-            if settings.keep_best and ev.metrics["return_mean"] > best_return(run_dir):
+            note = f"eval {evaluated['return_mean']:.1f}" + (" (the policy unchanged: not re-run)" if reused else "")
+            if settings.keep_best and evaluated["return_mean"] > best_return(run_dir):
                 # The snapshot records its own score: a kill between it and the next checkpoint loses nothing.
-                save_checkpoint(agent, run_dir / BEST, dict(state, best_return=float(ev.metrics["return_mean"])))
+                save_checkpoint(agent, run_dir / BEST, dict(state, best_return=float(evaluated["return_mean"])))
                 note += " (best so far)"
         progress.update(steps, metrics, note)
 
