@@ -374,10 +374,10 @@ def test_lifetime_runs_default_to_a_15_minute_budget_under_flags_and_config(tmp_
     assert (life.steps, life.final_eval_users, life.eval_users) == tuple(
         LIFETIME_RUN_DEFAULTS[k] for k in ("steps", "final_eval_users", "eval_users")
     )
-    # PPO learns its critic first and keeps its best snapshot on validation users, evaluated 6 times.
+    # PPO learns its critic first and keeps its best snapshot on validation users, evaluated 12 times.
     ppo = get_agent("ppo").lifetime  # the registry entry holds PPO's lifetime defaults
     assert life.keep_best and life.eval_seed != EVAL_SEED
-    assert life.interval == life.steps // ppo.keep_best_evaluations == 8_192
+    assert life.interval == life.steps // ppo.keep_best_evaluations == 4_096
     assert dict(life.algo) == {**ppo.algo, **ppo.keep_best_algo}
     assert life.params.critic_warmup_steps == 16_384
     # It reads the history once per trajectory and discounts over calendar days; sessions keep the window
@@ -395,7 +395,7 @@ def test_lifetime_runs_default_to_a_15_minute_budget_under_flags_and_config(tmp_
     cfg = tmp_path / "c.yaml"
     cfg.write_text("algo: {pretrain_epochs: 0}\n")
     mine = settings("--scenario", "lifetime", "--steps", "1000", "--final-eval-users", "8", "--config", str(cfg))
-    assert (mine.steps, mine.interval, mine.final_eval_users, mine.algo["pretrain_epochs"]) == (1000, 166, 8, 0)
+    assert (mine.steps, mine.interval, mine.final_eval_users, mine.algo["pretrain_epochs"]) == (1000, 83, 8, 0)
     smoke = settings("--scenario", "lifetime", "--smoke")
     assert smoke.steps == 512 and smoke.interval == 51
     assert not smoke.keep_best and smoke.params.critic_warmup_steps == 0  # toy runs are shorter than the warm-up

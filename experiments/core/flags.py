@@ -112,7 +112,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         "--eval-interval",
         type=int,
         default=None,
-        help="environment steps between evaluations (default: a tenth of --steps; lifetime scenarios: half, a sixth "
+        help="environment steps between evaluations (default: a tenth of --steps; lifetime scenarios: half, a twelfth "
         "for ppo, which keeps its best snapshot there)",
     )
     p.add_argument(
