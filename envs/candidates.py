@@ -108,11 +108,12 @@ def sample_candidates(
     items[:, :n_pop] = np.where(scaled - bins < index.alias_prob[bins], bins, index.alias_item[bins])
     count = index.topic_count[anchor_topic][:, None]
     offset = index.topic_start[anchor_topic][:, None] + pick(u_topic, np.maximum(count, 1))
-    # A topic with no items falls back to a uniform pick.
-    items[:, n_pop : n_pop + n_topic] = np.where(count > 0, index.by_topic[offset], pick(u_topic, n_items))
+    near = index.by_topic[offset]
+    if not count.all():  # a topic with no items falls back to a uniform pick
+        near = np.where(count > 0, near, pick(u_topic, n_items))
+    items[:, n_pop : n_pop + n_topic] = near
     items[:, n_pop + n_topic :] = pick(u_rand, n_items)
     if index.n_initial < n_items:
-        unavailable = arrival[items] > now[:, None]
-        if unavailable.any():
-            items = np.where(unavailable, pick(uniform, index.n_initial), items)
+        late = np.flatnonzero(arrival[items] > now[:, None])  # few: replaced in place
+        items.reshape(-1)[late] = pick(uniform.reshape(-1)[late], index.n_initial)
     return items

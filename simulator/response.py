@@ -86,6 +86,14 @@ def choice_probabilities(utility: np.ndarray, outside: np.ndarray) -> np.ndarray
     utility [N, K]; outside [N]. Max-subtracted, so extreme utilities give no inf/NaN.
     """
     u = np.concatenate([outside[:, None], utility], axis=1)
+    if u.shape[1] == 2:  # slates of one (every preset): column by column, the same bytes 10x faster than
+        no_click, click = u[:, 0], u[:, 1]  # reductions along an axis of length 2
+        top = np.maximum(no_click, click)
+        no_click -= top
+        click -= top
+        np.exp(u, out=u)
+        u /= (no_click + click)[:, None]
+        return u
     u -= u.max(axis=1, keepdims=True)
     np.exp(u, out=u)
     u /= u.sum(axis=1, keepdims=True)
@@ -94,6 +102,8 @@ def choice_probabilities(utility: np.ndarray, outside: np.ndarray) -> np.ndarray
 
 def sample_choice(probs: np.ndarray, uniform: np.ndarray) -> np.ndarray:
     """[N] chosen slate position, -1 for no click, by inverse CDF with one uniform [N] per user."""
+    if probs.shape[1] == 2:  # slates of one: the same as below without the cumulative sum
+        return (uniform >= probs[:, 0]).astype(np.int64) - 1
     cdf = np.cumsum(probs, axis=1)
     return (uniform[:, None] >= cdf[:, :-1]).sum(axis=1) - 1
 

@@ -82,6 +82,26 @@ def test_sample_choice_inverse_cdf_matches_probabilities(probs_raw):
     assert np.all(freq[probs[0] == 0.0] == 0.0)
 
 
+def test_slates_of_one_take_the_same_choices_as_the_general_formula_bit_for_bit():
+    """Treatment (the two-column path of every preset's slates of one) against control (the
+    reductions of any slate size, written out), on the same utilities and uniforms."""
+    rng = np.random.default_rng(0)
+    n = 4096
+    utility = (rng.standard_normal((n, 1)) * np.array([[30.0]])).astype(np.float32)
+    utility[:8, 0] = [-1e4, 1e4, 0.0, -0.0, 88.0, -88.0, 1e-30, 3.4e38]
+    outside = rng.standard_normal(n).astype(np.float32)
+    uniform = rng.random(n, dtype=np.float32)
+    u = np.concatenate([outside[:, None], utility], axis=1)
+    u -= u.max(axis=1, keepdims=True)
+    control = np.exp(u) / np.exp(u).sum(axis=1, keepdims=True)
+    probs = response.choice_probabilities(utility.copy(), outside)
+    assert probs.tobytes() == control.tobytes()
+    control_choice = (uniform[:, None] >= np.cumsum(control, axis=1)[:, :-1]).sum(axis=1) - 1
+    choice = response.sample_choice(probs, uniform)
+    assert choice.dtype == control_choice.dtype and np.array_equal(choice, control_choice)
+    assert set(np.unique(choice)) == {-1, 0}
+
+
 def test_completion_increases_with_fit_and_quality():
     p = ResponseParams()
     fit = np.linspace(-1, 1, 5)
