@@ -670,6 +670,7 @@ class RLlibPPOAgent(TrainableAgent):
         self._env_steps = 0
         self._pretrained = False
         self._calibration = None  # the logit scale set after the warm start, reported with its iteration
+        # Serving only: in eval mode once, rather than switched at every served step (agents.model.eval_mode).
         self._eval_net = ActorCritic(
             self.encoder_config,
             scenario.env.slate_size,
@@ -678,7 +679,7 @@ class RLlibPPOAgent(TrainableAgent):
             self.params.warm_start_entropy > 0,
             lora_rank=self.params.lora_rank,
             lora_alpha=self.params.lora_alpha,
-        )
+        ).eval()
 
     @property
     def env_steps(self) -> int:

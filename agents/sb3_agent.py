@@ -259,7 +259,8 @@ class SB3PPOAgent(TrainableAgent):
         # Without a custom logger, every learn() call builds a new one, and with verbose=0 that
         # still creates an empty /tmp/SB3-<timestamp> folder. One output-less logger instead.
         self.model.set_logger(Logger(folder=None, output_formats=[]))
-        self._eval_net = ActorCritic(self.encoder_config, scenario.env.slate_size, self.item_features)
+        # Serving only: in eval mode once, rather than switched at every served step (agents.model.eval_mode).
+        self._eval_net = ActorCritic(self.encoder_config, scenario.env.slate_size, self.item_features).eval()
         self._clock = RolloutClock()
         self._pretrained = False
 

@@ -101,6 +101,8 @@ def test_rllib_ppo_beats_random(ray_session, random_returns):
 def test_sb3_ppo_beats_random(random_returns):
     agent = SB3PPOAgent(SCENARIO, SB3PPOParams(**SB3_ALGO), seed=SEED, device="cpu", model=MODEL)
     assert_learns(agent, random_returns)
+    # The serving copy stays in eval mode: serving switches no module at each step (agents.model.eval_mode).
+    assert not any(m.training for m in agent.policy().model.modules())
 
 
 def test_rllib_ppo_warm_starts_its_encoder_from_sasrec_on_logs(ray_session, monkeypatch):
@@ -118,6 +120,7 @@ def test_rllib_ppo_warm_starts_its_encoder_from_sasrec_on_logs(ray_session, monk
         for key, value in pretrain_encoder(SCENARIO, params, MODEL, SEED).items():
             torch.testing.assert_close(after[key], value, rtol=0, atol=0, msg=key)
         assert any(not torch.equal(before[k], after[k]) for k in before)
+        assert not any(m.training for m in agent.policy().model.modules())  # the serving copy: eval mode throughout
     finally:
         agent.close()
     # A fresh run pretrains once, before its first iteration; a resumed one (env steps > 0) never.
