@@ -25,7 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", type=int, nargs="+", default=[1, 256, 4096, 65536], help="N values")
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["default", "recsim", "lifetime"])
     parser.add_argument("--paths", nargs="+", choices=("raw", "vector"), default=["raw", "vector"])
-    parser.add_argument("--seconds", type=float, default=1.5, help="timed seconds per measurement (at least)")
+    parser.add_argument("--seconds", type=float, default=1.5, help="timed seconds per window (at least)")
+    parser.add_argument(
+        "--repeats",
+        type=_repeats,
+        default=3,
+        help="timed windows per measurement, one after the other on the same env: the median is reported, with "
+        "the range (a shared machine's neighbours move a single window by a fifth)",
+    )
     parser.add_argument(
         "--threads",
         type=_threads,
@@ -45,6 +52,12 @@ def _threads(text: str) -> int:
     return int(text)
 
 
+def _repeats(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"--repeats {text!r}: give 1 to 100 timed windows")
+    return int(text)
+
+
 def _scenario(config: str):
     from envs.config import make_scenario
 
@@ -52,9 +65,12 @@ def _scenario(config: str):
     return make_scenario(preset, overrides)
 
 
-def measure(path: str, config: str, n_users: int, seconds: float, seed: int = 0, threads: int = 1) -> dict:
+def measure(
+    path: str, config: str, n_users: int, seconds: float, seed: int = 0, threads: int = 1, repeats: int = 1
+) -> dict:
     """Time steps of one path; episodes restart as they end, as in training. `threads` is the
-    VectorEnv's (0: one per core); the raw path has one."""
+    VectorEnv's (0: one per core); the raw path has one. `repeats` windows of at least `seconds` each,
+    one after the other: the record gives their median rates, and every window's in `windows`."""
     from envs.vector import RecVectorEnv
     from simulator.world import World
 
@@ -83,23 +99,36 @@ def measure(path: str, config: str, n_users: int, seconds: float, seed: int = 0,
 
     for i in range(3):  # warm-up
         step(i)
-    steps, start, cpu_start = 0, time.perf_counter(), time.process_time()
-    while True:
-        step(steps)
-        steps += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds and steps >= 3:
-            break
-    cpu = time.process_time() - cpu_start  # every thread of the process: on a loaded machine, the figure to compare
+    done, windows = 3, []
+    for _ in range(repeats):
+        steps, start, cpu_start = 0, time.perf_counter(), time.process_time()
+        while True:
+            step(done + steps)
+            steps += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds and steps >= 3:
+                break
+        done += steps
+        cpu = time.process_time() - cpu_start  # every thread of the process: on a loaded machine, the figure to compare
+        windows.append(
+            dict(
+                steps=steps,
+                seconds=round(elapsed, 3),
+                user_steps_per_s=round(steps * n_users / elapsed, 1),
+                cpu_user_steps_per_s=round(steps * n_users / max(cpu, 1e-9), 1),
+            )
+        )
+    median = lambda key: float(np.median([w[key] for w in windows]))  # noqa: E731
     return dict(
         path=path,
         config=config,
         n_users=n_users,
         threads=1 if path == "raw" else threads,
-        steps=steps,
-        seconds=round(elapsed, 3),
-        user_steps_per_s=round(steps * n_users / elapsed, 1),
-        cpu_user_steps_per_s=round(steps * n_users / max(cpu, 1e-9), 1),
+        steps=sum(w["steps"] for w in windows),
+        seconds=round(sum(w["seconds"] for w in windows), 3),
+        user_steps_per_s=median("user_steps_per_s"),
+        cpu_user_steps_per_s=median("cpu_user_steps_per_s"),
+        windows=windows,
     )
 
 
@@ -126,7 +155,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     for config in args.configs:
         for path in args.paths:
             for n in args.users:
-                records.append(measure(path, config, n, args.seconds, threads=args.threads))
+                records.append(measure(path, config, n, args.seconds, threads=args.threads, repeats=args.repeats))
                 print(_line(records[-1]), file=sys.stderr, flush=True)
     if args.memory_users:
         for config in [c for c in ("default", "lifetime") if c in args.configs]:
@@ -142,9 +171,11 @@ def _line(r: dict) -> str:
     if "peak_rss_mb" in r:
         return f"{r['path']:>6} {r['config']:>8} N={r['n_users']:>8,d}  peak memory {r['peak_rss_mb']:,.0f} MB"
     threads = f"  threads={r['threads'] or 'per core'}" if r.get("threads", 1) != 1 else ""
+    rates = [w["user_steps_per_s"] for w in r.get("windows", [])]
+    spread = f", windows {min(rates):,.0f}-{max(rates):,.0f}" if len(rates) > 1 else ""
     return (
         f"{r['path']:>6} {r['config']:>8} N={r['n_users']:>8,d}  {r['user_steps_per_s']:>12,.0f} user-steps/s"
-        f"  ({r['cpu_user_steps_per_s']:,.0f} per CPU-second){threads}"
+        f"  ({r['cpu_user_steps_per_s']:,.0f} per CPU-second{spread}){threads}"
     )
 
 
