@@ -86,17 +86,12 @@ def choice_probabilities(utility: np.ndarray, outside: np.ndarray) -> np.ndarray
     utility [N, K]; outside [N]. Max-subtracted, so extreme utilities give no inf/NaN.
     """
     u = np.concatenate([outside[:, None], utility], axis=1)
-    if u.shape[1] == 2:  # slates of one (every preset): column by column, the same bytes 10x faster than
-        no_click, click = u[:, 0], u[:, 1]  # reductions along an axis of length 2
-        top = np.maximum(no_click, click)
-        no_click -= top
-        click -= top
-        np.exp(u, out=u)
-        u /= (no_click + click)[:, None]
-        return u
-    u -= u.max(axis=1, keepdims=True)
+    # Slates of one (every preset): the two columns' max and sum, the same bytes 10x faster than numpy's
+    # reductions along an axis of length 2 (for 8 or more options its sum is pairwise: that one stays).
+    two = u.shape[1] == 2
+    u -= np.maximum(u[:, :1], u[:, 1:]) if two else u.max(axis=1, keepdims=True)
     np.exp(u, out=u)
-    u /= u.sum(axis=1, keepdims=True)
+    u /= u[:, :1] + u[:, 1:] if two else u.sum(axis=1, keepdims=True)
     return u
 
 

@@ -121,10 +121,12 @@ def train(
     if getattr(agent, "warm_start_pending", False):  # minutes on lifetimes: say what the wait is
         progress.status(f"warm start: {agent.warm_start_pending}")
 
-    last_evaluation: list[Any] = [None, None]  # the fingerprint of the policy evaluated last, its metrics
+    last_fingerprint: str | None = None  # of the policy evaluated last (Fingerprinted policies), and its metrics
+    last_metrics: dict[str, Any] = {}
 
     def iteration() -> None:
         """One training iteration, its train/* scalars and, when one is due, an evaluation (and a best snapshot)."""
+        nonlocal last_fingerprint, last_metrics
         metrics = agent.train_iteration()
         state["iteration"] += 1
         steps = agent.env_steps
@@ -135,13 +137,13 @@ def train(
             started = time.perf_counter()
             policy = agent.policy()
             fingerprint = policy.fingerprint() if isinstance(policy, Fingerprinted) else None
-            reused = fingerprint is not None and fingerprint == last_evaluation[0]
+            reused = fingerprint is not None and fingerprint == last_fingerprint
             if reused:  # the same policy on the same users: the same figures (a critic warm-up moves no actor weight)
-                evaluated = last_evaluation[1]
+                evaluated = last_metrics
             else:
                 ev = evaluate(policy, scenario, settings.eval_users, settings.eval_seed, progress=progress.status)
                 evaluated = ev.metrics
-                last_evaluation[:] = [fingerprint, evaluated]
+                last_fingerprint, last_metrics = fingerprint, evaluated
             seconds = time.perf_counter() - started
             logger.evaluation(
                 evaluated,
