@@ -329,6 +329,10 @@ def _register_built_ins() -> None:
                 "pretrain_epochs": 1,
                 **smoke_logs,
             },
+            # The history is read once per trajectory ("stream", agents.stream) on every scenario: on
+            # mixed it reaches the return of the window encoder (which `model: {history_mode: window}`
+            # still gives) with 5x less arithmetic per env step (docs/benchmarks).
+            model={"history_mode": "stream"},
             # Lifetimes: a warm start on fewer logs within the 15-minute budget (README). PPO on lifetimes
             # is unstable: the snapshot a run stops at decides its figure (docs/lifetime). So only its
             # critic learns for the first steps (the warm-started policy does not move on a fresh critic's
@@ -342,7 +346,6 @@ def _register_built_ins() -> None:
             # seeds against 3,364 discounted per step, and 2,825 with the window encoder).
             lifetime=LifetimeDefaults(
                 algo={"pretrain_epochs": 1, "log_users": 64, "gamma_per_day": 0.9},
-                model={"history_mode": "stream"},
                 keep_best_evaluations=12,
                 keep_best_algo={"critic_warmup_steps": 16_384},
             ),

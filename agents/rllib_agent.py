@@ -87,10 +87,13 @@ class PPOParams(WarmStartParams):
     (docs/lifetime: on long runs the training world's popularity concentrated on what the policy serves).
 
     The sizes left None (num_env_runners, num_envs_per_env_runner, train_batch_size, minibatch_size)
-    are chosen from the learner's device when the agent is built (:meth:`for_device`): on the CPU the
-    values measured there (the sampler in the driver process, 64 users, batches of 2,048 in
-    minibatches of 512); on cuda env runners on every core but two, 256 users each, a train batch of
-    what they sample in one round and minibatches of up to 8,192.
+    and `lr` are chosen from the learner's device and the kind of scenario when the agent is built
+    (:meth:`for_device`), each the best measured there (docs/benchmarks): on the CPU the sampler runs in
+    the driver process, within sessions on 256 users with batches of 8,192 in minibatches of 512 at lr
+    1e-3 (a learner step per 512 samples as before, on four times the data per iteration: it reaches
+    the same return in half the wall time), on lifetimes on 64 users with batches of 2,048 in minibatches
+    of 512 at lr 5e-4 (the lifetime report's runs); on cuda env runners on every core but two, 256 users
+    each, a train batch of what they sample in one round, minibatches of up to 8,192 and lr 5e-4.
     """
 
     num_env_runners: int | None = None  # None: from the device (cpu: 0, sample in the driver process)
@@ -99,7 +102,7 @@ class PPOParams(WarmStartParams):
     train_batch_size: int | None = None  # per learner (None: cpu 2,048; cuda what the runners sample per round)
     minibatch_size: int | None = None  # None: cpu 512, cuda min(train batch, 8,192)
     num_epochs: int = 4
-    lr: float = 5e-4
+    lr: float | None = None  # None: from the device and the scenario (cpu sessions 1e-3, else 5e-4)
     gamma: float = 0.99
     lambda_: float = 0.95
     clip_param: float = 0.2
@@ -133,7 +136,8 @@ class PPOParams(WarmStartParams):
         if self.train_batch_size is not None and self.minibatch_size is not None:
             check_int(o, "minibatch_size", self.minibatch_size, 1, self.train_batch_size)
         check_int(o, "num_epochs", self.num_epochs, 1)
-        check_range(o, "lr", self.lr, 0.0, 1.0, lo_open=True)
+        if self.lr is not None:
+            check_range(o, "lr", self.lr, 0.0, 1.0, lo_open=True)
         check_range(o, "gamma", self.gamma, 0.0, 1.0)
         check_range(o, "lambda_", self.lambda_, 0.0, 1.0)
         check_range(o, "clip_param", self.clip_param, 0.0, 10.0, lo_open=True)
@@ -219,9 +223,10 @@ class PPOParams(WarmStartParams):
                 "worlds); with the window encoder set algo.world_refresh_steps: 0"
             )
 
-    def for_device(self, device: str, cpus: int | None = None) -> PPOParams:
-        """These settings with the sizes left None chosen for a learner on `device` ("cpu" or "cuda") on a
-        machine of `cpus` cores (default: this one's)."""
+    def for_device(self, device: str, cpus: int | None = None, calendar: bool = False) -> PPOParams:
+        """These settings with the sizes and lr left None chosen for a learner on `device` ("cpu" or
+        "cuda") on a machine of `cpus` cores (default: this one's), for a scenario with a `calendar`
+        (lifetimes) or without (sessions)."""
         if device == "cuda":
             runners = (
                 self.num_env_runners if self.num_env_runners is not None else max(1, (cpus or os.cpu_count() or 2) - 2)
@@ -233,10 +238,14 @@ class PPOParams(WarmStartParams):
                 num_envs_per_env_runner=envs,
                 train_batch_size=batch,
                 minibatch_size=self.minibatch_size or min(batch, 8192),
+                lr=CUDA_LR,
             )
         else:
-            sizes = dict(num_env_runners=0, num_envs_per_env_runner=64, train_batch_size=2048, minibatch_size=512)
+            sizes = dict(CPU_SIZES["lifetimes" if calendar else "sessions"])
             sizes = {k: v if getattr(self, k) is None else getattr(self, k) for k, v in sizes.items()}
+            if self.num_envs_per_env_runner is None:  # no more users than one round of a train batch set smaller
+                rounds_of = max(1, sizes["train_batch_size"] // self.rollout_fragment_length)
+                sizes["num_envs_per_env_runner"] = min(sizes["num_envs_per_env_runner"], rounds_of)
             sizes["minibatch_size"] = min(sizes["minibatch_size"], sizes["train_batch_size"])
         chosen = dataclasses.replace(self, **{k: v for k, v in sizes.items() if getattr(self, k) is None})
         chosen._check_rounds()
@@ -256,6 +265,19 @@ class PPOParams(WarmStartParams):
                 f"of {per_round:,} or rollout_fragment_length to {max(1, batch // (runners * envs))}"
             )
 
+
+# What PPOParams.for_device chooses on the CPU when left None, by kind of scenario (docs/benchmarks: the
+# sessions' sizes reach mixed's 50.8 in half the wall time of the lifetimes' sizes, which the lifetime
+# report's runs were measured with).
+CPU_SIZES = {
+    "sessions": dict(
+        num_env_runners=0, num_envs_per_env_runner=256, train_batch_size=8192, minibatch_size=512, lr=1e-3
+    ),
+    "lifetimes": dict(
+        num_env_runners=0, num_envs_per_env_runner=64, train_batch_size=2048, minibatch_size=512, lr=5e-4
+    ),
+}
+CUDA_LR = 5e-4  # the H200 runs of docs/benchmarks
 
 DEVICE_SIZES = (  # the sizes PPOParams.for_device chooses when left None: (field, lowest, highest)
     ("num_env_runners", 0, 256),
@@ -578,7 +600,7 @@ class RLlibPPOAgent(TrainableAgent):
         self.scenario, self.seed, self.device = scenario, seed, device
         if not isinstance(params, PPOParams):
             raise ValueError(f"RLlibPPOAgent.params must be PPOParams, got {type(params).__name__}")
-        params = params.for_device(device)
+        params = params.for_device(device, calendar=scenario.world.lifetime.enabled)
         self.params = params
         probe = RecommenderCore(scenario, 1, seed)
         self.encoder_config = encoder_config(

@@ -329,24 +329,22 @@ def test_calendar_discounting_a_run_cannot_take_is_one_line_before_any_run(scena
 def test_ppo_sizes_left_unset_are_chosen_from_the_device_and_set_ones_are_kept():
     from agents.rllib_agent import PPOParams
 
-    cpu = PPOParams().for_device("cpu")
-    assert (cpu.num_env_runners, cpu.num_envs_per_env_runner, cpu.train_batch_size, cpu.minibatch_size) == (
-        0,
-        64,
-        2048,
-        512,
-    )
+    sizes = lambda p: (p.num_env_runners, p.num_envs_per_env_runner, p.train_batch_size, p.minibatch_size, p.lr)  # noqa: E731
+    assert sizes(PPOParams().for_device("cpu")) == (0, 256, 8192, 512, 1e-3)  # sessions
+    assert sizes(PPOParams().for_device("cpu", calendar=True)) == (0, 64, 2048, 512, 5e-4)  # lifetimes
+    assert sizes(PPOParams(lr=2e-4, minibatch_size=256).for_device("cpu")) == (0, 256, 8192, 256, 2e-4)
     cuda = PPOParams().for_device("cuda", cpus=16)
-    assert (cuda.num_env_runners, cuda.num_envs_per_env_runner) == (14, 256)
+    assert (cuda.num_env_runners, cuda.num_envs_per_env_runner, cuda.lr) == (14, 256, 5e-4)
     assert cuda.train_batch_size == 14 * 256 * 32 and cuda.minibatch_size == 8192
     mine = PPOParams(train_batch_size=16_384, num_env_runners=2).for_device("cuda", cpus=16)
     assert (mine.num_env_runners, mine.train_batch_size, mine.minibatch_size) == (2, 16_384, 8192)
-    assert PPOParams(train_batch_size=256, rollout_fragment_length=4).for_device("cpu").minibatch_size == 256
+    small = PPOParams(train_batch_size=256, rollout_fragment_length=4).for_device("cpu")
+    assert (small.num_envs_per_env_runner, small.minibatch_size) == (64, 256)  # one round of the batch set
 
 
 @pytest.mark.parametrize(
     "sizes, device",
-    [({"num_envs_per_env_runner": 256}, "cpu"), ({"train_batch_size": 1024, "num_env_runners": 2}, "cuda")],
+    [({"num_envs_per_env_runner": 1000}, "cpu"), ({"train_batch_size": 1024, "num_env_runners": 2}, "cuda")],
 )
 def test_a_train_batch_rllib_cannot_sample_in_whole_rounds_is_one_line_before_any_run(sizes, device):
     """RLlib would refuse these sizes only when the algorithm is built (a run directory made, a two-line

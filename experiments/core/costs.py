@@ -69,7 +69,9 @@ def check_run_memory(settings: Any) -> None:
     if params is None:
         return
     if hasattr(params, "for_device"):  # sizes left None are the device's (PPOParams.for_device): check those
-        params = params.for_device(resolve_device(settings.device, quiet=True))
+        params = params.for_device(
+            resolve_device(settings.device, quiet=True), calendar=scenario.world.lifetime.enabled
+        )
     sizes = (*USERS_AT_ONCE, *SAMPLES_HELD, *LEARNER_BATCH)
     values = {f: getattr(params, f) for f in sizes if getattr(params, f, None) is not None}
     for name in USERS_AT_ONCE:
