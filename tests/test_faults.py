@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from agents.registry import get_agent
 from experiments.core.checkpoints import save_checkpoint
 from experiments.core.records import load_run
 from experiments.core.restore import restore_policy
@@ -201,7 +202,8 @@ def test_resume_refuses_flags_it_would_ignore(cli, tmp_path, capsys):
 def _fake_run(root: Path, agent: str, seed: int, ret: float, stamp: str, status: str = "finished", **settings):
     run_dir = root / "mixed" / agent / f"{seed}-{stamp}"
     run_dir.mkdir(parents=True)
-    (run_dir / "run.json").write_text(json.dumps(dict(agent=agent, scenario="mixed", seed=seed, **settings)))
+    defaults = dict(agent=agent, scenario="mixed", seed=seed, model_defaults=dict(get_agent(agent).model))
+    (run_dir / "run.json").write_text(json.dumps(dict(defaults, **settings)))  # a run of this version's defaults
     row = dict(agent=agent, scenario="mixed", seed=seed, phase="final", env_steps=0, return_mean=ret)
     baseline = dict(row, agent="random", phase="baseline", return_mean=1.0)
     pd.DataFrame([row, baseline]).to_csv(run_dir / "results.csv", index=False)
@@ -254,11 +256,9 @@ def test_a_truncated_ppo_checkpoint_names_the_file(cli, ppo_smoke_run, copy_run,
     assert str(agent_json) in err and len(err.splitlines()) == 1
     assert time.perf_counter() - started < 5  # refused before Ray and the module are built
     agent_json.write_text(text)
-    pickles = sorted((run_dir / "checkpoint" / "algorithm").rglob("*.pkl")) + sorted(
-        (run_dir / "checkpoint" / "algorithm").rglob("*.pt")
-    )
-    assert pickles
-    biggest = max(pickles, key=lambda p: p.stat().st_size)
+    weights = sorted((run_dir / "checkpoint" / "algorithm").rglob("module_state.*"))  # the learner's module
+    assert weights
+    biggest = max(weights, key=lambda p: p.stat().st_size)
     biggest.write_bytes(biggest.read_bytes()[:64])
     assert cli("run", ["--resume", str(run_dir), "--steps", "1024"]) == 2
     err = capsys.readouterr().err

@@ -380,10 +380,10 @@ def test_lifetime_runs_default_to_a_15_minute_budget_under_flags_and_config(tmp_
     assert life.interval == life.steps // ppo.keep_best_evaluations == 4_096
     assert dict(life.algo) == {**ppo.algo, **ppo.keep_best_algo}
     assert life.params.critic_warmup_steps == 16_384
-    # It reads the history once per trajectory and discounts over calendar days; sessions keep the window
-    # encoder and gamma per step, and a config file's model: section wins.
+    # It reads the history once per trajectory everywhere and discounts over calendar days on lifetimes only
+    # (sessions: gamma per step); a config file's model: section wins.
     assert life.resolved_model["history_mode"] == "stream" and life.params.gamma_per_day == 0.9
-    assert session.resolved_model.get("history_mode", "window") == "window" and session.params.gamma_per_day == 0
+    assert session.resolved_model["history_mode"] == "stream" and session.params.gamma_per_day == 0
     window = tmp_path / "window.yaml"
     window.write_text("model: {history_mode: window}\nalgo: {gamma_per_day: 0}\n")
     pinned = settings("--scenario", "lifetime", "--config", str(window))
