@@ -88,18 +88,19 @@ class PPOParams(WarmStartParams):
 
     The sizes left None (num_env_runners, num_envs_per_env_runner, train_batch_size, minibatch_size)
     and `lr` are chosen from the learner's device and the kind of scenario when the agent is built
-    (:meth:`for_device`), each the best measured there (docs/benchmarks): on the CPU the sampler runs in
-    the driver process, within sessions on 256 users with batches of 8,192 in minibatches of 512 at lr
-    1e-3 (a learner step per 512 samples as before, on four times the data per iteration: it reaches
-    the same return in half the wall time), on lifetimes on 64 users with batches of 2,048 in minibatches
-    of 512 at lr 5e-4 (the lifetime report's runs); on cuda env runners on every core but two, 256 users
-    each, a train batch of what they sample in one round, minibatches of up to 8,192 and lr 5e-4.
+    (:meth:`for_device`), as measured there (docs/benchmarks). On the CPU the sampler runs in the driver
+    process: within sessions on 256 users, with batches of 8,192 in minibatches of 512 at lr 1e-3 (a
+    learner step per 512 samples as before, on four times the data per iteration: on mixed it reached
+    50.8 minutes in 126 s instead of 326 s, its final return level with the earlier sizes); on lifetimes
+    on 64 users, with batches of 2,048 in minibatches of 512 at lr 5e-4 (the lifetime report's runs). On
+    cuda env runners on every core but two, 256 users each, a train batch of what they sample in one
+    round, minibatches of up to 8,192 and lr 5e-4.
     """
 
     num_env_runners: int | None = None  # None: from the device (cpu: 0, sample in the driver process)
-    num_envs_per_env_runner: int | None = None  # users stepped per env-runner call (None: cpu 64, cuda 256)
+    num_envs_per_env_runner: int | None = None  # users stepped per env-runner call (None: cpu 256/64, cuda 256)
     rollout_fragment_length: int = 32
-    train_batch_size: int | None = None  # per learner (None: cpu 2,048; cuda what the runners sample per round)
+    train_batch_size: int | None = None  # per learner (None: cpu 8,192 / 2,048 on lifetimes; cuda one round)
     minibatch_size: int | None = None  # None: cpu 512, cuda min(train batch, 8,192)
     num_epochs: int = 4
     lr: float | None = None  # None: from the device and the scenario (cpu sessions 1e-3, else 5e-4)
@@ -267,8 +268,8 @@ class PPOParams(WarmStartParams):
 
 
 # What PPOParams.for_device chooses on the CPU when left None, by kind of scenario (docs/benchmarks: the
-# sessions' sizes reach mixed's 50.8 in half the wall time of the lifetimes' sizes, which the lifetime
-# report's runs were measured with).
+# sessions' sizes reached mixed's 50.8 in less than half the wall time of the lifetimes' sizes, with which
+# the lifetime report's runs were measured).
 CPU_SIZES = {
     "sessions": dict(
         num_env_runners=0, num_envs_per_env_runner=256, train_batch_size=8192, minibatch_size=512, lr=1e-3
